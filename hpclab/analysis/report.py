@@ -1,0 +1,115 @@
+"""Sweep summaries: a table (CSV and Markdown) of the swept keys vs final metrics, and a plot."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+from omegaconf import OmegaConf
+
+from hpclab.utils import atomic_write_text, read_json
+
+log = logging.getLogger("hpclab")
+
+
+def collect(group_dir: Path) -> list[dict[str, Any]]:
+    """One row per finished run under ``group_dir``: its config and summary."""
+    rows = []
+    for summary_path in sorted(group_dir.glob("*/summary.json")):
+        summary = read_json(summary_path)
+        if summary.get("status") != "completed":
+            continue
+        cfg = OmegaConf.load(summary_path.parent / "config.yaml")
+        rows.append({"run": summary_path.parent.name, "cfg": cfg, "summary": summary})
+    return rows
+
+
+def _number(value: Any) -> Any:
+    return round(value, 6) if isinstance(value, float) else value
+
+
+def table(rows: list[dict[str, Any]], keys: list[str], metrics: list[str]) -> tuple[list[str], list[list[Any]]]:
+    header = ["run", *keys, *metrics, "parameters", "epochs", "wall_time_s"]
+    body = []
+    for row in rows:
+        s = row["summary"]
+        body.append([
+            row["run"],
+            *[OmegaConf.select(row["cfg"], k) for k in keys],
+            *[_number(s["metrics"].get(m)) for m in metrics],
+            sum(s.get("parameters", {}).values()),
+            s.get("epochs"),
+            s.get("wall_time_s"),
+        ])
+    return header, body
+
+
+def to_markdown(header: list[str], body: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join("" if v is None else str(v) for v in r) + " |" for r in body]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(header: list[str], body: list[list[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows(body)
+    return buf.getvalue()
+
+
+def write_report(group_dir: Path | str, report: Mapping[str, Any] | None = None) -> dict[str, Path]:
+    """Rebuild ``summary.csv``, ``summary.md`` and ``summary.png`` of a sweep folder."""
+    group_dir = Path(group_dir)
+    rows = collect(group_dir)
+    if not rows:
+        raise FileNotFoundError(f"no finished runs (summary.json with status completed) under {group_dir}")
+    report = dict(report or {})
+    if not report:  # fall back to what the runs themselves recorded
+        report = dict(OmegaConf.to_container(rows[0]["cfg"].sweep.report, resolve=True) or {})
+    grid_keys = list(rows[0]["cfg"].sweep.grid.keys()) if rows[0]["cfg"].sweep.grid else []
+    x = report.get("x") or (grid_keys[0] if grid_keys else None)
+    keys = list(dict.fromkeys(([x] if x else []) + grid_keys))
+    metrics = list(report.get("metrics") or sorted(rows[0]["summary"]["metrics"]))
+    if x:
+        rows.sort(key=lambda r: (_sortable(OmegaConf.select(r["cfg"], x)), r["run"]))
+    header, body = table(rows, keys, metrics)
+    out = {"csv": group_dir / "summary.csv", "md": group_dir / "summary.md"}
+    atomic_write_text(out["csv"], to_csv(header, body))
+    title = f"# {group_dir.name}\n\n{len(rows)} finished run(s); metrics on the final split(s) with the best weights.\n\n"
+    atomic_write_text(out["md"], title + to_markdown(header, body))
+    numeric_x = x and all(isinstance(OmegaConf.select(r["cfg"], x), (int, float)) for r in rows)
+    if numeric_x and len(rows) > 1:
+        out["png"] = plot(rows, x, metrics, group_dir / "summary.png", bool(report.get("logx")))
+    log.info("sweep summary: %s", ", ".join(str(p) for p in out.values()))
+    return out
+
+
+def _sortable(value: Any) -> tuple[int, Any]:
+    return (0, value) if isinstance(value, (int, float)) else (1, str(value))
+
+
+def plot(rows: list[dict[str, Any]], x: str, metrics: list[str], path: Path, logx: bool) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hpclab.analysis.figures import save_figure
+
+    xs = [OmegaConf.select(r["cfg"], x) for r in rows]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        ys = [r["summary"]["metrics"].get(metric) for r in rows]
+        ax.plot(xs, ys, marker="o")
+        ax.set_xlabel(x)
+        ax.set_ylabel(metric)
+        if logx:
+            ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+    fig.suptitle(path.parent.name)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -1,0 +1,161 @@
+"""The one on-disk format of the suite: an HDF5 file per dataset.
+
+Layout: ``/<split>/images`` (uint8, N x C x H x W), ``/<split>/labels`` (int64, N), optional
+``/<split>/masks`` (uint8, N x 1 x H x W) and ``/extra/<name>`` arrays; file attributes
+``source``, ``class_names`` (JSON), ``sha256`` (JSON: input file -> digest), ``created``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import h5py
+import numpy as np
+import torch
+
+from hpclab.utils import atomic_path
+
+# Shared file systems (Lustre, GPFS, NFS) often reject HDF5's POSIX locks; we only ever read
+# files that were renamed into place complete, so locking buys nothing.
+os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
+
+
+@dataclass
+class Staged:
+    """A dataset read from its original files, ready to be written as HDF5."""
+
+    splits: dict[str, dict[str, np.ndarray]]  # split -> {"images": uint8 NCHW, "labels": int64, ...}
+    class_names: list[str]
+    inputs: list[Path]  # original files, hashed into the sha256 attribute
+    source: str  # human-readable origin (directory or URL)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. a colour palette
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_hdf5(path: Path, staged: Staged) -> None:
+    """Write ``staged`` to ``path`` atomically (temp file, then rename)."""
+    for split, arrays in staged.splits.items():
+        images = arrays["images"]
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise ValueError(f"split {split}: images must be uint8 N x C x H x W, got {images.dtype} {images.shape}")
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for split, arrays in staged.splits.items():
+                group = f.create_group(split)
+                for key, array in arrays.items():
+                    chunks = (min(len(array), 256),) + array.shape[1:] if array.ndim > 1 else None
+                    group.create_dataset(key, data=array, chunks=chunks)
+            for key, array in staged.extra.items():
+                f.create_dataset(f"extra/{key}", data=array)
+            f.attrs["source"] = staged.source
+            f.attrs["class_names"] = json.dumps(staged.class_names)
+            f.attrs["sha256"] = json.dumps({str(p): sha256_of(p) for p in staged.inputs}, sort_keys=True)
+            f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            for key, value in staged.attrs.items():
+                f.attrs[key] = json.dumps(value)
+
+
+def describe(path: Path) -> dict[str, Any]:
+    """Splits, shapes and attributes of a prepared file (without reading the arrays)."""
+    with h5py.File(path, "r", locking=False) as f:
+        splits = {
+            name: {key: list(ds.shape) for key, ds in group.items()}
+            for name, group in f.items()
+            if name != "extra"
+        }
+        attrs = {k: f.attrs[k] for k in f.attrs}
+        extra = list(f["extra"].keys()) if "extra" in f else []
+    return {
+        "splits": splits,
+        "source": attrs.get("source"),
+        "class_names": json.loads(attrs.get("class_names", "[]")),
+        "sha256": json.loads(attrs.get("sha256", "{}")),
+        "extra": extra,
+        "created": attrs.get("created"),
+    }
+
+
+def read_extra(path: Path, name: str) -> np.ndarray:
+    with h5py.File(path, "r", locking=False) as f:
+        return f[f"extra/{name}"][()]
+
+
+class H5Split(torch.utils.data.Dataset):
+    """One split of a prepared file, optionally restricted to ``indices``.
+
+    The file is opened lazily in whichever process first reads (h5py handles must not cross a
+    fork), so it works under DataLoader workers. Indexing with a list of indices reads the
+    whole batch with one sorted selection; ``load()`` reads the split into memory.
+    """
+
+    def __init__(self, path: Path | str, split: str, indices: Sequence[int] | None = None,
+                 keys: Sequence[str] | None = None) -> None:
+        self.path = str(path)
+        self.split = split
+        with h5py.File(self.path, "r", locking=False) as f:
+            if split not in f:
+                raise KeyError(f"{path} has no split '{split}' (has: {', '.join(k for k in f if k != 'extra')})")
+            available = list(f[split].keys())
+            self.total = len(f[split]["images"])
+            self.item_shape = tuple(f[split]["images"].shape[1:])
+        self.keys = [k for k in (keys or available) if k in available]
+        self.indices = np.arange(self.total) if indices is None else np.asarray(indices, dtype=np.int64)
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _group(self) -> h5py.Group:
+        if self._file is None or self._pid != os.getpid():
+            self._file = h5py.File(self.path, "r", locking=False)
+            self._pid = os.getpid()
+        return self._file[self.split]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_file"] = None
+        return state
+
+    def __getitem__(self, index: int | Sequence[int] | np.ndarray) -> dict[str, torch.Tensor]:
+        group = self._group()
+        if np.isscalar(index):
+            row = int(self.indices[int(index)])
+            return {k: torch.as_tensor(np.asarray(group[k][row])) for k in self.keys}
+        rows = self.indices[np.asarray(index, dtype=np.int64)]
+        return {k: torch.from_numpy(read_rows(group[k], rows)) for k in self.keys}
+
+    def load(self) -> dict[str, torch.Tensor]:
+        """The whole (indexed) split as tensors in memory."""
+        return self[np.arange(len(self))]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.item_shape)) * len(self)
+
+
+def read_rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """Read ``rows`` (any order, repeats allowed) with one selection: a contiguous slice when
+    the rows are dense, else h5py's sorted point selection; then restore the asked order."""
+    if len(rows) == 0:
+        return np.empty((0,) + dataset.shape[1:], dtype=dataset.dtype)
+    unique, inverse = np.unique(rows, return_inverse=True)
+    lo, hi = int(unique[0]), int(unique[-1]) + 1
+    if hi - lo <= 4 * len(unique) or hi - lo <= 4096:
+        block = dataset[lo:hi]
+        return block[rows - lo]
+    return dataset[unique][inverse]

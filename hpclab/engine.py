@@ -1,0 +1,509 @@
+"""The one training engine: accelerate-based fit / evaluate / checkpoint / resume / log.
+
+Restarting is the same code path as starting: ``fit`` always looks for the newest good
+checkpoint of the run first. Checkpoints are single files written atomically and loaded with
+``weights_only=True``; they hold models, optimizers, schedulers, the grad scaler, RNG states and
+the step, so a resumed CPU run ends with exactly the metrics of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import re
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from hpclab.config import kwargs_of
+from hpclab.data.loader import Data
+from hpclab.tasks import TASKS
+from hpclab.utils import atomic_path, atomic_write_text, under_slurm
+
+log = logging.getLogger("hpclab")
+
+CKPT_PATTERN = re.compile(r"step(\d+)\.pt$")
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+
+
+class Preempted(Exception):
+    """A stop signal arrived; the checkpoint is written and the job should requeue."""
+
+
+# --------------------------------------------------------------------------- preemption signals
+
+class StopSignals:
+    """Turn SIGUSR2 (SLURM's pre-timeout signal) and SIGTERM (preemption, scancel, requeue) into
+    a flag the hot loop checks between steps, so the checkpoint is written at a step boundary.
+
+    The handlers that were installed before (submitit's requeue logic) are kept and called
+    after the checkpoint is safe, so submitit still requeues the array task.
+    """
+
+    SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: Optional[int] = None
+        self.previous: dict[int, Any] = {}
+
+    def install(self) -> "StopSignals":
+        if hasattr(signal, "pthread_kill"):
+            import threading
+
+            if threading.current_thread() is not threading.main_thread():
+                return self
+        for sig in self.SIGNALS:
+            self.previous[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        log.warning("received signal %s: checkpointing at the next step boundary", signal.Signals(signum).name)
+        self.received = signum
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous.clear()
+
+    def hand_over(self) -> None:
+        """After checkpointing: let the previous handler (submitit) requeue, else requeue
+        ourselves under SLURM for SIGUSR2; SIGTERM means SLURM itself requeues or cancels."""
+        signum = self.received
+        previous = self.previous.get(signum) if signum is not None else None
+        self.restore()
+        if callable(previous) and previous not in (signal.SIG_IGN, signal.SIG_DFL):
+            previous(signum, None)  # submitit: checkpoint() -> requeue -> exit
+        if signum == signal.SIGUSR2 and under_slurm():
+            import subprocess
+
+            job = os.environ.get("SLURM_ARRAY_JOB_ID")
+            job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ["SLURM_JOB_ID"]
+            log.warning("requeueing SLURM job %s", job)
+            subprocess.run(["scontrol", "requeue", job], check=False)
+        raise Preempted(f"stopped by signal {signum}; resume continues from the checkpoint")
+
+
+# --------------------------------------------------------------------------- RNG state
+
+def capture_rng() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(_tuplify(state["python"]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np_state[1].numpy(), *np_state[2:]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuplify(x: Any) -> Any:
+    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+# --------------------------------------------------------------------------- optimisation
+
+def build_optimizer(params: Iterator[nn.Parameter], cfg: DictConfig, fused: bool) -> torch.optim.Optimizer:
+    o = cfg
+    extra = {"fused": True} if fused else {}
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **extra)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **extra)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.momentum > 0)
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: DictConfig, lr: float, total_steps: int):
+    s = cfg
+    if s.name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(total_steps, 2), pct_start=s.pct_start)
+    if s.name == "cosine":
+        main = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps - s.warmup_steps, 1))
+    elif s.name == "step":
+        main = torch.optim.lr_scheduler.StepLR(opt, step_size=s.step_size, gamma=s.gamma)
+    else:
+        main = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+    if s.warmup_steps > 0:
+        warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1e-3, total_iters=s.warmup_steps)
+        return torch.optim.lr_scheduler.SequentialLR(opt, [warm, main], milestones=[s.warmup_steps])
+    return main
+
+
+# --------------------------------------------------------------------------- the trainer
+
+class Trainer:
+    """Fit one run's models on one run's data, writing everything under ``run_dir``."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        t = cfg.train
+        self.accelerator = Accelerator(mixed_precision=t.mixed_precision, step_scheduler_with_optimizer=False)
+        self.device = self.accelerator.device
+        self.is_main = self.accelerator.is_main_process
+        set_seed(cfg.seed, device_specific=True)
+        self.data = Data(cfg, self.device, self.accelerator.process_index, self.accelerator.num_processes)
+        self.task = TASKS.build(cfg.task.name, kwargs_of(cfg.task))
+        models = self.task.build_models(OmegaConf.to_container(cfg.model, resolve=True), self.data.info)
+        self.train_batches = self.data.batches("train", train=True)
+        self.steps_per_epoch = len(self.train_batches)
+        self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
+        self.eval_every = t.eval_every or self.steps_per_epoch
+        self.ckpt_every = t.checkpoint_every or self.eval_every
+        fused = self.device.type == "cuda"
+        self.models: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, Any] = {}
+        opt_cfgs = getattr(self.task, "optimizer_configs", lambda c: {name: c for name in models})(t.optimizer)
+        for name, model in models.items():
+            if t.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            model = model.to(self.device)
+            if name in opt_cfgs:
+                opt = build_optimizer((p for p in model.parameters() if p.requires_grad), opt_cfgs[name], fused)
+                sched = build_scheduler(opt, t.scheduler, opt_cfgs[name].lr, self.total_steps)
+                model, opt, sched = self.accelerator.prepare(model, opt, sched)
+                self.optimizers[name], self.schedulers[name] = opt, sched
+            else:
+                model = self.accelerator.prepare(model)
+            if t.compile:
+                model = torch.compile(model)
+            self.models[name] = model
+        self.step_count = 0
+        self.best: dict[str, Any] = {"value": None, "step": None}
+        self.stopped: Optional[str] = None
+        self.signals = StopSignals()
+        self._writer = None
+        self._metrics_file = self.run_dir / "metrics.jsonl"
+
+    # ---- helpers used by tasks
+    def autocast(self):
+        return self.accelerator.autocast()
+
+    def step(self, loss: torch.Tensor, name: str, retain_graph: bool = False) -> None:
+        """Backward, clip, optimizer and scheduler step for model ``name``."""
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        self.accelerator.backward(loss, retain_graph=retain_graph)
+        if self.cfg.train.grad_clip:
+            self.accelerator.clip_grad_norm_(self.models[name].parameters(), self.cfg.train.grad_clip)
+        opt.step()
+        self.schedulers[name].step()
+
+    def unwrap(self, name: str = "model") -> nn.Module:
+        return self.accelerator.unwrap_model(self.models[name])
+
+    # ---- logging
+    @property
+    def writer(self):
+        if self._writer is None and self.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step_count or None)
+        return self._writer
+
+    def log_metrics(self, split: str, values: dict[str, float]) -> None:
+        if not self.is_main:
+            return
+        record = {"step": self.step_count, "epoch": round(self.step_count / self.steps_per_epoch, 4), "split": split, **values}
+        with open(self._metrics_file, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        for key, value in values.items():
+            self.writer.add_scalar(f"{split}/{key}", value, self.step_count)
+
+    def log_images(self, split: str = "val") -> None:
+        if not self.is_main or not self.data.has(split):
+            return
+        import torchvision
+
+        batch = next(self.data.batches(split, train=False).epoch(0))
+        batch = {k: v[:16] for k, v in batch.items()}
+        self._eval_mode(True)
+        grids = self.task.images(self.models, batch, self._eval_generator())
+        self._eval_mode(False)
+        for name, images in grids.items():
+            grid = torchvision.utils.make_grid(images.float().clamp(0, 1).cpu(), nrow=8)
+            self.writer.add_image(f"images/{name}", grid, self.step_count)
+
+    # ---- evaluation
+    def _eval_generator(self) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(1234)
+
+    def _eval_mode(self, on: bool) -> None:
+        for model in self.models.values():
+            model.train(not on)
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Metrics of ``split`` with the parameters fixed: sums over all batches, divided once."""
+        self._eval_mode(True)
+        gen = self._eval_generator()
+        totals: dict[str, torch.Tensor] = {}
+        with self.autocast():
+            for batch in self.data.batches(split, train=False).epoch(0):
+                for k, v in self.task.eval_step(self.models, batch, gen).items():
+                    totals[k] = totals[k] + v if k in totals else v.clone()
+        self._eval_mode(False)
+        return _reduce(totals)
+
+    # ---- checkpoints
+    def _state(self) -> dict[str, Any]:
+        return {
+            "step": self.step_count,
+            "models": {n: self.accelerator.unwrap_model(m).state_dict() for n, m in self.models.items()},
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
+            "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler else None,
+            "rng": capture_rng(),
+            "best": dict(self.best),
+            "stopped": self.stopped,
+        }
+
+    def save_checkpoint(self) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            path = self.ckpt_dir / f"step{self.step_count:09d}.pt"
+            with atomic_path(path) as tmp:
+                torch.save(self._state(), tmp)
+            for old in checkpoints(self.ckpt_dir)[self.cfg.train.keep_checkpoints :]:
+                old.unlink(missing_ok=True)
+        self.accelerator.wait_for_everyone()
+
+    def save_best(self) -> None:
+        if self.is_main:
+            from safetensors.torch import save_file
+
+            for name in self.models:
+                state = {k: v.contiguous() for k, v in self.unwrap(name).state_dict().items()}
+                with atomic_path(self.ckpt_dir / f"best_{name}.safetensors") as tmp:
+                    save_file(state, str(tmp), metadata={"step": str(self.step_count)})
+
+    def load_best(self) -> bool:
+        from safetensors.torch import load_file
+
+        files = {n: self.ckpt_dir / f"best_{n}.safetensors" for n in self.models}
+        if not all(f.is_file() for f in files.values()):
+            return False
+        for name, f in files.items():
+            self.unwrap(name).load_state_dict(load_file(str(f), device=str(self.device)))
+        return True
+
+    def resume(self) -> bool:
+        """Load the newest readable checkpoint; a corrupt one is reported and skipped."""
+        if self.cfg.train.resume == "never":
+            return False
+        for path in checkpoints(self.ckpt_dir):
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                for n, m in self.models.items():
+                    self.accelerator.unwrap_model(m).load_state_dict(state["models"][n])
+                for n, o in self.optimizers.items():
+                    o.load_state_dict(state["optimizers"][n])
+                for n, s in self.schedulers.items():
+                    s.load_state_dict(state["schedulers"][n])
+            except Exception as exc:  # truncated zip, bad pickle opcode, missing key, shape mismatch
+                log.error("checkpoint %s is unreadable (%s: %s); trying an older one",
+                          path, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                continue
+            if state["scaler"] is not None and self.accelerator.scaler is not None:
+                self.accelerator.scaler.load_state_dict(state["scaler"])
+            restore_rng(state["rng"])
+            self.step_count = int(state["step"])
+            self.best = dict(state["best"])
+            self.stopped = state["stopped"]
+            self._truncate_metrics()
+            log.info("resumed from %s at step %d", path, self.step_count)
+            return True
+        return False
+
+    def _truncate_metrics(self) -> None:
+        """Drop metric lines written after the checkpoint we resume from (they will be redone)."""
+        if not self.is_main or not self._metrics_file.is_file():
+            return
+        kept = [line for line in self._metrics_file.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= self.step_count]
+        atomic_write_text(self._metrics_file, "".join(line + "\n" for line in kept))
+
+    # ---- the loop
+    def _progress(self):
+        mode = self.cfg.train.progress
+        interactive = sys.stderr.isatty() and not under_slurm()
+        if self.is_main and (mode == "bar" or (mode == "auto" and interactive)):
+            from tqdm.auto import tqdm
+
+            return tqdm(total=self.total_steps, initial=self.step_count, desc=self.cfg.run_name, dynamic_ncols=True)
+        return None
+
+    def _after_eval(self, values: dict[str, float]) -> None:
+        t = self.cfg.train
+        current = values.get(t.monitor)
+        if current is not None:
+            better = self.best["value"] is None or (
+                current < self.best["value"] if t.monitor_mode == "min" else current > self.best["value"])
+            if better:
+                self.best = {"value": current, "step": self.step_count}
+                self.save_best()
+        if t.stop.metric and t.stop.metric in values and t.stop.threshold is not None:
+            v = values[t.stop.metric]
+            if (v < t.stop.threshold) if t.stop.mode == "min" else (v > t.stop.threshold):
+                self.stopped = f"{t.stop.metric}={v:.5g} crossed {t.stop.threshold} at step {self.step_count}"
+                log.info("early stop: %s", self.stopped)
+
+    def run_evaluation(self) -> dict[str, float]:
+        values: dict[str, float] = {}
+        for split in self.cfg.train.eval_splits:
+            if self.data.has(split):
+                result = self.evaluate(split)
+                self.log_metrics(split, result)
+                values.update({f"{split}/{k}": v for k, v in result.items()})
+        self.log_images("val" if self.data.has("val") else "test")
+        if values:
+            log.info("step %d eval: %s", self.step_count, _fmt(values))
+        self._after_eval(values)
+        return values
+
+    def fit(self) -> dict[str, Any]:
+        """Train to the end (or early stop), resuming first; return the final metrics."""
+        t = self.cfg.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.resume()
+        self.signals.install()
+        bar = self._progress()
+        running: dict[str, torch.Tensor] = {}
+        started, images_seen = time.perf_counter(), 0
+        try:
+            epoch, skip = divmod(self.step_count, self.steps_per_epoch)
+            while self.step_count < self.total_steps and not self.stopped:
+                for batch in self.train_batches.epoch(epoch, skip):
+                    metrics = self.task.train_step(self, batch)
+                    for k, v in metrics.items():
+                        running[k] = running[k] + v if k in running else v.detach().clone()
+                    self.step_count += 1
+                    images_seen += len(next(iter(batch.values())))
+                    if bar is not None:
+                        bar.update(1)
+                    last = self.step_count >= self.total_steps
+                    if self.step_count % t.log_every == 0 or last:
+                        values = _check_finite(running, self.step_count, self.ckpt_dir)
+                        running = {}
+                        elapsed = time.perf_counter() - started
+                        values["images_per_s"] = images_seen / max(elapsed, 1e-9)
+                        values["lr"] = next(iter(self.optimizers.values())).param_groups[0]["lr"]
+                        self.log_metrics("fit", values)
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4g}")
+                        else:
+                            log.info("step %d/%d %s", self.step_count, self.total_steps, _fmt(values))
+                    if self.step_count % self.eval_every == 0 or last:
+                        self.run_evaluation()
+                    stop_signal = self.signals.received is not None
+                    if self.step_count % self.ckpt_every == 0 or last or self.stopped or stop_signal:
+                        _check_finite(running, self.step_count, self.ckpt_dir)
+                        self.save_checkpoint()
+                    if stop_signal:
+                        self.signals.hand_over()
+                    if last or self.stopped:
+                        break
+                epoch, skip = epoch + 1, 0
+        finally:
+            self.signals.restore()
+            if bar is not None:
+                bar.close()
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        """Evaluate the best (or last) weights on the final splits."""
+        used_best = self.load_best()
+        final: dict[str, Any] = {}
+        for split in self.cfg.train.final_splits:
+            if self.data.has(split):
+                result = self.evaluate(split)
+                self.log_metrics(f"final_{split}", result)
+                final.update({f"{split}/{k}": v for k, v in result.items()})
+        if self._writer is not None:
+            hparams = {k: v for k, v in _flat(OmegaConf.to_container(self.cfg, resolve=True)).items()
+                       if isinstance(v, (int, float, str, bool))}
+            self._writer.add_hparams(hparams, {f"hparam/{k}": v for k, v in final.items()}, run_name="hparams")
+            self._writer.flush()
+        log.info("final (%s weights): %s", "best" if used_best else "last", _fmt(final))
+        return {
+            "metrics": final,
+            "steps": self.step_count,
+            "epochs": round(self.step_count / self.steps_per_epoch, 3),
+            "best": self.best,
+            "stopped_early": self.stopped,
+            "weights": "best" if used_best else "last",
+        }
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self.accelerator.end_training()
+
+
+def checkpoints(directory: Path) -> list[Path]:
+    """Step checkpoints of a run, newest first."""
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := CKPT_PATTERN.search(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def _reduce(totals: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Divide metric sums by ``count`` (one host sync for all metrics)."""
+    if not totals:
+        return {}
+    keys = list(totals)
+    values = torch.stack([totals[k].float() for k in keys]).cpu().tolist()
+    named = dict(zip(keys, values))
+    count = named.pop("count", 1.0) or 1.0
+    return {k: v / count for k, v in named.items()}
+
+
+def _check_finite(running: dict[str, torch.Tensor], step: int, ckpt_dir: Path) -> dict[str, float]:
+    """Reduce the running sums; stop with a clear error (before any checkpoint) if non-finite."""
+    values = _reduce(running)
+    if not all(math.isfinite(v) for v in values.values()):
+        raise NonFiniteLoss(f"non-finite training metrics at step {step}: {values}; "
+                            f"the last good checkpoint is kept in {ckpt_dir}")
+    return values
+
+
+def _fmt(values: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,42 @@
+"""Shared command-line plumbing of the jobs/ entry points: help text and one-line errors."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable
+
+from hpclab.config import CONFIG_DIR, ConfigError
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def groups_help() -> str:
+    lines = []
+    for group in ("experiment", "sweep", "data", "model", "task", "cluster", "preset"):
+        lines.append(f"  {group + '=':<12} {', '.join(group_options(group))}")
+    return "\n".join(lines)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    from hpclab.data.prepare import DataMissing
+    from hpclab.engine import NonFiniteLoss
+    from hpclab.launch.job import RunConflict
+
+    return (ConfigError, DataMissing, RunConflict, NonFiniteLoss)
+
+
+def main_guard(main: Callable[[list[str]], int]) -> None:
+    """Run ``main(argv)``; expected failures print one line on stderr and exit non-zero."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        code = main(sys.argv[1:])
+    except user_errors() as exc:
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)

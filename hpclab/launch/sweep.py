@@ -1,0 +1,127 @@
+"""From command-line overrides to a list of validated run configs.
+
+A sweep config names an experiment and a grid of ``key: [values]``. Extra grid axes (or a
+replacement for one) come from the command line in Hydra's sweep syntax,
+``model.latent_dim=2,16``. Each grid point is composed by Hydra like a single run, so grid
+values may also pick config groups (``data: [mnist, fashion_mnist]``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from hpclab.config import ConfigError, compose
+
+
+@dataclass
+class Plan:
+    group: str  # results/<group>/
+    runs: list[DictConfig]
+    base: DictConfig  # the config composed without any grid point (cluster, sweep, paths)
+
+
+def split_sweep_overrides(overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Separate plain overrides from sweep axes (``key=a,b,c``) using Hydra's parser."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    plain, axes = [], {}
+    for text in overrides:
+        try:
+            parsed = parser.parse_override(text)
+        except HydraException as exc:
+            raise ConfigError(f"bad override '{text}': {str(exc).splitlines()[0]}") from None
+        if parsed.is_sweep_override():
+            axes[parsed.get_key_element()] = [str(v) for v in parsed.sweep_string_iterator()]
+        else:
+            plain.append(text)
+    return plain, axes
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, (list, dict)):
+        return OmegaConf.to_yaml(OmegaConf.create({"v": value})).split(":", 1)[1].strip().replace("\n", " ")
+    return "null" if value is None else str(value)
+
+
+def subset(values: list[Any], keep: int) -> list[Any]:
+    """At most ``keep`` values, evenly spread and including the first and last."""
+    if keep <= 0 or len(values) <= keep:
+        return list(values)
+    if keep == 1:
+        return [values[0]]
+    picks = sorted({round(i * (len(values) - 1) / (keep - 1)) for i in range(keep)})
+    return [values[i] for i in picks]
+
+
+def run_names(points: list[dict[str, str]]) -> list[str]:
+    """Stable, collision-free, filesystem-safe names from grid points (``latent_dim-8__noise_std-0.1``)."""
+    if not points or not points[0]:
+        return ["default"] * len(points)
+    keys = list(points[0])
+    short = {k: k.split(".")[-1] for k in keys}
+    if len(set(short.values())) < len(keys):
+        short = {k: k.replace(".", "-") for k in keys}
+
+    def clean(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-") or "x"
+
+    names = ["__".join(f"{clean(short[k])}-{clean(p[k])}" for k in keys) for p in points]
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 and names.count(name) == 1 else f"{name}-{seen[name]}")
+    return out
+
+
+def plan(overrides: list[str]) -> Plan:
+    """Compose, expand the sweep grid (if any) and validate every run config."""
+    plain, cli_axes = split_sweep_overrides(overrides)
+    base = compose(plain)
+    experiment_overrides: list[str] = []
+    if base.sweep.name:
+        if base.sweep.experiment and not any(o.startswith("experiment=") for o in plain):
+            experiment_overrides = [f"experiment={base.sweep.experiment}"]
+            base = compose(experiment_overrides + plain)
+        group = base.sweep.name
+    else:
+        group = base.experiment or "default"
+    axes: dict[str, list[str]] = {k: [_value_text(v) for v in vals] for k, vals in base.sweep.grid.items()}
+    axes.update(cli_axes)
+    if base.sweep.subset:
+        axes = {k: subset(v, base.sweep.subset) for k, v in axes.items()}
+    points = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())] if axes else [{}]
+    names = run_names(points)
+    explicit_name = any(o.startswith("run_name=") for o in plain)
+    runs = []
+    for point, name in zip(points, names):
+        point_overrides = [f"{k}={v}" for k, v in point.items()]
+        identity = [f"run_group={group}"] + ([] if explicit_name else [f"run_name={name}"])
+        cfg = compose(experiment_overrides + plain + point_overrides + identity)
+        runs.append(cfg)
+    return Plan(group=group, runs=runs, base=base)
+
+
+def config_diff(old: DictConfig, new: DictConfig, ignore: tuple[str, ...] = ("force", "dry_run", "cluster", "notes")) -> list[str]:
+    """Keys whose values differ between two run configs (for 'this folder holds another run')."""
+    a = _flatten(OmegaConf.to_container(old, resolve=True))
+    b = _flatten(OmegaConf.to_container(new, resolve=True))
+    keys = sorted(set(a) | set(b))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys
+            if a.get(k) != b.get(k) and not k.split(".")[0] in ignore]
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}

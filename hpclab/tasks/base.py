@@ -1,0 +1,124 @@
+"""The task interface the engine drives, and the two basic tasks: reconstruct and classify."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hpclab.data.transforms import add_gaussian_noise, augment, to_float
+from hpclab.models import MODELS
+from hpclab.tasks import TASKS
+
+if TYPE_CHECKING:
+    from hpclab.data.loader import DataInfo
+    from hpclab.engine import Trainer
+
+Metrics = dict[str, torch.Tensor]
+
+
+class Task:
+    """What a batch means. Subclasses define ``loss``; ``train_step`` covers one optimizer.
+
+    ``loss`` returns the mean loss to minimise and per-batch metric *sums* plus ``count``, so
+    the engine can add them up on the device and divide once per logging interval.
+    """
+
+    monitor = "val/loss"
+    monitor_mode = "min"
+
+    def build_models(self, model_cfg: dict[str, Any], info: "DataInfo") -> dict[str, nn.Module]:
+        name = model_cfg.pop("name")
+        return {"model": MODELS.build(name, model_cfg, in_channels=info.in_channels,
+                                      image_size=info.image_size, num_classes=info.num_classes)}
+
+    def loss(self, models: dict[str, nn.Module], batch: Metrics, train: bool,
+             generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, Metrics]:
+        raise NotImplementedError
+
+    def train_step(self, trainer: "Trainer", batch: Metrics) -> Metrics:
+        with trainer.autocast():
+            loss, metrics = self.loss(trainer.models, batch, train=True)
+        trainer.step(loss, "model")
+        return metrics
+
+    @torch.no_grad()
+    def eval_step(self, models: dict[str, nn.Module], batch: Metrics, generator: torch.Generator) -> Metrics:
+        return self.loss(models, batch, train=False, generator=generator)[1]
+
+    @torch.no_grad()
+    def images(self, models: dict[str, nn.Module], batch: Metrics, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Named image batches in [0, 1] for TensorBoard grids and figures."""
+        return {}
+
+
+def image_error_sums(output: torch.Tensor, target: torch.Tensor) -> Metrics:
+    """Per-image MSE and PSNR (images in [0, 1]) summed over the batch."""
+    mse = (output.float() - target.float()).pow(2).flatten(1).mean(1)
+    psnr = 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+    return {"mse": mse.sum(), "psnr": psnr.sum(), "count": torch.tensor(float(len(mse)), device=mse.device)}
+
+
+@TASKS.register("reconstruct")
+class Reconstruct(Task):
+    """Autoencoding; with ``noise_std > 0`` the inputs (only) get Gaussian noise: denoising."""
+
+    monitor = "val/mse"
+
+    def __init__(self, noise_std: float = 0.0, loss: str = "mse") -> None:
+        if loss not in ("mse", "bce"):
+            raise ValueError(f"task.loss must be mse or bce, got {loss!r}")
+        self.noise_std = noise_std
+        self.loss_name = loss
+
+    def corrupt(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        return add_gaussian_noise(x, self.noise_std, generator=generator) if self.noise_std > 0 else x
+
+    def loss(self, models, batch, train, generator=None):
+        target = to_float(batch["images"])
+        output = models["model"](self.corrupt(target, generator))
+        if self.loss_name == "bce":
+            loss = F.binary_cross_entropy(output.float().clamp(1e-6, 1 - 1e-6), target)
+        else:
+            loss = F.mse_loss(output.float(), target)
+        metrics = image_error_sums(output.detach(), target)
+        metrics["loss"] = loss.detach() * metrics["count"]
+        return loss, metrics
+
+    @torch.no_grad()
+    def images(self, models, batch, generator):
+        target = to_float(batch["images"])
+        noisy = self.corrupt(target, generator)
+        out = {"input": noisy} if self.noise_std > 0 else {}
+        out.update(output=models["model"](noisy).float().clamp(0, 1), target=target)
+        return out
+
+
+@TASKS.register("classify")
+class Classify(Task):
+    """Cross-entropy classification with optional on-device crop/flip augmentation."""
+
+    monitor = "val/acc"
+    monitor_mode = "max"
+
+    def __init__(self, augment: bool = False, crop_padding: int = 4, label_smoothing: float = 0.0,
+                 normalize: bool = True) -> None:
+        self.augment = augment
+        self.crop_padding = crop_padding
+        self.label_smoothing = label_smoothing
+        self.normalize = normalize
+
+    def inputs(self, batch: Metrics, train: bool) -> torch.Tensor:
+        x = to_float(batch["images"])
+        if train and self.augment:
+            x = augment(x, self.crop_padding)
+        return (x - 0.5) / 0.25 if self.normalize else x
+
+    def loss(self, models, batch, train, generator=None):
+        logits = models["model"](self.inputs(batch, train)).float()
+        labels = batch["labels"]
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing if train else 0.0)
+        count = torch.tensor(float(len(labels)), device=logits.device)
+        return loss, {"loss": loss.detach() * count, "acc": (logits.argmax(1) == labels).float().sum(), "count": count}

@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""Run an experiment or a sweep, locally or as one SLURM job array.
+
+usage: python jobs/launch.py [run|status] [key=value ...]
+
+  python jobs/launch.py sweep=ae_latent                      # every run, here, then the summary
+  python jobs/launch.py sweep=ae_latent preset=smoke         # a quick look (few steps, 2 dims)
+  python jobs/launch.py sweep=ae_latent cluster=slurm        # one array, one task per run
+  python jobs/launch.py sweep=ae_latent cluster=slurm dry_run=true   # show runs + sbatch script
+  python jobs/launch.py status sweep=ae_latent               # state and log of every run
+  python jobs/launch.py experiment=ae_latent model.latent_dim=8,16   # ad-hoc sweep axis
+
+Overrides are Hydra's: group=option, key=value, key=a,b,c (a sweep axis), +new.key=value.
+"""
+
+from __future__ import annotations
+
+from hpclab.launch.cli import groups_help, main_guard
+
+
+def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(__doc__ + "\nconfig groups:\n" + groups_help())
+        return 0
+    command = argv[0] if argv and argv[0] in ("run", "status") else "run"
+    overrides = argv[1:] if argv and argv[0] in ("run", "status") else argv
+
+    from hpclab.launch import executors
+    from hpclab.launch.sweep import plan as make_plan
+
+    plan = make_plan(overrides)
+    if command == "status":
+        print("\n".join(executors.status_lines(plan)))
+        return 0
+    cluster = plan.base.cluster.name
+    if plan.base.dry_run:
+        print(executors.describe_plan(plan))
+        if cluster == "slurm":
+            print("\n# sbatch script submitit would submit:\n" + executors.render_sbatch(plan))
+        return 0
+    if cluster == "slurm":
+        ids = executors.submit_slurm(plan)
+        if ids:
+            print(f"submitted array job {', '.join(ids)} ({len(plan.runs)} runs); "
+                  f"results: {executors.group_dir(plan)}/; "
+                  f"status: python jobs/launch.py status {' '.join(overrides)}")
+        return 0
+    executors.run_local(plan)
+    print(f"results: {executors.group_dir(plan)}/")
+    return 0
+
+
+if __name__ == "__main__":
+    main_guard(main)

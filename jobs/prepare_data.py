@@ -1,0 +1,33 @@
+#!/usr/bin/env python
+"""Stage datasets into HDF5 (and pretrained weights into the cache) for offline compute nodes.
+
+usage: python jobs/prepare_data.py data=NAME [data.mirrors=[DIR]] [paths.data=DIR] [force=true]
+
+Sources are tried in order: an existing prepared file, the local mirror directories (e.g.
+Debian's /usr/share/datasets/fashion-mnist), then the real downloader (needs internet).
+"""
+
+from __future__ import annotations
+
+from hpclab.launch.cli import group_options, main_guard
+
+
+def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help", "help") for a in argv):
+        from hpclab.data.sources import SOURCES
+
+        print(__doc__ + f"\ndatasets: {', '.join(sorted(SOURCES))}\ndata configs: {', '.join(group_options('data'))}")
+        return 0
+    from hpclab.config import compose
+    from hpclab.data import describe, stage
+
+    cfg = compose(argv)
+    path = stage(cfg, force=cfg.force)
+    info = describe(path)
+    shapes = ", ".join(f"{split} {shape['images']}" for split, shape in info["splits"].items())
+    print(f"{path}: {shapes}; source {info['source']}")
+    return 0
+
+
+if __name__ == "__main__":
+    main_guard(main)
