@@ -150,6 +150,7 @@ class RunConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    weights: list[str] = field(default_factory=list)  # prepare_data: pretrained weights to stage
     notes: str = ""
 
 

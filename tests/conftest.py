@@ -1,0 +1,51 @@
+"""Shared fixtures: an isolated working directory and small datasets in real file formats."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from formats.idx import write_idx_dataset  # noqa: E402
+
+
+def run_cli(script: str, *args: str, cwd: Path, timeout: float = 600, env: dict | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``jobs/<script>`` like a user would; on unexpected failure show its output."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, str(REPO / "jobs" / script), *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh directory with data/ and results/ that the CLI and the API both use."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HPCLAB_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("HPCLAB_RESULTS", str(tmp_path / "results"))
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def fmnist_mirror(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory of small gzipped IDX files in Fashion-MNIST's real layout."""
+    directory = tmp_path_factory.mktemp("fmnist_mirror")
+    write_idx_dataset(directory, n_train=600, n_test=200)
+    return directory
+
+
+@pytest.fixture
+def fmnist_data(workdir: Path, fmnist_mirror: Path) -> Path:
+    """``workdir`` with fashion_mnist staged from the small mirror through prepare_data."""
+    run_cli("prepare_data.py", "data=fashion_mnist", f"data.mirrors=[{fmnist_mirror}]", "data.download=false",
+            cwd=workdir)
+    return workdir
