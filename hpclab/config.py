@@ -188,6 +188,8 @@ def validate(raw: DictConfig) -> DictConfig:
         reason = _one_line(exc).split("\n")[0]
         raise ConfigError(f"config key '{key}': {reason}" if key else reason) from None
     _check_choices(cfg)
+    for key in ("data", "results", "cache"):  # absolute, so SLURM tasks agree with the submitter
+        cfg.paths[key] = str(Path(cfg.paths[key]).expanduser().absolute())
     from hpclab.models import MODELS
     from hpclab.tasks import TASKS
 

@@ -2,6 +2,7 @@
 """Stage datasets into HDF5 (and pretrained weights into the cache) for offline compute nodes.
 
 usage: python jobs/prepare_data.py data=NAME [data.mirrors=[DIR]] [paths.data=DIR] [force=true]
+       python jobs/prepare_data.py weights=[NAME,...] [paths.cache=DIR]
 
 Sources are tried in order: an existing prepared file, the local mirror directories (e.g.
 Debian's /usr/share/datasets/fashion-mnist), then the real downloader (needs internet).
@@ -16,16 +17,26 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help", "help") for a in argv):
         from hpclab.data.sources import SOURCES
 
-        print(__doc__ + f"\ndatasets: {', '.join(sorted(SOURCES))}\ndata configs: {', '.join(group_options('data'))}")
-        return 0
-    from hpclab.config import compose
-    from hpclab.data import describe, stage
+        from hpclab.weights import WEIGHTS
 
+        print(__doc__ + f"\ndatasets: {', '.join(sorted(SOURCES))}\ndata configs: {', '.join(group_options('data'))}"
+              f"\nweights: {', '.join(sorted(WEIGHTS))}")
+        return 0
+    from hpclab.config import ConfigError, compose
+    from hpclab.data import describe, stage
+    from hpclab.weights import stage_weights
+
+    wants_data = any(a.startswith(("data=", "data.name=", "experiment=")) for a in argv)
     cfg = compose(argv)
-    path = stage(cfg, force=cfg.force)
-    info = describe(path)
-    shapes = ", ".join(f"{split} {shape['images']}" for split, shape in info["splits"].items())
-    print(f"{path}: {shapes}; source {info['source']}")
+    if not wants_data and not cfg.weights:
+        raise ConfigError("name what to stage: data=NAME and/or weights=[NAME,...] (see --help)")
+    if wants_data:
+        path = stage(cfg, force=cfg.force)
+        info = describe(path)
+        shapes = ", ".join(f"{split} {shape['images']}" for split, shape in info["splits"].items())
+        print(f"{path}: {shapes}; source {info['source']}")
+    for weight_file in stage_weights(list(cfg.weights), cfg.paths.cache):
+        print(f"{weight_file}: staged")
     return 0
 
 

@@ -24,8 +24,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from hpclab.data.prepare import DataMissing
     from hpclab.engine import NonFiniteLoss
     from hpclab.launch.job import RunConflict
+    from hpclab.weights import WeightsMissing
 
-    return (ConfigError, DataMissing, RunConflict, NonFiniteLoss)
+    return (ConfigError, DataMissing, RunConflict, NonFiniteLoss, WeightsMissing)
 
 
 def main_guard(main: Callable[[list[str]], int]) -> None:

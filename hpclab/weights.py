@@ -1,0 +1,103 @@
+"""Pretrained weights staged once into a shared cache, then loaded offline on compute nodes.
+
+The cache follows torch.hub's layout (``$TORCH_HOME/hub/checkpoints/<file>``), so torchvision
+and pytorch-fid find staged files where they would have downloaded them. Each file name
+carries the first hex digits of its sha256 (torch.hub's convention), checked on staging and
+on loading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("hpclab")
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    name: str
+    url: str
+    filename: str
+    sha256_prefix: str  # torch.hub convention: the hex digits after the last '-' in the name
+    note: str = ""
+
+
+WEIGHTS: dict[str, WeightFile] = {}
+
+
+def register_weights(entry: WeightFile) -> WeightFile:
+    WEIGHTS[entry.name] = entry
+    return entry
+
+
+register_weights(WeightFile(
+    "fid_inception",
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
+    "pt_inception-2015-12-05-6726825d.pth", "6726825d", "pytorch-fid's Inception-v3 (FID statistics)"))
+
+
+class WeightsMissing(FileNotFoundError):
+    """A pretrained weight file is not staged (or is corrupt); the message names the fix."""
+
+
+def cache_dir(cache: str | Path | None = None) -> Path:
+    """The torch.hub checkpoint folder inside the cache (``paths.cache`` or $TORCH_HOME)."""
+    root = Path(cache) if cache else Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
+    return root / "hub" / "checkpoints"
+
+
+def use_cache(cache: str | Path) -> None:
+    """Point torch.hub / torchvision / timm at the staged cache for this process."""
+    os.environ["TORCH_HOME"] = str(Path(cache).resolve())
+    os.environ.setdefault("HF_HOME", str(Path(cache).resolve() / "huggingface"))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weight_path(name: str, cache: str | Path | None = None, verify: bool = True) -> Path:
+    """The staged file of ``name``; a clear error naming the staging command otherwise."""
+    if name not in WEIGHTS:
+        raise WeightsMissing(f"unknown weights '{name}' (known: {', '.join(sorted(WEIGHTS))})")
+    entry = WEIGHTS[name]
+    path = cache_dir(cache) / entry.filename
+    fix = f"run on a node with internet: python jobs/prepare_data.py weights=[{name}] paths.cache={cache or '$TORCH_HOME'}"
+    if not path.is_file():
+        raise WeightsMissing(f"pretrained weights '{name}' not staged ({path} missing); {fix}")
+    if verify and not _sha256(path).startswith(entry.sha256_prefix):
+        raise WeightsMissing(f"pretrained weights '{name}' at {path} fail their sha256 check (corrupt or partial); {fix}")
+    return path
+
+
+def stage_weights(names: list[str], cache: str | Path) -> list[Path]:
+    """Download (torch.hub, which checks the hash prefix) any of ``names`` not yet staged."""
+    from torch.hub import download_url_to_file
+
+    paths = []
+    for name in names:
+        try:
+            paths.append(weight_path(name, cache))
+            log.info("weights %s already staged", name)
+            continue
+        except WeightsMissing:
+            pass
+        entry = WEIGHTS[name]
+        dest = cache_dir(cache) / entry.filename
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        log.info("downloading %s -> %s", entry.url, dest)
+        try:
+            download_url_to_file(entry.url, str(dest), hash_prefix=entry.sha256_prefix, progress=False)
+        except (OSError, RuntimeError) as exc:  # no network, HTTP error, hash mismatch
+            raise WeightsMissing(f"download of weights '{name}' from {entry.url} failed ({exc}); "
+                                 f"stage them on a node with internet, or copy {entry.filename} into {dest.parent}") from None
+        paths.append(weight_path(name, cache))
+    return paths
