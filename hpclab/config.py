@@ -127,7 +127,7 @@ class ClusterConfig:
     max_array_size: int = 1000
     signal_delay_s: int = 120
     max_requeues: int = 3
-    folder: str = "${paths.results}/${run_group}/.submitit"
+    folder: Optional[str] = None  # submitit's folder; default <results>/<sweep>/.submitit
     image: Optional[str] = None  # Apptainer image; defaults to $HPCLAB_IMAGE
     binds: list[str] = field(default_factory=list)
     setup: list[str] = field(default_factory=list)  # shell lines run before the job
@@ -159,19 +159,38 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def _compose_error(exc: BaseException) -> str:
+    """One line that names the bad key (from OmegaConf's cause) or the missing option."""
+    cause = exc.__cause__
+    key = getattr(cause, "full_key", None)
+    if key:
+        return f"config key '{key}': {_one_line(cause)}"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if lines and "Could not find" in lines[0] and "Available options" in str(exc):
+        start = next(i for i, line in enumerate(lines) if line.startswith("Available")) + 1
+        options = [line for line in lines[start:] if not line.startswith(("Config search", "provider="))]
+        what = lines[0].replace("In 'config': ", "")
+        return f"{what} (available: {', '.join(options)})"
+    return f"bad override: {lines[0] if lines else type(exc).__name__}"
+
+
 def compose(overrides: list[str]) -> DictConfig:
     """Compose ``configs/config.yaml`` with Hydra overrides and validate it against the schema."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.config_store import ConfigStore
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
+    # The schema is the first default of config.yaml: every key exists (so key=value works for
+    # all of them) and Hydra already rejects unknown keys and wrong types while composing.
+    ConfigStore.instance().store(name="schema", node=RunConfig)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             raw = hydra_compose(config_name="config", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(f"bad override: {_one_line(exc)}") from None
+        raise ConfigError(_compose_error(exc)) from None
     finally:
         GlobalHydra.instance().clear()
     return validate(raw)

@@ -37,6 +37,10 @@ def run_local(plan: Plan) -> list[dict[str, Any]]:
     """Run every run of the plan in turn in this process (or N processes each), then report."""
     from hpclab.analysis.report import write_report
 
+    from hpclab.data.prepare import require_prepared
+
+    for cfg in plan.runs:  # fail before the first run starts, not in the middle of a sweep
+        require_prepared(cfg)
     summaries = []
     for i, cfg in enumerate(plan.runs, 1):
         log.info("[%d/%d] %s", i, len(plan.runs), run_dir_of(cfg))
@@ -87,12 +91,18 @@ def slurm_parameters(cluster: DictConfig, name: str) -> dict[str, Any]:
     return params
 
 
+def submitit_folder(plan: Plan) -> Path:
+    """Where submitit keeps pickles and logs: on shared storage, next to the results."""
+    folder = plan.base.cluster.folder
+    return Path(folder) if folder else group_dir(plan) / ".submitit"
+
+
 def make_executor(plan: Plan):
     """A submitit AutoExecutor for SLURM configured from the plan's cluster section."""
     import submitit
 
     cluster = plan.base.cluster
-    executor = submitit.AutoExecutor(folder=Path(cluster.folder), cluster="slurm",
+    executor = submitit.AutoExecutor(folder=submitit_folder(plan), cluster="slurm",
                                      slurm_max_num_timeout=cluster.max_requeues,
                                      slurm_python=container_python(cluster, plan.base.paths))
     executor.update_parameters(**slurm_parameters(cluster, f"hpclab-{plan.group}"))

@@ -68,8 +68,11 @@ def train_run(cfg: DictConfig) -> dict[str, Any]:
     from hpclab.analysis import ANALYSES
     from hpclab.engine import Trainer
 
+    from hpclab.data.prepare import require_prepared
+
     run_dir = run_dir_of(cfg)
     rank = int(os.environ.get("RANK", "0"))
+    require_prepared(cfg)  # fail before anything is written
     if (run_dir / "config.yaml").is_file() and not cfg.force:
         from hpclab.launch.sweep import config_diff
 
