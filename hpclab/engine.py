@@ -199,6 +199,8 @@ class Trainer:
         self.signals = StopSignals()
         self._writer = None
         self._metrics_file = self.run_dir / "metrics.jsonl"
+        log.info("accelerate: %d process(es), device %s, mixed precision %s; %d steps (%d per epoch)",
+                 self.accelerator.num_processes, self.device, t.mixed_precision, self.total_steps, self.steps_per_epoch)
 
     # ---- helpers used by tasks
     def autocast(self):

@@ -1,0 +1,346 @@
+#!/usr/bin/env python
+"""Side-by-side benchmarks: each row is measured against its baseline in the same run and
+reported as a ratio (absolute numbers depend on the machine; ratios are what we track).
+
+usage: python benchmarks/run.py [--quick] [--only data,steps,target,gpu] [--out results/benchmarks]
+
+Rows:
+  data    images/s through a DataLoader at batch 256: HDF5 reader (per item, batched slice,
+          in memory) vs torchvision's FashionMNIST class (PIL + ToTensor per item), and the
+          ceiling of slicing a uint8 tensor already in memory
+  steps   training-step images/s, engine vs a plain PyTorch loop, same model/optimizer/batch
+  target  wall time to full-training-set MSE < 0.03 for the Fashion-MNIST 3-d AE: engine with
+          its shipped config vs the plain loop with the brief's setup (Adam 1e-3, batch 128)
+  gpu     (CUDA only) the step rows in fp32/bf16, channels_last, torch.compile, data on GPU vs workers
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parent.parent
+DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
+Row = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+def fashion_mnist_dirs(work: Path, quick: bool) -> tuple[Path, Path]:
+    """(IDX mirror, torchvision root): real Fashion-MNIST when installed, else a synthetic set."""
+    mirror = work / "mirror"
+    if DEBIAN_FMNIST.is_dir():
+        mirror = DEBIAN_FMNIST
+    else:
+        sys.path.insert(0, str(REPO / "tests"))
+        from formats.idx import write_idx_dataset
+
+        write_idx_dataset(mirror, n_train=60000 if not quick else 6000, n_test=1000)
+    raw = work / "tv" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for f in mirror.iterdir():
+        target = raw / f.name.removesuffix(".gz")
+        with (gzip.open(f) if f.suffix == ".gz" else open(f, "rb")) as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return mirror, work / "tv"
+
+
+def compose_run(work: Path, overrides: list[str]):
+    from hpclab.config import compose
+
+    os.environ["HPCLAB_DATA"] = str(work / "data")
+    os.environ["HPCLAB_RESULTS"] = str(work / "results")
+    return compose(overrides)
+
+
+def prepared(work: Path, mirror: Path) -> Path:
+    """Fashion-MNIST staged into HDF5 by the real prepare path."""
+    from hpclab.data import stage
+
+    return stage(compose_run(work, ["data=fashion_mnist", f"data.mirrors=[{mirror}]", "data.download=false"]))
+
+
+def timed(fn: Callable[[], int], repeat: int = 1) -> float:
+    """Best items/s over ``repeat`` calls of ``fn`` (which returns the number of items)."""
+    best = 0.0
+    for _ in range(repeat):
+        start = time.perf_counter()
+        n = fn()
+        best = max(best, n / (time.perf_counter() - start))
+    return best
+
+
+# --------------------------------------------------------------------------- data rows
+
+def bench_data(work: Path, quick: bool) -> list[Row]:
+    import torchvision
+    from torch.utils.data import DataLoader
+
+    from hpclab.data.hdf5 import H5Split
+    from hpclab.data.loader import EpochBatches, SplitBatches
+
+    mirror, tv_root = fashion_mnist_dirs(work, quick)
+    path = prepared(work, mirror)
+    batch, workers = 256, 2
+    limit = 12800 if quick else 60000
+    indices = np.arange(limit)
+
+    tv = torchvision.datasets.FashionMNIST(str(tv_root), train=True, download=False,
+                                           transform=torchvision.transforms.ToTensor())
+    tv = torch.utils.data.Subset(tv, indices)
+
+    def run_loader(loader) -> int:
+        n = 0
+        for b in loader:
+            n += len(b[0] if isinstance(b, (list, tuple)) else b["images"])
+        return n
+
+    def torchvision_rate() -> int:
+        return run_loader(DataLoader(tv, batch_size=batch, shuffle=True, num_workers=workers))
+
+    split = H5Split(path, "train", indices)
+
+    def per_item() -> int:
+        return run_loader(DataLoader(split, batch_size=batch, shuffle=True, num_workers=workers))
+
+    def batched() -> int:
+        sampler = EpochBatches(len(split), batch, shuffle=True, seed=0)
+        return run_loader(DataLoader(split, sampler=sampler, batch_size=None, num_workers=workers))
+
+    resident = SplitBatches(split, batch, shuffle=True, seed=0, device=torch.device("cpu"), in_memory=True)
+
+    def in_memory() -> int:
+        return sum(len(b["images"]) for b in resident.epoch(0))
+
+    tensor = resident.tensors["images"]
+
+    def ceiling() -> int:
+        perm = torch.randperm(len(tensor))
+        return sum(len(tensor.index_select(0, perm[i : i + batch])) for i in range(0, len(tensor), batch))
+
+    base = timed(torchvision_rate)
+    top = timed(ceiling, 5)
+    rows = [{"group": "data", "row": "torchvision FashionMNIST (PIL per item, 2 workers)", "value": base,
+             "unit": "img/s", "ratio": 1.0, "baseline": "torchvision"}]
+    for name, fn, rep in (("HDF5 per item (2 workers)", per_item, 1), ("HDF5 batched slice (2 workers)", batched, 1),
+                          ("HDF5 in memory (tensor index)", in_memory, 5)):
+        rate = timed(fn, rep)
+        rows.append({"group": "data", "row": name, "value": rate, "unit": "img/s", "ratio": rate / base,
+                     "baseline": "torchvision", "of_ceiling": rate / top})
+    rows.append({"group": "data", "row": "ceiling: slicing an in-memory uint8 tensor", "value": top, "unit": "img/s",
+                 "ratio": top / base, "baseline": "torchvision", "of_ceiling": 1.0})
+    return rows
+
+
+# --------------------------------------------------------------------------- step rows
+
+def plain_loop(model: torch.nn.Module, images: torch.Tensor, steps: int, batch: int, lr: float,
+               device: torch.device, seed: int = 0, until_mse: Optional[float] = None,
+               eval_images: Optional[torch.Tensor] = None) -> tuple[int, float]:
+    """The hand-written baseline: shuffle, slice, float/255, forward, MSE, backward, Adam step.
+    With ``until_mse``, evaluates the whole training set once per epoch and stops below it."""
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    data = images.to(device)
+    n, step = len(data), 0
+    model.train()
+    while step < steps:
+        perm = torch.randperm(n, device=device)
+        for i in range(0, n - batch + 1, batch):
+            x = data[perm[i : i + batch]].float() / 255
+            loss = F.mse_loss(model(x), x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            if step >= steps:
+                break
+        if until_mse is not None:
+            mse = full_mse(model, data if eval_images is None else eval_images.to(device))
+            model.train()
+            if mse < until_mse:
+                return step, mse
+    return step, float("nan")
+
+
+@torch.no_grad()
+def full_mse(model: torch.nn.Module, data: torch.Tensor, batch: int = 1024) -> float:
+    model.eval()
+    total = 0.0
+    for i in range(0, len(data), batch):
+        x = data[i : i + batch].float() / 255
+        total += F.mse_loss(model(x), x, reduction="sum").item()
+    return total / data[0].numel() / len(data)
+
+
+def engine_fit(work: Path, overrides: list[str]) -> dict[str, Any]:
+    """Run the real Trainer (as a launched run would) and return its summary numbers."""
+    from hpclab.engine import Trainer
+
+    cfg = compose_run(work, overrides)
+    run_dir = work / "results" / f"bench-{time.time_ns()}"
+    trainer = Trainer(cfg, run_dir)
+    start = time.perf_counter()
+    result = trainer.fit()
+    result["seconds"] = time.perf_counter() - start
+    trainer.close()
+    return result
+
+
+STEP_MODELS = {
+    # name: (engine overrides selecting the model, data name, batch)
+    "Fashion-MNIST 3-d AE": (["experiment=fmnist_ae3d"], 128),
+    "conv AE (ae_latent, l=32)": (["experiment=ae_latent", "model.latent_dim=32"], 128),
+}
+
+
+def bench_steps(work: Path, quick: bool) -> list[Row]:
+    from hpclab.config import kwargs_of
+    from hpclab.data.hdf5 import H5Split
+    from hpclab.models import MODELS
+
+    mirror, _ = fashion_mnist_dirs(work, quick)
+    path = prepared(work, mirror)
+    steps = 60 if quick else 300
+    images = H5Split(path, "train").load()["images"]
+    rows = []
+    for label, (overrides, batch) in STEP_MODELS.items():
+        try:
+            cfg = compose_run(work, overrides)
+        except Exception as exc:  # an experiment not present in this checkout
+            print(f"skip {label}: {exc}", file=sys.stderr)
+            continue
+        common = ["train.epochs=null", f"train.max_steps={steps}", f"train.batch_size={batch}",
+                  "train.eval_splits=[]", "train.final_splits=[]", f"train.eval_every={steps}",
+                  f"train.log_every={steps}", "train.scheduler.name=none", "analysis=[]", "train.progress=log",
+                  "data.val_fraction=0", "train.optimizer.name=adam", "train.optimizer.lr=0.001"]
+        torch.manual_seed(0)
+        model = MODELS.build(cfg.model.name, kwargs_of(cfg.model), in_channels=1, image_size=28, num_classes=10)
+        plain_s = time.perf_counter()
+        plain_loop(model, images, steps, batch, 1e-3, torch.device("cpu"))
+        plain_rate = steps * batch / (time.perf_counter() - plain_s)
+        result = engine_fit(work, overrides + common)
+        engine_rate = steps * batch / result["seconds"]
+        rows.append({"group": "steps", "row": f"{label}: plain loop", "value": plain_rate, "unit": "img/s",
+                     "ratio": 1.0, "baseline": "plain loop"})
+        rows.append({"group": "steps", "row": f"{label}: engine", "value": engine_rate, "unit": "img/s",
+                     "ratio": engine_rate / plain_rate, "baseline": "plain loop"})
+    return rows
+
+
+def bench_target(work: Path, quick: bool) -> list[Row]:
+    """Time to full-training-set MSE < 0.03 (Fashion-MNIST 3-d AE): engine vs the brief's loop."""
+    from hpclab.config import kwargs_of
+    from hpclab.data.hdf5 import H5Split
+    from hpclab.models import MODELS
+
+    mirror, _ = fashion_mnist_dirs(work, quick)
+    path = prepared(work, mirror)
+    threshold = 0.03
+    try:
+        cfg = compose_run(work, ["experiment=fmnist_ae3d"])
+    except Exception as exc:
+        print(f"skip target: {exc}", file=sys.stderr)
+        return []
+    images = H5Split(path, "train").load()["images"]
+    max_epochs = 2 if quick else 30
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model.name, kwargs_of(cfg.model), in_channels=1, image_size=28, num_classes=10)
+    start = time.perf_counter()
+    steps, mse = plain_loop(model, images, max_epochs * (len(images) // 128), 128, 1e-3, torch.device("cpu"),
+                            until_mse=threshold)
+    plain_s = time.perf_counter() - start
+    result = engine_fit(work, ["experiment=fmnist_ae3d", "train.final_splits=[]", "analysis=[]", "train.progress=log"]
+                        + (["train.epochs=2"] if quick else []))
+    reached = bool(result["stopped_early"])
+    return [
+        {"group": "target", "row": f"plain loop (Adam 1e-3, batch 128): {steps} steps, mse {mse:.4f}",
+         "value": plain_s, "unit": "s", "ratio": 1.0, "baseline": "plain loop"},
+        {"group": "target", "row": f"engine (fmnist_ae3d config): {result['steps']} steps, "
+                                   f"{'reached' if reached else 'did not reach'} {threshold}",
+         "value": result["seconds"], "unit": "s", "ratio": result["seconds"] / plain_s, "baseline": "plain loop",
+         "note": "ratio < 1 is faster"},
+    ]
+
+
+# --------------------------------------------------------------------------- GPU rows
+
+def bench_gpu(work: Path, quick: bool) -> list[Row]:
+    if not torch.cuda.is_available():
+        return []
+    mirror, _ = fashion_mnist_dirs(work, quick)
+    prepared(work, mirror)
+    steps = 100 if quick else 500
+    rows = []
+    base_rate = None
+    variants = {
+        "fp32, data on GPU": [],
+        "bf16, data on GPU": ["train.mixed_precision=bf16"],
+        "bf16 + channels_last": ["train.mixed_precision=bf16", "train.channels_last=true"],
+        "bf16 + torch.compile": ["train.mixed_precision=bf16", "train.compile=true"],
+        "fp32, data via 4 workers": ["data.in_memory=false", "data.num_workers=4"],
+    }
+    for label, extra in variants.items():
+        result = engine_fit(work, ["experiment=ae_latent", "train.epochs=null", f"train.max_steps={steps}",
+                                   "train.batch_size=512", "train.eval_splits=[]", "train.final_splits=[]",
+                                   f"train.log_every={steps}", "analysis=[]", "train.progress=log"] + extra)
+        rate = steps * 512 / result["seconds"]
+        base_rate = base_rate or rate
+        rows.append({"group": "gpu", "row": f"conv AE {label}", "value": rate, "unit": "img/s",
+                     "ratio": rate / base_rate, "baseline": "fp32, data on GPU"})
+    return rows
+
+
+SECTIONS = {"data": bench_data, "steps": bench_steps, "target": bench_target, "gpu": bench_gpu}
+
+
+def to_markdown(rows: list[Row], args: argparse.Namespace) -> str:
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    lines = [f"Benchmarks on {device}, torch {torch.__version__}; "
+             f"`python benchmarks/run.py{' --quick' if args.quick else ''}`", "",
+             "| group | row | value | unit | ratio vs baseline | baseline |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        extra = f" ({r['of_ceiling']:.2f} of ceiling)" if "of_ceiling" in r else ""
+        lines.append(f"| {r['group']} | {r['row']} | {r['value']:.1f} | {r['unit']} | {r['ratio']:.2f}x{extra} | "
+                     f"{r['baseline']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short version (smoke test)")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    parser.add_argument("--out", default=str(REPO / "results" / "benchmarks"))
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="hpclab-bench-") as tmp:
+        for name in args.only.split(","):
+            if name not in SECTIONS:
+                parser.error(f"unknown section {name!r} (choose from {', '.join(SECTIONS)})")
+            print(f"== {name}", file=sys.stderr, flush=True)
+            rows += SECTIONS[name](Path(tmp), args.quick)
+    table = to_markdown(rows, args)
+    print(table)
+    from hpclab.utils import atomic_write_text, write_json
+
+    out = Path(args.out)
+    atomic_write_text(out / "benchmarks.md", table)
+    write_json(out / "benchmarks.json", {"quick": args.quick, "rows": rows, "torch": torch.__version__})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Config composition and validation through the CLI and the package API."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import run_cli
+
+from hpclab.config import ConfigError, compose
+from hpclab.launch.sweep import plan, run_names, subset
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.foo=1", "train.foo"),
+        ("train.epochs=abc", "train.epochs"),
+        ("model.foo=1", "model.foo"),
+        ("train.mixed_precision=fp8", "train.mixed_precision"),
+        ("data.val_fraction=1.5", "data.val_fraction"),
+    ],
+)
+def test_bad_override_exits_with_one_line_naming_the_key(workdir, override, key):
+    proc = run_cli("launch.py", "sweep=ae_latent", override, cwd=workdir, check=False)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    assert key in lines[0]
+    assert not (workdir / "results").exists()
+
+
+def test_unknown_group_option_lists_the_choices(workdir):
+    proc = run_cli("launch.py", "data=nope", cwd=workdir, check=False)
+    assert proc.returncode == 2
+    assert "data/nope" in proc.stderr and "fashion_mnist" in proc.stderr
+
+
+def test_model_kwargs_are_checked_against_the_class_signature():
+    with pytest.raises(ConfigError, match="model.name"):
+        compose(["model.name=no_such_model"])
+    with pytest.raises(ConfigError, match="model.bogus"):
+        compose(["+model.bogus=3"])
+
+
+def test_composed_config_has_absolute_paths_and_schema_defaults(workdir):
+    cfg = compose(["experiment=ae_latent", "paths.data=rel/data"])
+    assert cfg.paths.data == str(workdir / "rel" / "data")
+    assert cfg.train.optimizer.name == "adam" and cfg.model.name == "conv_ae"
+    assert cfg.experiment == "ae_latent"
+
+
+def test_missing_required_value_is_reported():
+    with pytest.raises(ConfigError, match="train.epochs"):
+        compose(["train.epochs=null", "train.max_steps=null"])
+
+
+def test_sweep_expansion_names_and_grid(workdir):
+    p = plan(["sweep=ae_latent"])
+    assert p.group == "ae_latent"
+    assert [c.model.latent_dim for c in p.runs] == [2, 4, 8, 16, 32, 64, 128, 256]
+    assert [c.run_name for c in p.runs][:2] == ["latent_dim-2", "latent_dim-4"]
+    assert all(c.run_group == "ae_latent" and c.experiment == "ae_latent" for c in p.runs)
+
+
+def test_command_line_axis_and_smoke_subset(workdir):
+    p = plan(["sweep=ae_latent", "preset=smoke", "model.upsampling=transpose,bilinear"])
+    assert [c.model.latent_dim for c in p.runs] == [2, 2, 256, 256]
+    assert [c.model.upsampling for c in p.runs] == ["transpose", "bilinear"] * 2
+    assert len({c.run_name for c in p.runs}) == 4
+    assert p.runs[1].run_name == "latent_dim-2__upsampling-bilinear"
+
+
+def test_run_names_are_stable_and_collision_free():
+    points = [{"a.x": "1", "b.x": "2"}, {"a.x": "1", "b.x": "2"}, {"a.x": "3/4", "b.x": "5"}]
+    names = run_names(points)
+    assert len(set(names)) == 3
+    assert names == run_names(points)
+    assert "/" not in "".join(names)
+    assert subset(list(range(8)), 3) == [0, 4, 7]

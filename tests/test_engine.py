@@ -1,0 +1,159 @@
+"""The training engine: resume equivalence, corrupt checkpoints, safety of loading, early stop,
+non-finite losses, and multi-process data parallelism on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, run_cli
+from torch import nn
+
+from hpclab.config import compose
+from hpclab.engine import NonFiniteLoss, checkpoints
+from hpclab.launch.job import run_dir_of, train_run
+from hpclab.models import MODELS
+
+DIGITS_RUN = ["experiment=ae_latent", "data=digits", "model.latent_dim=8", "model.channels=[8,16]",
+              "train.epochs=null", "train.batch_size=64", "train.log_every=10", "train.progress=log"]
+
+
+@pytest.fixture
+def digits(workdir: Path) -> Path:
+    run_cli("prepare_data.py", "data=digits", cwd=workdir)
+    return workdir
+
+
+def final_metrics(results: Path, group: str = "ae_latent", run: str = "default") -> dict:
+    return json.loads((results / group / run / "summary.json").read_text())["metrics"]
+
+
+def test_resume_after_kill_ends_with_the_same_metrics(digits):
+    args = DIGITS_RUN + ["train.max_steps=240", "train.eval_every=40", "train.checkpoint_every=20"]
+    run_cli("launch.py", *args, cwd=digits, env={"HPCLAB_RESULTS": str(digits / "straight")})
+    reference = final_metrics(digits / "straight")
+
+    env = {**os.environ, "HPCLAB_RESULTS": str(digits / "killed"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "jobs" / "launch.py"), *args], cwd=digits, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt_dir = digits / "killed" / "ae_latent" / "default" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not checkpoints(ckpt_dir) and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = checkpoints(ckpt_dir)
+    assert saved, "no checkpoint was written before the kill"
+    killed_at = int(saved[0].stem.removeprefix("step"))
+    assert 0 < killed_at < 240
+    assert not (ckpt_dir.parent / "summary.json").exists()
+
+    run_cli("launch.py", *args, cwd=digits, env={"HPCLAB_RESULTS": str(digits / "killed")})
+    log = (ckpt_dir.parent / "run.log").read_text()
+    assert f"at step {killed_at}" in log and "resumed from" in log
+    assert final_metrics(digits / "killed") == reference
+    steps = [json.loads(line)["step"] for line in (ckpt_dir.parent / "metrics.jsonl").read_text().splitlines()]
+    fit_steps = [json.loads(line)["step"] for line in (ckpt_dir.parent / "metrics.jsonl").read_text().splitlines()
+                 if json.loads(line)["split"] == "fit"]
+    assert fit_steps == sorted(set(fit_steps)) and steps[-1] == 240
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(digits, capsys):
+    cfg = compose(DIGITS_RUN + ["train.max_steps=40", "train.checkpoint_every=10", "train.keep_checkpoints=3"])
+    train_run(cfg)
+    run_dir = run_dir_of(cfg)
+    newest, previous = checkpoints(run_dir / "checkpoints")[:2]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated by a crash
+    (run_dir / "summary.json").unlink()
+    from hpclab.engine import Trainer
+
+    trainer = Trainer(cfg, run_dir)
+    assert trainer.resume()
+    assert trainer.step_count == int(previous.stem.removeprefix("step"))
+    out = capsys.readouterr().out
+    assert "unreadable" in out and newest.name in out
+    trainer.close()
+
+
+class _Boom:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_loading_never_executes_pickled_code(digits):
+    cfg = compose(DIGITS_RUN + ["train.max_steps=10"])
+    ckpt_dir = run_dir_of(cfg) / "checkpoints"
+    ckpt_dir.mkdir(parents=True)
+    torch.save({"step": 5, "payload": _Boom()}, ckpt_dir / "step000000005.pt")
+    assert pickle.loads  # the file really holds a reduce-to-os.system payload
+    summary = train_run(cfg)
+    assert not (digits / "pwned").exists()
+    assert summary["steps"] == 10  # started from scratch after reporting the bad file
+
+
+def test_early_stop_when_metric_crosses_threshold(digits):
+    cfg = compose(DIGITS_RUN + ["train.max_steps=400", "train.eval_every=20", "train.eval_splits=[train,val]",
+                                "train.stop.metric=train/mse", "train.stop.threshold=0.09"])
+    summary = train_run(cfg)
+    assert summary["stopped_early"] and "train/mse" in summary["stopped_early"]
+    assert summary["steps"] < 400 and summary["steps"] % 20 == 0
+    lines = [json.loads(x) for x in (run_dir_of(cfg) / "metrics.jsonl").read_text().splitlines()]
+    last_train_eval = [x for x in lines if x["split"] == "train"][-1]
+    assert last_train_eval["mse"] < 0.09
+
+
+@MODELS.register("nan_after_steps")
+class _NanModel(nn.Module):
+    """Test model whose output turns NaN after a few forward passes."""
+
+    def __init__(self, in_channels: int = 1, after: int = 15) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
+        self.after = after
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = torch.sigmoid(self.conv(x))
+        return out * float("nan") if self.calls > self.after and self.training else out
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_good_checkpoint(digits):
+    cfg = compose(DIGITS_RUN + ["model=conv_ae", "~model.latent_dim", "~model.channels", "~model.upsampling",
+                                "model.name=nan_after_steps", "train.max_steps=40", "train.checkpoint_every=10"])
+    with pytest.raises(NonFiniteLoss, match="non-finite"):
+        train_run(cfg)
+    saved = checkpoints(run_dir_of(cfg) / "checkpoints")
+    assert [p.name for p in saved] == ["step000000010.pt"]
+
+
+def test_two_process_data_parallel_training_on_cpu(digits):
+    proc = run_cli("launch.py", *DIGITS_RUN, "train.max_steps=20", "cluster.processes=2", cwd=digits)
+    run_dir = digits / "results" / "ae_latent" / "default"
+    log = (run_dir / "run.log").read_text()
+    assert "accelerate: 2 process(es)" in log
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 20
+    assert torch.isfinite(torch.tensor(summary["metrics"]["test/mse"]))
+    assert "results:" in proc.stdout
+
+
+def test_rerun_skips_a_finished_run_and_refuses_a_changed_config(digits):
+    run_cli("launch.py", *DIGITS_RUN, "train.max_steps=10", cwd=digits)
+    summary = digits / "results/ae_latent/default/summary.json"
+    mtime = summary.stat().st_mtime_ns
+    proc = run_cli("launch.py", *DIGITS_RUN, "train.max_steps=10", cwd=digits)
+    assert summary.stat().st_mtime_ns == mtime and "complete; skipping" in proc.stdout
+    proc = run_cli("launch.py", *DIGITS_RUN, "train.max_steps=12", cwd=digits, check=False)
+    assert proc.returncode == 2 and "train.max_steps: 10 -> 12" in proc.stderr
+    run_cli("launch.py", *DIGITS_RUN, "train.max_steps=12", "force=true", cwd=digits)
+    assert json.loads(summary.read_text())["steps"] == 12
+    assert list((digits / "results/ae_latent").glob("default.old-*"))  # the old run was moved aside
