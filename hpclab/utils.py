@@ -53,13 +53,14 @@ def read_json(path: Path | str) -> Any:
 
 
 def git_commit() -> str | None:
+    """The checkout's commit; inside the Apptainer image (no .git, no git) the one it was built from."""
     try:
         out = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
         )
     except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
+        return os.environ.get("HPCLAB_GIT_COMMIT")
+    return out.stdout.strip() or os.environ.get("HPCLAB_GIT_COMMIT")
 
 
 TRACKED_PACKAGES = (

@@ -18,28 +18,34 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def closure(roots: list[str]) -> dict[str, str]:
+def closure(requirements: list[str]) -> dict[str, str]:
+    """Installed versions of ``requirements`` and everything they pull in, extras included.
+
+    A dependent can ask for extras (torch needs ``cuda-toolkit[cublas,cudart,...]``); their
+    requirements are followed too, each marker evaluated with the requested extras, so the
+    lock holds everything pip installs and nothing floats.
+    """
+    from packaging.requirements import Requirement
+
     seen: dict[str, str] = {}
-    todo = list(roots)
+    done: set[tuple[str, frozenset[str]]] = set()
+    todo = [Requirement(r) for r in requirements]
     while todo:
-        name = canonical(todo.pop())
-        if name in seen:
+        req = todo.pop()
+        name = canonical(req.name)
+        if (name, frozenset(req.extras)) in done:
             continue
+        done.add((name, frozenset(req.extras)))
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
             continue
         seen[name] = dist.version
-        for req in dist.requires or []:
-            if "extra ==" in req:
-                continue
-            marker_ok = True
-            if ";" in req:
-                from packaging.markers import Marker
-
-                marker_ok = Marker(req.split(";", 1)[1]).evaluate()
-            if marker_ok:
-                todo.append(re.split(r"[ ;<>=!~\[(]", req.strip(), maxsplit=1)[0])
+        environments = [{"extra": extra} for extra in req.extras] or [{"extra": ""}]
+        for line in dist.requires or []:
+            sub = Requirement(line)
+            if sub.marker is None or any(sub.marker.evaluate(env) for env in environments):
+                todo.append(sub)
     return seen
 
 
@@ -47,9 +53,7 @@ def main() -> int:
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    roots = [re.split(r"[ ;<>=!~\[]", r, maxsplit=1)[0] for r in project["dependencies"]]
-    roots += [re.split(r"[ ;<>=!~\[]", r, maxsplit=1)[0] for r in project["optional-dependencies"]["dev"]]
-    pins = closure(roots)
+    pins = closure(project["dependencies"] + project["optional-dependencies"]["dev"])
     pins.pop("hpclab", None)
     lines = [f"{name}=={version}" for name, version in sorted(pins.items())]
     header = "# Exact versions of hpclab's dependency closure (scripts/freeze_constraints.py).\n"
