@@ -27,6 +27,19 @@ def collect(group_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def metric_of(summary: dict[str, Any], name: str) -> Any:
+    """A final metric (``test/mse``) or any dotted path into summary.json
+    (``analyses.latent_probe.linear_test_acc``)."""
+    if name in summary.get("metrics", {}):
+        return summary["metrics"][name]
+    value: Any = summary
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
 def _number(value: Any) -> Any:
     return round(value, 6) if isinstance(value, float) else value
 
@@ -39,7 +52,7 @@ def table(rows: list[dict[str, Any]], keys: list[str], metrics: list[str]) -> tu
         body.append([
             row["run"],
             *[OmegaConf.select(row["cfg"], k) for k in keys],
-            *[_number(s["metrics"].get(m)) for m in metrics],
+            *[_number(metric_of(s, m)) for m in metrics],
             sum(s.get("parameters", {}).values()),
             s.get("epochs"),
             s.get("wall_time_s"),
@@ -103,7 +116,7 @@ def plot(rows: list[dict[str, Any]], x: str, metrics: list[str], path: Path, log
     xs = [OmegaConf.select(r["cfg"], x) for r in rows]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        ys = [r["summary"]["metrics"].get(metric) for r in rows]
+        ys = [metric_of(r["summary"], metric) for r in rows]
         ax.plot(xs, ys, marker="o")
         ax.set_xlabel(x)
         ax.set_ylabel(metric)

@@ -1,4 +1,7 @@
-"""Autoencoders. ``conv_ae`` is the configurable one of the latent-size and upsampling studies."""
+"""Autoencoders. ``conv_ae`` is the configurable one of the latent-size and upsampling studies;
+the course briefs' exact models follow it: ``linear_ae`` (MNIST LinearAutoEncoder, notMNIST dense
+AE), ``cnn_ae`` (MNIST AutoEncoder_CNN), ``strided_ae`` (Fashion-MNIST 3-d latent AE) and
+``pool_upsample_ae`` (notMNIST denoising AE)."""
 
 from __future__ import annotations
 
@@ -67,3 +70,166 @@ class ConvAutoEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
+
+
+# --------------------------------------------------------------------------- course-brief models
+
+def _activation(name: str) -> nn.Module:
+    """``relu`` | ``sigmoid`` | ``none`` as a module (for configurable latent activations)."""
+    table = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "none": nn.Identity}
+    if name not in table:
+        raise ValueError(f"activation must be one of {', '.join(table)}, got {name!r}")
+    return table[name]()
+
+
+@MODELS.register("linear_ae")
+class LinearAutoEncoder(nn.Module):
+    """Dense AE. Defaults are the MNIST brief's ``LinearAutoEncoder``: Flatten -> 784-128-64-32-15
+    (ReLU after every linear layer but the last), decoder 15-32-64-128-784 (ReLU after every
+    layer but the last), Sigmoid, reshape to (-1, C, H, W).
+
+    ``hidden=[]`` with ``latent_activation=relu`` is the shallow dense AE of the notMNIST
+    practical (784-32-784). ``encoder`` and ``decoder`` are separate modules, usable alone.
+    """
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28, hidden: Sequence[int] = (128, 64, 32),
+                 latent_dim: int = 15, latent_activation: str = "none") -> None:
+        super().__init__()
+        self.shape = (in_channels, image_size, image_size)
+        self.latent_dim = latent_dim
+        sizes = [in_channels * image_size * image_size, *hidden, latent_dim]
+        enc: list[nn.Module] = [nn.Flatten()]
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            enc.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                enc.append(nn.ReLU(inplace=True))
+        enc.append(_activation(latent_activation))
+        self.encoder = nn.Sequential(*enc)
+        back = sizes[::-1]
+        dec: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(back[:-1], back[1:])):
+            dec.append(nn.Linear(a, b))
+            dec.append(nn.ReLU(inplace=True) if i < len(back) - 2 else nn.Sigmoid())
+        dec.append(nn.Unflatten(1, self.shape))
+        self.decoder = nn.Sequential(*dec)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+@MODELS.register("cnn_ae")
+class AutoEncoderCNN(nn.Module):
+    """The MNIST brief's ``AutoEncoder_CNN`` (at most 35,000 parameters with the defaults).
+
+    Encoder: 3x3 stride-2 conv + ReLU, 3x3 stride-2 conv + ReLU (28 -> 14 -> 7), a 5x5 conv
+    (7 -> 3), max-pooling that returns its indices (2x2, ceil mode: 3 -> 2, so no row is
+    dropped). Decoder: max-unpooling with those indices (2 -> 3), 5x5 transposed conv + ReLU
+    (3 -> 7), two 3x3 stride-2 transposed convs with output_padding 1 (7 -> 14 -> 28), ReLU
+    between them, Sigmoid. Widths (12, 24, 24) are our choice: 34,297 parameters.
+    """
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28, channels: Sequence[int] = (12, 24, 24)) -> None:
+        super().__init__()
+        c1, c2, c3 = channels
+        self.encoder = nn.Sequential(
+            nn.Conv2d(in_channels, c1, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c2, c3, 5),
+        )
+        self.pool = nn.MaxPool2d(2, stride=2, ceil_mode=True, return_indices=True)
+        self.unpool = nn.MaxUnpool2d(2, stride=2)
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(c3, c2, 5), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(c2, c1, 3, stride=2, padding=1, output_padding=1), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(c1, in_channels, 3, stride=2, padding=1, output_padding=1), nn.Sigmoid(),
+        )
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled code, flattened (the indices stay behind: decoding needs the forward pass)."""
+        return self.pool(self.encoder(x))[0].flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(x)
+        pooled, indices = self.pool(h)
+        return self.decoder(self.unpool(pooled, indices, output_size=h.shape[-2:]))
+
+
+@MODELS.register("strided_ae")
+class StridedConvAutoEncoder(nn.Module):
+    """3x3 padding-1 convs with per-layer strides, one linear layer to a small latent, and the
+    mirror image back. Defaults are the Fashion-MNIST homework's 3-d latent AE:
+    convs 64, 32, 16, 2 with strides 2, 2, 1, 1 and ReLU, Linear(2*7*7 -> 3); decoder
+    Linear(3 -> 2*7*7) + ReLU, transposed convs 16, 32, 64, 1 with strides 1, 1, 2, 2 (stride-2
+    ones use output_padding 1 so 7 -> 14 -> 28), ReLU between, Sigmoid output.
+    """
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28, channels: Sequence[int] = (64, 32, 16, 2),
+                 strides: Sequence[int] = (2, 2, 1, 1), latent_dim: int = 3) -> None:
+        super().__init__()
+        if len(channels) != len(strides):
+            raise ValueError("model.channels and model.strides must have the same length")
+        self.latent_dim = latent_dim
+        enc: list[nn.Module] = []
+        c, size = in_channels, image_size
+        for width, stride in zip(channels, strides):
+            enc += [nn.Conv2d(c, width, 3, stride=stride, padding=1), nn.ReLU(inplace=True)]
+            c, size = width, (size - 1) // stride + 1
+        self.code_shape = (c, size, size)
+        flat = c * size * size
+        self.encoder = nn.Sequential(*enc, nn.Flatten(), nn.Linear(flat, latent_dim))
+        dec: list[nn.Module] = [nn.Linear(latent_dim, flat), nn.ReLU(inplace=True), nn.Unflatten(1, self.code_shape)]
+        outs = [*channels[-2::-1], in_channels]
+        for i, (width, stride) in enumerate(zip(outs, strides[::-1])):
+            dec.append(nn.ConvTranspose2d(c, width, 3, stride=stride, padding=1, output_padding=stride - 1))
+            dec.append(nn.ReLU(inplace=True) if i < len(outs) - 1 else nn.Sigmoid())
+            c = width
+        self.decoder = nn.Sequential(*dec)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+@MODELS.register("pool_upsample_ae")
+class PoolUpsampleAutoEncoder(nn.Module):
+    """Conv + max-pool encoder, conv + upsample decoder ("same" 3x3 convs, ReLU, Sigmoid out).
+    Defaults are the notMNIST practical's denoising AE exactly:
+    conv 32, maxpool 2, conv 64, maxpool 2, conv 128 | conv 128, up 2, conv 64, up 2, conv 1.
+    """
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28, encoder: Sequence[int] = (32, 64, 128),
+                 decoder: Sequence[int] = (128, 64), upsample_mode: str = "nearest") -> None:
+        super().__init__()
+        if image_size % 2 ** (len(encoder) - 1):
+            raise ValueError(f"image_size {image_size} is not divisible by 2**{len(encoder) - 1} (pooling steps)")
+        enc: list[nn.Module] = []
+        c = in_channels
+        for i, width in enumerate(encoder):
+            enc += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU(inplace=True)]
+            if i < len(encoder) - 1:
+                enc.append(nn.MaxPool2d(2))
+            c = width
+        self.encoder = nn.Sequential(*enc)
+        dec: list[nn.Module] = []
+        for width in decoder:
+            dec += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU(inplace=True), nn.Upsample(scale_factor=2, mode=upsample_mode)]
+            c = width
+        dec += [nn.Conv2d(c, in_channels, 3, padding=1), nn.Sigmoid()]
+        self.decoder = nn.Sequential(*dec)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))

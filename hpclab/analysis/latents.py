@@ -1,0 +1,469 @@
+"""Autoencoder studies on the trained model: layer table, latent scatter / t-SNE / UMAP, decoded
+latent grids, per-class reconstructions, inputs over their encodings, SVM and probes on codes.
+
+Every function is an analysis (``fn(trainer, out_dir, **kwargs) -> dict``). Models expose
+``encode(x)`` (and ``decode(z)`` where a latent alone can be decoded); inputs are the images
+as floats in [0, 1], as the reconstruct task feeds them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from hpclab.analysis import ANALYSES
+from hpclab.analysis.figures import plt, save_figure
+from hpclab.analysis.report import to_csv, to_markdown
+from hpclab.data.transforms import to_float
+from hpclab.utils import atomic_write_text, read_json, write_json
+
+log = logging.getLogger("hpclab")
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _model(trainer: Any, name: str = "model") -> nn.Module:
+    return trainer.unwrap(name)
+
+
+def _require(model: nn.Module, method: str, analysis: str) -> None:
+    if not callable(getattr(model, method, None)):
+        raise ValueError(f"analysis '{analysis}' needs a model with a {method}() method; "
+                         f"{type(model).__name__} has none")
+
+
+@torch.no_grad()
+def encode_split(trainer: Any, split: str, limit: Optional[int] = None, seed: int = 0,
+                 keep_images: bool = False) -> dict[str, np.ndarray]:
+    """Codes (N x D float32) and labels of a split, optionally a seeded random subset of
+    ``limit`` items (file order may be sorted by class) and the flattened images."""
+    model = _model(trainer)
+    _require(model, "encode", "encode_split")
+    n = trainer.data.batches(split, train=False).num_items
+    wanted = None
+    if limit is not None and limit < n:
+        wanted = np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+    codes, labels, images = [], [], []
+    offset = 0
+    trainer._eval_mode(True)
+    try:
+        for batch in trainer.data.batches(split, train=False).epoch(0):
+            size = len(batch["images"])
+            if wanted is not None:
+                local = wanted[(wanted >= offset) & (wanted < offset + size)] - offset
+                offset += size
+                if not len(local):
+                    continue
+                index = torch.as_tensor(local, device=batch["images"].device)
+                batch = {k: v.index_select(0, index) for k, v in batch.items()}
+            x = to_float(batch["images"])
+            codes.append(model.encode(x).flatten(1).float().cpu())
+            labels.append(batch["labels"].cpu())
+            if keep_images:
+                images.append(x.flatten(1).cpu())
+    finally:
+        trainer._eval_mode(False)
+    out = {"codes": torch.cat(codes).numpy(), "labels": torch.cat(labels).numpy()}
+    if keep_images:
+        out["images"] = torch.cat(images).numpy()
+    return out
+
+
+def _class_colours(ax: Any, points: np.ndarray, labels: np.ndarray, names: Sequence[str], size: float) -> None:
+    """Scatter ``points`` (N x 2 or N x 3) coloured by class, with a legend of class names."""
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    for c, name in enumerate(names):
+        sel = labels == c
+        if sel.any():
+            ax.scatter(*points[sel].T, s=size, color=cmap(c % cmap.N), label=name, alpha=0.6, linewidths=0)
+    ax.legend(markerscale=max(1.0, 12 / size), fontsize=7, loc="best", framealpha=0.7)
+
+
+def _to_tensorboard(trainer: Any, tag: str, images: torch.Tensor, nrow: int) -> None:
+    """An image grid (N x C x H x W in [0, 1]) into the run's TensorBoard log."""
+    import torchvision
+
+    writer = trainer.writer
+    if writer is not None:
+        grid = torchvision.utils.make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, pad_value=1.0)
+        writer.add_image(tag, grid, trainer.step_count)
+        writer.flush()
+
+
+def _write_table(out_dir: Path, name: str, header: list[str], rows: list[list[Any]], title: str) -> dict[str, str]:
+    """A small result table as Markdown and CSV next to the figures."""
+    md, csv = out_dir / f"{name}.md", out_dir / f"{name}.csv"
+    atomic_write_text(md, f"# {title}\n\n" + to_markdown(header, rows))
+    atomic_write_text(csv, to_csv(header, rows))
+    return {"table": str(md), "csv": str(csv)}
+
+
+def write_group_table(group_dir: Path, name: str, columns: Sequence[str], sort_by: Optional[str] = None) -> Optional[Path]:
+    """Collect ``<run>/figures/<name>.json`` of every run in a results group into one table
+    (``<group>/<name>.md`` and ``.csv``): the per-latent-size view a sweep asks for."""
+    rows = []
+    for path in sorted(group_dir.glob(f"*/figures/{name}.json")):
+        record = read_json(path)
+        rows.append([path.parent.parent.name, *[record.get(c) for c in columns]])
+    if not rows:
+        return None
+    if sort_by in columns:
+        i = 1 + list(columns).index(sort_by)
+        rows.sort(key=lambda r: (r[i] is None, r[i] if isinstance(r[i], (int, float)) else str(r[i])))
+    header = ["run", *columns]
+    rows = [[round(v, 5) if isinstance(v, float) else v for v in r] for r in rows]
+    atomic_write_text(group_dir / f"{name}.md", f"# {group_dir.name}: {name}\n\n" + to_markdown(header, rows))
+    atomic_write_text(group_dir / f"{name}.csv", to_csv(header, rows))
+    return group_dir / f"{name}.md"
+
+
+# --------------------------------------------------------------------------- layer table
+
+def _shape_text(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return str([-1, *value.shape[1:]])
+    if isinstance(value, (tuple, list)):
+        return ", ".join(_shape_text(v) for v in value)
+    return type(value).__name__
+
+
+@torch.no_grad()
+def leaf_layer_rows(model: nn.Module, example: torch.Tensor) -> tuple[list[list[Any]], int, int]:
+    """(name, type, output shape, parameters) of every leaf layer in call order, from one
+    forward pass with hooks; plus the total and trainable parameter counts."""
+    rows: list[list[Any]] = []
+    hooks = []
+    for name, module in model.named_modules():
+        if name and not any(True for _ in module.children()):
+            def hook(mod: nn.Module, inputs: Any, output: Any, name: str = name) -> None:
+                rows.append([name, type(mod).__name__, _shape_text(output), sum(p.numel() for p in mod.parameters(recurse=False))])
+            hooks.append(module.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        model(example)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return rows, total, trainable
+
+
+def format_layer_table(rows: list[list[Any]], total: int, trainable: int, title: str) -> str:
+    header = ["Layer", "Type", "Output shape", "Param #"]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
+    line = "-" * (sum(widths) + 6)
+    fmt = lambda r: "  ".join(str(v).ljust(w) if i < 3 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths)))  # noqa: E731
+    body = [title, line, fmt(header), line, *[fmt(r) for r in rows], line,
+            f"Total params: {total:,}", f"Trainable params: {trainable:,}", f"Non-trainable params: {total - trainable:,}"]
+    return "\n".join(body) + "\n"
+
+
+@ANALYSES.register("layer_summary")
+def layer_summary(trainer: Any, out_dir: Path, model: str = "model", split: str = "test") -> dict[str, Any]:
+    """Every layer's output shape and the trainable parameter count, printed and saved
+    (``layer_summary.txt`` / ``.json``), like Keras' ``model.summary()``."""
+    net = _model(trainer, model)
+    batch = next(trainer.data.batches(split if trainer.data.has(split) else "train", train=False).epoch(0))
+    rows, total, trainable = leaf_layer_rows(net, to_float(batch["images"][:2]))
+    text = format_layer_table(rows, total, trainable, f"{type(net).__name__} ({trainer.cfg.run_name})")
+    print(text, flush=True)
+    log.info("layer summary of %s: %d trainable parameters", type(net).__name__, trainable)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "layer_summary.txt", text)
+    write_json(out_dir / "layer_summary.json", {"layers": [dict(zip(("name", "type", "output_shape", "parameters"), r)) for r in rows],
+                                                "total": total, "trainable": trainable})
+    return {"parameters": total, "trainable": trainable, "layers": len(rows), "file": str(out_dir / "layer_summary.txt")}
+
+
+# --------------------------------------------------------------------------- latent space pictures
+
+def _embed(codes: np.ndarray, method: str, seed: int) -> np.ndarray:
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        return TSNE(n_components=2, init="pca", perplexity=min(30.0, max(2.0, (len(codes) - 1) / 3)),
+                    random_state=seed).fit_transform(codes)
+    if method == "umap":
+        import umap
+
+        return umap.UMAP(n_components=2, n_neighbors=min(15, len(codes) - 1), random_state=seed).fit_transform(codes)
+    raise ValueError(f"latent_scatter: method must be tsne or umap, got {method!r}")
+
+
+@ANALYSES.register("latent_scatter")
+def latent_scatter(trainer: Any, out_dir: Path, split: str = "train", max_points: Optional[int] = None,
+                   methods: Sequence[str] = ("tsne", "umap"), embed_points: int = 3000) -> dict[str, Any]:
+    """Latents coloured by class: plotted directly when 2-d (or 3-d, as a 3-d scatter of
+    the whole split by default); larger latents through t-SNE and UMAP on ``embed_points``."""
+    enc = encode_split(trainer, split, limit=max_points, seed=trainer.cfg.seed)
+    codes, labels, names = enc["codes"], enc["labels"], trainer.data.info.class_names
+    dim = codes.shape[1]
+    figures = []
+    if dim <= 3:
+        fig = plt.figure(figsize=(7, 6))
+        if dim == 3:
+            ax = fig.add_subplot(projection="3d")
+            ax.set_zlabel("z3")
+        else:
+            ax = fig.add_subplot()
+        points = codes if dim > 1 else np.stack([codes[:, 0], labels + np.random.default_rng(0).uniform(-0.3, 0.3, len(labels))], 1)
+        _class_colours(ax, points, labels, names, size=1.5 if len(codes) > 5000 else 6)
+        ax.set_xlabel("z1")
+        ax.set_ylabel("z2" if dim > 1 else "class (jittered)")
+        ax.set_title(f"{dim}-d latents of {len(codes):,} {split} images")
+        figures.append(save_figure(fig, out_dir / f"latent_{dim}d.png"))
+    else:
+        rng = np.random.default_rng(trainer.cfg.seed)
+        pick = rng.choice(len(codes), min(embed_points, len(codes)), replace=False)
+        for method in methods:
+            started = time.perf_counter()
+            xy = _embed(codes[pick], method, trainer.cfg.seed)
+            fig, ax = plt.subplots(figsize=(7, 6))
+            _class_colours(ax, xy, labels[pick], names, size=4)
+            label = {"tsne": "t-SNE", "umap": "UMAP"}[method]
+            ax.set_title(f"{label} of {dim}-d latents ({len(pick):,} {split} images)")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            figures.append(save_figure(fig, out_dir / f"latent_{method}.png"))
+            log.info("%s of %d latents took %.1f s", label, len(pick), time.perf_counter() - started)
+    return {"dim": dim, "points": len(codes), "figures": [str(f) for f in figures]}
+
+
+@ANALYSES.register("latent_grid")
+@torch.no_grad()
+def latent_grid(trainer: Any, out_dir: Path, steps: int = 12, split: str = "train") -> dict[str, Any]:
+    """A ``steps``^3 grid spanning the latents' range (min to max per dimension over the
+    split), decoded: one figure per value of z3 with z1 down the rows and z2 across (12
+    figures of 12 x 12 images by default). Dimensions past the third stay at their mean."""
+    model = _model(trainer)
+    _require(model, "decode", "latent_grid")
+    codes = encode_split(trainer, split)["codes"]
+    dim = codes.shape[1]
+    lo, hi, mean = codes.min(0), codes.max(0), codes.mean(0)
+    axes = [np.linspace(lo[d], hi[d], steps) for d in range(min(dim, 3))]
+    pages = axes[2] if dim >= 3 else [None]
+    rows = axes[0]
+    cols = axes[1] if dim >= 2 else np.zeros(1)
+    figures = []
+    trainer._eval_mode(True)
+    try:
+        for k, z3 in enumerate(pages):
+            z = np.tile(mean, (len(rows) * len(cols), 1)).astype(np.float32)
+            z[:, 0] = np.repeat(rows, len(cols))
+            if dim >= 2:
+                z[:, 1] = np.tile(cols, len(rows))
+            if z3 is not None:
+                z[:, 2] = z3
+            images = model.decode(torch.from_numpy(z).to(trainer.device)).float().clamp(0, 1).cpu()
+            title = f"z3 = {z3:.3g}" if z3 is not None else "decoded latent grid"
+            figures.append(_grid_figure(images, len(cols), rows, cols, title, out_dir / f"latent_grid_{k:02d}.png"))
+            _to_tensorboard(trainer, f"latent_grid/{k:02d}", images, nrow=len(cols))
+    finally:
+        trainer._eval_mode(False)
+    return {"figures": len(figures), "range": [[float(a), float(b)] for a, b in zip(lo, hi)],
+            "files": [str(f) for f in figures]}
+
+
+def _grid_figure(images: torch.Tensor, nrow: int, rows: np.ndarray, cols: np.ndarray, title: str, path: Path) -> Path:
+    """One image of ``len(rows) x len(cols)`` decoded images with the latent values as ticks."""
+    import torchvision
+
+    grid = torchvision.utils.make_grid(images, nrow=nrow, padding=2, pad_value=1.0)
+    h, w = images.shape[-2:]
+    fig, ax = plt.subplots(figsize=(0.55 * len(cols) + 1.5, 0.55 * len(rows) + 1.2))
+    ax.imshow(grid.permute(1, 2, 0).numpy() if images.shape[1] == 3 else grid[0].numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.set_xticks([2 + j * (w + 2) + w / 2 for j in range(len(cols))], [f"{v:.2g}" for v in cols], fontsize=6, rotation=90)
+    ax.set_yticks([2 + i * (h + 2) + h / 2 for i in range(len(rows))], [f"{v:.2g}" for v in rows], fontsize=6)
+    ax.set_xlabel("z2")
+    ax.set_ylabel("z1")
+    ax.set_title(title)
+    return save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------- reconstructions
+
+def _columns_figure(rows: dict[str, torch.Tensor], titles: Sequence[str], path: Path, title: str) -> Path:
+    """Named rows of images with a title over every column (e.g. the class name)."""
+    names = list(rows)
+    n = len(titles)
+    fig, axes = plt.subplots(len(names), n, figsize=(1.25 * n, 1.35 * len(names) + 0.4), squeeze=False)
+    for r, name in enumerate(names):
+        for c in range(n):
+            img = rows[name][c].detach().float().cpu()
+            ax = axes[r][c]
+            if img.shape[0] == 1:
+                ax.imshow(img[0].clamp(0, 1), cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(img.clamp(0, 1).permute(1, 2, 0))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(str(titles[c]), fontsize=8)
+            if c == 0:
+                ax.set_ylabel(name, fontsize=9)
+    fig.suptitle(title, y=1.0 + 0.12 / len(names))
+    return save_figure(fig, path)
+
+
+@ANALYSES.register("class_reconstructions")
+@torch.no_grad()
+def class_reconstructions(trainer: Any, out_dir: Path, split: str = "test") -> dict[str, Any]:
+    """The first test image of every class next to its reconstruction (the task's rows:
+    noisy input when denoising, output, target), with each image's MSE."""
+    names = trainer.data.info.class_names
+    found: dict[int, dict[str, torch.Tensor]] = {}
+    for batch in trainer.data.batches(split, train=False).epoch(0):
+        for c in range(len(names)):
+            if c not in found:
+                hits = (batch["labels"] == c).nonzero()
+                if len(hits):
+                    found[c] = {k: v[hits[0]] for k, v in batch.items()}
+        if len(found) == len(names):
+            break
+    classes = sorted(found)
+    batch = {k: torch.cat([found[c][k] for c in classes]) for k in found[classes[0]]}
+    trainer._eval_mode(True)
+    shown = trainer.task.images(trainer.models, batch, trainer._eval_generator())
+    trainer._eval_mode(False)
+    labels = {"target": f"{split} image", "input": "noisy input", "output": "reconstruction"}
+    rows = {labels[k]: shown[k] for k in ("target", "input", "output") if k in shown}
+    mse = (shown["output"].float() - shown["target"].float()).pow(2).flatten(1).mean(1).cpu().tolist()
+    titles = [f"{names[c]}\n{m:.4f}" for c, m in zip(classes, mse)]
+    path = _columns_figure(rows, titles, out_dir / f"class_reconstructions_{split}.png",
+                           f"one {split} image per class next to its reconstruction (MSE)")
+    _to_tensorboard(trainer, "class_reconstructions", torch.cat(list(rows.values())), nrow=len(classes))
+    return {"figure": str(path), "mse": {names[c]: round(m, 6) for c, m in zip(classes, mse)}}
+
+
+@ANALYSES.register("inputs_over_encodings")
+@torch.no_grad()
+def inputs_over_encodings(trainer: Any, out_dir: Path, count: int = 10, split: str = "test") -> dict[str, Any]:
+    """Test inputs above their encodings (the code vector drawn as a small image) and the
+    decoded reconstructions: what the dense AE's bottleneck keeps."""
+    model = _model(trainer)
+    _require(model, "encode", "inputs_over_encodings")
+    batch = next(trainer.data.batches(split, train=False).epoch(0))
+    x = to_float(batch["images"][:count])
+    trainer._eval_mode(True)
+    try:
+        codes = model.encode(x).flatten(1).float()
+        out = model(x).float().clamp(0, 1)
+    finally:
+        trainer._eval_mode(False)
+    dim = codes.shape[1]
+    h = max(d for d in range(1, int(math.isqrt(dim)) + 1) if dim % d == 0)
+    span = (codes.max() - codes.min()).clamp_min(1e-8)
+    encoding = ((codes - codes.min()) / span).view(-1, 1, h, dim // h)
+    names = trainer.data.info.class_names
+    titles = [names[int(y)] if int(y) < len(names) else str(int(y)) for y in batch["labels"][:count]]
+    rows = {"input": x, "encoding": encoding, "output": out}
+    path = _columns_figure(rows, titles, out_dir / "inputs_over_encodings.png", f"inputs over their {dim}-d encodings")
+    _to_tensorboard(trainer, "inputs_over_encodings", torch.cat([x, out]), nrow=len(x))
+    return {"figure": str(path), "dim": dim}
+
+
+# --------------------------------------------------------------------------- classifiers on codes
+
+@ANALYSES.register("svm_codes")
+def svm_codes(trainer: Any, out_dir: Path, max_train: int = 10000, max_test: Optional[int] = None,
+              kernel: str = "rbf", C: float = 1.0) -> dict[str, Any]:
+    """scikit-learn SVC (standardised features) trained on the encodings vs on the raw
+    pixels of the same images; test accuracy of both in ``svm_codes.md``/``.csv``."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    train = encode_split(trainer, "train", limit=max_train, seed=trainer.cfg.seed, keep_images=True)
+    test = encode_split(trainer, "test", limit=max_test, seed=trainer.cfg.seed + 1, keep_images=True)
+    results, rows = {}, []
+    for key, label in (("codes", "encodings"), ("images", "raw pixels")):
+        started = time.perf_counter()
+        clf = make_pipeline(StandardScaler(), SVC(kernel=kernel, C=C))
+        clf.fit(train[key], train["labels"])
+        acc = float((clf.predict(test[key]) == test["labels"]).mean())
+        seconds = time.perf_counter() - started
+        results[f"{'codes' if key == 'codes' else 'pixels'}_acc"] = acc
+        rows.append([label, train[key].shape[1], len(train[key]), len(test[key]), round(acc, 4), round(seconds, 2)])
+        log.info("SVM on %s (%d features): test accuracy %.4f (%.1f s)", label, train[key].shape[1], acc, seconds)
+    header = ["features", "dim", "train images", "test images", "test accuracy", "fit+predict s"]
+    table = _write_table(out_dir, "svm_codes", header, rows, f"SVC ({kernel}, C={C}) on encodings vs raw pixels")
+    return {**results, **table}
+
+
+class _Probe(nn.Module):
+    """A linear layer, or an MLP with ReLU hidden layers, on standardised latents."""
+
+    def __init__(self, dim: int, classes: int, hidden: Sequence[int] = ()) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for width in hidden:
+            layers += [nn.Linear(dim, width), nn.ReLU()]
+            dim = width
+        self.net = nn.Sequential(*layers, nn.Linear(dim, classes))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+def train_probe(train: tuple[torch.Tensor, torch.Tensor], evals: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                classes: int, hidden: Sequence[int], epochs: int, lr: float, batch_size: int, seed: int) -> dict[str, float]:
+    """Fit a probe with Adam on fixed codes; return its accuracy on each evaluation set."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    z, y = train
+    probe = _Probe(z.shape[1], classes, hidden)
+    opt = torch.optim.Adam(probe.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * math.ceil(len(z) / batch_size)))
+    for _ in range(epochs):
+        for idx in torch.randperm(len(z), generator=gen).split(batch_size):
+            loss = nn.functional.cross_entropy(probe(z[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    probe.eval()
+    with torch.no_grad():
+        return {name: float((probe(ez).argmax(1) == ey).float().mean()) for name, (ez, ey) in evals.items()}
+
+
+@ANALYSES.register("latent_probe")
+def latent_probe(trainer: Any, out_dir: Path, epochs: int = 20, lr: float = 1e-3, batch_size: int = 256,
+                 mlp_hidden: Sequence[int] = (256, 256), max_train: Optional[int] = None) -> dict[str, Any]:
+    """Classification of AE representations: extract latents with the trained encoder, then
+    train a single linear layer and an MLP on them; report test (and val) accuracy of both.
+    Also rebuilds ``<group>/latent_probe.md``: one row per run, i.e. per latent size in a sweep."""
+    sets = {s: encode_split(trainer, s, limit=max_train if s == "train" else None, seed=trainer.cfg.seed)
+            for s in ("train", "val", "test") if trainer.data.has(s)}
+    z_train = torch.from_numpy(sets["train"]["codes"])
+    mean, std = z_train.mean(0), z_train.std(0).clamp_min(1e-6)
+    tensors = {s: ((torch.from_numpy(v["codes"]) - mean) / std, torch.from_numpy(v["labels"])) for s, v in sets.items()}
+    evals = {s: t for s, t in tensors.items() if s != "train"}
+    classes = trainer.data.info.num_classes
+    dim = z_train.shape[1]
+    record: dict[str, Any] = {"latent_dim": dim, "train_images": len(z_train)}
+    for probe_name, hidden in (("linear", ()), ("mlp", tuple(mlp_hidden))):
+        started = time.perf_counter()
+        accs = train_probe(tensors["train"], evals, classes, hidden, epochs, lr, batch_size, trainer.cfg.seed)
+        record.update({f"{probe_name}_{s}_acc": a for s, a in accs.items()})
+        log.info("%s probe on %d-d latents: %s (%.1f s)", probe_name, dim,
+                 " ".join(f"{s}={a:.4f}" for s, a in accs.items()), time.perf_counter() - started)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "latent_probe.json", record)
+    split = "test" if "test" in evals else next(iter(evals))
+    header = ["probe", "latent_dim", f"{split} accuracy"]
+    rows = [["linear", dim, round(record[f"linear_{split}_acc"], 4)],
+            [f"MLP {list(mlp_hidden)}", dim, round(record[f"mlp_{split}_acc"], 4)]]
+    table = _write_table(out_dir, "latent_probe", header, rows, f"probes on {dim}-d latents")
+    group = write_group_table(Path(trainer.run_dir).parent, "latent_probe",
+                              ["latent_dim", f"linear_{split}_acc", f"mlp_{split}_acc", "train_images"], sort_by="latent_dim")
+    return {**record, **table, "group_table": str(group) if group else None}
