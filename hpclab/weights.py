@@ -4,6 +4,10 @@ The cache follows torch.hub's layout (``$TORCH_HOME/hub/checkpoints/<file>``), s
 and pytorch-fid find staged files where they would have downloaded them. Each file name
 carries the first hex digits of its sha256 (torch.hub's convention), checked on staging and
 on loading.
+
+Sites (and tests, with stand-in files) can add entries of their own through a JSON manifest
+named by ``$HPCLAB_WEIGHTS_MANIFEST``; those get the same checks and cannot replace a shipped
+entry.
 """
 
 from __future__ import annotations
@@ -39,9 +43,46 @@ register_weights(WeightFile(
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
     "pt_inception-2015-12-05-6726825d.pth", "6726825d", "pytorch-fid's Inception-v3 (FID statistics)"))
 
+# torchvision's ImageNet-1K classification weights; the entry name is the torchvision model
+# name, so ``models.get_model(name)`` builds the matching architecture.
+for _name, _file, _note in (
+    ("resnet18", "resnet18-f37072fd.pth", "ResNet-18 IMAGENET1K_V1 (69.8% top-1)"),
+    ("resnet50", "resnet50-0676ba61.pth", "ResNet-50 IMAGENET1K_V1 (76.1% top-1)"),
+    ("efficientnet_b0", "efficientnet_b0_rwightman-7f5810bc.pth", "EfficientNet-B0 IMAGENET1K_V1 (77.7% top-1)"),
+    ("mobilenet_v3_large", "mobilenet_v3_large-8738ca79.pth", "MobileNetV3-Large IMAGENET1K_V1 (74.0% top-1)"),
+    ("convnext_tiny", "convnext_tiny-983f1562.pth", "ConvNeXt-Tiny IMAGENET1K_V1 (82.5% top-1)"),
+):
+    register_weights(WeightFile(_name, f"https://download.pytorch.org/models/{_file}", _file,
+                                _file.rsplit("-", 1)[1].split(".")[0], _note))
+
+MANIFEST_ENV = "HPCLAB_WEIGHTS_MANIFEST"
+SHIPPED = frozenset(WEIGHTS)  # entries whose checks a manifest may not replace
+
+
+def load_manifest(path: str | Path) -> list[WeightFile]:
+    """Register site-local weight files from a JSON list of WeightFile fields (e.g. an in-house
+    checkpoint, or a test's stand-in). They get the same sha256 check; they cannot replace a
+    shipped entry, so a manifest can never weaken the check of a known download."""
+    import json
+
+    try:
+        records = json.loads(Path(path).read_text())
+        entries = [WeightFile(**record) for record in records]
+    except (OSError, ValueError, TypeError) as exc:
+        raise WeightsMissing(f"weights manifest {path} (${MANIFEST_ENV}) is unreadable: {exc}") from None
+    for entry in entries:
+        if entry.name in SHIPPED and WEIGHTS[entry.name] != entry:
+            raise WeightsMissing(f"weights manifest {path}: '{entry.name}' would replace a shipped entry; use another name")
+        register_weights(entry)
+    return entries
+
 
 class WeightsMissing(FileNotFoundError):
     """A pretrained weight file is not staged (or is corrupt); the message names the fix."""
+
+
+if os.environ.get(MANIFEST_ENV):
+    load_manifest(os.environ[MANIFEST_ENV])
 
 
 def cache_dir(cache: str | Path | None = None) -> Path:
@@ -76,6 +117,21 @@ def weight_path(name: str, cache: str | Path | None = None, verify: bool = True)
     if verify and not _sha256(path).startswith(entry.sha256_prefix):
         raise WeightsMissing(f"pretrained weights '{name}' at {path} fail their sha256 check (corrupt or partial); {fix}")
     return path
+
+
+def load_state_dict(name: str, cache: str | Path | None = None) -> dict:
+    """The verified state dict of ``name``, loaded without executing pickled code."""
+    import torch
+
+    path = weight_path(name, cache)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, foreign pickle opcodes
+        raise WeightsMissing(f"pretrained weights '{name}' at {path} are unreadable ({type(exc).__name__}); "
+                             f"re-stage them: python jobs/prepare_data.py weights=[{name}] paths.cache={cache or '$TORCH_HOME'}") from None
+    if not isinstance(state, dict):
+        raise WeightsMissing(f"pretrained weights '{name}' at {path} hold a {type(state).__name__}, not a state dict")
+    return state
 
 
 def stage_weights(names: list[str], cache: str | Path) -> list[Path]:

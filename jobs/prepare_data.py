@@ -2,7 +2,7 @@
 """Stage datasets into HDF5 (and pretrained weights into the cache) for offline compute nodes.
 
 usage: python jobs/prepare_data.py data=NAME [data.mirrors=[DIR]] [paths.data=DIR] [force=true]
-       python jobs/prepare_data.py weights=[NAME,...] [paths.cache=DIR]
+       python jobs/prepare_data.py weights=NAME[,NAME...] [paths.cache=DIR]   (or weights=[NAME,...])
 
 Sources are tried in order: an existing prepared file, the local mirror directories (e.g.
 Debian's /usr/share/datasets/fashion-mnist), then the real downloader (needs internet).
@@ -26,6 +26,8 @@ def main(argv: list[str]) -> int:
     from hpclab.data import describe, stage
     from hpclab.weights import stage_weights
 
+    # `weights=resnet18,efficientnet_b0` (the issue's spelling) is Hydra sweep syntax: make it a list
+    argv = [f"weights=[{a[8:]}]" if a.startswith("weights=") and not a[8:].startswith("[") else a for a in argv]
     wants_data = any(a.startswith(("data=", "data.name=", "experiment=")) for a in argv)
     cfg = compose(argv)
     if not wants_data and not cfg.weights:

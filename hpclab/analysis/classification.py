@@ -1,0 +1,185 @@
+"""Figures and tables of the classification, transfer and pretraining experiments.
+
+* ``reconstruction_grid``: random images of a split next to their reconstructions, in one
+  matplotlib subplot grid (the STL-10 autoencoder figure: 9 images by default).
+* ``results_table``: the brief's table of a sweep (or experiment) folder — model,
+  architecture (filters@kernel/stride/padding), the best-checkpoint rule used, train, val and
+  test accuracy, hyper-parameters. Each run writes its row (``figures/results_row.json``)
+  and rebuilds ``<group>/results_table.{md,csv}`` from every row there, so the table is
+  complete after the last run of a local sweep or a SLURM array; rebuild it any time with
+  ``python -m hpclab.analysis.classification results/<group>``.
+
+Accuracy histories (train/val/test accuracy and loss per epoch) are the generic ``curves``
+analysis with ``metrics: [loss, acc]``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from hpclab.analysis import ANALYSES
+from hpclab.analysis.architecture import conv_summary
+from hpclab.analysis.figures import save_figure
+from hpclab.analysis.report import to_csv, to_markdown
+from hpclab.utils import atomic_write_text, read_json, write_json
+
+ROW_FILE = "results_row.json"
+TABLE_NAME = "results_table"
+
+
+# --------------------------------------------------------------------------- reconstructions
+
+@ANALYSES.register("reconstruction_grid")
+def reconstruction_grid(trainer: Any, out_dir: Path, split: str = "test", count: int = 9, seed: int = 0,
+                        columns: int = 3) -> dict[str, Any]:
+    """``count`` random images of ``split`` and the model's reconstructions, as (image,
+    reconstruction) pairs in a grid of ``columns`` pairs per row; per-image MSE in the titles."""
+    import matplotlib.pyplot as plt
+
+    split = split if trainer.data.has(split) else "val"
+    n = len(trainer.data.indices[split])
+    picks = np.sort(np.random.default_rng(seed).choice(n, size=min(count, n), replace=False))
+    batch = {k: v.to(trainer.device) for k, v in trainer.data.split(split)[picks].items()}
+    trainer._eval_mode(True)
+    try:
+        shown = trainer.task.images(trainer.models, batch, trainer._eval_generator())
+    finally:
+        trainer._eval_mode(False)
+    if "output" not in shown or "target" not in shown:
+        raise ValueError(f"reconstruction_grid needs a task whose images() gives output and target "
+                         f"(task {trainer.cfg.task.name} gives {', '.join(shown) or 'none'})")
+    target, output = shown["target"].float().cpu(), shown["output"].float().clamp(0, 1).cpu()
+    mse = (output - target).pow(2).flatten(1).mean(1)
+    rows = -(-len(target) // columns)
+    fig, axes = plt.subplots(rows, 2 * columns, figsize=(2.0 * 2 * columns, 2.15 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(len(target)):
+        r, c = divmod(i, columns)
+        for j, (img, title) in enumerate(((target[i], f"image {int(picks[i])}"), (output[i], f"recon. mse {mse[i]:.4f}"))):
+            ax = axes[r][2 * c + j]
+            ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray" if img.shape[0] == 1 else None,
+                      vmin=0, vmax=1)
+            ax.set_title(title, fontsize=8)
+    fig.suptitle(f"{trainer.cfg.run_name}: {len(target)} random {split} images and their reconstructions")
+    fig.tight_layout()
+    path = save_figure(fig, out_dir / f"reconstructions_{split}.png")
+    return {"figure": str(path), "indices": [int(i) for i in picks], "mse": round(float(mse.mean()), 6)}
+
+
+# --------------------------------------------------------------------------- results table
+
+def final_metrics(run_dir: Path) -> dict[str, float]:
+    """``{split/metric: value}`` of the final evaluations (best weights) in metrics.jsonl."""
+    out: dict[str, float] = {}
+    path = run_dir / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        record = json.loads(line)
+        if record["split"].startswith("final_"):
+            split = record["split"][len("final_"):]
+            out.update({f"{split}/{k}": v for k, v in record.items() if k not in ("step", "epoch", "split")})
+    return out
+
+
+def model_label(model_cfg: dict[str, Any]) -> str:
+    """The registered model name plus the options that tell variants apart."""
+    keys = ("block", "backbone", "weights", "freeze", "hidden", "encoder_from")
+    parts = []
+    for k in keys:
+        if k in model_cfg:
+            v = model_cfg[k]
+            v = Path(v).parts[-2] if k == "encoder_from" and v and len(Path(v).parts) > 1 else v
+            parts.append(f"{k}={v}")
+    return f"{model_cfg.get('name')}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def hyper_parameters(cfg: Any) -> str:
+    t, d = cfg.train, cfg.data
+    length = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs} epochs"
+    task = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k != "name"}
+    parts = [f"{t.optimizer.name} lr={t.optimizer.lr:g} wd={t.optimizer.weight_decay:g}", f"{t.scheduler.name} schedule",
+             f"batch {t.batch_size}", length, f"label fraction {d.train_fraction:g}",
+             ", ".join(f"{k}={v}" for k, v in task.items())]
+    return "; ".join(p for p in parts if p)
+
+
+def table_row(trainer: Any, model: str = "model") -> dict[str, Any]:
+    cfg = trainer.cfg
+    finals = final_metrics(trainer.run_dir)
+    net = trainer.unwrap(model)
+    best = trainer.best
+    best_text = (f"{cfg.train.monitor_mode} {cfg.train.monitor}" +
+                 (f" = {best['value']:.4f} at step {best['step']}" if best.get("value") is not None else " (never evaluated)"))
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    return {
+        "run": cfg.run_name,
+        "experiment": cfg.experiment,
+        "model": model_label(model_cfg),
+        "architecture": conv_summary(net),
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "trainable": sum(p.numel() for p in net.parameters() if p.requires_grad),
+        "best_checkpoint": best_text,
+        "train_acc": finals.get("train/acc"),
+        "val_acc": best.get("value") if cfg.train.monitor == "val/acc" else finals.get("val/acc"),
+        "test_acc": finals.get("test/acc"),
+        "hyper_parameters": hyper_parameters(cfg),
+        "data": cfg.data.name,
+    }
+
+
+HEADER = ["run", "experiment", "model", "architecture", "parameters", "trainable", "best_checkpoint",
+          "train_acc", "val_acc", "test_acc", "hyper_parameters", "data"]
+
+
+def write_results_table(group_dir: Path | str) -> dict[str, str]:
+    """Rebuild ``results_table.md`` / ``.csv`` from the rows of every run in ``group_dir``."""
+    group_dir = Path(group_dir)
+    rows = [read_json(p) for p in sorted(group_dir.glob(f"*/figures/{ROW_FILE}"))]
+    if not rows:
+        raise FileNotFoundError(f"no {ROW_FILE} under {group_dir}/*/figures/ (add results_table to the runs' analysis)")
+
+    def cell(v: Any) -> Any:
+        return round(v, 4) if isinstance(v, float) else v
+
+    body = [[cell(r.get(h)) for h in HEADER] for r in rows]
+    md = group_dir / f"{TABLE_NAME}.md"
+    csv = group_dir / f"{TABLE_NAME}.csv"
+    intro = (f"# {group_dir.name}: classification results\n\n{len(rows)} run(s). Accuracies are fractions, measured "
+             "with the best checkpoint's weights (train accuracy without augmentation); architecture lists "
+             "filters@kernel/stride/padding of each conv layer and FC widths.\n\n")
+    atomic_write_text(md, intro + to_markdown(HEADER, body))
+    atomic_write_text(csv, to_csv(HEADER, body))
+    return {"md": str(md), "csv": str(csv)}
+
+
+@ANALYSES.register("results_table")
+def results_table(trainer: Any, out_dir: Path, model: str = "model") -> dict[str, Any]:
+    """Record this run's row and rebuild its group's table."""
+    row = table_row(trainer, model)
+    write_json(out_dir / ROW_FILE, row)
+    files = write_results_table(trainer.run_dir.parent)
+    return {"train_acc": row["train_acc"], "test_acc": row["test_acc"], "table": files["md"]}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m hpclab.analysis.classification results/<group>", file=sys.stderr)
+        return 2
+    try:
+        files = write_results_table(args[0])
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{files['md']}\n{files['csv']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
