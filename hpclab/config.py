@@ -201,14 +201,14 @@ def validate(raw: DictConfig) -> DictConfig:
     schema = OmegaConf.structured(RunConfig)
     try:
         cfg = OmegaConf.merge(schema, raw)
+        for key in ("data", "results", "cache"):  # absolute before anything interpolates them,
+            cfg.paths[key] = str(Path(cfg.paths[key]).expanduser().absolute())  # so SLURM tasks agree
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
         reason = _one_line(exc).split("\n")[0]
         raise ConfigError(f"config key '{key}': {reason}" if key else reason) from None
     _check_choices(cfg)
-    for key in ("data", "results", "cache"):  # absolute, so SLURM tasks agree with the submitter
-        cfg.paths[key] = str(Path(cfg.paths[key]).expanduser().absolute())
     from hpclab.models import MODELS
     from hpclab.tasks import TASKS
 

@@ -70,6 +70,8 @@ def run_names(points: list[dict[str, str]]) -> list[str]:
         short = {k: k.replace(".", "-") for k in keys}
 
     def clean(text: str) -> str:
+        if text.strip() in ("[]", "{}", "", "null"):
+            return "none"
         return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-") or "x"
 
     names = ["__".join(f"{clean(short[k])}-{clean(p[k])}" for k in keys) for p in points]
@@ -84,12 +86,15 @@ def run_names(points: list[dict[str, str]]) -> list[str]:
 def plan(overrides: list[str]) -> Plan:
     """Compose, expand the sweep grid (if any) and validate every run config."""
     plain, cli_axes = split_sweep_overrides(overrides)
-    base = compose(plain)
+    # The sweep names its experiment, and the other overrides may only be valid on top of that
+    # experiment (model keys of its model), so read the sweep alone first.
+    selection = [o for o in plain if o.startswith("sweep=")]
     experiment_overrides: list[str] = []
+    if selection and not any(o.startswith("experiment=") for o in plain):
+        sweep_experiment = compose(selection).sweep.experiment
+        experiment_overrides = [f"experiment={sweep_experiment}"] if sweep_experiment else []
+    base = compose(experiment_overrides + plain)
     if base.sweep.name:
-        if base.sweep.experiment and not any(o.startswith("experiment=") for o in plain):
-            experiment_overrides = [f"experiment={base.sweep.experiment}"]
-            base = compose(experiment_overrides + plain)
         group = base.sweep.name
     else:
         group = base.experiment or "default"
