@@ -84,7 +84,7 @@ class TrainConfig:
     eval_every: Optional[int] = None  # steps; default once per epoch
     eval_splits: list[str] = field(default_factory=lambda: ["val"])
     final_splits: list[str] = field(default_factory=lambda: ["test"])
-    monitor: str = "val/loss"  # metric used to keep the best checkpoint
+    monitor: str = "val/loss"  # metric that picks the best checkpoint; none matching: keep the last weights
     monitor_mode: str = "min"
     stop: StopConfig = field(default_factory=StopConfig)
     checkpoint_every: Optional[int] = None  # steps; default at every evaluation

@@ -123,6 +123,11 @@ def split_indices(path: Path, cfg: DictConfig) -> tuple[dict[str, np.ndarray], O
         class_names = json.loads(f.attrs.get("class_names", "[]"))
     keep_classes, label_map = None, None
     if d.classes:
+        unknown = [c for c in d.classes if isinstance(c, str) and c not in class_names]
+        if unknown:
+            from hpclab.config import ConfigError
+
+            raise ConfigError(f"config key 'data.classes': unknown class {unknown[0]!r} (classes: {', '.join(class_names)})")
         keep_classes = [class_names.index(c) if isinstance(c, str) else int(c) for c in d.classes]
         label_map = np.full(max(len(class_names), max(keep_classes) + 1), -1, dtype=np.int64)
         label_map[keep_classes] = np.arange(len(keep_classes))

@@ -1,0 +1,316 @@
+"""End-of-run studies of a GAN run (task ``gan``): training curves, the fixed-latent grid of every
+epoch, one real image per category, batch vs one-by-one generation (BatchNorm), favourites
+with their latent vectors, and a latent interpolation strip. Each writes PNGs (and .npy latents)
+under the run's ``figures/`` and returns the numbers that go into ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from hpclab.analysis import ANALYSES
+from hpclab.analysis.figures import plt, save_figure
+from hpclab.data.transforms import to_float
+from hpclab.tasks.gan import to_unit
+from hpclab.utils import atomic_path, atomic_write_text, write_json
+
+
+# --------------------------------------------------------------------------- helpers
+
+@contextmanager
+def eval_mode(trainer: Any) -> Iterator[None]:
+    """All models in evaluation mode inside the block, back to training mode after it."""
+    trainer._eval_mode(True)
+    try:
+        yield
+    finally:
+        trainer._eval_mode(False)
+
+
+def gan_task(trainer: Any):
+    from hpclab.tasks.gan import GAN
+
+    if not isinstance(trainer.task, GAN):
+        raise ValueError(f"this analysis needs task=gan, the run uses {trainer.cfg.task.name!r}")
+    return trainer.task
+
+
+@torch.no_grad()
+def generate(trainer: Any, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Images in [0, 1] (on the CPU) of latents ``z`` with the generator in evaluation mode."""
+    G = trainer.unwrap("generator")
+    with eval_mode(trainer):
+        return torch.cat([to_unit(G(z[i : i + batch_size])).cpu() for i in range(0, len(z), batch_size)])
+
+
+def save_png(images: torch.Tensor, path: Path, nrow: int = 8) -> Path:
+    """A grid of N x C x H x W images in [0, 1] at full resolution, written atomically."""
+    import torchvision
+
+    with atomic_path(path) as tmp:
+        torchvision.utils.save_image(images.float().clamp(0, 1), tmp, nrow=nrow, padding=2, format="png")
+    return path
+
+
+def titled_grid(images: torch.Tensor, titles: Sequence[str], path: Path, ncol: int = 8, title: str = "") -> Path:
+    """A grid with a caption under every image (category names, indices and scores, alphas)."""
+    n = len(images)
+    ncol = min(ncol, n)
+    nrow = math.ceil(n / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(1.6 * ncol, 1.8 * nrow), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            img = images[i].float().clamp(0, 1).cpu()
+            ax.imshow(img.permute(1, 2, 0) if img.shape[0] == 3 else img[0], cmap=None if img.shape[0] == 3 else "gray")
+            ax.set_title(titles[i], fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def save_npy(array: np.ndarray, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
+    return path
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------- curves
+
+@ANALYSES.register("gan_curves")
+def gan_curves(trainer: Any, out_dir: Path) -> dict[str, Any]:
+    """G and D losses, and D's mean output on real and on generated images, per logged step
+    (``train.log_every``; 1 = every step), with the per-epoch values on the val images."""
+    records = read_metrics(trainer.run_dir)
+    fit = [r for r in records if r["split"] == "fit" and "d_loss" in r]
+    val = [r for r in records if r["split"] == "val" and "d_real" in r]
+    if not fit:
+        return {}
+    steps = [r["step"] for r in fit]
+    fig, (ax_loss, ax_out) = plt.subplots(1, 2, figsize=(12, 4))
+    ax_loss.plot(steps, [r["g_loss"] for r in fit], label="generator loss", lw=0.8)
+    ax_loss.plot(steps, [r["d_loss"] for r in fit], label="discriminator loss", lw=0.8)
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("BCE")
+    ax_loss.set_title("losses")
+    ax_out.plot(steps, [r["d_real"] for r in fit], label="D(x), real (train)", lw=0.8)
+    ax_out.plot(steps, [r["d_fake"] for r in fit], label="D(G(z)), generated (train)", lw=0.8)
+    if val:
+        ax_out.plot([r["step"] for r in val], [r["d_real"] for r in val], "o-", ms=3, label="D(x), val images (eval mode)")
+        ax_out.plot([r["step"] for r in val], [r["d_fake"] for r in val], "s-", ms=3, label="D(G(z)) (eval mode)")
+    ax_out.set_ylim(0, 1)
+    ax_out.set_xlabel("step")
+    ax_out.set_title("discriminator's mean output")
+    for ax in (ax_loss, ax_out):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    path = save_figure(fig, Path(out_dir) / "gan_curves.png")
+    last = fit[-1]
+    return {"figure": str(path), "last": {k: last[k] for k in ("g_loss", "d_loss", "d_real", "d_fake")}}
+
+
+# --------------------------------------------------------------------------- samples per epoch
+
+def tensorboard_images(tb_dir: Path, tag: str) -> list[tuple[int, bytes]]:
+    """(step, PNG bytes) of every image summary ``tag`` in a run's TensorBoard folder."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not Path(tb_dir).is_dir():
+        return []
+    acc = EventAccumulator(str(tb_dir), size_guidance={"images": 0})
+    acc.Reload()
+    if tag not in acc.Tags().get("images", []):
+        return []
+    latest = {e.step: e.encoded_image_string for e in acc.Images(tag)}  # a resumed run re-logs: keep the last
+    return sorted(latest.items())
+
+
+@ANALYSES.register("gan_epoch_grids")
+def gan_epoch_grids(trainer: Any, out_dir: Path, rows: int = 8) -> dict[str, Any]:
+    """The fixed-latent grid the engine logged to TensorBoard at every evaluation (once per epoch
+    by default) as ``epochs/epoch_NNN.png``, an overview of up to ``rows`` of them, and the grid
+    regenerated from the final weights (``samples_final.png``, the same latent vectors)."""
+    from PIL import Image
+
+    task = gan_task(trainer)
+    out_dir = Path(out_dir)
+    if getattr(trainer, "_writer", None) is not None:
+        trainer._writer.flush()
+    logged = tensorboard_images(trainer.run_dir / "tb", "images/samples")
+    files = []
+    for step, png in logged:
+        epoch = step / trainer.steps_per_epoch
+        name = f"epoch_{round(epoch):03d}.png" if abs(epoch - round(epoch)) < 1e-9 else f"step_{step:07d}.png"
+        with atomic_path(out_dir / "epochs" / name) as tmp:
+            tmp.write_bytes(png)
+        files.append((epoch, out_dir / "epochs" / name))
+    final = save_png(generate(trainer, task.fixed_latents(trainer.device)), out_dir / "samples_final.png")
+    result: dict[str, Any] = {"epochs": len(files), "final": str(final)}
+    if files:
+        picks = sorted({round(i * (len(files) - 1) / max(rows - 1, 1)) for i in range(min(rows, len(files)))})
+        grids = []
+        for i in picks:
+            with Image.open(files[i][1]) as img:
+                grids.append(np.asarray(img.convert("RGB")))
+        aspect = grids[0].shape[0] / grids[0].shape[1]
+        fig, axes = plt.subplots(len(picks), 1, figsize=(10, 10 * aspect * len(picks) + 0.6), squeeze=False,
+                                 layout="constrained")
+        for ax, i, grid in zip(axes[:, 0], picks, grids):
+            ax.imshow(grid)
+            ax.set_ylabel(f"epoch {files[i][0]:.3g}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.suptitle("the same latent vectors through training")
+        result["overview"] = str(save_figure(fig, out_dir / "samples_by_epoch.png"))
+    return result
+
+
+# --------------------------------------------------------------------------- categories
+
+@ANALYSES.register("gan_categories")
+def gan_categories(trainer: Any, out_dir: Path, split: str = "train", ncol: int = 10) -> dict[str, Any]:
+    """One real image of every category in the run's data (all 102, or the chosen subset)."""
+    names = trainer.data.info.class_names
+    found: dict[int, torch.Tensor] = {}
+    counts = np.zeros(len(names), dtype=np.int64)
+    for batch in trainer.data.batches(split, train=False).epoch(0):
+        labels = batch["labels"].cpu()
+        counts += np.bincount(labels.numpy(), minlength=len(names))[: len(names)]
+        for i, label in enumerate(labels.tolist()):
+            if label not in found:
+                found[label] = to_float(batch["images"][i]).cpu()
+    order = sorted(found)
+    if not order:
+        return {}
+    path = titled_grid(torch.stack([found[k] for k in order]), [f"{names[k]} ({counts[k]})" for k in order],
+                       Path(out_dir) / "categories.png", ncol=ncol, title=f"one {split} image per category (count)")
+    return {"figure": str(path), "categories": len(order), "images": int(counts.sum()),
+            "per_category": {names[k]: int(counts[k]) for k in order}}
+
+
+# --------------------------------------------------------------------------- BatchNorm study
+
+EXPLANATION = """\
+# Batch vs one-by-one generation
+
+The same {n} latent vectors (the training batch size, seed {seed}) were fed to the generator all
+at once and one at a time, with the model in training mode and in evaluation mode
+(figure: batch_vs_single.png). Mean absolute pixel difference (images in [0, 1]):
+
+| generator mode | batch vs one-by-one |
+|---|---|
+| train (`model.train()`) | {train:.4f} |
+| eval (`model.eval()`) | {eval:.2e} |
+
+Train-mode batch vs eval-mode batch: {modes:.4f}.
+
+Why: BatchNorm in training mode normalises every layer with the mean and variance of the
+current batch, so an image depends on the other latent vectors it is generated with; fed
+alone, each image is normalised with its own statistics (the spatial positions of one image),
+which shifts colours and contrast and removes detail. In evaluation mode BatchNorm uses the
+running mean and variance accumulated during training, so each image is a fixed function of its
+own z: batch and one-by-one agree up to float rounding.
+
+The correct way to generate: `generator.eval()` under `torch.no_grad()`, in any batch size.
+If eval-mode images look worse than train-mode batches (running averages lag behind a generator
+that changed quickly), re-estimate the BatchNorm statistics with forward passes of many latent
+batches in train mode (momentum=None for a plain average) and then switch to eval; do not
+generate in train mode.
+"""
+
+
+@ANALYSES.register("gan_batch_vs_single")
+def gan_batch_vs_single(trainer: Any, out_dir: Path, n: Optional[int] = None, show: int = 8,
+                        seed: int = 777) -> dict[str, Any]:
+    """Generate ``n`` (default: the training batch size) latents as one batch and one by one,
+    in train and in eval mode, on a copy of the generator (its BatchNorm buffers stay intact)."""
+    task = gan_task(trainer)
+    n = n or trainer.cfg.train.batch_size
+    z = task.fixed_latents(trainer.device, n=n, seed=seed)
+    G = copy.deepcopy(trainer.unwrap("generator"))
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for mode in ("train", "eval"):
+            G.train(mode == "train")
+            out[f"{mode}: batch"] = to_unit(G(z)).cpu()
+            out[f"{mode}: one by one"] = torch.cat([to_unit(G(z[i : i + 1])).cpu() for i in range(n)])
+    diff = {mode: (out[f"{mode}: batch"] - out[f"{mode}: one by one"]).abs().mean().item() for mode in ("train", "eval")}
+    modes = (out["train: batch"] - out["eval: batch"]).abs().mean().item()
+    show = min(show, n)
+    from hpclab.analysis.figures import image_rows
+
+    figure = image_rows({k: v[:show] for k, v in out.items()}, Path(out_dir) / "batch_vs_single.png",
+                        title="same latent vectors: as one batch vs one at a time")
+    text = EXPLANATION.format(n=n, seed=seed, train=diff["train"], eval=diff["eval"], modes=modes)
+    atomic_write_text(Path(out_dir) / "batch_vs_single.md", text)
+    return {"figure": str(figure), "report": str(Path(out_dir) / "batch_vs_single.md"),
+            "mean_abs_diff_train_mode": diff["train"], "mean_abs_diff_eval_mode": diff["eval"],
+            "mean_abs_diff_train_vs_eval_batch": modes}
+
+
+# --------------------------------------------------------------------------- favourites
+
+@ANALYSES.register("gan_favourites")
+def gan_favourites(trainer: Any, out_dir: Path, candidates: int = 64, count: int = 8,
+                   indices: Optional[list[int]] = None, pair: Optional[list[int]] = None,
+                   seed: int = 4321, steps: int = 11) -> dict[str, Any]:
+    """Favourites among ``candidates`` seeded samples (``candidates.png`` shows their indices):
+    the ``indices`` you chose, else the ``count`` the discriminator rates most real. Saves them
+    with their latent vectors (``favourites_z.npy``) and the strip z = a*z1 + (1-a)*z2 for
+    a = 0, 0.1, ..., 1 between two of them (``pair``, positions in the favourites; default the
+    first two), with its latents (``interpolation_z.npy``)."""
+    task = gan_task(trainer)
+    out_dir = Path(out_dir)
+    z = task.fixed_latents(trainer.device, n=candidates, seed=seed)
+    images = generate(trainer, z)
+    D = trainer.unwrap("discriminator")
+    with torch.no_grad(), eval_mode(trainer):
+        scores = D((images * 2 - 1).to(trainer.device)).float().cpu()
+    if indices is None:
+        picks = torch.argsort(scores, descending=True)[:count].tolist()
+        how = "highest D(G(z))"
+    else:
+        bad = [i for i in indices if not 0 <= int(i) < candidates]
+        if bad:
+            raise ValueError(f"gan_favourites: indices {bad} are outside the {candidates} candidates (0..{candidates - 1})")
+        picks, how = [int(i) for i in indices], "chosen"
+    a_pos, b_pos = pair if pair is not None else (0, 1)
+    if len(picks) < 2 or not (0 <= a_pos < len(picks) and 0 <= b_pos < len(picks)):
+        raise ValueError(f"gan_favourites: pair {[a_pos, b_pos]} must name two of the {len(picks)} favourites "
+                         "(positions 0..count-1)")
+    titled_grid(images, [f"#{i} D={s:.2f}" for i, s in enumerate(scores.tolist())], out_dir / "candidates.png",
+                title=f"candidates (seed {seed}); pick with indices=[...]")
+    fav_png = save_png(images[picks], out_dir / "favourites.png", nrow=min(8, len(picks)))
+    fav_z = z[picks].float().cpu().numpy()
+    save_npy(fav_z, out_dir / "favourites_z.npy")
+
+    z1, z2 = z[picks[a_pos]], z[picks[b_pos]]
+    alphas = torch.linspace(0.0, 1.0, steps)
+    z_line = torch.stack([a * z1 + (1 - a) * z2 for a in alphas.tolist()])
+    strip = generate(trainer, z_line)
+    titled_grid(strip, [f"a={a:.1f}" for a in alphas.tolist()], out_dir / "interpolation.png", ncol=steps,
+                title=f"z = a*z1 + (1-a)*z2, z1 = candidate #{picks[a_pos]}, z2 = candidate #{picks[b_pos]}")
+    save_npy(z_line.float().cpu().numpy(), out_dir / "interpolation_z.npy")
+    record = {"seed": seed, "candidates": candidates, "selection": how, "indices": picks,
+              "scores": [round(float(scores[i]), 4) for i in picks], "pair": [picks[a_pos], picks[b_pos]],
+              "alphas": [round(a, 4) for a in alphas.tolist()],
+              "files": {"favourites": fav_png.name, "favourites_z": "favourites_z.npy",
+                        "interpolation": "interpolation.png", "interpolation_z": "interpolation_z.npy"}}
+    write_json(out_dir / "favourites.json", record)
+    return record

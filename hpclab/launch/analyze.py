@@ -1,0 +1,45 @@
+"""Run one analysis again on a finished (or interrupted) run, with new arguments: e.g. the
+favourites you chose after looking at ``candidates.png``, or FID once its weights are staged.
+
+The run's own config rebuilds the trainer; the newest checkpoint is loaded, then the best
+weights when the run kept any (as after training). The result is merged into ``summary.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hpclab.config import ConfigError, load_yaml
+from hpclab.utils import read_json, write_json
+
+
+def analyze_run(run_dir: Path | str, name: str, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    from hpclab.analysis import ANALYSES
+    from hpclab.engine import Trainer
+    from hpclab.launch.job import setup_logging
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
+    if name not in ANALYSES:
+        raise ConfigError(f"unknown analysis '{name}' (known: {', '.join(sorted(ANALYSES))})")
+    cfg = load_yaml(run_dir / "config.yaml")
+    setup_logging()
+    trainer = Trainer(cfg, run_dir)
+    try:
+        if not trainer.resume():
+            raise ConfigError(f"{run_dir} has no readable checkpoint to analyse")
+        trainer.load_best()
+        try:
+            result = ANALYSES[name](trainer, run_dir / "figures", **(kwargs or {}))
+        except (TypeError, ValueError) as exc:  # bad argument names or values
+            raise ConfigError(f"analysis {name}: {str(exc).splitlines()[0]}") from None
+    finally:
+        trainer.close()
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():
+        summary = read_json(summary_path)
+        summary.setdefault("analyses", {})[name] = result
+        write_json(summary_path, summary)
+    return result

@@ -1,0 +1,286 @@
+"""DCGAN on Flowers-102: staging from the real file layout (1-based labels), the model spec,
+a 32 px smoke run through the CLI with its analyses, and FID with a stand-in Inception."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, run_cli
+from formats.flowers102 import flower_image, write_flowers102
+
+from hpclab.config import ConfigError, compose
+
+LABELS1 = [1, 2, 51, 77, 102]  # 1-based, as in imagelabels.mat: pink primrose ... blackberry lily
+PER_CLASS = 20
+SMOKE = ["experiment=dcgan_small", "preset=smoke", "data.image_size=32", "model.channels=32", "model.latent_dim=16",
+         "train.batch_size=16", "train.max_steps=12", "train.eval_every=null", "train.log_every=1",
+         "analysis=[gan_curves,gan_epoch_grids,gan_categories,gan_batch_vs_single,gan_favourites]"]
+
+
+@pytest.fixture(scope="module")
+def flowers(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A small Flowers-102 in torchvision's layout (non-square jpgs, shuffled 1-based labels)."""
+    root = tmp_path_factory.mktemp("flowers_mirror")
+    labels = np.repeat(LABELS1, PER_CLASS)
+    np.random.default_rng(1).shuffle(labels)
+    return {"root": root, **write_flowers102(root, labels)}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory, flowers: dict) -> dict:
+    """prepare_data + a 12-step, two-epoch DCGAN run at 32 px, both through the CLI."""
+    work = tmp_path_factory.mktemp("gan_smoke")
+    env = {"HPCLAB_DATA": str(work / "data"), "HPCLAB_RESULTS": str(work / "results")}
+    run_cli("prepare_data.py", "experiment=dcgan_small", "data.image_size=32", f"data.mirrors=[{flowers['root']}]",
+            "data.download=false", cwd=work, env=env)
+    proc = run_cli("launch.py", *SMOKE, cwd=work, env=env)
+    return {"work": work, "env": env, "run_dir": work / "results" / "dcgan_small" / "default", "log": proc.stdout}
+
+
+# --------------------------------------------------------------------------- data
+
+def test_names_table_is_the_published_1_based_list():
+    import torchvision
+
+    from hpclab.data.sources.flowers102 import NAMES_FILE, category_names
+
+    table = json.loads(NAMES_FILE.read_text())
+    assert sorted(table, key=int) == [str(i) for i in range(1, 103)]
+    assert table["1"] == "pink primrose" and table["102"] == "blackberry lily"
+    assert list(category_names()) == torchvision.datasets.Flowers102.classes  # 0-based view
+
+
+def test_staging_keeps_every_image_and_shifts_labels_to_zero_based(workdir, flowers):
+    from hpclab.data import stage
+    from hpclab.data.sources.flowers102 import category_names
+
+    cfg = compose(["data=flowers102", "data.image_size=32", f"data.mirrors=[{flowers['root']}]", "data.download=false"])
+    path = stage(cfg)
+    assert path.name == "flowers102_32px.h5"
+    with h5py.File(path) as f:
+        images, labels = f["train/images"][()], f["train/labels"][()]
+        val_images, val_labels = f["val/images"][()], f["val/labels"][()]
+        class_names = json.loads(f.attrs["class_names"])
+        official = f["extra/official_split"][()]
+    n = len(flowers["labels1"])
+    assert images.shape == (n, 3, 32, 32) and images.dtype == np.uint8  # all splits, square crops
+    np.testing.assert_array_equal(labels, flowers["labels1"] - 1)
+    assert class_names == list(category_names()) and class_names[0] == "pink primrose"
+    np.testing.assert_array_equal(val_images, images[flowers["valid"] - 1])
+    np.testing.assert_array_equal(val_labels, labels[flowers["valid"] - 1])
+    assert sorted(np.bincount(official)) == sorted([len(flowers[k]) for k in ("trnid", "valid", "tstid")])
+    # image i is image_{i+1:05d}.jpg: its centre has the colour the writer gives its label
+    palette = {lab - 1: flower_image(lab - 1, np.random.default_rng(0), 9, 9)[4, 4].astype(float) for lab in LABELS1}
+    centre = images[:, :, 14:18, 14:18].mean((2, 3))
+    nearest = [min(palette, key=lambda k: np.abs(palette[k] - c).sum()) for c in centre]
+    np.testing.assert_array_equal(nearest, labels)
+
+
+def test_subset_by_category_name(workdir, flowers):
+    from hpclab.data import Data, stage
+    from hpclab.data.sources.flowers102 import category_labels
+
+    overrides = ["data=flowers102", "data.image_size=32", f"data.mirrors=[{flowers['root']}]", "data.download=false"]
+    stage(compose(overrides))
+    data = Data(compose(overrides + ["data.classes=['passion flower',petunia]"]), torch.device("cpu"))
+    assert data.info.class_names == ["passion flower", "petunia"] and data.info.num_classes == 2
+    with h5py.File(data.path) as f:
+        file_labels = f["train/labels"][()]
+    kept = file_labels[data.indices["train"]]
+    assert set(kept) == {76, 50} and len(kept) == 2 * PER_CLASS  # published 77 and 51
+    batch_labels = torch.cat([b["labels"] for b in data.batches("train", train=False).epoch(0)])
+    assert sorted(batch_labels.tolist()) == [0] * PER_CLASS + [1] * PER_CLASS
+
+    subset = compose(["data=flowers102_subset"]).data.classes
+    assert len(category_labels(subset)) == len(subset) == 10
+    with pytest.raises(ConfigError, match="did you mean: passion flower"):
+        category_labels(["pasion flower"])
+
+
+# --------------------------------------------------------------------------- model
+
+def test_dcgan_follows_the_spec_at_full_size():
+    from torch import nn
+    from torch.nn.utils import parametrize
+
+    from hpclab.models.dcgan import DCGAN
+
+    model = DCGAN(in_channels=3, image_size=256, latent_dim=128, channels=512)
+    G, D = model.generator, model.discriminator
+    convs = [m for m in G.net if isinstance(m, nn.ConvTranspose2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [
+        (128, 512), (512, 256), (256, 128), (128, 64), (64, 32), (32, 16), (16, 3)]
+    assert all(isinstance(G.net[i + 1], nn.BatchNorm2d) for i, m in enumerate(G.net) if m in convs[:-1])
+    assert isinstance(G.net[-1], nn.Tanh) and G.net[-2] is convs[-1]
+
+    d_convs = [m for m in D.modules() if isinstance(m, nn.Conv2d)]
+    assert len(d_convs) == 7 and all(parametrize.is_parametrized(c, "weight") for c in d_convs)
+    assert all(type(c.parametrizations.weight[0]).__name__ == "_SpectralNorm" for c in d_convs)
+    assert not isinstance(D.features[1], nn.BatchNorm2d)  # none on the input layer
+    assert [c.out_channels for c in d_convs] == [16, 32, 64, 128, 256, 512, 1]
+    assert isinstance(D.sigmoid, nn.Sigmoid)
+
+    with torch.no_grad():
+        images = G.eval()(torch.randn(2, 128))
+        prob = D.eval()(images)
+    assert images.shape == (2, 3, 256, 256) and images.abs().max() <= 1
+    assert prob.shape == (2,) and ((prob >= 0) & (prob <= 1)).all() and prob.dtype == torch.float32
+    with pytest.raises(ValueError, match="power of two"):
+        DCGAN(image_size=256, channels=500)
+
+
+def test_fixed_latents_do_not_depend_on_how_many_are_drawn():
+    from hpclab.tasks.gan import GAN
+
+    task = GAN(samples=16)
+    task.latent_dim = 8
+    first = task.fixed_latents(torch.device("cpu"))
+    assert torch.equal(task.fixed_latents(torch.device("cpu"), n=64)[:16], first)
+    other = GAN(samples=4)
+    other.latent_dim = 8
+    assert torch.equal(other.fixed_latents(torch.device("cpu")), first[:4])
+    assert not torch.equal(task.fixed_latents(torch.device("cpu"), seed=5), first)
+
+
+# --------------------------------------------------------------------------- smoke run
+
+def test_smoke_run_trains_and_writes_every_figure(smoke_run):
+    run_dir = smoke_run["run_dir"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 12
+    assert set(summary["parameters"]) == {"generator", "discriminator"}
+    fit = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    fit = [r for r in fit if r["split"] == "fit"]
+    assert [r["step"] for r in fit] == list(range(1, 13))  # every step
+    for r in fit:
+        assert {"d_loss", "g_loss", "d_real", "d_fake", "images_per_s"} <= set(r)
+        assert 0 < r["d_real"] < 1 and 0 < r["d_fake"] < 1
+
+    figures = run_dir / "figures"
+    pngs = ["gan_curves.png", "samples_final.png", "samples_by_epoch.png", "epochs/epoch_001.png", "epochs/epoch_002.png",
+            "categories.png", "batch_vs_single.png", "candidates.png", "favourites.png", "interpolation.png"]
+    for name in pngs:
+        assert (figures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+    analyses = summary["analyses"]
+    assert analyses["gan_categories"]["per_category"] == {
+        "pink primrose": 20, "hard-leaved pocket orchid": 20, "petunia": 20, "passion flower": 20, "blackberry lily": 20}
+    bn = analyses["gan_batch_vs_single"]
+    assert bn["mean_abs_diff_eval_mode"] < 1e-5 < bn["mean_abs_diff_train_mode"]
+    assert "BatchNorm" in (figures / "batch_vs_single.md").read_text()
+
+    fav = json.loads((figures / "favourites.json").read_text())
+    z_fav = np.load(figures / "favourites_z.npy")
+    z_line = np.load(figures / "interpolation_z.npy")
+    assert z_fav.shape == (8, 16) and z_line.shape == (11, 16)
+    assert fav["alphas"] == [round(0.1 * i, 4) for i in range(11)]
+    np.testing.assert_allclose(z_line[0], z_fav[1], atol=1e-6)  # a=0: z2
+    np.testing.assert_allclose(z_line[-1], z_fav[0], atol=1e-6)  # a=1: z1
+    np.testing.assert_allclose(z_line[5], 0.5 * (z_fav[0] + z_fav[1]), atol=1e-6)
+
+
+def test_chosen_favourites_through_the_analyze_command(smoke_run):
+    run_dir, work, env = smoke_run["run_dir"], smoke_run["work"], smoke_run["env"]
+    proc = run_cli("analyze.py", str(run_dir), "gan_favourites", "indices=[5,9,2]", "pair=[2,0]", cwd=work, env=env)
+    fav = json.loads((run_dir / "figures" / "favourites.json").read_text())
+    assert fav["indices"] == [5, 9, 2] and fav["pair"] == [2, 5] and fav["selection"] == "chosen"
+    assert '"selection": "chosen"' in proc.stdout
+    assert json.loads((run_dir / "summary.json").read_text())["analyses"]["gan_favourites"]["indices"] == [5, 9, 2]
+    assert np.load(run_dir / "figures" / "favourites_z.npy").shape == (3, 16)
+
+
+# --------------------------------------------------------------------------- FID
+
+@pytest.fixture(scope="module")
+def standin_inception(tmp_path_factory: pytest.TempPathFactory):
+    """A random-initialised state dict of pytorch-fid's FID Inception, saved in a cache under a
+    torch.hub-style name and registered as weights 'fid_inception_standin' (the real file's
+    sha256 prefix cannot match, and the production check stays as it is)."""
+    import pytorch_fid.inception as fid_inception
+    import torchvision.models.inception as tv_inception
+
+    from hpclab.weights import WEIGHTS, WeightFile, cache_dir, register_weights
+
+    with mock.patch.object(fid_inception, "load_state_dict_from_url", lambda *a, **k: None), \
+         mock.patch.object(tv_inception.Inception3, "load_state_dict", lambda self, *a, **k: None):
+        state = fid_inception.fid_inception_v3().state_dict()  # the architecture, random weights
+    cache = tmp_path_factory.mktemp("fid_cache")
+    staging = cache / "standin.pth"
+    torch.save(state, staging)
+    prefix = hashlib.sha256(staging.read_bytes()).hexdigest()[:8]
+    cache_dir(cache).mkdir(parents=True)
+    staging.rename(cache_dir(cache) / f"pt_inception-standin-{prefix}.pth")
+    register_weights(WeightFile("fid_inception_standin", "file:///nonexistent", f"pt_inception-standin-{prefix}.pth", prefix))
+    yield cache
+    WEIGHTS.pop("fid_inception_standin", None)
+
+
+def test_fid_is_zero_for_a_set_with_itself_and_grows_with_noise(standin_inception):
+    from hpclab.analysis.fid import activations, frechet, inception
+
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(np.stack([flower_image(i % 7, rng, 48, 48) for i in range(96)])).permute(0, 3, 1, 2) / 255
+    model = inception(dims=64, cache=standin_inception, weights="fid_inception_standin", resize=False)
+    base = activations(model, images.split(48), "cpu")
+    gen = torch.Generator().manual_seed(0)
+    noisy = [activations(model, (images + s * torch.randn(images.shape, generator=gen)).clamp(0, 1).split(48), "cpu")
+             for s in (0.05, 0.2, 0.5)]
+    same = frechet(base, base)
+    scores = [frechet(base, other) for other in noisy]
+    assert abs(same) < 1e-3 * scores[0]
+    assert scores[0] < scores[1] < scores[2]
+
+
+def test_fid_needs_the_staged_weights_and_checks_their_hash(tmp_path):
+    from hpclab.analysis.fid import inception
+    from hpclab.weights import WeightsMissing, cache_dir
+
+    with pytest.raises(WeightsMissing, match=r"prepare_data.py weights=\[fid_inception\]"):
+        inception(cache=tmp_path)
+    cache_dir(tmp_path).mkdir(parents=True)
+    (cache_dir(tmp_path) / "pt_inception-2015-12-05-6726825d.pth").write_bytes(b"not the weights")
+    with pytest.raises(WeightsMissing, match="sha256"):
+        inception(cache=tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # 66 images, 64 random-net features
+def test_fid_analysis_on_the_smoke_run(smoke_run, standin_inception):
+    """The analysis end to end (real images from the run's data, generated ones from its
+    generator, 299 px Inception input) on the finished run, via the re-analysis API."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from hpclab.launch.analyze import analyze_run
+    from hpclab.weights import WEIGHTS, WeightsMissing, cache_dir
+
+    run_dir = smoke_run["run_dir"]
+    with pytest.raises(WeightsMissing, match=r"not staged .*jobs/prepare_data.py weights=\[fid_inception\]"):
+        analyze_run(run_dir, "fid")  # the production weights are not in this run's cache
+    cache = Path(OmegaConf.load(run_dir / "config.yaml").paths.cache)
+    name = WEIGHTS["fid_inception_standin"].filename
+    cache_dir(cache).mkdir(parents=True, exist_ok=True)
+    shutil.copy(cache_dir(standin_inception) / name, cache_dir(cache) / name)
+    result = analyze_run(run_dir, "fid", {"weights": "fid_inception_standin", "dims": 64, "num_images": 66})
+    assert result["real_images"] == result["generated_images"] == 66
+    assert np.isfinite(result["fid"]) and result["fid"] > 0
+    assert json.loads((run_dir / "figures" / "fid.json").read_text())["fid"] == result["fid"]
+    assert json.loads((run_dir / "summary.json").read_text())["analyses"]["fid"]["fid"] == result["fid"]
+
+
+def test_step_benchmark_runs_quick(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "dcgan_step.py"), "--quick", "--rounds", "1",
+                           "--steps", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ratio vs fp32 contiguous" in proc.stdout
+    rows = json.loads((tmp_path / "dcgan_step_cpu_quick.json").read_text())["rows"]
+    assert {(r["precision"], r["channels_last"]) for r in rows} == {("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)}
