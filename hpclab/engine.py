@@ -11,15 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import re
 import signal
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -49,54 +47,85 @@ class Preempted(Exception):
 # --------------------------------------------------------------------------- preemption signals
 
 class StopSignals:
-    """Turn SIGUSR2 (SLURM's pre-timeout signal) and SIGTERM (preemption, scancel, requeue) into
-    a flag the hot loop checks between steps, so the checkpoint is written at a step boundary.
+    """Turn SIGUSR2 (SLURM's pre-timeout signal, ``scancel -s USR2``) and SIGTERM (preemption,
+    ``scontrol requeue``, ``scancel``) into a flag the hot loop checks between steps, so the
+    checkpoint is written at a step boundary and no finished step is lost.
 
-    The handlers that were installed before (submitit's requeue logic) are kept and called
-    after the checkpoint is safe, so submitit still requeues the array task.
+    After the checkpoint, :meth:`hand_over` passes the signal to the handler installed before
+    ours: submitit's (USR2: ``TrainJob.checkpoint()`` and requeue; SIGTERM: ignored) or the
+    sbatch tasks' ``JobSignals`` (USR2: requeue; both: exit). With no handler before ours
+    (``jobs/launch.py`` run by hand inside a job), USR2 requeues the job with ``scontrol``.
+    Data-parallel ranks agree on the stop step through :meth:`pending` (SLURM signals every
+    task, but not at the same step).
     """
 
     SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+    SYNC_EVERY = 10  # steps between the cross-rank checks of data-parallel runs (one all-reduce)
 
     def __init__(self) -> None:
         self.received: Optional[int] = None
         self.previous: dict[int, Any] = {}
+        self.handed_over = False
 
     def install(self) -> "StopSignals":
-        if hasattr(signal, "pthread_kill"):
-            import threading
+        import threading
 
-            if threading.current_thread() is not threading.main_thread():
-                return self
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signal handlers can only be set from the main thread
         for sig in self.SIGNALS:
             self.previous[sig] = signal.signal(sig, self._on_signal)
         return self
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        log.warning("received signal %s: checkpointing at the next step boundary", signal.Signals(signum).name)
-        self.received = signum
+        log.warning("received %s: checkpointing at the next step boundary", signal.Signals(signum).name)
+        if self.received is None or signum == signal.SIGTERM:  # TERM (kill coming) outranks USR2
+            self.received = signum
+
+    def pending(self, accelerator: Any = None, step: int = 0) -> bool:
+        """Stop at this step boundary? Single process: whether a signal arrived. Data parallel:
+        every ``SYNC_EVERY`` steps all ranks share what they received (max of the signal
+        numbers), so they checkpoint and stop at the same step."""
+        if accelerator is None or accelerator.num_processes == 1:
+            return self.received is not None
+        if step % self.SYNC_EVERY:
+            return False
+        flag = torch.tensor([self.received or 0], dtype=torch.int64, device=accelerator.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        signum = int(flag.item())
+        if signum and self.received is None:
+            self.received = signum  # another rank got it
+        return bool(signum)
 
     def restore(self) -> None:
-        for sig, handler in self.previous.items():
+        """Put the previous handlers back. A signal that arrived too late for the loop to see it
+        (during the last checkpoint) is handed over now rather than lost."""
+        previous = dict(self.previous)
+        for sig, handler in previous.items():
             signal.signal(sig, handler)
         self.previous.clear()
+        if self.received is not None and not self.handed_over and previous:
+            self.handed_over = True
+            self._deliver(self.received, previous.get(self.received))
 
     def hand_over(self) -> None:
-        """After checkpointing: let the previous handler (submitit) requeue, else requeue
-        ourselves under SLURM for SIGUSR2; SIGTERM means SLURM itself requeues or cancels."""
+        """After the checkpoint: pass the signal on (see the class doc), then stop training."""
         signum = self.received
-        previous = self.previous.get(signum) if signum is not None else None
+        assert signum is not None
+        previous = self.previous.get(signum)
+        self.handed_over = True
         self.restore()
-        if callable(previous) and previous not in (signal.SIG_IGN, signal.SIG_DFL):
-            previous(signum, None)  # submitit: checkpoint() -> requeue -> exit
-        if signum == signal.SIGUSR2 and under_slurm():
-            import subprocess
+        self._deliver(signum, previous)
+        raise Preempted(f"stopped by {signal.Signals(signum).name} at step boundary after checkpointing; "
+                        f"the run resumes from its newest checkpoint")
 
-            job = os.environ.get("SLURM_ARRAY_JOB_ID")
-            job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ["SLURM_JOB_ID"]
-            log.warning("requeueing SLURM job %s", job)
-            subprocess.run(["scontrol", "requeue", job], check=False)
-        raise Preempted(f"stopped by signal {signum}; resume continues from the checkpoint")
+    @staticmethod
+    def _deliver(signum: int, previous: Any) -> None:
+        if callable(previous):
+            previous(signum, None)  # submitit or JobSignals: requeue and/or exit
+        elif signum == signal.SIGUSR2 and under_slurm():
+            from hpclab.launch.slurm import requeue_job
+
+            requeue_job()
 
 
 # --------------------------------------------------------------------------- RNG state
@@ -162,7 +191,10 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         t = cfg.train
-        self.accelerator = Accelerator(mixed_precision=t.mixed_precision, step_scheduler_with_optimizer=False)
+        # cpu=True when there is no GPU: otherwise accelerate ignores WORLD_SIZE on a CPU-only
+        # machine and every process trains alone
+        self.accelerator = Accelerator(mixed_precision=t.mixed_precision, step_scheduler_with_optimizer=False,
+                                       cpu=not torch.cuda.is_available())
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process
         set_seed(cfg.seed, device_specific=True)
@@ -311,7 +343,8 @@ class Trainer:
         if not all(f.is_file() for f in files.values()):
             return False
         for name, f in files.items():
-            self.unwrap(name).load_state_dict(load_file(str(f), device=str(self.device)))
+            device = "cpu" if self.device.type == "cpu" else str(self.device)  # safetensors rejects "cpu:0"
+            self.unwrap(name).load_state_dict(load_file(str(f), device=device))
         return True
 
     def resume(self) -> bool:
@@ -422,7 +455,7 @@ class Trainer:
                             log.info("step %d/%d %s", self.step_count, self.total_steps, _fmt(values))
                     if self.step_count % self.eval_every == 0 or last:
                         self.run_evaluation()
-                    stop_signal = self.signals.received is not None
+                    stop_signal = self.signals.pending(self.accelerator, self.step_count)
                     if self.step_count % self.ckpt_every == 0 or last or self.stopped or stop_signal:
                         _check_finite(running, self.step_count, self.ckpt_dir)
                         self.save_checkpoint()

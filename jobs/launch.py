@@ -15,6 +15,8 @@ Overrides are Hydra's: group=option, key=value, key=a,b,c (a sweep axis), +new.k
 
 from __future__ import annotations
 
+import shlex
+
 from hpclab.launch.cli import groups_help, main_guard
 
 
@@ -43,7 +45,7 @@ def main(argv: list[str]) -> int:
         if ids:
             print(f"submitted array job {', '.join(ids)} ({len(plan.runs)} runs); "
                   f"results: {executors.group_dir(plan)}/; "
-                  f"status: python jobs/launch.py status {' '.join(overrides)}")
+                  f"status: python jobs/launch.py status {shlex.join(overrides)}")
         return 0
     executors.run_local(plan)
     print(f"results: {executors.group_dir(plan)}/")

@@ -151,7 +151,7 @@ def test_rerun_skips_a_finished_run_and_refuses_a_changed_config(digits):
     summary = digits / "results/ae_latent/default/summary.json"
     mtime = summary.stat().st_mtime_ns
     proc = run_cli("launch.py", *DIGITS_RUN, "train.max_steps=10", cwd=digits)
-    assert summary.stat().st_mtime_ns == mtime and "complete; skipping" in proc.stdout
+    assert summary.stat().st_mtime_ns == mtime and "complete; skipping" in proc.stdout + proc.stderr
     proc = run_cli("launch.py", *DIGITS_RUN, "train.max_steps=12", cwd=digits, check=False)
     assert proc.returncode == 2 and "train.max_steps: 10 -> 12" in proc.stderr
     run_cli("launch.py", *DIGITS_RUN, "train.max_steps=12", "force=true", cwd=digits)

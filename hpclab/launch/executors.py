@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
-import shlex
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from hpclab.launch import container
 from hpclab.launch.job import TrainJob, is_complete, run_dir_of, train_local_processes, train_run
+from hpclab.launch.slurm import read_record
 from hpclab.launch.sweep import Plan
 from hpclab.utils import read_json, write_json
 
@@ -36,11 +36,12 @@ def describe_plan(plan: Plan) -> str:
 def run_local(plan: Plan) -> list[dict[str, Any]]:
     """Run every run of the plan in turn in this process (or N processes each), then report."""
     from hpclab.analysis.report import write_report
+    from hpclab.data.prepare import hdf5_path, stage
 
-    from hpclab.data.prepare import require_prepared
-
-    for cfg in plan.runs:  # fail before the first run starts, not in the middle of a sweep
-        require_prepared(cfg)
+    # Stage each dataset first (a no-op when prepared; local mirrors, then the downloader), so
+    # a missing dataset fails before the first run starts, not in the middle of a sweep.
+    for cfg in {hdf5_path(c): c for c in plan.runs}.values():
+        stage(cfg)
     summaries = []
     for i, cfg in enumerate(plan.runs, 1):
         log.info("[%d/%d] %s", i, len(plan.runs), run_dir_of(cfg))
@@ -53,19 +54,18 @@ def run_local(plan: Plan) -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------------- SLURM
 
-def image_of(cluster: DictConfig) -> str | None:
-    return cluster.image or os.environ.get("HPCLAB_IMAGE") or None
-
-
-def container_python(cluster: DictConfig, paths: DictConfig) -> str:
-    """The python command of array tasks: plain, or inside the Apptainer image with binds."""
-    image = image_of(cluster)
-    if not image:
-        return "python"
-    binds = [str(Path(p).resolve()) for p in (paths.data, paths.results, paths.cache)] + list(cluster.binds)
-    bind_args = " ".join(f"--bind {shlex.quote(b)}" for b in dict.fromkeys(binds))
-    nv = " --nv" if cluster.gpus_per_node > 0 else ""
-    return f"apptainer exec{nv} {bind_args} {shlex.quote(str(image))} python"
+def task_environment(cluster: DictConfig) -> list[str]:
+    """Batch-script lines shared with slurm/common.sh: no HDF5 file locks (Lustre/GPFS/NFS),
+    torch threads = CPUs per task (no oversubscription), srun steps keep --cpus-per-task
+    (SLURM >= 22.05 no longer passes it on), gloo on the CPU when no GPU is allocated."""
+    lines = [
+        "export HDF5_USE_FILE_LOCKING=FALSE",
+        "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}",
+        "export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-1}",
+    ]
+    if not cluster.gpus_per_node:
+        lines.append('if [ "${SLURM_NTASKS:-1}" -gt 1 ]; then export ACCELERATE_USE_CPU=true; fi')
+    return lines
 
 
 def slurm_parameters(cluster: DictConfig, name: str) -> dict[str, Any]:
@@ -78,7 +78,7 @@ def slurm_parameters(cluster: DictConfig, name: str) -> dict[str, Any]:
         "cpus_per_task": cluster.cpus_per_task,
         "slurm_array_parallelism": cluster.array_parallelism,
         "slurm_signal_delay_s": cluster.signal_delay_s,
-        "slurm_setup": ["export HDF5_USE_FILE_LOCKING=FALSE", *cluster.setup],
+        "slurm_setup": [*task_environment(cluster), *cluster.setup],
         "slurm_additional_parameters": {"requeue": True, **OmegaConf.to_container(cluster.extra)},
     }
     if cluster.gpus_per_node:
@@ -101,11 +101,12 @@ def make_executor(plan: Plan):
     """A submitit AutoExecutor for SLURM configured from the plan's cluster section."""
     import submitit
 
-    cluster = plan.base.cluster
-    executor = submitit.AutoExecutor(folder=submitit_folder(plan), cluster="slurm",
-                                     slurm_max_num_timeout=cluster.max_requeues,
-                                     slurm_python=container_python(cluster, plan.base.paths))
-    executor.update_parameters(**slurm_parameters(cluster, f"hpclab-{plan.group}"))
+    cluster, paths, folder = plan.base.cluster, plan.base.paths, submitit_folder(plan)
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=cluster.max_requeues,
+                                     slurm_python=container.container_python(cluster, paths, folder))
+    params = slurm_parameters(cluster, f"hpclab-{plan.group}")
+    params["slurm_setup"] += container.slurm_setup(cluster, paths, folder)  # binds, requeue relay
+    executor.update_parameters(**params)
     return executor
 
 
@@ -129,6 +130,7 @@ def submit_slurm(plan: Plan) -> list[str]:
         return []
     for cfg in pending:  # fail before anything is queued
         require_prepared(cfg)
+    container.check_image(plan.base.cluster)
     executor = make_executor(plan)
     size = plan.base.cluster.max_array_size
     record = _load_submissions(plan)
@@ -151,46 +153,128 @@ def _load_submissions(plan: Plan) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- status
 
-def squeue_states(job_ids: list[str]) -> dict[str, str]:
-    """Array task id -> state from squeue (works without SLURM accounting)."""
-    if not job_ids:
-        return {}
+# squeue states of jobs that are not over yet (squeue -t all also lists recently ended ones).
+ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
+          "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
+
+
+def squeue_jobs() -> Optional[dict[str, dict[str, str]]]:
+    """This user's jobs the controller knows (queued, running, recently ended; no accounting
+    needed): ``'123_4'`` / ``'125'`` -> state, reason, name. None when squeue does not answer."""
+    import getpass
+
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(sorted(set(job_ids)))],
+        out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-u", getpass.getuser(), "-o", "%i|%T|%r|%j"],
                              capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
-        return {}
-    states = {}
+        return None
+    if out.returncode != 0:
+        return None
+    jobs = {}
     for line in out.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            states[parts[0]] = parts[1]
-    return states
+        parts = line.strip().split("|", 3)
+        if len(parts) == 4:
+            jobs[parts[0]] = {"state": parts[1], "reason": parts[2], "name": parts[3]}
+    return jobs
+
+
+def _job_number(job: Optional[str]) -> int:
+    """Submission order of a job reference (array job id of ``123_4``)."""
+    try:
+        return int(str(job).split("_")[0])
+    except ValueError:
+        return -1
+
+
+def _queued_by_sbatch(plan: Plan, jobs: dict[str, dict[str, str]], submitit_jobs: set[int]) -> dict[int, str]:
+    """Run index -> job, for tasks queued by slurm/*.sh that have not started (and so wrote
+    nothing yet): jobs named ``hpclab-<group>`` that submitit did not submit; array task i
+    runs run i, a plain job the only run of a single-run plan."""
+    found: dict[int, str] = {}
+    for job, info in jobs.items():
+        if info["name"] != f"hpclab-{plan.group}" or _job_number(job) in submitit_jobs:
+            continue
+        index = int(job.split("_")[1]) if "_" in job else 0 if len(plan.runs) == 1 else None
+        if index is not None and index < len(plan.runs) and _job_number(job) > _job_number(found.get(index)):
+            found[index] = job
+    return found
+
+
+def _last_step(run_dir: Path) -> Optional[int]:
+    """The last step logged in metrics.jsonl (progress, and whether a resume kept it)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    import json
+
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return int(json.loads(lines[-1])["step"]) if lines else None
+    except (ValueError, KeyError):
+        return None
+
+
+def run_state(run_dir: Path, job: Optional[str], squeued: Optional[dict[str, str]], starts: list[dict[str, Any]],
+              submitit_log: Optional[str]) -> str:
+    """One run's state from squeue (if it still knows the job), the results folder and the
+    task records: PENDING, REQUEUED (pending again after a requeue), RUNNING, COMPLETED,
+    FAILED, CANCELLED, TIMEOUT, ..., INCOMPLETE (ended without results), NOT-SUBMITTED."""
+    restarts = sum(1 for s in starts if s.get("job") == job) - 1 if job else -1
+    if squeued and squeued["state"] in ACTIVE:
+        state = squeued["state"]
+        if state == "PENDING" and restarts >= 0:
+            return "REQUEUED"
+        return f"{state} (restart {restarts})" if state == "RUNNING" and restarts > 0 else state
+    if is_complete(run_dir):
+        return "COMPLETED"
+    if squeued:  # ended without a completed summary
+        return "FAILED" if squeued["state"] == "COMPLETED" else squeued["state"]
+    if submitit_log and _submitit_error(submitit_log):
+        return "FAILED"
+    if job:
+        return "INCOMPLETE"
+    return "PARTIAL" if (run_dir / "checkpoints").is_dir() else "NOT-SUBMITTED"
 
 
 def status_lines(plan: Plan) -> list[str]:
-    """One line per run: state (from results and squeue) and where its log is."""
+    """One line per run: its state, SLURM job, last logged step and log file.
+
+    Works without SLURM accounting: the job of a run comes from submissions.json (written by
+    ``launch.py ... cluster=slurm``), the run's slurm.json (written by every task that starts,
+    also under slurm/*.sh) or, for sbatch tasks still queued, the job name; the state from
+    squeue while the controller remembers the job, then from the results folder.
+    """
     record = _load_submissions(plan)
-    states = squeue_states([r["job_id"].split("_")[0] for r in record.values()])
-    lines = [f"{'run':<32} {'state':<12} {'job':<14} log"]
+    jobs = squeue_jobs()
+    runs = []
     for cfg in plan.runs:
         run_dir = run_dir_of(cfg)
-        sub = record.get(cfg.run_name, {})
-        job = sub.get("job_id", "-")
-        if is_complete(run_dir):
-            state = "COMPLETED"
-        elif job in states:
-            state = states[job]
-        elif sub:
-            state = "FAILED" if _failed(sub) else "STOPPED"
-        else:
-            state = "NOT-SUBMITTED" if not (run_dir / "checkpoints").is_dir() else "PARTIAL"
-        lines.append(f"{cfg.run_name:<32} {state:<12} {job:<14} {sub.get('log', run_dir / 'run.log')}")
+        sub, rec = record.get(cfg.run_name, {}), read_record(run_dir)
+        # The newest submission wins: launch.py's record or the tasks' own record.
+        job, log_path, submitit_log = sub.get("job_id"), sub.get("log"), sub.get("log")
+        if rec.get("job") and _job_number(rec["job"]) >= _job_number(job):
+            job, log_path = rec["job"], rec.get("log") or log_path
+            submitit_log = log_path if rec["job"] == sub.get("job_id") else None
+        runs.append((cfg, run_dir, job, log_path, submitit_log, rec.get("starts", [])))
+    submitit_jobs = {_job_number(r.get("job_id")) for r in record.values()}
+    queued = _queued_by_sbatch(plan, jobs, submitit_jobs) if jobs else {}
+    lines = [f"{'run':<32} {'state':<20} {'job':<14} {'step':>8}  log"]
+    for index, (cfg, run_dir, job, log_path, submitit_log, starts) in enumerate(runs):
+        if index in queued and _job_number(queued[index]) > _job_number(job) and ("_" in queued[index] or not job):
+            job, log_path, submitit_log = queued[index], None, None
+        squeued = jobs.get(job) if jobs and job else None
+        state = run_state(run_dir, job, squeued, starts, submitit_log)
+        step = _last_step(run_dir)
+        lines.append(f"{cfg.run_name:<32} {state:<20} {job or '-':<14} {'-' if step is None else step:>8}  "
+                     f"{log_path or '-'}")
+    if jobs is None:
+        lines.append("(squeue does not answer: states come from the results folder only)")
     return lines
 
 
-def _failed(sub: dict[str, Any]) -> bool:
-    result = Path(sub["log"]).with_name(Path(sub["log"]).name.replace("_log.out", "_result.pkl"))
+def _submitit_error(log_path: str) -> bool:
+    """Whether submitit recorded an exception for the task whose log is ``log_path``."""
+    result = Path(log_path).with_name(Path(log_path).name.replace("_log.out", "_result.pkl"))
     if not result.is_file():
         return False
     try:

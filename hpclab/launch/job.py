@@ -19,6 +19,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from hpclab.config import save_yaml
+from hpclab.launch.slurm import export_rank_env, record_task, restart_count
 from hpclab.utils import environment_record, read_json, write_json
 
 log = logging.getLogger("hpclab")
@@ -69,10 +70,12 @@ def train_run(cfg: DictConfig) -> dict[str, Any]:
     from hpclab.engine import Trainer
 
     from hpclab.data.prepare import require_prepared
+    from hpclab.weights import use_cache
 
     run_dir = run_dir_of(cfg)
     rank = int(os.environ.get("RANK", "0"))
     require_prepared(cfg)  # fail before anything is written
+    use_cache(cfg.paths.cache)  # pretrained weights resolve from the staged cache, never the network
     if (run_dir / "config.yaml").is_file() and not cfg.force:
         from hpclab.launch.sweep import config_diff
 
@@ -89,6 +92,7 @@ def train_run(cfg: DictConfig) -> dict[str, Any]:
     if rank == 0:
         save_yaml(cfg, run_dir / "config.yaml")
         write_json(run_dir / "environment.json", environment_record())
+        record_task(run_dir)
     log.info("run %s on %s", run_dir, socket.gethostname())
     started = time.time()
     trainer = Trainer(cfg, run_dir)
@@ -164,10 +168,9 @@ class TrainJob:
             import submitit
 
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        cfg = self.cfg
-        if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0:
-            cfg.force = False  # a requeued task resumes; it never restarts from scratch
-        return train_run(cfg)
+        summary = train_run(resumable(self.cfg))
+        refresh_sweep_report(self.cfg)
+        return summary
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         """Called by submitit on the pre-timeout signal: the engine has already written its
@@ -177,3 +180,67 @@ class TrainJob:
         cfg = self.cfg
         cfg.force = False
         return submitit.helpers.DelayedSubmission(TrainJob(OmegaConf.to_yaml(cfg)))
+
+
+def resumable(cfg: DictConfig) -> DictConfig:
+    """A requeued SLURM task resumes: ``force=true`` applies to the first start only."""
+    if restart_count() > 0 and cfg.force:
+        cfg = cfg.copy()
+        cfg.force = False
+    return cfg
+
+
+def run_in_slurm_task(cfg: DictConfig) -> dict[str, Any]:
+    """One run in this SLURM task (the sbatch scripts' ``jobs/run.py``): ranks from SLURM's
+    variables, job-level signal handlers (requeue on USR2), resume after a requeue, and the
+    sweep summary refreshed when the run is done."""
+    from hpclab.launch.slurm import JobSignals, under_slurm
+
+    export_rank_env()
+    if under_slurm():
+        JobSignals().install()
+    summary = train_run(resumable(cfg))
+    refresh_sweep_report(cfg)
+    return summary
+
+
+def refresh_sweep_report(cfg: DictConfig) -> None:
+    """Rebuild ``results/<sweep>/summary.*`` after an array task finished (rank 0).
+
+    Each task writes its own summary.json before taking the lock, and the report is read under
+    the lock, so the last task to finish writes a summary that lists every finished run.
+    Failures only warn: ``python jobs/report.py results/<sweep>`` rebuilds it at any time.
+    """
+    if not cfg.sweep.name or int(os.environ.get("RANK", "0")) != 0:
+        return
+    from hpclab.analysis.report import write_report
+
+    group = Path(cfg.paths.results) / cfg.run_group
+    try:
+        with _locked(group / ".report.lock"):
+            write_report(group, cfg.sweep.report)
+    except Exception as exc:  # the run itself succeeded; the summary can be rebuilt later
+        log.warning("sweep summary not refreshed (%s: %s); run: python jobs/report.py %s",
+                    type(exc).__name__, exc, group)
+
+
+class _locked:
+    """An exclusive ``flock`` on ``path`` (best effort: file systems without locks just proceed)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fh: Any = None
+
+    def __enter__(self) -> "_locked":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "a")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.fh.close()  # closing releases the lock

@@ -9,7 +9,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from hpclab.data.hdf5 import Staged
-from hpclab.data.sources import Source, SourceMissing, find_file, register_source
+from hpclab.data.sources import Source, find_file, register_source
 
 
 # --------------------------------------------------------------------------- IDX (MNIST family)

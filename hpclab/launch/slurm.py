@@ -1,0 +1,178 @@
+"""What a training process needs to know about the SLURM job it runs in.
+
+Used inside jobs (``jobs/run.py`` under the sbatch scripts, ``TrainJob`` under submitit) and by
+the engine's ``StopSignals``: ranks from SLURM's variables, requeueing the job itself, the
+job-level signal handlers of plain sbatch jobs, and a per-run record of the tasks that ran it
+(``slurm.json``, read by ``jobs/launch.py status``). Kept free of torch so it imports fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from hpclab.utils import read_json, write_json
+
+log = logging.getLogger("hpclab")
+
+RECORD = "slurm.json"  # per run: every SLURM task that worked on it (job ids, log, restarts)
+
+
+def under_slurm() -> bool:
+    return "SLURM_JOB_ID" in os.environ
+
+
+def rank() -> int:
+    """This process's global rank (RANK, else SLURM_PROCID, else 0)."""
+    return int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0)
+
+
+def job_ref() -> Optional[str]:
+    """The job as SLURM names it: ``<array job>_<task>`` in an array, else the job id."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def restart_count() -> int:
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+
+
+def export_rank_env() -> None:
+    """Map SLURM's per-task variables to torch's (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_*).
+
+    The sbatch scripts already export them per task; this covers a bare ``srun python ...``.
+    Variables already set win. Nothing happens for a single task.
+    """
+    ntasks = int(os.environ.get("SLURM_NTASKS") or 1)
+    if ntasks <= 1 or "SLURM_PROCID" not in os.environ:
+        return
+    os.environ.setdefault("RANK", os.environ["SLURM_PROCID"])
+    os.environ.setdefault("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))
+    os.environ.setdefault("WORLD_SIZE", str(ntasks))
+    if "MASTER_ADDR" not in os.environ:
+        os.environ["MASTER_ADDR"] = first_node()
+    os.environ.setdefault("MASTER_PORT", str(master_port()))
+    if os.environ.get("SLURM_GPUS_ON_NODE", "0") == "0":
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")  # gloo on the CPU, as accelerate launch --cpu
+
+
+def first_node() -> str:
+    """First host of SLURM_JOB_NODELIST (expanded by scontrol, e.g. gpu[03-04] -> gpu03)."""
+    nodelist = os.environ.get("SLURM_JOB_NODELIST") or socket.gethostname()
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                             timeout=30, check=True).stdout.split()
+        return out[0] if out else nodelist
+    except (OSError, subprocess.SubprocessError):
+        return nodelist.split(",")[0].split("[")[0]
+
+
+def master_port() -> int:
+    """A rendezvous port from the job id (array tasks have distinct ids, so they never collide);
+    the same formula as slurm/common.sh."""
+    return 20000 + int(os.environ.get("SLURM_JOB_ID") or 0) % 20000
+
+
+def requeue_job() -> bool:
+    """``scontrol requeue`` this job (rank 0 only); inside the Apptainer image the image's
+    ``scontrol`` relays the request to the batch script. True when the request was accepted."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job or rank() != 0:
+        return False
+    try:
+        proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.error("could not requeue SLURM job %s (%s); resubmit it to resume from the checkpoint", job, exc)
+        return False
+    if proc.returncode != 0:
+        log.error("scontrol requeue %s failed: %s; resubmit it to resume from the checkpoint", job,
+                  (proc.stderr or proc.stdout).strip().splitlines()[0] if (proc.stderr or proc.stdout).strip() else proc.returncode)
+        return False
+    log.warning("requeued SLURM job %s: it resumes from the checkpoint when it restarts", job_ref())
+    return True
+
+
+class JobSignals:
+    """Job-level handlers of a plain sbatch task (submitit installs its own in its tasks).
+
+    SIGUSR2 (``--signal=USR2@T`` before the time limit, or ``scancel -s USR2``): requeue the job,
+    then exit. SIGTERM (``scontrol requeue``, preemption, ``scancel``): exit; SLURM decides
+    whether the job comes back. The engine's ``StopSignals`` takes over while training (it
+    checkpoints at the next step boundary first) and hands the signal back to these handlers.
+    """
+
+    def install(self) -> "JobSignals":
+        signal.signal(signal.SIGUSR2, self._on_usr2)
+        signal.signal(signal.SIGTERM, self._on_term)
+        return self
+
+    @staticmethod
+    def exit() -> None:
+        """Exit 3 ("stopped, to be resumed") on rank 0 and 0 on the others: under ``srun
+        --kill-on-bad-exit`` a non-zero exit would kill rank 0 before its ``scontrol requeue``.
+        The SIGTERM that a requeue itself sends is ignored from here on (we are leaving)."""
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        sys.exit(3 if rank() == 0 else 0)
+
+    def _on_usr2(self, signum: int, frame: Any) -> None:
+        log.warning("SIGUSR2: requeueing this job; it resumes from its newest checkpoint")
+        requeue_job()
+        self.exit()
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        log.warning("SIGTERM: stopping; if SLURM requeues the job it resumes from its newest checkpoint")
+        self.exit()
+
+
+def slurm_log_path() -> Optional[str]:
+    """The job's stdout file: $HPCLAB_SLURM_LOG (set by slurm/common.sh), else scontrol's StdOut."""
+    if os.environ.get("HPCLAB_SLURM_LOG"):
+        return os.environ["HPCLAB_SLURM_LOG"]
+    job = job_ref()  # not SLURM_JOB_ID: an array's first task shares it with the whole array
+    if not job:
+        return None
+    try:
+        out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for field in out.split():
+        if field.startswith("StdOut="):
+            return field.split("=", 1)[1]
+    return None
+
+
+def record_task(run_dir: Path) -> None:
+    """Append this SLURM task to ``<run>/slurm.json`` (rank 0; a no-op outside SLURM)."""
+    if not under_slurm() or rank() != 0:
+        return
+    path = run_dir / RECORD
+    record: dict[str, Any] = read_json(path) if path.is_file() else {"starts": []}
+    entry = {
+        "job": job_ref(),
+        "job_id": os.environ.get("SLURM_JOB_ID"),
+        "restart": restart_count(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "log": slurm_log_path(),
+        "submitit": bool(os.environ.get("SUBMITIT_EXECUTOR")),
+    }
+    record["starts"].append(entry)
+    record.update({k: entry[k] for k in ("job", "job_id", "log")})
+    write_json(path, record)
+
+
+def read_record(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / RECORD
+    try:
+        return read_json(path) if path.is_file() else {}
+    except ValueError:
+        return {}

@@ -1,0 +1,100 @@
+"""One run of an experiment or sweep, in this process: what every task of the sbatch scripts runs.
+
+    python -m hpclab.launch.task experiment=dcgan train.epochs=5     (= python jobs/run.py ...)
+    python -m hpclab.launch.task sweep=resnet_transfer task_index=3  # run 3 (0-based) of the sweep
+    python -m hpclab.launch.task sweep=resnet_transfer --check       # validate and name the run only
+
+In a job array the index defaults to $SLURM_ARRAY_TASK_ID, so array task i runs run i of the
+sweep in the order ``jobs/launch.py ... dry_run=true`` lists them, into the same
+``results/<group>/<run>/`` folders as ``jobs/launch.py ... cluster=slurm``. Ranks come from
+RANK/LOCAL_RANK/WORLD_SIZE (exported per task by slurm/common.sh) or from SLURM's variables.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import Optional
+
+from hpclab.config import ConfigError
+
+USAGE = __doc__
+
+
+def parse_args(argv: list[str]) -> tuple[list[str], Optional[int], bool]:
+    """Split off ``task_index=N`` and ``--check`` from the Hydra overrides."""
+    overrides, index, check = [], None, False
+    for arg in argv:
+        if arg == "--check":
+            check = True
+        elif arg.startswith("task_index="):
+            value = arg.split("=", 1)[1]
+            if not re.fullmatch(r"\d+", value):
+                raise ConfigError(f"task_index: {value!r} is not a non-negative integer")
+            index = int(value)
+        else:
+            overrides.append(arg)
+    return overrides, index, check
+
+
+def choose_index(n_runs: int, index: Optional[int], group: str) -> int:
+    """The run this task runs: task_index=N, else the array task id, else the only run."""
+    if index is None and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        index = int(os.environ["SLURM_ARRAY_TASK_ID"])
+    if index is None:
+        if n_runs == 1:
+            return 0
+        raise ConfigError(f"'{group}' has {n_runs} runs: pick one with task_index=0..{n_runs - 1} "
+                          f"(or submit them all: python jobs/launch.py ... cluster=slurm)")
+    return index
+
+
+def coverage_warning(n_runs: int) -> Optional[str]:
+    """In an array smaller than the sweep, say which runs no task covers and how to submit them."""
+    top = os.environ.get("SLURM_ARRAY_TASK_MAX")
+    if top is None or int(top) >= n_runs - 1:
+        return None
+    first, last = int(top) + 1, n_runs - 1
+    return (f"this array covers runs 0..{top} but the sweep has {n_runs}: submit the rest with "
+            f"sbatch --array={first}-{last} <the same script and overrides>")
+
+
+def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(USAGE)
+        return 0
+    overrides, index, check = parse_args(argv)
+
+    from hpclab.data.prepare import require_prepared
+    from hpclab.launch.job import run_dir_of, run_in_slurm_task
+    from hpclab.launch.sweep import plan as make_plan
+
+    plan = make_plan(overrides)
+    n = len(plan.runs)
+    index = choose_index(n, index, plan.group)
+    warning = coverage_warning(n)
+    if index >= n:
+        print(f"task index {index}: '{plan.group}' has only {n} run(s); nothing to do")
+        return 0
+    cfg = plan.runs[index]
+    require_prepared(cfg)  # fail before anything is written
+    if check:
+        print(f"run {index + 1}/{n} of '{plan.group}': {cfg.run_name} -> {run_dir_of(cfg)}")
+        if warning:
+            print(f"warning: {warning}")
+        return 0
+    from hpclab.engine import Preempted
+
+    try:
+        run_in_slurm_task(cfg)
+    except Preempted as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    from hpclab.launch.cli import main_guard
+
+    main_guard(main)

@@ -1,0 +1,32 @@
+#!/bin/bash
+# DCGAN at 256 px on Oxford Flowers-102 (configs/experiment/dcgan.yaml: CHANNEL_NUM=512,
+# LATENT_DIM=128, spectrally normalised discriminator, bf16 on the GPU).
+#
+#   sbatch slurm/dcgan.sh                                   # the full experiment
+#   sbatch slurm/dcgan.sh train.epochs=5 model.channels=256  # Hydra overrides after the script
+#   sbatch --partition=gpu --account=myproj --qos=normal slurm/dcgan.sh
+#   sbatch --gpus-per-node=4 --ntasks-per-node=4 slurm/dcgan.sh   # 4 GPUs: one task per GPU
+#   HPCLAB_IMAGE=/shared/hpclab.sif sbatch slurm/dcgan.sh   # inside the Apptainer image
+#   HPCLAB_EXPERIMENT=dcgan_small sbatch slurm/dcgan.sh     # another experiment, same resources
+#
+# Stage the data first on a node with internet: python jobs/prepare_data.py experiment=dcgan
+# Results: results/dcgan/default/ (or run_name=...); the log: hpclab-dcgan-<jobid>.out here.
+# Before the time limit SLURM sends USR2: the run checkpoints and the job requeues itself;
+# the restarted job resumes from that checkpoint (also after scontrol requeue or preemption).
+#SBATCH --job-name=hpclab-dcgan
+#SBATCH --time=04:00:00
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=1
+#SBATCH --cpus-per-task=8
+#SBATCH --mem=64G
+#SBATCH --output=%x-%j.out
+#SBATCH --open-mode=append
+#SBATCH --signal=USR2@180
+#SBATCH --requeue
+
+# sbatch runs a copy of this file: find the repository from the original's path.
+HPCLAB_HOME=${HPCLAB_HOME:-$(scontrol show job "${SLURM_JOB_ID:-0}" 2>/dev/null | sed -n 's|^ *Command=\(.*\)/slurm/[^/]*$|\1|p' | head -n 1)}
+source "${HPCLAB_HOME:-$(dirname "$0")/..}/slurm/common.sh"
+
+hpclab_run "experiment=${HPCLAB_EXPERIMENT:-dcgan}" "$@"

@@ -1,0 +1,36 @@
+#!/bin/bash
+# ResNet-18 transfer on STL-10 as one job array (configs/sweep/resnet_transfer.yaml: frozen
+# vs fine-tuned x 3 learning rates x 2 label fractions = 12 runs). Array task i runs run i of
+# the sweep (the order of: python jobs/launch.py sweep=resnet_transfer dry_run=true).
+#
+#   sbatch slurm/resnet_transfer.sh                         # all 12 runs, at most 6 at a time
+#   sbatch slurm/resnet_transfer.sh train.epochs=3          # Hydra overrides after the script
+#   sbatch --array=0-3 slurm/resnet_transfer.sh             # only runs 0..3
+#   sbatch --array=0-1 slurm/resnet_transfer.sh sweep=ae_latent preset=smoke   # another sweep:
+#        # give it --array=0-(runs-1); extra tasks exit at once, missing runs are named in the log
+#   HPCLAB_SWEEP=ae_latent sbatch --array=0-7 slurm/resnet_transfer.sh
+#   HPCLAB_IMAGE=/shared/hpclab.sif sbatch slurm/resnet_transfer.sh
+#
+# Stage first: python jobs/prepare_data.py experiment=resnet_transfer weights=[resnet18]
+# Results: results/resnet_transfer/<run>/ and the table results/resnet_transfer/summary.md
+# (refreshed by every finished task; python jobs/report.py results/resnet_transfer rebuilds it).
+# State of every task: python jobs/launch.py status sweep=resnet_transfer
+# Logs: hpclab-resnet_transfer-<array job>_<task>.out here.
+#SBATCH --job-name=hpclab-resnet_transfer
+#SBATCH --array=0-11%6
+#SBATCH --time=01:00:00
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=1
+#SBATCH --cpus-per-task=8
+#SBATCH --mem=32G
+#SBATCH --output=%x-%A_%a.out
+#SBATCH --open-mode=append
+#SBATCH --signal=USR2@120
+#SBATCH --requeue
+
+# sbatch runs a copy of this file: find the repository from the original's path.
+HPCLAB_HOME=${HPCLAB_HOME:-$(scontrol show job "${SLURM_JOB_ID:-0}" 2>/dev/null | sed -n 's|^ *Command=\(.*\)/slurm/[^/]*$|\1|p' | head -n 1)}
+source "${HPCLAB_HOME:-$(dirname "$0")/..}/slurm/common.sh"
+
+hpclab_run "sweep=${HPCLAB_SWEEP:-resnet_transfer}" "$@"

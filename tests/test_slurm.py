@@ -1,0 +1,339 @@
+"""Against a real SLURM controller (scripts/local_slurm.sh start): job arrays from the launcher,
+the sbatch scripts, preemption by USR2 and by ``scontrol requeue`` with resume, status without
+sacct, and a bad override failing the job at once. Skipped when no controller answers.
+
+All jobs use 1 CPU and no GPU; the data is the small Fashion-MNIST-format IDX set staged once
+for the module. The jobs inherit HPCLAB_DATA/HPCLAB_RESULTS from the environment of sbatch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import pytest
+from conftest import REPO, run_cli
+
+pytestmark = pytest.mark.slurm  # the tests that run jobs are also marked slow
+
+SLURM_OPTS = ["--gpus-per-node=0", "--cpus-per-task=1", "--mem=2G", "--time=15"]
+TINY = ["preset=smoke", "model.channels=[4,8,8]", "model.latent_dim=4", "train.batch_size=16", "data.limit=256",
+        "analysis=[]"]
+DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
+        "DEADLINE"}
+
+
+def controller_problem() -> Optional[str]:
+    """Why no job could run here (None when a controller answers and a node is usable)."""
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
+        nodes = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"no SLURM client ({exc}); install slurm-client and run scripts/local_slurm.sh start"
+    if ping.returncode != 0 or "UP" not in ping.stdout:
+        return "no SLURM controller answers (scontrol ping); start one: scripts/local_slurm.sh start"
+    if not any(s.strip(" *~#") in ("idle", "mixed", "allocated", "completing") for s in nodes.stdout.split()):
+        return f"no usable SLURM node (sinfo: {nodes.stdout.split()}); see scripts/local_slurm.sh status"
+    return None
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, fmnist_mirror: Path) -> dict:
+    """A working directory with Fashion-MNIST-format data staged, and the environment of jobs."""
+    problem = controller_problem()
+    if problem:
+        pytest.skip(problem)
+    work = tmp_path_factory.mktemp("slurm")
+    env = {**os.environ, "HPCLAB_DATA": str(work / "data"), "HPCLAB_RESULTS": str(work / "results"),
+           "HPCLAB_PYTHON": sys.executable, "PYTHONUNBUFFERED": "1"}
+    run_cli("prepare_data.py", "data=fashion_mnist", f"data.mirrors=[{fmnist_mirror}]", "data.download=false",
+            cwd=work, env=env)
+    return {"dir": work, "env": env, "results": work / "results"}
+
+
+# --------------------------------------------------------------------------- helpers
+
+def sbatch(cluster: dict, script: str, *args: str, opts: tuple[str, ...] = ()) -> str:
+    out = subprocess.run(["sbatch", "--parsable", *SLURM_OPTS, *opts, str(REPO / "slurm" / script), *args],
+                         cwd=cluster["dir"], env=cluster["env"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, f"sbatch failed: {out.stderr}"
+    return out.stdout.strip().split(";")[0]
+
+
+def states(job: str) -> dict[str, str]:
+    """Task -> state of a job or array, from squeue (no accounting needed)."""
+    out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", job, "-o", "%i %T"], capture_output=True,
+                         text=True, timeout=30)
+    return dict(line.split() for line in out.stdout.splitlines() if line.strip())
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, log: Optional[Path] = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    tail = log.read_text()[-3000:] if log and log.is_file() else ""
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")
+
+
+def wait_done(job: str, count: int = 1, timeout: float = 240, log: Optional[Path] = None) -> dict[str, str]:
+    """Wait until the job's ``count`` tasks have all ended; return their final states."""
+    wait_until(lambda: len(s := states(job)) >= count and set(s.values()) <= DONE, timeout, f"job {job}", log)
+    return states(job)
+
+
+def status(cluster: dict, *overrides: str) -> dict[str, list[str]]:
+    """``jobs/launch.py status``: run name -> [state, job, step, log]."""
+    proc = run_cli("launch.py", "status", *overrides, cwd=cluster["dir"], env=cluster["env"])
+    rows = {}
+    for line in proc.stdout.splitlines()[1:]:
+        m = re.match(r"(\S+)\s+(.+?)\s{2,}(\S+)\s+(\S+)\s+(\S+)$", line)
+        if m:
+            rows[m.group(1)] = [m.group(2).strip(), m.group(3), m.group(4), m.group(5)]
+    return rows
+
+
+def metric_lines(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+# --------------------------------------------------------------------------- the scripts themselves
+
+SCRIPTS = {"dcgan.sh": "experiment=dcgan", "ae_pretrain.sh": "experiment=ae_pretrain",
+           "resnet_transfer.sh": "sweep=resnet_transfer"}
+
+
+def sbatch_header(script: str) -> dict[str, str]:
+    lines = (REPO / "slurm" / script).read_text().splitlines()
+    return dict((line.split()[1] + "=").split("=")[:2] for line in lines if line.startswith("#SBATCH "))
+
+
+@pytest.mark.parametrize("script", list(SCRIPTS))
+def test_sbatch_script_header_and_command_lines(script, tmp_path):
+    """Readable defaults in the header, and the commands the script would run (no SLURM needed)."""
+    header = sbatch_header(script)
+    for key in ("--time", "--gpus-per-node", "--ntasks-per-node", "--cpus-per-task", "--mem", "--requeue"):
+        assert key in header, key
+    assert header["--ntasks-per-node"] == header["--gpus-per-node"] == "1"  # one task per GPU
+    assert re.fullmatch(r"USR2@\d+", header["--signal"])  # to the tasks (no B:): Python gets it
+    assert header["--open-mode"] == "append"  # a requeued job appends to its log
+    assert header["--output"] == ("%x-%A_%a.out" if "--array" in header else "%x-%j.out")
+    assert header["--job-name"] == f"hpclab-{SCRIPTS[script].split('=')[1]}"  # status finds queued tasks by it
+    env = {**os.environ, "HPCLAB_PRINT_ONLY": "1", "SLURM_JOB_ID": "4242", "SLURM_GPUS_ON_NODE": "2",
+           "SLURM_NTASKS": "2", "SLURM_NNODES": "1", "SLURM_CPUS_PER_TASK": "8",
+           "HPCLAB_DATA": str(tmp_path / "data"), "HPCLAB_RESULTS": str(tmp_path / "results")}
+    image = tmp_path / "hpclab.sif"
+    image.write_bytes(b"")
+    plain = subprocess.run(["bash", str(REPO / "slurm" / script), "train.epochs=5", "data.classes=[a, b]"],
+                           env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    out = plain.stdout
+    assert f"2 task(s), master {socket.gethostname()}:24242," in out  # port from the job id
+    assert f"--check '{SCRIPTS[script]}' 'train.epochs=5' 'data.classes=[a, b]'\n" in out
+    assert "'srun' '--kill-on-bad-exit=1' '--cpus-per-task=8' 'bash' '-c' " \
+           "'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec \"$@\"'" in out
+    assert "apptainer" not in out and "'-m' 'hpclab.launch.task'" in out
+    # A choice of experiment or sweep on the command line replaces the script's default.
+    other = subprocess.run(["bash", str(REPO / "slurm" / script), "experiment=ae_latent"], env=env,
+                           capture_output=True, text=True, timeout=60, cwd=tmp_path).stdout
+    assert SCRIPTS[script] not in other and "--check 'experiment=ae_latent'" in other
+    # With an image: apptainer exec --nv (GPUs allocated), data/results/cache bound at their paths.
+    boxed = subprocess.run(["bash", str(REPO / "slurm" / script)], env={**env, "HPCLAB_IMAGE": str(image)},
+                           capture_output=True, text=True, timeout=60, cwd=tmp_path).stdout
+    prefix = (f"'apptainer' 'exec' '--nv' '--bind' '{tmp_path}/data' '--bind' '{tmp_path}/results' "
+              f"'--bind' '{tmp_path}/data/cache'")
+    assert prefix in boxed and f"'{image}' 'python' '-m' 'hpclab.launch.task'" in boxed
+
+
+def test_array_script_covers_every_run_of_its_sweep():
+    from hpclab.launch.sweep import plan
+
+    runs = len(plan(["sweep=resnet_transfer"]).runs)
+    assert sbatch_header("resnet_transfer.sh")["--array"].split("%")[0] == f"0-{runs - 1}"
+
+
+# --------------------------------------------------------------------------- (1) submitit array
+
+@pytest.mark.slow
+def test_launcher_submits_one_array_whose_tasks_all_complete(cluster):
+    args = ["sweep=ae_latent", "sweep.name=launcher_sweep", *TINY, "train.max_steps=60", "train.eval_every=30"]
+    proc = run_cli("launch.py", *args, "cluster=slurm", "cluster.gpus_per_node=0", "cluster.cpus_per_task=1",
+                   "cluster.mem_gb=null", "cluster.time_min=15", cwd=cluster["dir"], env=cluster["env"])
+    match = re.search(r"submitted array job (\d+) \((\d+) runs\)", proc.stdout)
+    assert match, proc.stdout
+    job, runs = match.group(1), int(match.group(2))
+    assert runs == 2  # preset=smoke keeps the first and last latent size
+    final = wait_done(job, count=runs)
+    assert sorted(final) == [f"{job}_0", f"{job}_1"] and set(final.values()) == {"COMPLETED"}, final
+
+    group = cluster["results"] / "launcher_sweep"
+    rows = status(cluster, *args)
+    assert set(rows) == {"latent_dim-2", "latent_dim-256"}
+    for name, (state, task, step, log) in rows.items():
+        assert state == "COMPLETED" and task.startswith(f"{job}_") and step == "60", rows
+        assert Path(log).is_file() and "completed successfully" in Path(log).read_text()
+        assert summary(group / name)["steps"] == 60
+        record = json.loads((group / name / "slurm.json").read_text())
+        assert record["job"] == task and record["starts"][0]["submitit"] is True
+
+    report = run_cli("report.py", str(group), cwd=cluster["dir"], env=cluster["env"])
+    table = (group / "summary.md").read_text()
+    assert "summary.md" in report.stdout
+    assert "latent_dim-2 " in table and "latent_dim-256 " in table and "2 finished run(s)" in table
+
+
+# --------------------------------------------------------------------------- (2) sbatch scripts
+
+@pytest.mark.slow
+def test_sbatch_array_script_runs_each_sweep_run_and_status_follows_it(cluster):
+    args = ["sweep=ae_latent", "sweep.name=sbatch_sweep", *TINY, "train.max_steps=40", "train.eval_every=20"]
+    job = sbatch(cluster, "resnet_transfer.sh", *args, opts=("--array=0-1", "--hold", "--job-name=hpclab-sbatch_sweep"))
+    # Held: nothing has started, so status finds the tasks by their job name, hpclab-<sweep>.
+    assert states(job) == {f"{job}_0": "PENDING", f"{job}_1": "PENDING"}
+    rows = status(cluster, *args)
+    assert {name: row[:2] for name, row in rows.items()} == {
+        "latent_dim-2": ["PENDING", f"{job}_0"], "latent_dim-256": ["PENDING", f"{job}_1"]}, rows
+    subprocess.run(["scontrol", "release", job], check=True, timeout=30)
+    logs = [cluster["dir"] / f"hpclab-sbatch_sweep-{job}_{i}.out" for i in (0, 1)]
+    final = wait_done(job, count=2, log=logs[0])
+    assert set(final.values()) == {"COMPLETED"}, final
+
+    group = cluster["results"] / "sbatch_sweep"
+    rows = status(cluster, *args)
+    for i, name in enumerate(["latent_dim-2", "latent_dim-256"]):
+        text = logs[i].read_text()
+        assert f"run {i + 1}/2 of 'sbatch_sweep': {name}" in text  # array task i ran run i
+        assert summary(group / name)["steps"] == 40
+        assert rows[name] == ["COMPLETED", f"{job}_{i}", "40", str(logs[i])]
+    assert "2 finished run(s)" in (group / "summary.md").read_text()  # refreshed by the tasks
+
+
+@pytest.mark.slow
+def test_sbatch_script_runs_one_task_per_process_with_ranks_from_slurm(cluster):
+    """Two tasks (as on two GPUs): ranks, world size and the rendezvous come from SLURM."""
+    log_of = lambda job: cluster["dir"] / f"hpclab-ae_pretrain-{job}.out"  # noqa: E731
+    job = sbatch(cluster, "ae_pretrain.sh", "experiment=ae_latent", *TINY, "train.max_steps=40",
+                 "train.eval_every=20", "run_name=two_tasks", opts=("--ntasks-per-node=2",))
+    final = wait_done(job, log=log_of(job))
+    text = log_of(job).read_text()
+    assert final == {job: "COMPLETED"}, text[-3000:]
+    assert "2 task(s), master" in text and f":{20000 + int(job) % 20000}," in text
+    run_dir = cluster["results"] / "ae_latent" / "two_tasks"
+    assert "accelerate: 2 process(es)" in (run_dir / "run.log").read_text()
+    assert summary(run_dir)["steps"] == 40
+
+
+# --------------------------------------------------------------------------- (3) preemption
+
+PREEMPT_RUN = ["experiment=ae_latent", *TINY, "train.max_steps=300", "train.eval_every=100", "train.log_every=20"]
+# run -> (how it is submitted, how it is interrupted once it has trained 40 steps)
+INTERRUPTIONS = {
+    "usr2": ("sbatch", "usr2"),  # what SLURM sends before the time limit (--signal=USR2@...)
+    "requeue": ("sbatch", "requeue"),  # scontrol requeue (also what preemption by requeue does)
+    "run_name-sub_usr2": ("submitit", "usr2"),  # launcher's arrays: submitit's checkpoint() protocol
+    "run_name-sub_requeue": ("submitit", "requeue"),
+}
+
+
+@pytest.fixture(scope="module")
+def interrupted(cluster) -> dict:
+    """Identical runs (same seed, 1 CPU): one left alone, the others interrupted mid-training by
+    USR2 or by ``scontrol requeue``, as sbatch-script tasks and as launcher (submitit) tasks."""
+    jobs = {name: sbatch(cluster, "ae_pretrain.sh", *PREEMPT_RUN, f"run_name={name}")
+            for name in ("straight", "usr2", "requeue")}
+    logs = {name: cluster["dir"] / f"hpclab-ae_pretrain-{job}.out" for name, job in jobs.items()}
+    proc = run_cli("launch.py", *PREEMPT_RUN, "run_name=sub_usr2,sub_requeue", "cluster=slurm",
+                   "cluster.gpus_per_node=0", "cluster.cpus_per_task=1", "cluster.mem_gb=null", "cluster.time_min=15",
+                   cwd=cluster["dir"], env=cluster["env"])
+    assert "submitted array job" in proc.stdout, proc.stdout
+    record = json.loads((cluster["results"] / "ae_latent" / "submissions.json").read_text())
+    for name in ("run_name-sub_usr2", "run_name-sub_requeue"):
+        jobs[name], logs[name] = record[name]["job_id"], Path(record[name]["log"])
+    run_dirs = {name: cluster["results"] / "ae_latent" / name for name in jobs}
+
+    def progressed(name: str) -> int:
+        if not (run_dirs[name] / "metrics.jsonl").is_file():
+            return 0
+        return max((r["step"] for r in metric_lines(run_dirs[name]) if r["split"] == "fit"), default=0)
+
+    # Interrupt each run as soon as it has trained 40 steps (never blocking: the others go on).
+    seen: dict[str, int] = {}
+    held = None  # the sbatch job requeued with scontrol, held while it pends to check status
+    deadline = time.time() + 300
+    while len(seen) < len(INTERRUPTIONS) or held is None:
+        assert time.time() < deadline, f"runs did not reach step 40: {seen}"
+        for name, (_, how) in INTERRUPTIONS.items():
+            if name not in seen and progressed(name) >= 40:
+                seen[name] = progressed(name)
+                command = ["scancel", "--signal=USR2"] if how == "usr2" else ["scontrol", "requeue"]
+                subprocess.run([*command, jobs[name]], check=True, timeout=30)
+        if held is None and "requeue" in seen and states(jobs["requeue"]).get(jobs["requeue"]) == "PENDING":
+            subprocess.run(["scontrol", "hold", jobs["requeue"]], check=True, timeout=30)
+            held = jobs["requeue"]
+        time.sleep(0.2)
+    requeued_status = status(cluster, *PREEMPT_RUN, "run_name=requeue")["requeue"]
+    subprocess.run(["scontrol", "release", held], check=True, timeout=30)
+    final = {name: wait_done(job, log=logs[name])[job] for name, job in jobs.items()}
+    return {"jobs": jobs, "run_dirs": run_dirs, "logs": logs, "seen": seen, "final": final,
+            "requeued_status": requeued_status,
+            "status": status(cluster, *PREEMPT_RUN, "run_name=usr2")["usr2"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(INTERRUPTIONS))
+def test_interrupted_run_checkpoints_requeues_and_ends_like_an_uninterrupted_one(interrupted, name):
+    run_dir, log = interrupted["run_dirs"][name], interrupted["logs"][name].read_text()
+    submitter, how = INTERRUPTIONS[name]
+    assert interrupted["final"][name] == "COMPLETED", log[-3000:]
+    assert interrupted["final"]["straight"] == "COMPLETED"
+    assert ("received SIGUSR2" if how == "usr2" else "received SIGTERM") in log
+    # The step counter did not restart: it resumed from the checkpoint written at the signal
+    # (the periodic ones are at steps 100 and 200), at or after the step seen before it.
+    resumed = re.findall(r"resumed from \S+ at step (\d+)", (run_dir / "run.log").read_text())
+    assert len(resumed) == 1 and int(resumed[0]) >= interrupted["seen"][name] >= 40, resumed
+    fit_steps = [r["step"] for r in metric_lines(run_dir) if r["split"] == "fit"]
+    assert fit_steps == sorted(set(fit_steps)) and fit_steps[-1] == 300
+    # The same SLURM job came back (requeue, not a new submission), and its task records it.
+    starts = json.loads((run_dir / "slurm.json").read_text())["starts"]
+    assert [s["restart"] for s in starts] == [0, 1] and {s["job"] for s in starts} == {interrupted["jobs"][name]}
+    assert {s["submitit"] for s in starts} == {submitter == "submitit"}
+    if submitter == "submitit" and how == "usr2":
+        assert "Calling checkpoint method" in log and "Requeued job" in log  # submitit's handler ran
+    straight = summary(interrupted["run_dirs"]["straight"])
+    assert summary(run_dir)["metrics"] == straight["metrics"]  # same seed, same CPU: identical
+    assert summary(run_dir)["steps"] == straight["steps"] == 300
+
+
+@pytest.mark.slow
+def test_status_shows_a_requeued_task_and_then_its_completion(interrupted):
+    state, job, step, _ = interrupted["requeued_status"]
+    assert state == "REQUEUED" and job == interrupted["jobs"]["requeue"] and int(step) >= 40
+    state, job, step, log = interrupted["status"]
+    assert [state, job, step, log] == ["COMPLETED", interrupted["jobs"]["usr2"], "300", str(interrupted["logs"]["usr2"])]
+
+
+# --------------------------------------------------------------------------- (4) bad override
+
+@pytest.mark.slow
+def test_bad_override_fails_the_job_at_once_with_one_line_and_writes_nothing(cluster):
+    job = sbatch(cluster, "dcgan.sh", "train.epochz=5")
+    log = cluster["dir"] / f"hpclab-dcgan-{job}.out"
+    assert wait_done(job, log=log) == {job: "FAILED"}
+    text = log.read_text()
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert errors == ["error: config key 'train.epochz': Key 'epochz' not in 'TrainConfig'"], text
+    assert "Traceback" not in text and "srun" not in text  # failed in the batch shell, before any task
+    assert not (cluster["results"] / "dcgan").exists()
+    assert status(cluster, "experiment=dcgan")["default"][:2] == ["FAILED", job]
