@@ -43,15 +43,26 @@ def is_complete(run_dir: Path) -> bool:
         return False
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is at the time (notebooks and pytest replace it)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def setup_logging(run_dir: Optional[Path] = None, rank: int = 0) -> None:
     """Plain line logs on stdout (SLURM captures them) and in ``run.log``."""
     logger = logging.getLogger("hpclab")
     logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     fmt = logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s", "%H:%M:%S")
-    if not any(isinstance(h, logging.StreamHandler) and getattr(h, "_hpclab", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stdout)
+    if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
+        handler = _StdoutHandler()
         handler.setFormatter(fmt)
-        handler._hpclab = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     for h in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
         logger.removeHandler(h)
