@@ -19,14 +19,12 @@ import subprocess
 import sys
 import textwrap
 import tomllib
-from importlib import metadata
 from pathlib import Path
 
 import pytest
 from conftest import REPO, run_cli
 from formats.dist_info import write_dist_info
 from omegaconf import OmegaConf
-from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from hpclab.config import ConfigError, compose
@@ -69,31 +67,13 @@ def pins_of(path: Path) -> dict[str, str]:
 
 
 def resolved_closure(requirements: list[str]) -> dict[str, str]:
-    """What pip installs for ``requirements`` here: the installed dependency closure, extras included.
+    """What pip installs for ``requirements`` here: scripts/freeze_constraints.py's closure."""
+    import importlib.util
 
-    Extras requested by a dependent (torch needs ``cuda-toolkit[cublas,cudart,...]``) pull in
-    packages too; the closure follows them, evaluating each marker with the requested extras.
-    """
-    seen: dict[str, str] = {}
-    done: set[tuple[str, frozenset[str]]] = set()
-    todo = [Requirement(r) for r in requirements]
-    while todo:
-        req = todo.pop()
-        name = canonicalize_name(req.name)
-        if (name, frozenset(req.extras)) in done:
-            continue
-        done.add((name, frozenset(req.extras)))
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            continue
-        seen[name] = dist.version
-        environments = [{"extra": extra} for extra in req.extras] or [{"extra": ""}]
-        for line in dist.requires or []:
-            sub = Requirement(line)
-            if sub.marker is None or any(sub.marker.evaluate(env) for env in environments):
-                todo.append(sub)
-    return seen
+    spec = importlib.util.spec_from_file_location("freeze_constraints", REPO / "scripts" / "freeze_constraints.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.closure(requirements)
 
 
 # --------------------------------------------------------------------------- the definition

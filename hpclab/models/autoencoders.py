@@ -24,6 +24,22 @@ def upsample_block(c_in: int, c_out: int, mode: str) -> nn.Module:
     raise ValueError(f"model.upsampling must be 'transpose' or 'bilinear', got {mode!r}")
 
 
+class SequentialAutoEncoder(nn.Module):
+    """An autoencoder built as ``self.encoder`` and ``self.decoder`` modules, usable separately."""
+
+    encoder: nn.Module
+    decoder: nn.Module
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
 @MODELS.register("conv_ae")
 class ConvAutoEncoder(nn.Module):
     """Conv + pool encoder -> dense latent of size ``latent_dim`` -> dense + reshape (e.g.
@@ -83,7 +99,7 @@ def _activation(name: str) -> nn.Module:
 
 
 @MODELS.register("linear_ae")
-class LinearAutoEncoder(nn.Module):
+class LinearAutoEncoder(SequentialAutoEncoder):
     """Dense AE. Defaults are the MNIST brief's ``LinearAutoEncoder``: Flatten -> 784-128-64-32-15
     (ReLU after every linear layer but the last), decoder 15-32-64-128-784 (ReLU after every
     layer but the last), Sigmoid, reshape to (-1, C, H, W).
@@ -113,14 +129,6 @@ class LinearAutoEncoder(nn.Module):
         dec.append(nn.Unflatten(1, self.shape))
         self.decoder = nn.Sequential(*dec)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
 
 
 @MODELS.register("cnn_ae")
@@ -161,7 +169,7 @@ class AutoEncoderCNN(nn.Module):
 
 
 @MODELS.register("strided_ae")
-class StridedConvAutoEncoder(nn.Module):
+class StridedConvAutoEncoder(SequentialAutoEncoder):
     """3x3 padding-1 convs with per-layer strides, one linear layer to a small latent, and the
     mirror image back. Defaults are the Fashion-MNIST homework's 3-d latent AE:
     convs 64, 32, 16, 2 with strides 2, 2, 1, 1 and ReLU, Linear(2*7*7 -> 3); decoder
@@ -191,14 +199,6 @@ class StridedConvAutoEncoder(nn.Module):
             c = width
         self.decoder = nn.Sequential(*dec)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
 
 
 @MODELS.register("pool_upsample_ae")
