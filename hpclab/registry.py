@@ -21,7 +21,7 @@ class Registry(dict):
 
     def register(self, name: str) -> Callable[[T], T]:
         def wrap(obj: T) -> T:
-            if name in self:
+            if dict.__contains__(self, name):  # not `in self`: that would import the package mid-import
                 raise KeyError(f"{self.kind} '{name}' registered twice")
             self[name] = obj
             return obj

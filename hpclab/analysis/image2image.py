@@ -1,0 +1,337 @@
+"""Figures and tables of the image-to-image experiments.
+
+* ``layer_table``: every layer of the network (type, filters, kernel, stride, padding,
+  dilation, output shape, parameters) from one forward pass on real inputs; Markdown, CSV, PNG.
+* ``image_metrics``: network vs. no-learning baseline (grey / bilinear / noisy / masked) on a
+  split: MSE and PSNR (and hole or accuracy metrics where the task has them).
+* ``other_sizes``: the trained network evaluated (and shown) on the split resized to other
+  sizes than it was trained on (the fully convolutional nets handle any size).
+* ``seg_overlays``: scan / truth overlay / prediction overlay rows with per-image Dice.
+* ``curves`` (and ``plot_curves`` for ``jobs/compare_runs.py``): training and validation
+  curves of one or several runs from their ``metrics.jsonl``.
+
+The image rows of colourization (grey input / prediction / ground truth) and
+super-resolution (input / network / bilinear / truth) come from the generic ``examples``
+analysis, whose rows are the task's ``images``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from hpclab.analysis import ANALYSES  # noqa: E402
+from hpclab.analysis.figures import save_figure  # noqa: E402
+from hpclab.analysis.report import to_csv, to_markdown  # noqa: E402
+from hpclab.data.transforms import to_float  # noqa: E402
+from hpclab.models.conv import Conv2d  # noqa: E402
+from hpclab.utils import atomic_write_text  # noqa: E402
+
+
+# --------------------------------------------------------------------------- helpers
+
+def first_batch(trainer: Any, split: str, count: Optional[int] = None) -> dict[str, torch.Tensor]:
+    """The first evaluation batch of ``split`` (falling back to val/train), cut to ``count``."""
+    for name in (split, "val", "test", "train"):
+        if trainer.data.has(name):
+            batch = next(trainer.data.batches(name, train=False).epoch(0))
+            return {k: v[:count] for k, v in batch.items()} if count else batch
+    raise ValueError("no split with data to draw examples from")
+
+
+def network_input(trainer: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """What the task feeds the network for ``batch`` (plain float images for generic tasks)."""
+    fn = getattr(trainer.task, "model_input", None)
+    return fn(batch, trainer._eval_generator()) if fn else to_float(batch["images"])
+
+
+def write_table(header: list[str], body: list[list[Any]], base: Path, title: str = "") -> dict[str, str]:
+    """``base``.md / .csv / .png of one table (atomic writes); floats to 6 significant digits."""
+    body = [[float(f"{v:.6g}") if isinstance(v, float) else v for v in row] for row in body]
+    md = (f"# {title}\n\n" if title else "") + to_markdown(header, body)
+    atomic_write_text(base.with_suffix(".md"), md)
+    atomic_write_text(base.with_suffix(".csv"), to_csv(header, body))
+    fig, ax = plt.subplots(figsize=(min(1.25 * len(header) + 1, 22), 0.36 * len(body) + 0.9))
+    ax.axis("off")
+    cells = [["" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row] for row in body]
+    table = ax.table(cellText=cells, colLabels=header, loc="center", cellLoc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    table.scale(1, 1.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    save_figure(fig, base.with_suffix(".png"))
+    return {"md": str(base.with_suffix(".md")), "csv": str(base.with_suffix(".csv")), "png": str(base.with_suffix(".png"))}
+
+
+def strip_rows(rows: Mapping[str, torch.Tensor], path: Path, title: str = "", gap: int = 2) -> Path:
+    """Like ``figures.image_rows`` but each row is one image strip (one axis per row, fast for
+    many rows); rows may have different image sizes."""
+    fig, axes = plt.subplots(len(rows), 1, figsize=(12, 1.3 * len(rows) + 0.5), squeeze=False)
+    for ax, (name, images) in zip(axes[:, 0], rows.items()):
+        x = images.detach().float().clamp(0, 1).cpu()
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x[:, :3]
+        n, _, h, w = x.shape
+        strip = torch.ones(3, h, n * (w + gap) - gap)
+        for i in range(n):
+            strip[:, :, i * (w + gap) : i * (w + gap) + w] = x[i]
+        ax.imshow(strip.permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(name, fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------- layer table
+
+def layer_rows(model: nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
+    """One row per leaf module, in forward order, with its output shape for input ``x``."""
+    rows: list[dict[str, Any]] = []
+    handles = []
+
+    def hook(name: str, module: nn.Module):
+        def fn(_m: nn.Module, _inp: Any, out: Any) -> None:
+            if isinstance(out, torch.Tensor):
+                rows.append(describe_layer(name, module, tuple(out.shape[1:])))
+        return fn
+
+    for name, module in model.named_modules():
+        if name and not list(module.children()):
+            handles.append(module.register_forward_hook(hook(name, module)))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return rows
+
+
+def describe_layer(name: str, module: nn.Module, out_shape: tuple[int, ...]) -> dict[str, Any]:
+    row: dict[str, Any] = {"name": name, "layer": type(module).__name__, "filters": None, "kernel": None,
+                           "stride": None, "padding": None, "dilation": None, "output": "x".join(map(str, out_shape)),
+                           "params": sum(p.numel() for p in module.parameters(recurse=False))}
+    if isinstance(module, Conv2d):
+        row["layer"] = "Conv2d (own, unfold/matmul)"
+    if isinstance(module, (Conv2d, nn.Conv2d, nn.ConvTranspose2d)):
+        row.update(filters=module.out_channels, kernel="x".join(map(str, module.kernel_size)),
+                   stride=_scalar(module.stride), padding=_scalar(module.padding), dilation=_scalar(module.dilation))
+        row["in"] = module.in_channels
+    elif isinstance(module, nn.MaxPool2d):
+        row.update(kernel=str(module.kernel_size), stride=_scalar(module.stride))
+    elif isinstance(module, nn.Upsample):
+        row.update(kernel=f"x{module.scale_factor} {module.mode}")
+    return row
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, (tuple, list)) and len(set(value)) == 1:
+        return value[0]
+    return value
+
+
+@ANALYSES.register("layer_table")
+def layer_table(trainer: Any, out_dir: Path, model: str = "model", split: str = "test") -> dict[str, Any]:
+    """The layers of the network as a table: layer count, filter sizes, numbers of filters."""
+    net = trainer.unwrap(model)
+    batch = first_batch(trainer, split, count=2)
+    trainer._eval_mode(True)
+    rows = layer_rows(net, network_input(trainer, batch))
+    trainer._eval_mode(False)
+    convs = [r for r in rows if r["filters"] is not None]
+    header = ["#", "name", "layer", "in", "filters", "kernel", "stride", "padding", "dilation", "output", "params"]
+    body = [[i, r["name"], r["layer"], r.get("in"), r["filters"], r["kernel"], r["stride"], r["padding"],
+             r["dilation"], r["output"], r["params"]] for i, r in enumerate(rows, 1)]
+    title = (f"{type(net).__name__}: {len(convs)} conv layers, "
+             f"{sum(p.numel() for p in net.parameters()):,} parameters")
+    files = write_table(header, body, out_dir / f"layers_{model}", title)
+    return {"conv_layers": len(convs), "filters": [r["filters"] for r in convs],
+            "kernels": sorted({r["kernel"] for r in convs}), "layers": len(rows), **files}
+
+
+# --------------------------------------------------------------------------- metric tables
+
+def final_metrics(trainer: Any, split: str) -> dict[str, float]:
+    """The metrics the engine already computed on ``split`` with the best weights (its
+    ``final_<split>`` line in metrics.jsonl), so tables need no second pass over the data."""
+    path = Path(trainer.run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    found: dict[str, float] = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line) if line.strip() else {}
+        if record.get("split") == f"final_{split}":
+            found = {k: v for k, v in record.items() if k not in ("step", "epoch", "split")}
+    return found
+
+
+@ANALYSES.register("image_metrics")
+def image_metrics(trainer: Any, out_dir: Path, split: str = "test") -> dict[str, Any]:
+    """Table of the network's metrics on ``split`` next to the task's baseline (if any)."""
+    if not trainer.data.has(split):
+        return {}
+    values = final_metrics(trainer, split) or trainer.evaluate(split)
+    baseline = getattr(trainer.task, "baseline_name", None)
+    rows: dict[str, dict[str, float]] = {"network": {}}
+    for key, value in values.items():
+        if baseline and key.startswith(baseline + "_"):
+            rows.setdefault(baseline, {})[key[len(baseline) + 1 :]] = value
+        else:
+            rows["network"][key] = value
+    order = ["mse", "psnr", "hole_mse", "hole_psnr", "acc", "dice", "iou", "loss"]
+    columns = [k for k in order if any(k in r for r in rows.values())]
+    columns += sorted({k for r in rows.values() for k in r} - set(columns))
+    body = [[name, *[r.get(c) for c in columns]] for name, r in rows.items()]
+    files = write_table(["method", *columns], body, out_dir / f"metrics_{split}",
+                        f"{trainer.cfg.run_name}: {split} split ({trainer.cfg.task.name})")
+    return {"metrics": values, **files}
+
+
+def _resize_batch(batch: dict[str, torch.Tensor], size: int) -> dict[str, torch.Tensor]:
+    """Images resized (bilinear, antialiased) to ``size``; masks with nearest neighbours."""
+    out = dict(batch)
+    x = to_float(batch["images"])
+    out["images"] = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+    if "masks" in batch:
+        out["masks"] = F.interpolate(batch["masks"].float(), size=(size, size), mode="nearest")
+    return out
+
+
+@ANALYSES.register("other_sizes")
+def other_sizes(trainer: Any, out_dir: Path, sizes: Sequence[int] = (24, 48), split: str = "test",
+                count: int = 8, max_images: int = 1000) -> dict[str, Any]:
+    """Evaluate the trained network on the first ``max_images`` images of ``split`` resized to
+    each of ``sizes`` (and to the trained size, for reference); a table plus example rows."""
+    from hpclab.engine import _reduce
+
+    split = split if trainer.data.has(split) else "val"
+    trained = trainer.data.info.image_size
+    results: dict[int, dict[str, float]] = {}
+    shown: dict[str, torch.Tensor] = {}
+    trainer._eval_mode(True)
+    try:
+        for size in [trained, *[int(s) for s in sizes if int(s) != trained]]:
+            totals: dict[str, torch.Tensor] = {}
+            gen = trainer._eval_generator()
+            seen = 0
+            with torch.no_grad(), trainer.autocast():
+                for batch in trainer.data.batches(split, train=False).epoch(0):
+                    batch = {k: v[: max_images - seen] for k, v in batch.items()}
+                    for k, v in trainer.task.eval_step(trainer.models, _resize_batch(batch, size), gen).items():
+                        totals[k] = totals[k] + v if k in totals else v.clone()
+                    seen += len(batch["images"])
+                    if seen >= max_images:
+                        break
+            results[size] = _reduce(totals)
+            rows = trainer.task.images(trainer.models, _resize_batch(first_batch(trainer, split, count), size),
+                                       trainer._eval_generator())
+            shown.update({f"{size}px {name}": images for name, images in rows.items()})
+    finally:
+        trainer._eval_mode(False)
+    figure = strip_rows(shown, out_dir / f"other_sizes_{split}_examples.png",
+                        title=f"{trainer.cfg.run_name}: trained at {trained}x{trained}") if shown else None
+    columns = sorted({k for r in results.values() for k in r}, key=lambda k: (k not in ("mse", "psnr"), k))
+    body = [[f"{s}x{s}" + (" (trained)" if s == trained else ""), *[r.get(c) for c in columns]] for s, r in results.items()]
+    files = write_table(["size", *columns], body, out_dir / f"other_sizes_{split}",
+                        f"{trainer.cfg.run_name}: trained at {trained}x{trained}, {seen} {split} images")
+    return {"sizes": {str(s): r for s, r in results.items()}, "images": seen, "figure": str(figure) if figure else None,
+            **files}
+
+
+# --------------------------------------------------------------------------- segmentation overlays
+
+def overlay(scan: torch.Tensor, mask: torch.Tensor, colour: Sequence[float], alpha: float = 0.45) -> torch.Tensor:
+    """Grey (or RGB) scan N x C x H x W with ``mask`` (N x 1 x H x W) tinted in ``colour``."""
+    rgb = scan.expand(-1, 3, -1, -1) if scan.shape[1] == 1 else scan
+    tint = torch.tensor(colour, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
+    m = (mask > 0.5).to(rgb.dtype)
+    return rgb * (1 - alpha * m) + alpha * m * tint
+
+
+@ANALYSES.register("seg_overlays")
+def seg_overlays(trainer: Any, out_dir: Path, split: str = "test", count: int = 6) -> dict[str, Any]:
+    """Rows scan / truth (red) / prediction (green) for ``count`` slices, those with tumour
+    first; each column titled with its Dice coefficient and IoU."""
+    from hpclab.tasks.image2image import overlap_scores
+
+    batch = first_batch(trainer, split)
+    has = (batch["masks"].flatten(1).amax(1) > 0).cpu()
+    order = torch.argsort((~has).to(torch.int64), stable=True)[:count]
+    batch = {k: v[order.to(v.device)] for k, v in batch.items()}
+    trainer._eval_mode(True)
+    rows = trainer.task.images(trainer.models, batch, trainer._eval_generator())
+    trainer._eval_mode(False)
+    scan, truth, pred = rows["scan"].float().cpu(), rows["truth"].float().cpu(), rows["prediction"].float().cpu()
+    dice, iou = overlap_scores(pred, truth, getattr(trainer.task, "eps", 1e-6))
+    panels = {"scan": scan, "truth": overlay(scan, truth, (1.0, 0.1, 0.1)), "prediction": overlay(scan, pred, (0.1, 1.0, 0.2))}
+    n = len(scan)
+    fig, axes = plt.subplots(3, n, figsize=(2.0 * n, 6.3), squeeze=False)
+    for r, (name, images) in enumerate(panels.items()):
+        for c in range(n):
+            ax = axes[r][c]
+            img = images[c].clamp(0, 1)
+            ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name)
+            if r == 2:
+                ax.set_title(f"Dice {dice[c]:.3f}  IoU {iou[c]:.3f}", fontsize=8)
+    fig.suptitle(f"{trainer.cfg.run_name}: scan / truth / prediction ({split})")
+    path = save_figure(fig, out_dir / f"segmentation_{split}.png")
+    return {"figure": str(path), "dice": [round(float(v), 4) for v in dice], "iou": [round(float(v), 4) for v in iou]}
+
+
+# --------------------------------------------------------------------------- curves
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing (is {run_dir} a run folder?)")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(runs: Mapping[str, Path], metrics: Sequence[str], path: Path, title: str = "") -> Path:
+    """One panel per metric; per run the training (``fit``, dashed) and evaluation splits
+    (solid) against epochs. A metric is ``name`` (all splits) or ``split/name``."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        want_split, _, name = metric.rpartition("/")
+        for label, run_dir in runs.items():
+            records = read_metrics(run_dir)
+            splits = sorted({r["split"] for r in records if name in r and not r["split"].startswith("final")})
+            for split in splits:
+                if want_split and split != want_split:
+                    continue
+                points = [(r["epoch"], r[name]) for r in records if r["split"] == split and name in r]
+                if points:
+                    xs, ys = zip(*points)
+                    ax.plot(xs, ys, "--" if split == "fit" else "-", marker="." if len(xs) < 30 else None,
+                            label=f"{label} {'train' if split == 'fit' else split}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+@ANALYSES.register("curves")
+def curves(trainer: Any, out_dir: Path, metrics: Sequence[str] = ("loss",)) -> dict[str, Any]:
+    """Training/validation curves of this run."""
+    path = plot_curves({trainer.cfg.run_name: trainer.run_dir}, list(metrics), out_dir / "curves.png",
+                       title=trainer.cfg.run_name)
+    return {"figure": str(path)}
