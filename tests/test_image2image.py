@@ -269,7 +269,7 @@ def test_activations_and_compare_commands(cifar_runs: Path):
 
 
 def test_super_resolution_factor_4_from_config(cifar_runs: Path, monkeypatch: pytest.MonkeyPatch):
-    from hpclab.config import ConfigError, compose
+    from hpclab.config import compose
     from hpclab.launch.job import train_run
 
     for key, value in _env(cifar_runs).items():
