@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import os
 import shutil
 import sys
@@ -83,28 +84,19 @@ def timed(fn: Callable[[], int], repeat: int = 1) -> float:
 
 # --------------------------------------------------------------------------- data rows
 
-def bench_data(work: Path, quick: bool) -> list[Row]:
-    import torchvision
+def data_rows(label: str, tv: torch.utils.data.Dataset, path: Path, limit: int) -> list[Row]:
+    """The reader's modes vs a torchvision dataset (PIL per item) on the same images."""
     from torch.utils.data import DataLoader
 
     from hpclab.data.hdf5 import H5Split
     from hpclab.data.loader import EpochBatches, SplitBatches
 
-    mirror, tv_root = fashion_mnist_dirs(work, quick)
-    path = prepared(work, mirror)
     batch, workers = 256, 2
-    limit = 12800 if quick else 60000
     indices = np.arange(limit)
-
-    tv = torchvision.datasets.FashionMNIST(str(tv_root), train=True, download=False,
-                                           transform=torchvision.transforms.ToTensor())
     tv = torch.utils.data.Subset(tv, indices)
 
     def run_loader(loader) -> int:
-        n = 0
-        for b in loader:
-            n += len(b[0] if isinstance(b, (list, tuple)) else b["images"])
-        return n
+        return sum(len(b[0] if isinstance(b, (list, tuple)) else b["images"]) for b in loader)
 
     def torchvision_rate() -> int:
         return run_loader(DataLoader(tv, batch_size=batch, shuffle=True, num_workers=workers))
@@ -131,35 +123,72 @@ def bench_data(work: Path, quick: bool) -> list[Row]:
 
     base = timed(torchvision_rate)
     top = timed(ceiling, 5)
-    rows = [{"group": "data", "row": "torchvision FashionMNIST (PIL per item, 2 workers)", "value": base,
+    rows = [{"group": "data", "row": f"{label}: torchvision (PIL per item, 2 workers)", "value": base,
              "unit": "img/s", "ratio": 1.0, "baseline": "torchvision"}]
     for name, fn, rep in (("HDF5 per item (2 workers)", per_item, 1), ("HDF5 batched slice (2 workers)", batched, 1),
                           ("HDF5 in memory (tensor index)", in_memory, 5)):
         rate = timed(fn, rep)
-        rows.append({"group": "data", "row": name, "value": rate, "unit": "img/s", "ratio": rate / base,
+        rows.append({"group": "data", "row": f"{label}: {name}", "value": rate, "unit": "img/s", "ratio": rate / base,
                      "baseline": "torchvision", "of_ceiling": rate / top})
-    rows.append({"group": "data", "row": "ceiling: slicing an in-memory uint8 tensor", "value": top, "unit": "img/s",
-                 "ratio": top / base, "baseline": "torchvision", "of_ceiling": 1.0})
+    rows.append({"group": "data", "row": f"{label}: ceiling, slicing an in-memory uint8 tensor", "value": top,
+                 "unit": "img/s", "ratio": top / base, "baseline": "torchvision", "of_ceiling": 1.0})
     return rows
+
+
+def bench_data(work: Path, quick: bool) -> list[Row]:
+    """28 px: Fashion-MNIST vs torchvision's FashionMNIST class; 96 px: STL-10-sized synthetic
+    images as PNG files (torchvision's ImageFolder) vs the same images in HDF5."""
+    import torchvision
+    from PIL import Image
+
+    mirror, tv_root = fashion_mnist_dirs(work, quick)
+    fmnist = torchvision.datasets.FashionMNIST(str(tv_root), train=True, download=False,
+                                               transform=torchvision.transforms.ToTensor())
+    rows = data_rows("28 px Fashion-MNIST", fmnist, prepared(work, mirror), 12800 if quick else 60000)
+
+    n96 = 1024 if quick else 5120
+    path96 = synthetic_hdf5(work, "synthetic_96px", n96, 3, 96)
+    folder = work / "png96"
+    if not folder.is_dir():
+        from hpclab.data.hdf5 import H5Split
+
+        data = H5Split(path96, "train").load()
+        for i, (img, lab) in enumerate(zip(data["images"].numpy(), data["labels"].tolist())):
+            (folder / str(lab)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img.transpose(1, 2, 0)).save(folder / str(lab) / f"{i:05d}.png")
+    folder_ds = torchvision.datasets.ImageFolder(str(folder), transform=torchvision.transforms.ToTensor())
+    return rows + data_rows("96 px synthetic (STL-10 size)", folder_ds, path96, n96)
 
 
 # --------------------------------------------------------------------------- step rows
 
+def reconstruction_loss(model: torch.nn.Module, images: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+    x = images.float() / 255
+    return F.mse_loss(model(x), x)
+
+
+def classification_loss(model: torch.nn.Module, images: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+    x = (images.float() / 255 - 0.5) / 0.25  # the classify task's normalisation
+    return F.cross_entropy(model(x), labels)
+
+
 def plain_loop(model: torch.nn.Module, images: torch.Tensor, steps: int, batch: int, lr: float,
                device: torch.device, seed: int = 0, until_mse: Optional[float] = None,
-               eval_images: Optional[torch.Tensor] = None) -> tuple[int, float]:
-    """The hand-written baseline: shuffle, slice, float/255, forward, MSE, backward, Adam step.
+               eval_images: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
+               loss_fn: Callable = reconstruction_loss) -> tuple[int, float]:
+    """The hand-written baseline: shuffle, slice, float/255, forward, loss, backward, Adam step.
     With ``until_mse``, evaluates the whole training set once per epoch and stops below it."""
     torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     data = images.to(device)
+    targets = labels.to(device) if labels is not None else None
     n, step = len(data), 0
     model.train()
     while step < steps:
         perm = torch.randperm(n, device=device)
         for i in range(0, n - batch + 1, batch):
-            x = data[perm[i : i + batch]].float() / 255
-            loss = F.mse_loss(model(x), x)
+            idx = perm[i : i + batch]
+            loss = loss_fn(model, data[idx], targets[idx] if targets is not None else None)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -195,13 +224,35 @@ def engine_fit(work: Path, overrides: list[str]) -> dict[str, Any]:
     result = trainer.fit()
     result["seconds"] = time.perf_counter() - start
     trainer.close()
+    # the loop's own rate (first to last step), as the plain loop is timed: without the one-off
+    # setup and the final checkpoint/TensorBoard writes around it
+    fit_logs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                if json.loads(line)["split"] == "fit"]
+    result["images_per_s"] = fit_logs[-1]["images_per_s"] if fit_logs else None
     return result
 
 
-STEP_MODELS = {
-    # name: (engine overrides selecting the model, data name, batch)
-    "Fashion-MNIST 3-d AE": (["experiment=fmnist_ae3d"], 128),
-    "conv AE (ae_latent, l=32)": (["experiment=ae_latent", "model.latent_dim=32"], 128),
+def synthetic_hdf5(work: Path, name: str, n: int, channels: int, size: int, classes: int = 10) -> Path:
+    """Random uint8 images with labels in the suite's HDF5 layout (for sizes we have no data of)."""
+    from hpclab.data.hdf5 import Staged, write_hdf5
+
+    path = work / "data" / f"{name}.h5"
+    if not path.is_file():
+        rng = np.random.default_rng(0)
+        split = {"images": rng.integers(0, 256, (n, channels, size, size), dtype=np.uint8),
+                 "labels": rng.integers(0, classes, n).astype(np.int64)}
+        write_hdf5(path, Staged(splits={"train": split, "test": split}, class_names=[str(i) for i in range(classes)],
+                                inputs=[], source="synthetic"))
+    return path
+
+
+# label: (engine overrides, batch, data: "fashion_mnist" or (channels, size), loss of the plain loop)
+STEP_MODELS: dict[str, tuple[list[str], int, Any, Callable]] = {
+    "Fashion-MNIST 3-d AE": (["experiment=fmnist_ae3d"], 128, "fashion_mnist", reconstruction_loss),
+    "conv AE (ae_latent, l=32)": (["experiment=ae_latent", "model.latent_dim=32"], 128, "fashion_mnist",
+                                  reconstruction_loss),
+    "CIFAR-size CNN classifier (cifar_cnn)": (["experiment=cifar_cnn", "task.augment=false",
+                                               "task.label_smoothing=0.0"], 128, (3, 32), classification_loss),
 }
 
 
@@ -210,28 +261,34 @@ def bench_steps(work: Path, quick: bool) -> list[Row]:
     from hpclab.data.hdf5 import H5Split
     from hpclab.models import MODELS
 
-    mirror, _ = fashion_mnist_dirs(work, quick)
-    path = prepared(work, mirror)
     steps = 60 if quick else 300
-    images = H5Split(path, "train").load()["images"]
     rows = []
-    for label, (overrides, batch) in STEP_MODELS.items():
+    for label, (overrides, batch, data, loss_fn) in STEP_MODELS.items():
+        if data == "fashion_mnist":
+            path = prepared(work, fashion_mnist_dirs(work, quick)[0])
+        else:
+            path = synthetic_hdf5(work, f"synthetic_{data[1]}px", 10_000, *data)
+            overrides = overrides + [f"data.file={path}"]
         try:
             cfg = compose_run(work, overrides)
         except Exception as exc:  # an experiment not present in this checkout
             print(f"skip {label}: {exc}", file=sys.stderr)
             continue
+        split = H5Split(path, "train").load()
         common = ["train.epochs=null", f"train.max_steps={steps}", f"train.batch_size={batch}",
                   "train.eval_splits=[]", "train.final_splits=[]", f"train.eval_every={steps}",
                   f"train.log_every={steps}", "train.scheduler.name=none", "analysis=[]", "train.progress=log",
-                  "data.val_fraction=0", "train.optimizer.name=adam", "train.optimizer.lr=0.001"]
+                  "data.val_fraction=0", "train.optimizer.name=adam", "train.optimizer.lr=0.001",
+                  "train.optimizer.weight_decay=0.0", "train.grad_clip=null"]
         torch.manual_seed(0)
-        model = MODELS.build(cfg.model.name, kwargs_of(cfg.model), in_channels=1, image_size=28, num_classes=10)
+        model = MODELS.build(cfg.model.name, kwargs_of(cfg.model), in_channels=split["images"].shape[1],
+                             image_size=split["images"].shape[2], num_classes=10)
         plain_s = time.perf_counter()
-        plain_loop(model, images, steps, batch, 1e-3, torch.device("cpu"))
+        plain_loop(model, split["images"], steps, batch, 1e-3, torch.device("cpu"), labels=split["labels"],
+                   loss_fn=loss_fn)
         plain_rate = steps * batch / (time.perf_counter() - plain_s)
         result = engine_fit(work, overrides + common)
-        engine_rate = steps * batch / result["seconds"]
+        engine_rate = result["images_per_s"]
         rows.append({"group": "steps", "row": f"{label}: plain loop", "value": plain_rate, "unit": "img/s",
                      "ratio": 1.0, "baseline": "plain loop"})
         rows.append({"group": "steps", "row": f"{label}: engine", "value": engine_rate, "unit": "img/s",
@@ -295,7 +352,7 @@ def bench_gpu(work: Path, quick: bool) -> list[Row]:
         result = engine_fit(work, ["experiment=ae_latent", "train.epochs=null", f"train.max_steps={steps}",
                                    "train.batch_size=512", "train.eval_splits=[]", "train.final_splits=[]",
                                    f"train.log_every={steps}", "analysis=[]", "train.progress=log"] + extra)
-        rate = steps * 512 / result["seconds"]
+        rate = result["images_per_s"]
         base_rate = base_rate or rate
         rows.append({"group": "gpu", "row": f"conv AE {label}", "value": rate, "unit": "img/s",
                      "ratio": rate / base_rate, "baseline": "fp32, data on GPU"})

@@ -38,19 +38,10 @@ def hooked_layers(model: nn.Module) -> list[str]:
 @torch.no_grad()
 def record_activations(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Run ``model(x)`` and return the output of each hooked layer (N x C x H x W, on CPU)."""
-    modules = dict(model.named_modules())
-    outputs: dict[str, torch.Tensor] = {}
-    handles = []
-    for name in hooked_layers(model):
-        def hook(_m: nn.Module, _inp: Any, out: Any, name: str = name) -> None:
-            if isinstance(out, torch.Tensor) and out.dim() == 4:
-                outputs[name] = out.detach().float().cpu()
-        handles.append(modules[name].register_forward_hook(hook))
-    try:
-        model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    from hpclab.analysis.hooks import forward_outputs
+
+    outputs = {name: out.detach().float().cpu() for name, _, out in forward_outputs(model, x, hooked_layers(model))
+               if isinstance(out, torch.Tensor) and out.dim() == 4}
     return outputs
 
 

@@ -92,16 +92,10 @@ def fx_graph(model: nn.Module) -> tuple[list[tuple[str, str]], list[tuple[str, s
 def hook_chain(model: nn.Module, x: torch.Tensor) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """Fallback when fx cannot trace (data-dependent Python control flow): leaf modules in
     call order as a chain."""
-    order: list[tuple[str, str]] = []
-    handles = [m.register_forward_hook(lambda mod, i, o, name=name: order.append(
-        (name.replace(".", "_") or "model", f"{name}\n{type(mod).__name__} {_spec(mod)}".strip())))
-               for name, m in model.named_modules() if not list(m.children())]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    from hpclab.analysis.hooks import forward_outputs
+
+    order = [(name.replace(".", "_") or "model", f"{name}\n{type(mod).__name__} {_spec(mod)}".strip())
+             for name, mod, _ in forward_outputs(model, x)]
     nodes = [("input", "input")] + order + [("output", "output")]
     return nodes, [(a[0], b[0]) for a, b in zip(nodes[:-1], nodes[1:])]
 

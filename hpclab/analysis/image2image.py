@@ -97,24 +97,10 @@ def strip_rows(rows: Mapping[str, torch.Tensor], path: Path, title: str = "", ga
 
 def layer_rows(model: nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
     """One row per leaf module, in forward order, with its output shape for input ``x``."""
-    rows: list[dict[str, Any]] = []
-    handles = []
+    from hpclab.analysis.hooks import forward_outputs
 
-    def hook(name: str, module: nn.Module):
-        def fn(_m: nn.Module, _inp: Any, out: Any) -> None:
-            if isinstance(out, torch.Tensor):
-                rows.append(describe_layer(name, module, tuple(out.shape[1:])))
-        return fn
-
-    for name, module in model.named_modules():
-        if name and not list(module.children()):
-            handles.append(module.register_forward_hook(hook(name, module)))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    rows = [describe_layer(name, module, tuple(out.shape[1:]))
+            for name, module, out in forward_outputs(model, x) if isinstance(out, torch.Tensor)]
     return rows
 
 

@@ -138,21 +138,16 @@ def _shape_text(value: Any) -> str:
 def leaf_layer_rows(model: nn.Module, example: torch.Tensor) -> tuple[list[list[Any]], int, int]:
     """(name, type, output shape, parameters) of every leaf layer in call order, from one
     forward pass with hooks; plus the total and trainable parameter counts."""
-    rows: list[list[Any]] = []
-    hooks = []
-    for name, module in model.named_modules():
-        if name and not any(True for _ in module.children()):
-            def hook(mod: nn.Module, inputs: Any, output: Any, name: str = name) -> None:
-                rows.append([name, type(mod).__name__, _shape_text(output), sum(p.numel() for p in mod.parameters(recurse=False))])
-            hooks.append(module.register_forward_hook(hook))
+    from hpclab.analysis.hooks import forward_outputs
+
     was_training = model.training
     model.eval()
     try:
-        model(example)
+        calls = forward_outputs(model, example)
     finally:
         model.train(was_training)
-        for h in hooks:
-            h.remove()
+    rows = [[name, type(mod).__name__, _shape_text(output), sum(p.numel() for p in mod.parameters(recurse=False))]
+            for name, mod, output in calls]
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return rows, total, trainable

@@ -130,6 +130,7 @@ def train_run(cfg: DictConfig) -> dict[str, Any]:
         return summary
     finally:
         trainer.close()
+        setup_logging(None, rank)  # detach run.log: what follows belongs to the next run
 
 
 def _clear_run(run_dir: Path) -> None:
