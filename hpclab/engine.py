@@ -155,8 +155,8 @@ def _tuplify(x: Any) -> Any:
 
 # --------------------------------------------------------------------------- optimisation
 
-def build_optimizer(params: Iterator[nn.Parameter], cfg: DictConfig, fused: bool) -> torch.optim.Optimizer:
-    o = cfg
+def build_optimizer(params: Iterator[nn.Parameter], o: DictConfig, fused: bool) -> torch.optim.Optimizer:
+    """Adam / AdamW (fused kernels on CUDA) or Nesterov SGD from ``train.optimizer``."""
     extra = {"fused": True} if fused else {}
     if o.name == "adam":
         return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **extra)
@@ -165,8 +165,8 @@ def build_optimizer(params: Iterator[nn.Parameter], cfg: DictConfig, fused: bool
     return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.momentum > 0)
 
 
-def build_scheduler(opt: torch.optim.Optimizer, cfg: DictConfig, lr: float, total_steps: int):
-    s = cfg
+def build_scheduler(opt: torch.optim.Optimizer, s: DictConfig, lr: float, total_steps: int):
+    """A per-step LR schedule from ``train.scheduler`` (optionally after a linear warm-up)."""
     if s.name == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(total_steps, 2), pct_start=s.pct_start)
     if s.name == "cosine":

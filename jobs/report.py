@@ -19,14 +19,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--logx", action="store_true", help="log-2 x axis")
     args = parser.parse_args(argv)
     from hpclab.analysis.report import write_report
+    from hpclab.config import ConfigError
 
     report = {k: v for k, v in {"x": args.x, "metrics": args.metrics.split(",") if args.metrics else None,
                                 "logx": args.logx or None}.items() if v}
     try:
         out = write_report(args.folder, report)
-    except FileNotFoundError as exc:
-        print(f"error: {exc}")
-        return 2
+    except FileNotFoundError as exc:  # no finished runs there: a one-line error via main_guard
+        raise ConfigError(str(exc)) from None
     for path in out.values():
         print(path)
     return 0

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from hpclab.config import save_yaml
@@ -78,9 +79,8 @@ def setup_logging(run_dir: Optional[Path] = None, rank: int = 0) -> None:
 def train_run(cfg: DictConfig) -> dict[str, Any]:
     """Train and analyse one run; return its summary. Skips finished runs unless ``force``."""
     from hpclab.analysis import ANALYSES
-    from hpclab.engine import Trainer
-
     from hpclab.data.prepare import require_prepared
+    from hpclab.engine import Trainer
     from hpclab.weights import use_cache
 
     run_dir = run_dir_of(cfg)
@@ -111,10 +111,11 @@ def train_run(cfg: DictConfig) -> dict[str, Any]:
         result = trainer.fit()
         analyses: dict[str, Any] = {}
         if trainer.is_main:
-            for item in cfg.analysis:
-                name, kwargs = (item, {}) if isinstance(item, str) else (item["name"], {k: v for k, v in item.items() if k != "name"})
+            for item in cfg.analysis:  # "name" or {name: ..., **kwargs}
+                kwargs = {"name": item} if isinstance(item, str) else OmegaConf.to_container(item, resolve=True)
+                name = kwargs.pop("name")
                 log.info("analysis %s", name)
-                analyses[name] = ANALYSES[name](trainer, run_dir / "figures", **OmegaConf.to_container(OmegaConf.create(kwargs)))
+                analyses[name] = ANALYSES[name](trainer, run_dir / "figures", **kwargs)
         summary = {
             "status": "completed",
             "run": cfg.run_name,
@@ -144,9 +145,7 @@ def _clear_run(run_dir: Path) -> None:
 def _spawned(rank: int, cfg_yaml: str, world: int, port: int) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    cfg = OmegaConf.create(cfg_yaml)
-    cfg.force = False if rank else cfg.force
-    train_run(cfg)
+    train_run(OmegaConf.create(cfg_yaml))  # force was applied (old run moved aside) before spawning
 
 
 def train_local_processes(cfg: DictConfig, processes: int) -> dict[str, Any]:
@@ -189,9 +188,7 @@ class TrainJob:
         checkpoint at the step boundary, so requeue the same job, which resumes from it."""
         import submitit
 
-        cfg = self.cfg
-        cfg.force = False
-        return submitit.helpers.DelayedSubmission(TrainJob(OmegaConf.to_yaml(cfg)))
+        return submitit.helpers.DelayedSubmission(self)  # the restart resumes: see resumable()
 
 
 def resumable(cfg: DictConfig) -> DictConfig:
@@ -229,30 +226,8 @@ def refresh_sweep_report(cfg: DictConfig) -> None:
 
     group = Path(cfg.paths.results) / cfg.run_group
     try:
-        with _locked(group / ".report.lock"):
+        with FileLock(str(group / ".report.lock")):
             write_report(group, cfg.sweep.report)
     except Exception as exc:  # the run itself succeeded; the summary can be rebuilt later
         log.warning("sweep summary not refreshed (%s: %s); run: python jobs/report.py %s",
                     type(exc).__name__, exc, group)
-
-
-class _locked:
-    """An exclusive ``flock`` on ``path`` (best effort: file systems without locks just proceed)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fh: Any = None
-
-    def __enter__(self) -> "_locked":
-        import fcntl
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(self.path, "a")
-        try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX)
-        except OSError:
-            pass
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.fh.close()  # closing releases the lock

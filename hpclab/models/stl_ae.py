@@ -15,10 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import torch
 from torch import nn
 
 from hpclab.models import MODELS
+from hpclab.models.autoencoders import SequentialAutoEncoder
 from hpclab.models.transfer import FeatureClassifier
 from hpclab.weights import WeightsMissing
 
@@ -40,7 +40,7 @@ def deconv_layer(c_in: int, c_out: int, stride: int, last: bool) -> nn.Sequentia
 
 
 @MODELS.register("stl_ae")
-class STLAutoEncoder(nn.Module):
+class STLAutoEncoder(SequentialAutoEncoder):
     """Encoder: one stride-2 conv per entry of ``channels`` (plus ``extra_conv`` stride-1 convs
     at the bottom); decoder: the mirror image in transposed convs."""
 
@@ -60,11 +60,6 @@ class STLAutoEncoder(nn.Module):
         self.code_channels = widths[-1]
         self.downsampling = 2 ** len(channels)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
 
 
 def pretrained_run(encoder_from: str) -> tuple[Path, dict[str, Any]]:

@@ -54,11 +54,17 @@ class Task:
         return {}
 
 
+def batch_count(n: int, like: torch.Tensor) -> torch.Tensor:
+    """The batch size as a device scalar for metric sums. ``torch.full`` launches a fill kernel;
+    ``torch.tensor(n, device=cuda)`` would copy from the host and wait for the GPU every step."""
+    return torch.full((), float(n), device=like.device)
+
+
 def image_error_sums(output: torch.Tensor, target: torch.Tensor) -> Metrics:
     """Per-image MSE and PSNR (images in [0, 1]) summed over the batch."""
     mse = (output.float() - target.float()).pow(2).flatten(1).mean(1)
     psnr = 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
-    return {"mse": mse.sum(), "psnr": psnr.sum(), "count": torch.tensor(float(len(mse)), device=mse.device)}
+    return {"mse": mse.sum(), "psnr": psnr.sum(), "count": batch_count(len(mse), mse)}
 
 
 @TASKS.register("reconstruct")
@@ -120,5 +126,5 @@ class Classify(Task):
         logits = models["model"](self.inputs(batch, train)).float()
         labels = batch["labels"]
         loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing if train else 0.0)
-        count = torch.tensor(float(len(labels)), device=logits.device)
+        count = batch_count(len(labels), logits)
         return loss, {"loss": loss.detach() * count, "acc": (logits.argmax(1) == labels).float().sum(), "count": count}

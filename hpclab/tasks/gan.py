@@ -19,7 +19,7 @@ from torch import nn
 from hpclab.data.transforms import to_float
 from hpclab.models import MODELS
 from hpclab.tasks import TASKS
-from hpclab.tasks.base import Metrics, Task
+from hpclab.tasks.base import Metrics, Task, batch_count
 
 if TYPE_CHECKING:
     from hpclab.data.loader import DataInfo
@@ -131,7 +131,7 @@ class GAN(Task):
             d_gen = D(fake)
         g_loss = bce(d_gen, True)
         trainer.step(g_loss, "generator")
-        count = torch.tensor(float(n), device=real.device)
+        count = batch_count(n, real)
         return {"d_loss": d_loss.detach() * count, "g_loss": g_loss.detach() * count,
                 "d_real": d_real.detach().float().sum(), "d_fake": d_fake.detach().float().sum(), "count": count}
 
@@ -142,7 +142,7 @@ class GAN(Task):
         n = real.shape[0]
         d_real = models["discriminator"](real)
         d_fake = models["discriminator"](models["generator"](self.latents(n, real.device, generator)))
-        count = torch.tensor(float(n), device=real.device)
+        count = batch_count(n, real)
         return {"d_loss": (bce(d_real, True) + bce(d_fake, False)) * count, "g_loss": bce(d_fake, True) * count,
                 "d_real": d_real.float().sum(), "d_fake": d_fake.float().sum(), "count": count}
 

@@ -22,7 +22,7 @@ from hpclab.data.transforms import add_gaussian_noise, centre_mask, downscale, t
 from hpclab.models import MODELS
 from hpclab.models.conv import is_conv
 from hpclab.tasks import TASKS
-from hpclab.tasks.base import Metrics, Task, image_error_sums
+from hpclab.tasks.base import Metrics, Task, batch_count, image_error_sums
 
 
 class ImageToImage(Task):
@@ -355,7 +355,7 @@ class Segment(Task):
         mse = F.mse_loss(p, target)
         bce = F.binary_cross_entropy_with_logits(logits, target)
         loss = {"dice": dice, "mse": mse, "bce": bce}[self.loss_name]
-        n = torch.tensor(float(len(logits)), device=logits.device)
+        n = batch_count(len(logits), logits)
         dice_coef, iou = overlap_scores(p.detach() > self.threshold, target, self.eps)
         return loss, {"loss": loss.detach() * n, "dice_loss": dice.detach() * n, "mse": mse.detach() * n,
                       "bce": bce.detach() * n, "dice": dice_coef.sum(), "iou": iou.sum(), "count": n}

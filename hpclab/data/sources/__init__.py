@@ -35,6 +35,12 @@ def register_source(source: Source) -> Source:
     return source
 
 
+def option(data_cfg: object, key: str, default: object = None) -> object:
+    """A source-specific staging option from ``data.options`` (absent config or key: default)."""
+    options = getattr(data_cfg, "options", None) or {}
+    return options.get(key, default) if hasattr(options, "get") else default
+
+
 def find_file(directory: Path, names: list[str]) -> Path:
     """The first of ``names`` (plain or .gz) that exists under ``directory``."""
     for name in names:

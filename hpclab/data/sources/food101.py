@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from hpclab.data.hdf5 import Staged
-from hpclab.data.sources import Source, SourceMissing, register_source, torchvision_root_downloader
+from hpclab.data.sources import Source, SourceMissing, option, register_source, torchvision_root_downloader
 
 SUBDIR = "food-101"
 
@@ -42,11 +42,6 @@ def load_image(path: Path, size: int) -> tuple[np.ndarray, str]:
         img = ImageOps.fit(img.convert("RGB"), (size, size), Image.Resampling.BILINEAR)
         array = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
     return np.ascontiguousarray(array), hashlib.sha256(data).hexdigest()
-
-
-def option(cfg: Any, key: str, default: Any = None) -> Any:
-    options = getattr(cfg, "options", None) or {}
-    return options.get(key, default) if hasattr(options, "get") else default
 
 
 def read_food101(directory: Path, cfg: Any = None) -> Staged:

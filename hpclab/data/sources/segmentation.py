@@ -28,16 +28,11 @@ import numpy as np
 
 from hpclab.config import ConfigError
 from hpclab.data.hdf5 import Staged
-from hpclab.data.sources import Source, SourceMissing, register_source
+from hpclab.data.sources import Source, SourceMissing, option, register_source
 
 IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 DEFAULT_SIZE = 240
 CLASS_NAMES = ["no tumour", "tumour"]
-
-
-def _option(cfg: Any, key: str, default: Any) -> Any:
-    options = getattr(cfg, "options", None) or {}
-    return options.get(key, default) if hasattr(options, "get") else default
 
 
 def pairs_folders(directory: Path) -> list[tuple[Path, Path, str]]:
@@ -122,16 +117,16 @@ def read_brain_mri(directory: Path, cfg: Any = None) -> Staged:
         raise SourceMissing(f"{directory} is not a directory")
     pairs = find_pairs(directory)
     size = int(getattr(cfg, "image_size", None) or DEFAULT_SIZE)
-    channels = int(_option(cfg, "channels", 1))
+    channels = int(option(cfg, "channels", 1))
     if channels not in (1, 3):
         raise ConfigError(f"config key 'data.options.channels': must be 1 or 3, got {channels}")
-    test_fraction = float(_option(cfg, "test_fraction", 0.2))
+    test_fraction = float(option(cfg, "test_fraction", 0.2))
     if not 0 <= test_fraction < 1:
         raise ConfigError(f"config key 'data.options.test_fraction': must be in [0, 1), got {test_fraction}")
     images = np.stack([load_image(img, size, channels) for img, _, _ in pairs])
     masks = np.stack([load_mask(mask, size) for _, mask, _ in pairs])
     labels = (masks.reshape(len(masks), -1).max(1) > 0).astype(np.int64)
-    is_test = split_groups([g for _, _, g in pairs], test_fraction, int(_option(cfg, "split_seed", 0)))
+    is_test = split_groups([g for _, _, g in pairs], test_fraction, int(option(cfg, "split_seed", 0)))
     splits = {}
     for name, keep in (("train", ~is_test), ("test", is_test)):
         if keep.any():
