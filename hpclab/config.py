@@ -38,7 +38,10 @@ class DataConfig:
     in_memory: str = "auto"  # auto | true | false: load splits into (device) memory
     max_memory_gb: float = 4.0  # "auto" loads a split when it is smaller than this
     on_device: bool = True  # with in-memory data, keep it on the accelerator
-    num_workers: int = 2  # DataLoader workers when streaming from HDF5
+    # DataLoader workers when streaming from HDF5. 0 reads in the training process: files written
+    # by prepare_data are memory-mapped, and one gather per batch beats worker IPC (benchmarks/run.py
+    # data rows); raise it for chunked/compressed files or cold reads from a slow shared file system.
+    num_workers: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # source-specific extras
 
 

@@ -113,15 +113,31 @@ def test_missing_prepared_file_names_the_staging_command(workdir):
         Data(compose(["experiment=ae_latent"]), torch.device("cpu"))
 
 
-def test_read_rows_any_order_with_repeats(tmp_path):
+def test_memory_mapped_and_chunked_layouts_read_the_same_rows(tmp_path):
+    """Files written by write_hdf5 are memory-mapped; chunked files from other tools go
+    through h5py run reads. Both return the asked rows in the asked order, repeats included."""
     import h5py
 
-    data = np.arange(5000 * 3, dtype=np.uint8).reshape(5000, 3)
-    with h5py.File(tmp_path / "x.h5", "w") as f:
-        f.create_dataset("a", data=data, chunks=(256, 3))
-    with h5py.File(tmp_path / "x.h5", "r") as f:
-        for rows in (np.array([7, 3, 3, 4999, 0]), np.arange(100, 200)[::-1], np.array([12])):
-            np.testing.assert_array_equal(read_rows(f["a"], rows), data[rows])
+    from hpclab.data import Staged, write_hdf5
+
+    images = np.random.default_rng(0).integers(0, 256, (5000, 1, 4, 4), dtype=np.uint8)
+    labels = np.arange(5000, dtype=np.int64)
+    write_hdf5(tmp_path / "ours.h5", Staged(splits={"train": {"images": images, "labels": labels}},
+                                            class_names=[], inputs=[], source="test"))
+    with h5py.File(tmp_path / "chunked.h5", "w") as f:
+        f.create_dataset("train/images", data=images, chunks=(256, 1, 4, 4))
+        f.create_dataset("train/labels", data=labels, chunks=(256,), compression="gzip")
+    ours, chunked = H5Split(tmp_path / "ours.h5", "train"), H5Split(tmp_path / "chunked.h5", "train")
+    assert all(isinstance(a, torch.Tensor) for a in ours.arrays().values())  # memory-mapped
+    assert not any(isinstance(a, torch.Tensor) for a in chunked.arrays().values())
+    for rows in (np.array([7, 3, 3, 4999, 0]), np.arange(100, 200)[::-1], np.array([12])):
+        for split in (ours, chunked):
+            batch = split[rows]
+            np.testing.assert_array_equal(batch["images"].numpy(), images[rows])
+            np.testing.assert_array_equal(batch["labels"].numpy(), labels[rows])
+            with h5py.File(split.path, "r", locking=False) as f:
+                np.testing.assert_array_equal(read_rows(f["train/images"], rows), images[rows])
+    assert torch.equal(ours[42]["images"], torch.from_numpy(images[42]))
 
 
 def test_reader_under_a_dataloader_with_two_workers(fmnist_data):
