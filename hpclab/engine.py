@@ -22,6 +22,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -168,7 +169,10 @@ def build_optimizer(params: Iterator[nn.Parameter], o: DictConfig, fused: bool) 
 def build_scheduler(opt: torch.optim.Optimizer, s: DictConfig, lr: float, total_steps: int):
     """A per-step LR schedule from ``train.scheduler`` (optionally after a linear warm-up)."""
     if s.name == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(total_steps, 2), pct_start=s.pct_start)
+        # torch divides by the warm-up length in steps, which is 0 when pct_start * total is 1:
+        # very short runs (smoke tests) warm up over at least 2 steps
+        total = max(total_steps, 4)
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=max(s.pct_start, 2 / total))
     if s.name == "cosine":
         main = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps - s.warmup_steps, 1))
     elif s.name == "step":
@@ -191,6 +195,11 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         t = cfg.train
+        # accelerate keeps one AcceleratorState per process and refuses a second Accelerator with
+        # another precision; each Trainer is one run, so runs of a local sweep (or a benchmark) in
+        # one process start from a fresh state. The process group (PartialState) is kept.
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
         # cpu=True when there is no GPU: otherwise accelerate ignores WORLD_SIZE on a CPU-only
         # machine and every process trains alone
         self.accelerator = Accelerator(mixed_precision=t.mixed_precision, step_scheduler_with_optimizer=False,

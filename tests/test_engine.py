@@ -83,6 +83,18 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(digits, capsys):
     trainer.close()
 
 
+def test_runs_of_different_precision_in_one_process(digits):
+    """A local sweep trains its runs in one process; accelerate's per-process state must not
+    pin the first run's precision (it raises for a second Accelerator with another one)."""
+    for precision in ("no", "bf16", "no"):
+        cfg = compose(DIGITS_RUN + ["train.max_steps=4", f"train.mixed_precision={precision}",
+                                    f"run_name={precision}", "force=true"])
+        summary = train_run(cfg)
+        assert summary["steps"] == 4 and summary["metrics"]["test/mse"] > 0
+        log = (run_dir_of(cfg) / "run.log").read_text()
+        assert f"mixed precision {precision}" in log
+
+
 class _Boom:
     def __reduce__(self):
         return (os.system, ("touch pwned",))
