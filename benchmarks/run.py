@@ -5,13 +5,17 @@ reported as a ratio (absolute numbers depend on the machine; ratios are what we 
 usage: python benchmarks/run.py [--quick] [--only data,steps,target,gpu] [--out results/benchmarks]
 
 Rows:
-  data    images/s through a DataLoader at batch 256: HDF5 reader (per item, batched slice,
-          in memory) vs torchvision's FashionMNIST class (PIL + ToTensor per item), and the
-          ceiling of slicing a uint8 tensor already in memory
-  steps   training-step images/s, engine vs a plain PyTorch loop, same model/optimizer/batch
+  data    images/s at batch 256, steady state (persistent workers, after a warm-up epoch): the
+          HDF5 reader per item and batched through 2 workers, memory-mapped in the training
+          process, and in memory, vs torchvision (PIL per item, 2 workers) at 28 and 96 px; and
+          the ceiling of slicing a uint8 tensor already in memory
+  steps   training-step images/s, engine vs a plain PyTorch loop, same model/optimizer/batch/
+          precision, for the 3-d AE, the ae_latent conv AE, a CIFAR-size CNN and the 256 px DCGAN
+          (median over rounds in rotating order)
   target  wall time to full-training-set MSE < 0.03 for the Fashion-MNIST 3-d AE: engine with
           its shipped config vs the plain loop with the brief's setup (Adam 1e-3, batch 128)
-  gpu     (CUDA only) the step rows in fp32/bf16, channels_last, torch.compile, data on GPU vs workers
+  gpu     (CUDA only) the step rows on the GPU: engine in fp32/bf16, channels_last, torch.compile,
+          data on the GPU vs workers, against the plain loop; the DCGAN epoch time at CHANNEL_NUM=512
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ import gzip
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -95,25 +101,25 @@ def data_rows(label: str, tv: torch.utils.data.Dataset, path: Path, limit: int) 
     indices = np.arange(limit)
     tv = torch.utils.data.Subset(tv, indices)
 
-    def run_loader(loader) -> int:
-        return sum(len(b[0] if isinstance(b, (list, tuple)) else b["images"]) for b in loader)
+    def loader_rate(dataset, **kwargs) -> float:
+        """Steady-state images/s: persistent workers, one warm-up epoch, then the best of 3."""
+        loader = DataLoader(dataset, num_workers=workers, persistent_workers=True, **kwargs)
+        sampler = kwargs.get("sampler")
 
-    def torchvision_rate() -> int:
-        return run_loader(DataLoader(tv, batch_size=batch, shuffle=True, num_workers=workers))
+        def one_epoch() -> int:
+            if sampler is not None:
+                sampler.set_epoch(sampler.epoch + 1)
+            return sum(len(b[0] if isinstance(b, (list, tuple)) else b["images"]) for b in loader)
+
+        one_epoch()
+        return timed(one_epoch, 3)
 
     split = H5Split(path, "train", indices)
-
-    def per_item() -> int:
-        return run_loader(DataLoader(split, batch_size=batch, shuffle=True, num_workers=workers))
-
-    def batched() -> int:
-        sampler = EpochBatches(len(split), batch, shuffle=True, seed=0)
-        return run_loader(DataLoader(split, sampler=sampler, batch_size=None, num_workers=workers))
-
     resident = SplitBatches(split, batch, shuffle=True, seed=0, device=torch.device("cpu"), in_memory=True)
+    streamed = SplitBatches(split, batch, shuffle=True, seed=0, device=torch.device("cpu"), in_memory=False)
 
-    def in_memory() -> int:
-        return sum(len(b["images"]) for b in resident.epoch(0))
+    def epoch_of(batches: SplitBatches) -> Callable[[], int]:
+        return lambda: sum(len(b["images"]) for b in batches.epoch(0))
 
     tensor = resident.tensors["images"]
 
@@ -121,13 +127,19 @@ def data_rows(label: str, tv: torch.utils.data.Dataset, path: Path, limit: int) 
         perm = torch.randperm(len(tensor))
         return sum(len(tensor.index_select(0, perm[i : i + batch])) for i in range(0, len(tensor), batch))
 
-    base = timed(torchvision_rate)
+    base = loader_rate(tv, batch_size=batch, shuffle=True)
     top = timed(ceiling, 5)
-    rows = [{"group": "data", "row": f"{label}: torchvision (PIL per item, 2 workers)", "value": base,
+    rows = [{"group": "data", "row": f"{label}: torchvision (PIL per item, {workers} workers)", "value": base,
              "unit": "img/s", "ratio": 1.0, "baseline": "torchvision"}]
-    for name, fn, rep in (("HDF5 per item (2 workers)", per_item, 1), ("HDF5 batched slice (2 workers)", batched, 1),
-                          ("HDF5 in memory (tensor index)", in_memory, 5)):
-        rate = timed(fn, rep)
+    modes = (
+        (f"HDF5 per item ({workers} workers)", lambda: loader_rate(split, batch_size=batch, shuffle=True)),
+        (f"HDF5 batched slice ({workers} workers)",
+         lambda: loader_rate(split, sampler=EpochBatches(len(split), batch, shuffle=True, seed=0), batch_size=None)),
+        ("HDF5 batched slice (memory-mapped, in process)", lambda: timed(epoch_of(streamed), 3)),
+        ("HDF5 in memory (tensor index)", lambda: timed(epoch_of(resident), 5)),
+    )
+    for name, measure in modes:
+        rate = measure()
         rows.append({"group": "data", "row": f"{label}: {name}", "value": rate, "unit": "img/s", "ratio": rate / base,
                      "baseline": "torchvision", "of_ceiling": rate / top})
     rows.append({"group": "data", "row": f"{label}: ceiling, slicing an in-memory uint8 tensor", "value": top,
@@ -172,14 +184,56 @@ def classification_loss(model: torch.nn.Module, images: torch.Tensor, labels: Op
     return F.cross_entropy(model(x), labels)
 
 
+PlainStep = Callable[[torch.Tensor, Optional[torch.Tensor]], None]  # (uint8 images, labels) -> one update
+
+
+def adam_step(loss_fn: Callable) -> Callable[[torch.nn.Module, float], PlainStep]:
+    """The hand-written step for one model: loss, zero_grad, backward, Adam step."""
+    def build(model: torch.nn.Module, lr: float) -> PlainStep:
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+
+        def step(images: torch.Tensor, labels: Optional[torch.Tensor]) -> None:
+            loss = loss_fn(model, images, labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
+    return build
+
+
+def dcgan_step(pair: torch.nn.Module, lr: float) -> PlainStep:
+    """The textbook DCGAN step (as in PyTorch's DCGAN tutorial): D on a real and a generated
+    batch, then G with the non-saturating loss through the updated D; Adam(betas 0.5, 0.999)."""
+    G, D = pair.generator, pair.discriminator
+    opt_d = torch.optim.Adam(D.parameters(), lr=lr, betas=(0.5, 0.999))
+    opt_g = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.5, 0.999))
+
+    def step(images: torch.Tensor, labels: Optional[torch.Tensor]) -> None:
+        real = images.float() / 127.5 - 1
+        fake = G(torch.randn(len(real), G.latent_dim, device=real.device))
+        d_real, d_fake = D(real), D(fake.detach())
+        d_loss = F.binary_cross_entropy(d_real, torch.ones_like(d_real)) + \
+            F.binary_cross_entropy(d_fake, torch.zeros_like(d_fake))
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        d_gen = D(fake)
+        g_loss = F.binary_cross_entropy(d_gen, torch.ones_like(d_gen))
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+    return step
+
+
 def plain_loop(model: torch.nn.Module, images: torch.Tensor, steps: int, batch: int, lr: float,
                device: torch.device, seed: int = 0, until_mse: Optional[float] = None,
                eval_images: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
-               loss_fn: Callable = reconstruction_loss) -> tuple[int, float]:
-    """The hand-written baseline: shuffle, slice, float/255, forward, loss, backward, Adam step.
+               build_step: Callable[[torch.nn.Module, float], PlainStep] = adam_step(reconstruction_loss)
+               ) -> tuple[int, float]:
+    """The hand-written baseline: shuffle, slice, then ``build_step``'s update per batch.
     With ``until_mse``, evaluates the whole training set once per epoch and stops below it."""
     torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    update = build_step(model, lr)
     data = images.to(device)
     targets = labels.to(device) if labels is not None else None
     n, step = len(data), 0
@@ -188,10 +242,7 @@ def plain_loop(model: torch.nn.Module, images: torch.Tensor, steps: int, batch: 
         perm = torch.randperm(n, device=device)
         for i in range(0, n - batch + 1, batch):
             idx = perm[i : i + batch]
-            loss = loss_fn(model, data[idx], targets[idx] if targets is not None else None)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            update(data[idx], targets[idx] if targets is not None else None)
             step += 1
             if step >= steps:
                 break
@@ -246,54 +297,113 @@ def synthetic_hdf5(work: Path, name: str, n: int, channels: int, size: int, clas
     return path
 
 
-# label: (engine overrides, batch, data: "fashion_mnist" or (channels, size), loss of the plain loop)
-STEP_MODELS: dict[str, tuple[list[str], int, Any, Callable]] = {
-    "Fashion-MNIST 3-d AE": (["experiment=fmnist_ae3d"], 128, "fashion_mnist", reconstruction_loss),
-    "conv AE (ae_latent, l=32)": (["experiment=ae_latent", "model.latent_dim=32"], 128, "fashion_mnist",
-                                  reconstruction_loss),
-    "CIFAR-size CNN classifier (cifar_cnn)": (["experiment=cifar_cnn", "task.augment=false",
-                                               "task.label_smoothing=0.0"], 128, (3, 32), classification_loss),
+@dataclass(frozen=True)
+class StepModel:
+    """One step-throughput row: the experiment as the engine runs it, and the plain loop's step."""
+
+    overrides: list[str]
+    batch: int
+    data: Any  # "fashion_mnist", or (channels, size, count) of a synthetic set
+    plain: Callable[[torch.nn.Module, float], PlainStep]
+    steps: tuple[int, int]  # (quick, full)
+    gpu: list[str] = field(default_factory=list)  # overrides for the GPU section (full-size models)
+
+
+STEP_MODELS: dict[str, StepModel] = {
+    "Fashion-MNIST 3-d AE": StepModel(["experiment=fmnist_ae3d"], 128, "fashion_mnist",
+                                      adam_step(reconstruction_loss), (60, 400)),
+    "conv AE (ae_latent, l=32)": StepModel(["experiment=ae_latent", "model.latent_dim=32"], 128, "fashion_mnist",
+                                           adam_step(reconstruction_loss), (30, 150)),
+    "CIFAR-size CNN classifier (cifar_cnn)": StepModel(
+        ["experiment=cifar_cnn", "task.augment=false", "task.label_smoothing=0.0"], 128, (3, 32, 10_000),
+        adam_step(classification_loss), (30, 150)),
+    # the 256 px generator/discriminator pair; on CPU at CHANNEL_NUM=64, on a GPU at the brief's 512
+    "DCGAN 256 px (dcgan)": StepModel(
+        ["experiment=dcgan", "model.channels=64", "train.mixed_precision=no", "train.channels_last=false"], 32,
+        (3, 256, 512), dcgan_step, (4, 30), gpu=["model.channels=512", "train.batch_size=128"]),
+}
+
+# GPU section: engine variants (overrides) against the same plain loop in fp32
+GPU_VARIANTS: dict[str, list[str]] = {
+    "engine fp32": [],
+    "engine bf16": ["train.mixed_precision=bf16"],
+    "engine bf16 + channels_last": ["train.mixed_precision=bf16", "train.channels_last=true"],
+    "engine bf16 + channels_last + torch.compile": ["train.mixed_precision=bf16", "train.channels_last=true",
+                                                    "train.compile=true"],
+    "engine fp32, data via 4 workers (not on the GPU)": ["data.in_memory=false", "data.num_workers=4"],
 }
 
 
-def bench_steps(work: Path, quick: bool) -> list[Row]:
+def step_rows(work: Path, quick: bool, device: torch.device, variants: dict[str, list[str]],
+              group: str) -> list[Row]:
+    """Engine variants vs the plain loop per model, in rotating order over rounds (median of
+    each), so one-off warm-up and drift in machine load hit all alike."""
     from hpclab.config import kwargs_of
     from hpclab.data.hdf5 import H5Split
     from hpclab.models import MODELS
 
-    steps = 60 if quick else 300
+    rounds = 1 if quick else 3
     rows = []
-    for label, (overrides, batch, data, loss_fn) in STEP_MODELS.items():
-        if data == "fashion_mnist":
+    for label, spec in STEP_MODELS.items():
+        overrides = list(spec.overrides) + (spec.gpu if device.type == "cuda" else [])
+        if spec.data == "fashion_mnist":
             path = prepared(work, fashion_mnist_dirs(work, quick)[0])
         else:
-            path = synthetic_hdf5(work, f"synthetic_{data[1]}px", 10_000, *data)
-            overrides = overrides + [f"data.file={path}"]
+            channels, size, count = spec.data
+            path = synthetic_hdf5(work, f"synthetic_{size}px", count, channels, size)
+            overrides.append(f"data.file={path}")
         try:
             cfg = compose_run(work, overrides)
         except Exception as exc:  # an experiment not present in this checkout
             print(f"skip {label}: {exc}", file=sys.stderr)
             continue
+        steps, batch = spec.steps[0 if quick else 1], cfg.train.batch_size
         split = H5Split(path, "train").load()
-        common = ["train.epochs=null", f"train.max_steps={steps}", f"train.batch_size={batch}",
-                  "train.eval_splits=[]", "train.final_splits=[]", f"train.eval_every={steps}",
-                  f"train.log_every={steps}", "train.scheduler.name=none", "analysis=[]", "train.progress=log",
-                  "data.val_fraction=0", "train.optimizer.name=adam", "train.optimizer.lr=0.001",
-                  "train.optimizer.weight_decay=0.0", "train.grad_clip=null"]
-        torch.manual_seed(0)
-        model = MODELS.build(cfg.model.name, kwargs_of(cfg.model), in_channels=split["images"].shape[1],
-                             image_size=split["images"].shape[2], num_classes=10)
-        plain_s = time.perf_counter()
-        plain_loop(model, split["images"], steps, batch, 1e-3, torch.device("cpu"), labels=split["labels"],
-                   loss_fn=loss_fn)
-        plain_rate = steps * batch / (time.perf_counter() - plain_s)
-        result = engine_fit(work, overrides + common)
-        engine_rate = result["images_per_s"]
-        rows.append({"group": "steps", "row": f"{label}: plain loop", "value": plain_rate, "unit": "img/s",
-                     "ratio": 1.0, "baseline": "plain loop"})
-        rows.append({"group": "steps", "row": f"{label}: engine", "value": engine_rate, "unit": "img/s",
-                     "ratio": engine_rate / plain_rate, "baseline": "plain loop"})
+        common = ["train.epochs=null", f"train.max_steps={steps}", "train.eval_splits=[]", "train.final_splits=[]",
+                  f"train.eval_every={steps}", f"train.log_every={steps}", "train.scheduler.name=none",
+                  "analysis=[]", "train.progress=log", "data.val_fraction=0", "train.optimizer.name=adam",
+                  "train.optimizer.lr=0.001", "train.optimizer.weight_decay=0.0", "train.grad_clip=null"]
+
+        def plain_rate(n_steps: int = steps) -> float:
+            torch.manual_seed(0)
+            model = MODELS.build(cfg.model.name, kwargs_of(cfg.model), in_channels=split["images"].shape[1],
+                                 image_size=split["images"].shape[2], num_classes=10).to(device)
+            synchronize(device)
+            start = time.perf_counter()
+            plain_loop(model, split["images"], n_steps, batch, 1e-3, device, labels=split["labels"],
+                       build_step=spec.plain)
+            synchronize(device)
+            return n_steps * batch / (time.perf_counter() - start)
+
+        measure = {"plain loop": plain_rate}
+        for name, extra in variants.items():
+            measure[name] = lambda extra=extra: engine_fit(work, overrides + common + extra)["images_per_s"]
+        plain_rate(2)  # untimed: the process's first kernels of this model (oneDNN primitives, allocator)
+        samples: dict[str, list[float]] = {name: [] for name in measure}
+        names = list(measure)
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                samples[name].append(measure[name]())
+        base = statistics.median(samples["plain loop"])
+        for name, values in samples.items():
+            value = statistics.median(values)
+            rows.append({"group": group, "row": f"{label}: {name}", "value": value, "unit": "img/s",
+                         "ratio": value / base, "baseline": "plain loop", "samples": values})
+        if spec.plain is dcgan_step and device.type == "cuda":
+            best = max(statistics.median(v) for v in samples.values())
+            rows.append({"group": group, "row": f"{label}: seconds per epoch of 8,189 images (fastest row)",
+                         "value": 8189 / best, "unit": "s", "ratio": 1.0, "baseline": "target < 10 s"})
     return rows
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_steps(work: Path, quick: bool) -> list[Row]:
+    """Engine vs plain loop on the CPU (the GPU section repeats these rows on the GPU)."""
+    return step_rows(work, quick, torch.device("cpu"), {"engine": []}, "steps")
 
 
 def bench_target(work: Path, quick: bool) -> list[Row]:
@@ -334,29 +444,10 @@ def bench_target(work: Path, quick: bool) -> list[Row]:
 # --------------------------------------------------------------------------- GPU rows
 
 def bench_gpu(work: Path, quick: bool) -> list[Row]:
+    """The step rows on the GPU: the plain loop (fp32, data on the GPU) vs engine variants."""
     if not torch.cuda.is_available():
         return []
-    mirror, _ = fashion_mnist_dirs(work, quick)
-    prepared(work, mirror)
-    steps = 100 if quick else 500
-    rows = []
-    base_rate = None
-    variants = {
-        "fp32, data on GPU": [],
-        "bf16, data on GPU": ["train.mixed_precision=bf16"],
-        "bf16 + channels_last": ["train.mixed_precision=bf16", "train.channels_last=true"],
-        "bf16 + torch.compile": ["train.mixed_precision=bf16", "train.compile=true"],
-        "fp32, data via 4 workers": ["data.in_memory=false", "data.num_workers=4"],
-    }
-    for label, extra in variants.items():
-        result = engine_fit(work, ["experiment=ae_latent", "train.epochs=null", f"train.max_steps={steps}",
-                                   "train.batch_size=512", "train.eval_splits=[]", "train.final_splits=[]",
-                                   f"train.log_every={steps}", "analysis=[]", "train.progress=log"] + extra)
-        rate = result["images_per_s"]
-        base_rate = base_rate or rate
-        rows.append({"group": "gpu", "row": f"conv AE {label}", "value": rate, "unit": "img/s",
-                     "ratio": rate / base_rate, "baseline": "fp32, data on GPU"})
-    return rows
+    return step_rows(work, quick, torch.device("cuda"), GPU_VARIANTS, "gpu")
 
 
 SECTIONS = {"data": bench_data, "steps": bench_steps, "target": bench_target, "gpu": bench_gpu}

@@ -20,8 +20,11 @@ def test_quick_benchmarks_write_a_table_of_ratios(tmp_path):
     groups = {r["group"] for r in rows}
     assert groups == {"data", "steps"}
     assert all(r["value"] > 0 and r["ratio"] > 0 for r in rows)
-    baselines = [r for r in rows if r["ratio"] == 1.0]
-    assert len(baselines) >= 5  # torchvision at 28/96 px, and a plain loop per step model
+    baselines = [r["row"] for r in rows if r["ratio"] == 1.0]
+    assert len(baselines) == 6  # torchvision at 28/96 px, and a plain loop per step model
+    engine_rows = [r["row"] for r in rows if r["group"] == "steps" and r["row"].endswith(": engine")]
+    assert len(engine_rows) == 4 and any(row.startswith("DCGAN 256 px") for row in engine_rows)
+    assert sum("memory-mapped" in r["row"] for r in rows) == 2
     assert "| steps |" in (out / "benchmarks.md").read_text()
 
 
