@@ -48,6 +48,9 @@ class EngineStep:
 
     step = Trainer.step
     autocast = Trainer.autocast
+    # the optimizers here are torch's own and backward is loss.backward: what the Trainer's
+    # direct path runs, reached through its general branch (there is no accelerate wrapper)
+    direct_steps = False
 
     def __init__(self, size: int, channels: int, latent: int, device: torch.device, precision: str,
                  channels_last: bool, seed: int = 0) -> None:

@@ -16,6 +16,7 @@ import re
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -23,14 +24,14 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from hpclab.config import kwargs_of
 from hpclab.data.loader import Data
 from hpclab.tasks import TASKS
-from hpclab.utils import atomic_path, atomic_write_text, under_slurm
+from hpclab.utils import atomic_path, atomic_write_text, read_jsonl, under_slurm
 
 log = logging.getLogger("hpclab")
 
@@ -234,6 +235,14 @@ class Trainer:
             if t.compile:
                 model = torch.compile(model)
             self.models[name] = model
+        # accelerate's optimizer wrapper and backward cost ~0.3 ms on every step (the wrapper
+        # probes for the lomo_optim package twice per step; backward divides the loss by the
+        # accumulation steps). They are needed only for a loss scaler (fp16), DeepSpeed/Megatron
+        # or gradient accumulation; without those the step calls torch directly (DDP's gradient
+        # hooks run either way).
+        acc = self.accelerator
+        self.direct_steps = (acc.scaler is None and acc.gradient_accumulation_steps == 1 and acc.distributed_type in
+                             (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU))
         self.step_count = 0
         self.best: dict[str, Any] = {"value": None, "step": None}
         self.stopped: Optional[str] = None
@@ -250,8 +259,13 @@ class Trainer:
     def step(self, loss: torch.Tensor, name: str, retain_graph: bool = False) -> None:
         """Backward, clip, optimizer and scheduler step for model ``name``."""
         opt = self.optimizers[name]
-        opt.zero_grad(set_to_none=True)
-        self.accelerator.backward(loss, retain_graph=retain_graph)
+        if self.direct_steps:
+            opt = opt.optimizer  # the torch optimizer inside accelerate's wrapper
+            opt.zero_grad(set_to_none=True)
+            loss.backward(retain_graph=retain_graph)
+        else:
+            opt.zero_grad(set_to_none=True)
+            self.accelerator.backward(loss, retain_graph=retain_graph)
         if self.cfg.train.grad_clip:
             self.accelerator.clip_grad_norm_(self.models[name].parameters(), self.cfg.train.grad_clip)
         opt.step()
@@ -285,32 +299,39 @@ class Trainer:
 
         batch = next(self.data.batches(split, train=False).epoch(0))
         batch = {k: v[:16] for k, v in batch.items()}
-        self._eval_mode(True)
-        grids = self.task.images(self.models, batch, self._eval_generator())
-        self._eval_mode(False)
+        with self.evaluating():
+            grids = self.task.images(self.models, batch, self.eval_generator())
         for name, images in grids.items():
             grid = torchvision.utils.make_grid(images.float().clamp(0, 1).cpu(), nrow=8)
             self.writer.add_image(f"images/{name}", grid, self.step_count)
 
     # ---- evaluation
-    def _eval_generator(self) -> torch.Generator:
+    def eval_generator(self) -> torch.Generator:
+        """A freshly seeded generator on the device: evaluation noise and masks are the same at
+        every evaluation and in every analysis, so numbers compare across epochs and runs."""
         return torch.Generator(device=self.device).manual_seed(1234)
 
-    def _eval_mode(self, on: bool) -> None:
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """All models in evaluation mode (dropout off, batch-norm running statistics) inside
+        the block, and in training mode again after it, also when the block raises."""
         for model in self.models.values():
-            model.train(not on)
+            model.eval()
+        try:
+            yield
+        finally:
+            for model in self.models.values():
+                model.train()
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
         """Metrics of ``split`` with the parameters fixed: sums over all batches, divided once."""
-        self._eval_mode(True)
-        gen = self._eval_generator()
+        gen = self.eval_generator()
         totals: dict[str, torch.Tensor] = {}
-        with self.autocast():
+        with self.evaluating(), self.autocast():
             for batch in self.data.batches(split, train=False).epoch(0):
                 for k, v in self.task.eval_step(self.models, batch, gen).items():
                     totals[k] = totals[k] + v if k in totals else v.clone()
-        self._eval_mode(False)
         return _reduce(totals)
 
     # ---- checkpoints
@@ -357,9 +378,8 @@ class Trainer:
         return True
 
     def resume(self) -> bool:
-        """Load the newest readable checkpoint; a corrupt one is reported and skipped."""
-        if self.cfg.train.resume == "never":
-            return False
+        """Load the newest readable checkpoint; a corrupt one is reported and skipped. (``fit``
+        calls it unless ``train.resume=never``; analyses of a finished run call it always.)"""
         for path in checkpoints(self.ckpt_dir):
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
@@ -388,9 +408,8 @@ class Trainer:
         """Drop metric lines written after the checkpoint we resume from (they will be redone)."""
         if not self.is_main or not self._metrics_file.is_file():
             return
-        kept = [line for line in self._metrics_file.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= self.step_count]
-        atomic_write_text(self._metrics_file, "".join(line + "\n" for line in kept))
+        kept = [r for r in read_jsonl(self._metrics_file) if r["step"] <= self.step_count]
+        atomic_write_text(self._metrics_file, "".join(json.dumps(r) + "\n" for r in kept))
 
     # ---- the loop
     def _progress(self):
@@ -434,7 +453,8 @@ class Trainer:
         """Train to the end (or early stop), resuming first; return the final metrics."""
         t = self.cfg.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.resume()
+        if t.resume != "never":
+            self.resume()
         self.signals.install()
         bar = self._progress()
         running: dict[str, torch.Tensor] = {}

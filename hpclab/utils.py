@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import socket
@@ -50,6 +51,21 @@ def write_json(path: Path | str, obj: Any) -> None:
 
 def read_json(path: Path | str) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
+    """The records of a JSON-lines log. Lines are appended, so a kill can cut the last one
+    short; an unreadable line is skipped with a warning instead of making the log unusable."""
+    records = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            logging.getLogger("hpclab").warning("%s:%d: skipping an unreadable line (cut short by a kill?)",
+                                                path, number)
+    return records
 
 
 def git_commit() -> str | None:

@@ -13,15 +13,13 @@ Loads the run's config and its best weights (else the newest checkpoint), runs t
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from hpclab.launch.cli import main_guard
+from hpclab.launch.cli import doc_parser, main_guard
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = doc_parser(__doc__)
     parser.add_argument("run_dir", type=Path, help="a run folder holding config.yaml and checkpoints/")
     parser.add_argument("--count", type=int, default=4, help="number of images (default 4)")
     parser.add_argument("--split", default="test", help="split to take the images from (default test)")
@@ -31,29 +29,12 @@ def main(argv: list[str]) -> int:
     if args.count < 1 or args.channels < 1:
         parser.error("--count and --channels must be >= 1")
 
-    import torch
-
     from hpclab.analysis.activations import save_activations
-    from hpclab.config import ConfigError, load_yaml
-    from hpclab.engine import Trainer, checkpoints
+    from hpclab.launch.analyze import trained
 
-    config = args.run_dir / "config.yaml"
-    if not config.is_file():
-        raise ConfigError(f"{config} missing: give a run folder (results/<group>/<run>)")
-    cfg = load_yaml(config)
-    trainer = Trainer(cfg, args.run_dir)
-    try:
-        if not trainer.load_best():
-            found = checkpoints(trainer.ckpt_dir)
-            if not found:
-                raise ConfigError(f"{args.run_dir} has no trained weights (checkpoints/ is empty); train it first")
-            state = torch.load(found[0], map_location="cpu", weights_only=True)
-            for name in trainer.models:
-                trainer.unwrap(name).load_state_dict(state["models"][name])
+    with trained(args.run_dir) as trainer:
         result = save_activations(trainer, args.out or args.run_dir / "figures", count=args.count, split=args.split,
                                   max_channels=args.channels)
-    finally:
-        trainer.close()
     print(f"{len(result['files'])} layer grids ({', '.join(result['layers'])}) in {result['folder']}")
     return 0
 

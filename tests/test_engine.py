@@ -95,6 +95,28 @@ def test_runs_of_different_precision_in_one_process(digits):
         assert f"mixed precision {precision}" in log
 
 
+def test_a_metrics_line_cut_short_by_a_kill_does_not_stop_the_resume(digits):
+    cfg = compose(DIGITS_RUN + ["train.max_steps=20", "train.checkpoint_every=10"])
+    train_run(cfg)
+    run_dir = run_dir_of(cfg)
+    (run_dir / "summary.json").unlink()  # as if killed after the last checkpoint
+    with open(run_dir / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 21, "epoch": 1.3, "spl')  # a write cut short
+    summary = train_run(cfg)
+    assert summary["steps"] == 20
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records and all(r["step"] <= 20 for r in records)
+
+
+def test_a_run_trained_with_resume_never_can_be_analysed_again(digits):
+    cfg = compose(DIGITS_RUN + ["train.max_steps=10", "train.resume=never", "analysis=[]"])
+    train_run(cfg)
+    run_dir = run_dir_of(cfg)
+    run_cli("analyze.py", str(run_dir), "examples", "count=3", cwd=digits)
+    assert (run_dir / "figures" / "examples_test.png").is_file()
+    assert "examples" in json.loads((run_dir / "summary.json").read_text())["analyses"]
+
+
 class _Boom:
     def __reduce__(self):
         return (os.system, ("touch pwned",))

@@ -265,7 +265,7 @@ def test_activations_and_compare_commands(cifar_runs: Path):
     out = run_cli("compare_runs.py", str(other), str(run), "--metrics", "loss,val/acc", cwd=cifar_runs, env=env)
     assert Path(out.stdout.strip()).name == "compare.png" and Path(out.stdout.strip()).is_file()
     bad = run_cli("activations.py", str(cifar_runs / "nowhere"), cwd=cifar_runs, env=env, check=False)
-    assert bad.returncode == 2 and "config.yaml missing" in bad.stderr
+    assert bad.returncode == 2 and "is not a run folder (no config.yaml)" in bad.stderr
 
 
 def test_super_resolution_factor_4_from_config(cifar_runs: Path, monkeypatch: pytest.MonkeyPatch):

@@ -98,11 +98,8 @@ def save_activations(trainer: Any, out_dir: Path, count: int = 4, split: str = "
     net = trainer.unwrap(model)
     batch = first_batch(trainer, split, count)
     x = network_input(trainer, batch)
-    trainer._eval_mode(True)
-    try:
+    with trainer.evaluating():
         outputs = record_activations(net, x)
-    finally:
-        trainer._eval_mode(False)
     folder = Path(out_dir) / "activations"
     files = []
     for i, (name, maps) in enumerate(outputs.items(), 1):

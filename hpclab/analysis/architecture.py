@@ -158,8 +158,7 @@ def arch_graph(trainer: Any, out_dir: Path, model: str = "model", png: bool = Tr
     one-line conv summary for the result tables."""
     net = trainer.unwrap(model)
     x = example_input(trainer)
-    trainer._eval_mode(True)
-    try:
+    with trainer.evaluating():
         try:
             nodes, edges = fx_graph(net)
             how = "torch.fx"
@@ -186,6 +185,4 @@ def arch_graph(trainer: Any, out_dir: Path, model: str = "model", png: bool = Tr
                 out["onnx"] = str(onnx_path)
             except Exception as exc:  # exporter extras (onnxscript) missing, unsupported op
                 log.warning("ONNX export of %s failed: %s", type(net).__name__, str(exc).splitlines()[0] if str(exc) else exc)
-    finally:
-        trainer._eval_mode(False)
     return out

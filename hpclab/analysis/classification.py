@@ -15,7 +15,6 @@ analysis with ``metrics: [loss, acc]``.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -25,8 +24,8 @@ from omegaconf import OmegaConf
 
 from hpclab.analysis import ANALYSES
 from hpclab.analysis.architecture import conv_summary
-from hpclab.analysis.figures import save_figure
-from hpclab.analysis.report import to_csv, to_markdown
+from hpclab.analysis.figures import available_split, save_figure
+from hpclab.analysis.report import final_metrics, to_csv, to_markdown
 from hpclab.utils import atomic_write_text, read_json, write_json
 
 ROW_FILE = "results_row.json"
@@ -42,15 +41,12 @@ def reconstruction_grid(trainer: Any, out_dir: Path, split: str = "test", count:
     reconstruction) pairs in a grid of ``columns`` pairs per row; per-image MSE in the titles."""
     import matplotlib.pyplot as plt
 
-    split = split if trainer.data.has(split) else "val"
+    split = available_split(trainer, split)
     n = len(trainer.data.indices[split])
     picks = np.sort(np.random.default_rng(seed).choice(n, size=min(count, n), replace=False))
     batch = {k: v.to(trainer.device) for k, v in trainer.data.split(split)[picks].items()}
-    trainer._eval_mode(True)
-    try:
-        shown = trainer.task.images(trainer.models, batch, trainer._eval_generator())
-    finally:
-        trainer._eval_mode(False)
+    with trainer.evaluating():
+        shown = trainer.task.images(trainer.models, batch, trainer.eval_generator())
     if "output" not in shown or "target" not in shown:
         raise ValueError(f"reconstruction_grid needs a task whose images() gives output and target "
                          f"(task {trainer.cfg.task.name} gives {', '.join(shown) or 'none'})")
@@ -74,18 +70,6 @@ def reconstruction_grid(trainer: Any, out_dir: Path, split: str = "test", count:
 
 
 # --------------------------------------------------------------------------- results table
-
-def final_metrics(run_dir: Path) -> dict[str, float]:
-    """``{split/metric: value}`` of the final evaluations (best weights) in metrics.jsonl."""
-    out: dict[str, float] = {}
-    path = run_dir / "metrics.jsonl"
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        record = json.loads(line)
-        if record["split"].startswith("final_"):
-            split = record["split"][len("final_"):]
-            out.update({f"{split}/{k}": v for k, v in record.items() if k not in ("step", "epoch", "split")})
-    return out
-
 
 def model_label(model_cfg: dict[str, Any]) -> str:
     """The registered model name plus the options that tell variants apart."""

@@ -7,33 +7,22 @@ under the run's ``figures/`` and returns the numbers that go into ``summary.json
 from __future__ import annotations
 
 import copy
-import json
 import math
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
 from hpclab.analysis import ANALYSES
 from hpclab.analysis.figures import plt, save_figure
+from hpclab.analysis.report import read_metrics
 from hpclab.data.transforms import to_float
 from hpclab.tasks.gan import to_unit
 from hpclab.utils import atomic_path, atomic_write_text, write_json
 
 
 # --------------------------------------------------------------------------- helpers
-
-@contextmanager
-def eval_mode(trainer: Any) -> Iterator[None]:
-    """All models in evaluation mode inside the block, back to training mode after it."""
-    trainer._eval_mode(True)
-    try:
-        yield
-    finally:
-        trainer._eval_mode(False)
-
 
 def gan_task(trainer: Any):
     from hpclab.tasks.gan import GAN
@@ -47,7 +36,7 @@ def gan_task(trainer: Any):
 def generate(trainer: Any, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Images in [0, 1] (on the CPU) of latents ``z`` with the generator in evaluation mode."""
     G = trainer.unwrap("generator")
-    with eval_mode(trainer):
+    with trainer.evaluating():
         return torch.cat([to_unit(G(z[i : i + batch_size])).cpu() for i in range(0, len(z), batch_size)])
 
 
@@ -82,13 +71,6 @@ def save_npy(array: np.ndarray, path: Path) -> Path:
         with open(tmp, "wb") as fh:
             np.save(fh, array)
     return path
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 # --------------------------------------------------------------------------- curves
@@ -280,7 +262,7 @@ def gan_favourites(trainer: Any, out_dir: Path, candidates: int = 64, count: int
     z = task.fixed_latents(trainer.device, n=candidates, seed=seed)
     images = generate(trainer, z)
     D = trainer.unwrap("discriminator")
-    with torch.no_grad(), eval_mode(trainer):
+    with torch.no_grad(), trainer.evaluating():
         scores = D((images * 2 - 1).to(trainer.device)).float().cpu()
     if indices is None:
         picks = torch.argsort(scores, descending=True)[:count].tolist()

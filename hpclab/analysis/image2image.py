@@ -17,7 +17,6 @@ analysis, whose rows are the task's ``images``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -30,8 +29,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from hpclab.analysis import ANALYSES  # noqa: E402
-from hpclab.analysis.figures import save_figure  # noqa: E402
-from hpclab.analysis.report import to_csv, to_markdown  # noqa: E402
+from hpclab.analysis.figures import available_split, save_figure  # noqa: E402
+from hpclab.analysis.report import final_metrics, read_metrics, to_csv, to_markdown  # noqa: E402
 from hpclab.data.transforms import to_float  # noqa: E402
 from hpclab.models.conv import Conv2d  # noqa: E402
 from hpclab.utils import atomic_write_text  # noqa: E402
@@ -40,18 +39,15 @@ from hpclab.utils import atomic_write_text  # noqa: E402
 # --------------------------------------------------------------------------- helpers
 
 def first_batch(trainer: Any, split: str, count: Optional[int] = None) -> dict[str, torch.Tensor]:
-    """The first evaluation batch of ``split`` (falling back to val/train), cut to ``count``."""
-    for name in (split, "val", "test", "train"):
-        if trainer.data.has(name):
-            batch = next(trainer.data.batches(name, train=False).epoch(0))
-            return {k: v[:count] for k, v in batch.items()} if count else batch
-    raise ValueError("no split with data to draw examples from")
+    """The first evaluation batch of ``split`` (see ``available_split``), cut to ``count``."""
+    batch = next(trainer.data.batches(available_split(trainer, split), train=False).epoch(0))
+    return {k: v[:count] for k, v in batch.items()} if count else batch
 
 
 def network_input(trainer: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """What the task feeds the network for ``batch`` (plain float images for generic tasks)."""
     fn = getattr(trainer.task, "model_input", None)
-    return fn(batch, trainer._eval_generator()) if fn else to_float(batch["images"])
+    return fn(batch, trainer.eval_generator()) if fn else to_float(batch["images"])
 
 
 def write_table(header: list[str], body: list[list[Any]], base: Path, title: str = "") -> dict[str, str]:
@@ -132,9 +128,8 @@ def layer_table(trainer: Any, out_dir: Path, model: str = "model", split: str = 
     """The layers of the network as a table: layer count, filter sizes, numbers of filters."""
     net = trainer.unwrap(model)
     batch = first_batch(trainer, split, count=2)
-    trainer._eval_mode(True)
-    rows = layer_rows(net, network_input(trainer, batch))
-    trainer._eval_mode(False)
+    with trainer.evaluating():
+        rows = layer_rows(net, network_input(trainer, batch))
     convs = [r for r in rows if r["filters"] is not None]
     header = ["#", "name", "layer", "in", "filters", "kernel", "stride", "padding", "dilation", "output", "params"]
     body = [[i, r["name"], r["layer"], r.get("in"), r["filters"], r["kernel"], r["stride"], r["padding"],
@@ -148,26 +143,13 @@ def layer_table(trainer: Any, out_dir: Path, model: str = "model", split: str = 
 
 # --------------------------------------------------------------------------- metric tables
 
-def final_metrics(trainer: Any, split: str) -> dict[str, float]:
-    """The metrics the engine already computed on ``split`` with the best weights (its
-    ``final_<split>`` line in metrics.jsonl), so tables need no second pass over the data."""
-    path = Path(trainer.run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return {}
-    found: dict[str, float] = {}
-    for line in path.read_text().splitlines():
-        record = json.loads(line) if line.strip() else {}
-        if record.get("split") == f"final_{split}":
-            found = {k: v for k, v in record.items() if k not in ("step", "epoch", "split")}
-    return found
-
-
 @ANALYSES.register("image_metrics")
 def image_metrics(trainer: Any, out_dir: Path, split: str = "test") -> dict[str, Any]:
     """Table of the network's metrics on ``split`` next to the task's baseline (if any)."""
     if not trainer.data.has(split):
         return {}
-    values = final_metrics(trainer, split) or trainer.evaluate(split)
+    values = {k.split("/", 1)[1]: v for k, v in final_metrics(trainer.run_dir).items()
+              if k.startswith(f"{split}/")} or trainer.evaluate(split)
     baseline = getattr(trainer.task, "baseline_name", None)
     rows: dict[str, dict[str, float]] = {"network": {}}
     for key, value in values.items():
@@ -201,15 +183,14 @@ def other_sizes(trainer: Any, out_dir: Path, sizes: Sequence[int] = (24, 48), sp
     each of ``sizes`` (and to the trained size, for reference); a table plus example rows."""
     from hpclab.engine import _reduce
 
-    split = split if trainer.data.has(split) else "val"
+    split = available_split(trainer, split)
     trained = trainer.data.info.image_size
     results: dict[int, dict[str, float]] = {}
     shown: dict[str, torch.Tensor] = {}
-    trainer._eval_mode(True)
-    try:
+    with trainer.evaluating():
         for size in [trained, *[int(s) for s in sizes if int(s) != trained]]:
             totals: dict[str, torch.Tensor] = {}
-            gen = trainer._eval_generator()
+            gen = trainer.eval_generator()
             seen = 0
             with torch.no_grad(), trainer.autocast():
                 for batch in trainer.data.batches(split, train=False).epoch(0):
@@ -221,10 +202,8 @@ def other_sizes(trainer: Any, out_dir: Path, sizes: Sequence[int] = (24, 48), sp
                         break
             results[size] = _reduce(totals)
             rows = trainer.task.images(trainer.models, _resize_batch(first_batch(trainer, split, count), size),
-                                       trainer._eval_generator())
+                                       trainer.eval_generator())
             shown.update({f"{size}px {name}": images for name, images in rows.items()})
-    finally:
-        trainer._eval_mode(False)
     figure = strip_rows(shown, out_dir / f"other_sizes_{split}_examples.png",
                         title=f"{trainer.cfg.run_name}: trained at {trained}x{trained}") if shown else None
     columns = sorted({k for r in results.values() for k in r}, key=lambda k: (k not in ("mse", "psnr"), k))
@@ -255,9 +234,8 @@ def seg_overlays(trainer: Any, out_dir: Path, split: str = "test", count: int = 
     has = (batch["masks"].flatten(1).amax(1) > 0).cpu()
     order = torch.argsort((~has).to(torch.int64), stable=True)[:count]
     batch = {k: v[order.to(v.device)] for k, v in batch.items()}
-    trainer._eval_mode(True)
-    rows = trainer.task.images(trainer.models, batch, trainer._eval_generator())
-    trainer._eval_mode(False)
+    with trainer.evaluating():
+        rows = trainer.task.images(trainer.models, batch, trainer.eval_generator())
     scan, truth, pred = rows["scan"].float().cpu(), rows["truth"].float().cpu(), rows["prediction"].float().cpu()
     dice, iou = overlap_scores(pred, truth, getattr(trainer.task, "eps", 1e-6))
     panels = {"scan": scan, "truth": overlay(scan, truth, (1.0, 0.1, 0.1)), "prediction": overlay(scan, pred, (0.1, 1.0, 0.2))}
@@ -280,13 +258,6 @@ def seg_overlays(trainer: Any, out_dir: Path, split: str = "test", count: int = 
 
 
 # --------------------------------------------------------------------------- curves
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} missing (is {run_dir} a run folder?)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
 
 def plot_curves(runs: Mapping[str, Path], metrics: Sequence[str], path: Path, title: str = "") -> Path:
     """One panel per metric; per run the training (``fit``, dashed) and evaluation splits

@@ -52,8 +52,7 @@ def encode_split(trainer: Any, split: str, limit: Optional[int] = None, seed: in
         wanted = np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
     codes, labels, images = [], [], []
     offset = 0
-    trainer._eval_mode(True)
-    try:
+    with trainer.evaluating():
         for batch in trainer.data.batches(split, train=False).epoch(0):
             size = len(batch["images"])
             if wanted is not None:
@@ -68,8 +67,6 @@ def encode_split(trainer: Any, split: str, limit: Optional[int] = None, seed: in
             labels.append(batch["labels"].cpu())
             if keep_images:
                 images.append(x.flatten(1).cpu())
-    finally:
-        trainer._eval_mode(False)
     out = {"codes": torch.cat(codes).numpy(), "labels": torch.cat(labels).numpy()}
     if keep_images:
         out["images"] = torch.cat(images).numpy()
@@ -250,8 +247,7 @@ def latent_grid(trainer: Any, out_dir: Path, steps: int = 12, split: str = "trai
     rows = axes[0]
     cols = axes[1] if dim >= 2 else np.zeros(1)
     figures = []
-    trainer._eval_mode(True)
-    try:
+    with trainer.evaluating():
         for k, z3 in enumerate(pages):
             z = np.tile(mean, (len(rows) * len(cols), 1)).astype(np.float32)
             z[:, 0] = np.repeat(rows, len(cols))
@@ -263,8 +259,6 @@ def latent_grid(trainer: Any, out_dir: Path, steps: int = 12, split: str = "trai
             title = f"z3 = {z3:.3g}" if z3 is not None else "decoded latent grid"
             figures.append(_grid_figure(images, len(cols), rows, cols, title, out_dir / f"latent_grid_{k:02d}.png"))
             _to_tensorboard(trainer, f"latent_grid/{k:02d}", images, nrow=len(cols))
-    finally:
-        trainer._eval_mode(False)
     return {"figures": len(figures), "range": [[float(a), float(b)] for a, b in zip(lo, hi)],
             "files": [str(f) for f in figures]}
 
@@ -327,9 +321,8 @@ def class_reconstructions(trainer: Any, out_dir: Path, split: str = "test") -> d
             break
     classes = sorted(found)
     batch = {k: torch.cat([found[c][k] for c in classes]) for k in found[classes[0]]}
-    trainer._eval_mode(True)
-    shown = trainer.task.images(trainer.models, batch, trainer._eval_generator())
-    trainer._eval_mode(False)
+    with trainer.evaluating():
+        shown = trainer.task.images(trainer.models, batch, trainer.eval_generator())
     labels = {"target": f"{split} image", "input": "noisy input", "output": "reconstruction"}
     rows = {labels[k]: shown[k] for k in ("target", "input", "output") if k in shown}
     mse = (shown["output"].float() - shown["target"].float()).pow(2).flatten(1).mean(1).cpu().tolist()
@@ -349,12 +342,9 @@ def inputs_over_encodings(trainer: Any, out_dir: Path, count: int = 10, split: s
     _require(model, "encode", "inputs_over_encodings")
     batch = next(trainer.data.batches(split, train=False).epoch(0))
     x = to_float(batch["images"][:count])
-    trainer._eval_mode(True)
-    try:
+    with trainer.evaluating():
         codes = model.encode(x).flatten(1).float()
         out = model(x).float().clamp(0, 1)
-    finally:
-        trainer._eval_mode(False)
     dim = codes.shape[1]
     h = max(d for d in range(1, int(math.isqrt(dim)) + 1) if dim % d == 0)
     span = (codes.max() - codes.min()).clamp_min(1e-8)

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 from omegaconf import OmegaConf
 
-from hpclab.utils import atomic_write_text, read_json
+from hpclab.utils import atomic_write_text, read_json, read_jsonl
 
 log = logging.getLogger("hpclab")
 
@@ -38,6 +38,25 @@ def metric_of(summary: dict[str, Any], name: str) -> Any:
             return None
         value = value[part]
     return value
+
+
+def read_metrics(run_dir: Path | str) -> list[dict[str, Any]]:
+    """The records of a run's metrics.jsonl: training logs, evaluations, final evaluations."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing (is {run_dir} a run folder?)")
+    return read_jsonl(path)
+
+
+def final_metrics(run_dir: Path | str) -> dict[str, float]:
+    """``{split/metric: value}`` of the engine's final evaluations (best weights) in
+    metrics.jsonl, so analyses need no second pass over the data; {} before there are any."""
+    out: dict[str, float] = {}
+    for record in read_metrics(run_dir) if (Path(run_dir) / "metrics.jsonl").is_file() else []:
+        split = record["split"]
+        if split.startswith("final_"):
+            out.update({f"{split[len('final_'):]}/{k}": v for k, v in record.items() if k not in ("step", "epoch", "split")})
+    return out
 
 
 def _number(value: Any) -> Any:
