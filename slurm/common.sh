@@ -58,7 +58,14 @@ if [ -n "${HPCLAB_IMAGE:-}" ]; then
   mkdir -p "$HPCLAB_RESULTS" "$HPCLAB_CACHE"
   HPCLAB_EXEC=(apptainer exec)
   [ "${SLURM_GPUS_ON_NODE:-0}" != 0 ] && HPCLAB_EXEC+=(--nv)
-  for dir in "$HPCLAB_DATA" "$HPCLAB_RESULTS" "$HPCLAB_CACHE"; do HPCLAB_EXEC+=(--bind "$dir"); done
+  # the same binds as hpclab/launch/container.py (exec_prefix; a parity test holds them equal):
+  # the three folders, less one inside another (the cache, by default, is inside data)
+  for dir in "$HPCLAB_DATA" "$HPCLAB_RESULTS" "$HPCLAB_CACHE"; do
+    if [[ "$dir" == "$HPCLAB_DATA" || "$dir" == "$HPCLAB_RESULTS" ||
+          ( "$dir" != "$HPCLAB_DATA"/* && "$dir" != "$HPCLAB_RESULTS"/* ) ]]; then
+      HPCLAB_EXEC+=(--bind "$dir")
+    fi
+  done
   IFS=, read -r -a extra_binds <<<"${HPCLAB_BINDS:-}"
   for bind in "${extra_binds[@]}"; do [ -n "$bind" ] && HPCLAB_EXEC+=(--bind "$bind"); done
   HPCLAB_EXEC+=(--env "HPCLAB_DATA=$HPCLAB_DATA" --env "HPCLAB_RESULTS=$HPCLAB_RESULTS"

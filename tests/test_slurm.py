@@ -152,9 +152,14 @@ def test_sbatch_script_header_and_command_lines(script, tmp_path):
     # With an image: apptainer exec --nv (GPUs allocated), data/results/cache bound at their paths.
     boxed = subprocess.run(["bash", str(REPO / "slurm" / script)], env={**env, "HPCLAB_IMAGE": str(image)},
                            capture_output=True, text=True, timeout=60, cwd=tmp_path).stdout
-    prefix = (f"'apptainer' 'exec' '--nv' '--bind' '{tmp_path}/data' '--bind' '{tmp_path}/results' "
-              f"'--bind' '{tmp_path}/data/cache'")
+    prefix = f"'apptainer' 'exec' '--nv' '--bind' '{tmp_path}/data' '--bind' '{tmp_path}/results' '--env'"
     assert prefix in boxed and f"'{image}' 'python' '-m' 'hpclab.launch.task'" in boxed
+    # ... exactly the prefix the launcher's submitit tasks use (hpclab/launch/container.py)
+    from hpclab.launch.container import exec_prefix
+
+    launcher = exec_prefix({"image": str(image), "gpus_per_node": 2},
+                           {k: tmp_path / p for k, p in (("data", "data"), ("results", "results"), ("cache", "data/cache"))})
+    assert " ".join(f"'{arg}'" for arg in launcher) + " 'python'" in boxed
 
 
 def test_array_script_covers_every_run_of_its_sweep():
@@ -162,6 +167,16 @@ def test_array_script_covers_every_run_of_its_sweep():
 
     runs = len(plan(["sweep=resnet_transfer"]).runs)
     assert sbatch_header("resnet_transfer.sh")["--array"].split("%")[0] == f"0-{runs - 1}"
+
+
+def test_damaged_submission_record_stops_status_with_its_name(workdir):
+    record = workdir / "results" / "ae_latent" / "submissions.json"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"latent_dim-2": {"job_id": "12_0"')  # hand-edited and cut off
+    proc = run_cli("launch.py", "status", "sweep=ae_latent", cwd=workdir, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert f"{record} is not readable JSON" in proc.stderr
+    assert record.read_text() == '{"latent_dim-2": {"job_id": "12_0"'
 
 
 # --------------------------------------------------------------------------- (1) submitit array

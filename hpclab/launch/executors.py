@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from hpclab.config import ConfigError
 from hpclab.launch import container
 from hpclab.launch.job import TrainJob, is_complete, run_dir_of, train_local_processes, train_run
 from hpclab.launch.slurm import read_record
@@ -147,8 +148,18 @@ def submit_slurm(plan: Plan) -> list[str]:
 
 
 def _load_submissions(plan: Plan) -> dict[str, Any]:
+    """run name -> job id, log and run folder of earlier submissions of this sweep. A damaged
+    file stops with its name rather than being overwritten (it holds the only job ids)."""
     path = group_dir(plan) / "submissions.json"
-    return read_json(path) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        record = read_json(path)
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not readable JSON ({exc}); repair it or move it away") from None
+    if not isinstance(record, dict):
+        raise ConfigError(f"{path} should hold a JSON object of run name -> job; repair it or move it away")
+    return record
 
 
 # --------------------------------------------------------------------------- status
