@@ -24,9 +24,10 @@ META_FILE = "batches.meta"
 def batches_dir(directory: Path) -> Path:
     """``directory`` itself or its ``cifar-10-batches-py`` child (torchvision's root layout)."""
     for candidate in (Path(directory), Path(directory) / SUBDIR):
-        if all((candidate / name).is_file() for names in SPLIT_FILES.values() for name in names):
+        if all((candidate / name).is_file() for names in SPLIT_FILES.values() for name in names + [META_FILE]):
             return candidate
-    raise SourceMissing(f"{directory} has no CIFAR-10 python batches ({SUBDIR}/data_batch_1..5, test_batch)")
+    raise SourceMissing(f"{directory} has no CIFAR-10 python batches ({SUBDIR}/data_batch_1..5, test_batch, "
+                        f"{META_FILE})")
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -73,10 +74,11 @@ def read_cifar10(directory: Path, cfg: object = None) -> Staged:
         splits[split] = {"images": np.concatenate([p[0] for p in parts]),
                          "labels": np.concatenate([p[1] for p in parts])}
         inputs += [root / name for name in names]
-    meta = load_pickle(root / META_FILE) if (root / META_FILE).is_file() else {}
-    class_names = [str(n) for n in meta.get("label_names", [])] or [str(i) for i in range(10)]
-    if meta:
-        inputs.append(root / META_FILE)
+    meta = load_pickle(root / META_FILE)
+    class_names = [str(n) for n in meta.get("label_names", [])]
+    if len(class_names) != 10:
+        raise ValueError(f"{root / META_FILE}: expected 10 label_names, got {len(class_names)}")
+    inputs.append(root / META_FILE)
     return Staged(splits=splits, class_names=class_names, inputs=inputs, source=str(root))
 
 
