@@ -13,15 +13,13 @@ common parent folder of the runs.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from hpclab.launch.cli import main_guard
+from hpclab.launch.cli import doc_parser, main_guard
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = doc_parser(__doc__)
     parser.add_argument("runs", nargs="+", type=Path, help="run folders holding metrics.jsonl")
     parser.add_argument("--metrics", default="loss", help="comma-separated metrics (default: loss)")
     parser.add_argument("--out", type=Path, help="output PNG (default: <common parent>/compare.png)")

@@ -10,16 +10,14 @@ usage: python jobs/make_phantoms.py OUT_DIR [--count N] [--size 240] [--seed 0] 
 
 from __future__ import annotations
 
-import argparse
 
-from hpclab.launch.cli import main_guard
+from hpclab.launch.cli import doc_parser, main_guard
 
 
 def main(argv: list[str]) -> int:
     from hpclab.data.phantoms import LAYOUTS, write_phantoms
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = doc_parser(__doc__)
     parser.add_argument("out_dir", help="folder to write (images/ + masks/, or one folder per case)")
     parser.add_argument("--count", type=int, default=100, help="number of slices (default 100)")
     parser.add_argument("--size", type=int, default=240, help="side in pixels (default 240)")

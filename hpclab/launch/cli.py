@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from typing import Callable
@@ -18,6 +19,13 @@ def groups_help() -> str:
     for group in ("experiment", "sweep", "data", "model", "task", "cluster", "preset"):
         lines.append(f"  {group + '=':<12} {', '.join(group_options(group))}")
     return "\n".join(lines)
+
+
+def doc_parser(doc: str) -> argparse.ArgumentParser:
+    """An argument parser whose help is a script's docstring: the first line as description,
+    the rest (usage examples) verbatim after the options."""
+    return argparse.ArgumentParser(description=doc.splitlines()[0], epilog=doc.split("\n\n", 1)[1],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -40,4 +48,6 @@ def main_guard(main: Callable[[list[str]], int]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
+    except BrokenPipeError:  # output piped into head & co.
+        code = 0
     sys.exit(code)

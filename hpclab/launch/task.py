@@ -1,13 +1,18 @@
-"""One run of an experiment or sweep, in this process: what every task of the sbatch scripts runs.
+"""Run ONE run of an experiment or sweep in this process (what each SLURM task of slurm/*.sh runs).
 
-    python -m hpclab.launch.task experiment=dcgan train.epochs=5     (= python jobs/run.py ...)
-    python -m hpclab.launch.task sweep=resnet_transfer task_index=3  # run 3 (0-based) of the sweep
-    python -m hpclab.launch.task sweep=resnet_transfer --check       # validate and name the run only
+usage: python jobs/run.py [task_index=N] [--check] [key=value ...]
+       (the same: python -m hpclab.launch.task ..., as the container's tasks call it)
 
-In a job array the index defaults to $SLURM_ARRAY_TASK_ID, so array task i runs run i of the
+  python jobs/run.py experiment=ae_latent preset=smoke           # the experiment's single run
+  python jobs/run.py sweep=ae_latent preset=smoke task_index=1   # run 1 (0-based) of the sweep
+  python jobs/run.py sweep=ae_latent --check                     # validate, print the run, exit
+
+In a job array task_index defaults to $SLURM_ARRAY_TASK_ID, so array task i runs run i of the
 sweep in the order ``jobs/launch.py ... dry_run=true`` lists them, into the same
 ``results/<group>/<run>/`` folders as ``jobs/launch.py ... cluster=slurm``. Ranks come from
 RANK/LOCAL_RANK/WORLD_SIZE (exported per task by slurm/common.sh) or from SLURM's variables.
+Under SLURM a pre-timeout SIGUSR2 checkpoints and requeues the job; a requeued job resumes
+from its checkpoint.
 """
 
 from __future__ import annotations
