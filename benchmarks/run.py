@@ -302,7 +302,7 @@ class StepModel:
     """One step-throughput row: the experiment as the engine runs it, and the plain loop's step."""
 
     overrides: list[str]
-    batch: int
+    batch: int  # on the CPU; the GPU section takes the experiment's own batch size unless `gpu` sets one
     data: Any  # "fashion_mnist", or (channels, size, count) of a synthetic set
     plain: Callable[[torch.nn.Module, float], PlainStep]
     steps: tuple[int, int]  # (quick, full)
@@ -345,7 +345,7 @@ def step_rows(work: Path, quick: bool, device: torch.device, variants: dict[str,
     rounds = 1 if quick else 3
     rows = []
     for label, spec in STEP_MODELS.items():
-        overrides = list(spec.overrides) + (spec.gpu if device.type == "cuda" else [])
+        overrides = list(spec.overrides) + (spec.gpu if device.type == "cuda" else [f"train.batch_size={spec.batch}"])
         if spec.data == "fashion_mnist":
             path = prepared(work, fashion_mnist_dirs(work, quick)[0])
         else:
@@ -364,10 +364,13 @@ def step_rows(work: Path, quick: bool, device: torch.device, variants: dict[str,
                   "analysis=[]", "train.progress=log", "data.val_fraction=0", "train.optimizer.name=adam",
                   "train.optimizer.lr=0.001", "train.optimizer.weight_decay=0.0", "train.grad_clip=null"]
 
-        def plain_rate(n_steps: int = steps) -> float:
+        def fresh_model() -> torch.nn.Module:
             torch.manual_seed(0)
-            model = MODELS.build(cfg.model.name, kwargs_of(cfg.model), in_channels=split["images"].shape[1],
-                                 image_size=split["images"].shape[2], num_classes=10).to(device)
+            return MODELS.build(cfg.model.name, kwargs_of(cfg.model), in_channels=split["images"].shape[1],
+                                image_size=split["images"].shape[2], num_classes=10).to(device)
+
+        def plain_rate(n_steps: int = steps) -> float:
+            model = fresh_model()
             synchronize(device)
             start = time.perf_counter()
             plain_loop(model, split["images"], n_steps, batch, 1e-3, device, labels=split["labels"],
@@ -379,6 +382,7 @@ def step_rows(work: Path, quick: bool, device: torch.device, variants: dict[str,
         for name, extra in variants.items():
             measure[name] = lambda extra=extra: engine_fit(work, overrides + common + extra)["images_per_s"]
         plain_rate(2)  # untimed: the process's first kernels of this model (oneDNN primitives, allocator)
+        flops = step_flops(fresh_model(), spec, split, batch, device)
         samples: dict[str, list[float]] = {name: [] for name in measure}
         names = list(measure)
         for r in range(rounds):
@@ -388,12 +392,27 @@ def step_rows(work: Path, quick: bool, device: torch.device, variants: dict[str,
         for name, values in samples.items():
             value = statistics.median(values)
             rows.append({"group": group, "row": f"{label}: {name}", "value": value, "unit": "img/s",
-                         "ratio": value / base, "baseline": "plain loop", "samples": values})
+                         "ratio": value / base, "baseline": "plain loop", "samples": values,
+                         "tflops": value / batch * flops / 1e12})
         if spec.plain is dcgan_step and device.type == "cuda":
             best = max(statistics.median(v) for v in samples.values())
             rows.append({"group": group, "row": f"{label}: seconds per epoch of 8,189 images (fastest row)",
                          "value": 8189 / best, "unit": "s", "ratio": 1.0, "baseline": "target < 10 s"})
     return rows
+
+
+def step_flops(model: torch.nn.Module, spec: StepModel, split: dict[str, torch.Tensor], batch: int,
+               device: torch.device) -> int:
+    """Model FLOPs of one training step (convolutions and matmuls, forward and backward), counted
+    by torch.utils.flop_counter on the plain loop's step; rows turn it into achieved TFLOP/s.
+    The same count serves every row (as for MFU), so a row that skips work (the engine's frozen
+    D in the G step) is credited with the textbook step's FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    update = spec.plain(model, 1e-3)
+    with FlopCounterMode(display=False) as counter:
+        update(split["images"][:batch].to(device), split["labels"][:batch].to(device))
+    return counter.get_total_flops()
 
 
 def synchronize(device: torch.device) -> None:
@@ -460,6 +479,7 @@ def to_markdown(rows: list[Row], args: argparse.Namespace) -> str:
              "| group | row | value | unit | ratio vs baseline | baseline |", "|---|---|---|---|---|---|"]
     for r in rows:
         extra = f" ({r['of_ceiling']:.2f} of ceiling)" if "of_ceiling" in r else ""
+        extra += f" ({r['tflops']:.3g} TFLOP/s)" if "tflops" in r else ""
         lines.append(f"| {r['group']} | {r['row']} | {r['value']:.1f} | {r['unit']} | {r['ratio']:.2f}x{extra} | "
                      f"{r['baseline']} |")
     return "\n".join(lines) + "\n"
