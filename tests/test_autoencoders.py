@@ -114,7 +114,9 @@ def test_fmnist_3d_and_notmnist_denoiser_layer_specs():
     assert layers == [("Conv2d", 32), ("MaxPool2d", None), ("Conv2d", 64), ("MaxPool2d", None), ("Conv2d", 128),
                       ("Conv2d", 128), ("Upsample", None), ("Conv2d", 64), ("Upsample", None), ("Conv2d", 1),
                       ("Sigmoid", None)]
-    assert dae(torch.rand(2, 1, 28, 28)).shape == (2, 1, 28, 28)
+    x = torch.rand(2, 1, 28, 28)
+    code = dae.encode(x)
+    assert code.shape == (2, 128 * 7 * 7) and torch.equal(dae.decode(code), dae(x))
 
 
 def test_dense_ae_encoder_and_decoder_work_alone():

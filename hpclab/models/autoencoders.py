@@ -202,10 +202,11 @@ class StridedConvAutoEncoder(SequentialAutoEncoder):
 
 
 @MODELS.register("pool_upsample_ae")
-class PoolUpsampleAutoEncoder(nn.Module):
+class PoolUpsampleAutoEncoder(SequentialAutoEncoder):
     """Conv + max-pool encoder, conv + upsample decoder ("same" 3x3 convs, ReLU, Sigmoid out).
     Defaults are the notMNIST practical's denoising AE exactly:
     conv 32, maxpool 2, conv 64, maxpool 2, conv 128 | conv 128, up 2, conv 64, up 2, conv 1.
+    The code is the encoder's feature maps, flattened by ``encode`` and reshaped by ``decode``.
     """
 
     def __init__(self, in_channels: int = 1, image_size: int = 28, encoder: Sequence[int] = (32, 64, 128),
@@ -227,9 +228,11 @@ class PoolUpsampleAutoEncoder(nn.Module):
             c = width
         dec += [nn.Conv2d(c, in_channels, 3, padding=1), nn.Sigmoid()]
         self.decoder = nn.Sequential(*dec)
+        side = image_size // 2 ** (len(encoder) - 1)
+        self.code_shape = (encoder[-1], side, side)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x).flatten(1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z.reshape(len(z), *self.code_shape))
