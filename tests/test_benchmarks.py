@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import REPO
 
 
@@ -32,3 +33,23 @@ def test_unknown_section_is_a_clear_error():
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--only", "nope"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "unknown section 'nope'" in proc.stderr
+
+
+@pytest.mark.slow
+def test_gpu_section_variants_run_one_after_another_on_cpu(tmp_path, monkeypatch):
+    """The GPU section's engine variants (bf16, channels_last, streamed data) in one process,
+    here on the CPU: what breaks there between variants (accelerate's per-process state did)
+    breaks here too."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hpclab_benchmarks_run", REPO / "benchmarks" / "run.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    for key in ("HPCLAB_DATA", "HPCLAB_RESULTS"):  # compose_run sets them; restored afterwards
+        monkeypatch.setenv(key, str(tmp_path / key))
+    monkeypatch.setattr(bench, "STEP_MODELS", {k: v for k, v in bench.STEP_MODELS.items() if k.startswith("Fashion")})
+    variants = {k: v for k, v in bench.GPU_VARIANTS.items() if "compile" not in k}  # no C++ compiler assumed
+    rows = bench.step_rows(tmp_path, True, torch.device("cpu"), variants, "gpu")
+    assert [r["row"].split(": ", 1)[1] for r in rows] == ["plain loop", *variants]
+    assert all(r["value"] > 0 and r["tflops"] > 0 for r in rows)
