@@ -184,8 +184,10 @@ def test_val_split_is_fixed_and_label_fraction_and_class_subset(fmnist_data):
     assert set(labels.tolist()) <= {0, 1} and len(labels) > 0
 
 
-def test_streamed_and_in_memory_batches_agree(fmnist_data):
-    cfgs = [compose(["experiment=ae_latent", f"data.in_memory={m}", "data.num_workers=2"]) for m in ("true", "false")]
+@pytest.mark.parametrize("workers", [0, 2])  # streamed in the training process, or by DataLoader workers
+def test_streamed_and_in_memory_batches_agree(fmnist_data, workers):
+    cfgs = [compose(["experiment=ae_latent", f"data.in_memory={m}", f"data.num_workers={workers}"])
+            for m in ("true", "false")]
     batches = [list(Data(c, torch.device("cpu")).batches("train", train=True).epoch(1)) for c in cfgs]
     assert len(batches[0]) == len(batches[1]) > 0
     for a, b in zip(*batches):

@@ -81,11 +81,10 @@ class SplitBatches:
         if in_memory:
             store = device if on_device else torch.device("cpu")
             self.tensors = {k: v.to(store) for k, v in split.load().items()}
-        else:
+        elif num_workers > 0:
             self.loader = torch.utils.data.DataLoader(
                 split, sampler=self.sampler, batch_size=None, num_workers=num_workers,
-                persistent_workers=num_workers > 0, pin_memory=device.type == "cuda",
-                prefetch_factor=4 if num_workers > 0 else None,
+                persistent_workers=True, pin_memory=device.type == "cuda", prefetch_factor=4,
             )
 
     def __len__(self) -> int:
@@ -101,10 +100,14 @@ class SplitBatches:
             for idx in self.sampler:
                 index = torch.from_numpy(idx).to(next(iter(self.tensors.values())).device)
                 yield self._finish({k: v.index_select(0, index) for k, v in self.tensors.items()})
-        else:
-            assert self.loader is not None
+        elif self.loader is not None:
             for batch in self.loader:
                 yield self._finish(batch)
+        else:  # streamed in this process: one read per batch, without a DataLoader around it
+            pin = self.device.type == "cuda"
+            for idx in self.sampler:
+                batch = self.split[idx]
+                yield self._finish({k: v.pin_memory() for k, v in batch.items()} if pin else batch)
 
     def _finish(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
