@@ -11,7 +11,7 @@ Rows:
           the ceiling of slicing a uint8 tensor already in memory
   steps   training-step images/s, engine vs a plain PyTorch loop, same model/optimizer/batch/
           precision, for the 3-d AE, the ae_latent conv AE, a CIFAR-size CNN and the 256 px DCGAN
-          (median over rounds in rotating order)
+          (median over 5 rounds in rotating order; the ratio is the median of per-round ratios)
   target  wall time to full-training-set MSE < 0.03 for the Fashion-MNIST 3-d AE: engine with
           its shipped config vs the plain loop with the brief's setup (Adam 1e-3, batch 128)
   gpu     (CUDA only) the step rows on the GPU: engine in fp32/bf16, channels_last, torch.compile,
@@ -336,13 +336,14 @@ GPU_VARIANTS: dict[str, list[str]] = {
 
 def step_rows(work: Path, quick: bool, device: torch.device, variants: dict[str, list[str]],
               group: str) -> list[Row]:
-    """Engine variants vs the plain loop per model, in rotating order over rounds (median of
-    each), so one-off warm-up and drift in machine load hit all alike."""
+    """Engine variants vs the plain loop per model, in rotating order over rounds (median rate
+    of each; ratio = median of the per-round ratios), so one-off warm-up and drift in machine
+    load hit all alike."""
     from hpclab.config import kwargs_of
     from hpclab.data.hdf5 import H5Split
     from hpclab.models import MODELS
 
-    rounds = 1 if quick else 3
+    rounds = 1 if quick else 5
     rows = []
     for label, spec in STEP_MODELS.items():
         overrides = list(spec.overrides) + (spec.gpu if device.type == "cuda" else [f"train.batch_size={spec.batch}"])
@@ -388,11 +389,13 @@ def step_rows(work: Path, quick: bool, device: torch.device, variants: dict[str,
         for r in range(rounds):
             for name in names[r % len(names):] + names[: r % len(names)]:
                 samples[name].append(measure[name]())
-        base = statistics.median(samples["plain loop"])
         for name, values in samples.items():
             value = statistics.median(values)
+            # each round's rates were taken minutes apart at most: pairing them cancels the slow
+            # drift of a shared machine better than a ratio of medians
+            ratio = statistics.median(v / p for v, p in zip(values, samples["plain loop"]))
             rows.append({"group": group, "row": f"{label}: {name}", "value": value, "unit": "img/s",
-                         "ratio": value / base, "baseline": "plain loop", "samples": values,
+                         "ratio": ratio, "baseline": "plain loop", "samples": values,
                          "tflops": value / batch * flops / 1e12})
         if spec.plain is dcgan_step and device.type == "cuda":
             best = max(statistics.median(v) for v in samples.values())
