@@ -117,6 +117,19 @@ def test_a_run_trained_with_resume_never_can_be_analysed_again(digits):
     assert "examples" in json.loads((run_dir / "summary.json").read_text())["analyses"]
 
 
+def test_cpu_runs_tell_malloc_to_keep_freed_memory():
+    """Without it glibc hands every step's activation buffers back to the OS (page faults each
+    step); the engine's mallopt call must succeed wherever glibc is the C library."""
+    import ctypes.util
+    import platform
+
+    from hpclab.engine import keep_freed_memory
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or not ctypes.util.find_library("c"):
+        pytest.skip("not glibc")
+    assert keep_freed_memory()
+
+
 class _Boom:
     def __reduce__(self):
         return (os.system, ("touch pwned",))
