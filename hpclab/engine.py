@@ -165,13 +165,9 @@ def keep_freed_memory() -> bool:
     import ctypes
     import ctypes.util
 
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc is not None else None
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):  # not glibc (macOS, musl)
-        return False
-    if mallopt is None:
         return False
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
     # blocks up to 32 MiB (glibc's maximum) from the heap, and the heap top trimmed only past 1 GiB
@@ -284,10 +280,10 @@ class Trainer:
         opt = self.optimizers[name]
         if self.direct_steps:
             opt = opt.optimizer  # the torch optimizer inside accelerate's wrapper
-            opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=True)
+        if self.direct_steps:
             loss.backward(retain_graph=retain_graph)
         else:
-            opt.zero_grad(set_to_none=True)
             self.accelerator.backward(loss, retain_graph=retain_graph)
         if self.cfg.train.grad_clip:
             self.accelerator.clip_grad_norm_(self.models[name].parameters(), self.cfg.train.grad_clip)
