@@ -13,7 +13,8 @@
 #      maps SLURM_PROCID/LOCALID/NTASKS to RANK/LOCAL_RANK/WORLD_SIZE and execs Python, so
 #      SLURM's signals (USR2 before the time limit, TERM on requeue/preemption) reach it.
 #
-# Variables: HPCLAB_IMAGE (Apptainer image), HPCLAB_PYTHON (default: python),
+# Variables: HPCLAB_IMAGE (Apptainer image), HPCLAB_PYTHON (default: the active venv's
+# python, else the repository's .venv/bin/python, else python),
 # HPCLAB_DATA / HPCLAB_RESULTS / HPCLAB_CACHE (default: data, results, data/cache under the
 # submit directory), HPCLAB_BINDS (extra comma-separated apptainer binds),
 # HPCLAB_PRINT_ONLY=1 (print the commands instead of running them).
@@ -83,6 +84,15 @@ if [ -n "${HPCLAB_IMAGE:-}" ]; then
     fi
   }
   trap hpclab_requeue_relay EXIT
+fi
+# Python outside the image: HPCLAB_PYTHON, else the active virtual environment's, else the
+# repository's .venv (scripts/setup.sh), else python on PATH.
+if [ -z "${HPCLAB_PYTHON:-}" ] && [ ${#HPCLAB_EXEC[@]} -eq 0 ]; then
+  if [ -n "${VIRTUAL_ENV:-}" ]; then HPCLAB_PYTHON=$VIRTUAL_ENV/bin/python
+  else
+    hpclab_repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    if [ -x "$hpclab_repo/.venv/bin/python" ]; then HPCLAB_PYTHON=$hpclab_repo/.venv/bin/python; fi
+  fi
 fi
 HPCLAB_PY=("${HPCLAB_EXEC[@]}" "${HPCLAB_PYTHON:-python}" -m hpclab.launch.task)
 

@@ -222,7 +222,7 @@ def test_exec_prefix_and_python(monkeypatch, tmp_path):
     monkeypatch.delenv("HPCLAB_IMAGE", raising=False)
     paths = {"data": "/d", "results": "/r", "cache": "/d/cache"}
     cluster = OmegaConf.create({"image": None, "gpus_per_node": 4, "binds": []})
-    assert container.exec_prefix(cluster, paths) == [] and container.container_python(cluster, paths) == "python"
+    assert container.exec_prefix(cluster, paths) == [] and container.container_python(cluster, paths) == sys.executable
     monkeypatch.setenv("HPCLAB_IMAGE", "/images/my image.sif")
     python = container.container_python(cluster, paths)
     assert python == ("apptainer exec --nv --bind /d --bind /r --env HPCLAB_DATA=/d --env HPCLAB_RESULTS=/r "
@@ -275,7 +275,7 @@ def test_slurm_dry_run_renders_apptainer_exec(workdir, monkeypatch):
     assert_enters_image(srun_tokens(sbatch), "/images/hpclab.sif", workdir, gpus=False)
     monkeypatch.delenv("HPCLAB_IMAGE")
     tokens = srun_tokens(executors.render_sbatch(plan(["sweep=ae_latent", "cluster=slurm"])))
-    assert "apptainer" not in tokens and tokens[tokens.index("python"):][:4] == ["python", "-u", "-m", "submitit.core._submit"]
+    assert "apptainer" not in tokens and tokens[tokens.index(sys.executable):][:4] == [sys.executable, "-u", "-m", "submitit.core._submit"]
 
 
 def test_requeue_inside_the_image_is_relayed_to_the_batch_script(tmp_path):

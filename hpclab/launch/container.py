@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -101,9 +102,10 @@ def exec_prefix(cluster: Mapping[str, Any], paths: Mapping[str, Any], folder: st
 
 
 def container_python(cluster: Mapping[str, Any], paths: Mapping[str, Any], folder: str | Path | None = None) -> str:
-    """The python command of array tasks (submitit's ``slurm_python``): plain, or inside the image."""
+    """The python command of array tasks (submitit's ``slurm_python``): inside the image, or the
+    interpreter that submits (its virtual environment), as submitit itself defaults to."""
     prefix = exec_prefix(cluster, paths, folder)
-    return shlex.join([*prefix, "python"]) if prefix else "python"
+    return shlex.join([*prefix, "python"]) if prefix else shlex.quote(sys.executable)
 
 
 def slurm_setup(cluster: Mapping[str, Any], paths: Mapping[str, Any], folder: str | Path) -> list[str]:
