@@ -16,11 +16,9 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from hpclab.errors import ConfigError
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration problem; its message is one line."""
 
 
 @dataclass
@@ -203,7 +201,9 @@ def validate(raw: DictConfig) -> DictConfig:
     """Merge onto the schema (unknown keys and wrong types fail) and resolve interpolations."""
     schema = OmegaConf.structured(RunConfig)
     try:
-        cfg = OmegaConf.merge(schema, raw)
+        # Plain containers, so the schema decides: Hydra's `+key=value` adds keys to its own
+        # (already typed) nodes, which a merge would otherwise keep.
+        cfg = OmegaConf.merge(schema, OmegaConf.create(OmegaConf.to_container(raw)))
         for key in ("data", "results", "cache"):  # absolute before anything interpolates them,
             cfg.paths[key] = str(Path(cfg.paths[key]).expanduser().absolute())  # so SLURM tasks agree
         OmegaConf.resolve(cfg)
@@ -233,6 +233,57 @@ _CHOICES = {
 }
 
 
+# Ranges of numeric values, checked when a config is composed, so a dry run or a SLURM
+# submission refuses a bad value before any folder is written. None (unset) is always allowed.
+# (low, high, low_inclusive, high_inclusive); a list value is checked element by element.
+_AT_LEAST_1 = (1, None, True, True)
+_POSITIVE = (0, None, False, True)
+_NON_NEGATIVE = (0, None, True, True)
+_RANGES: dict[str, tuple[Any, Any, bool, bool]] = {
+    "seed": _NON_NEGATIVE,
+    "train.epochs": _AT_LEAST_1, "train.max_steps": _AT_LEAST_1, "train.batch_size": _AT_LEAST_1,
+    "train.eval_batch_size": _AT_LEAST_1, "train.eval_every": _AT_LEAST_1, "train.checkpoint_every": _AT_LEAST_1,
+    "train.keep_checkpoints": _AT_LEAST_1, "train.log_every": _AT_LEAST_1, "train.image_every": _AT_LEAST_1,
+    "train.grad_clip": _POSITIVE,
+    "train.optimizer.lr": _POSITIVE, "train.optimizer.weight_decay": _NON_NEGATIVE,
+    "train.optimizer.momentum": (0, 1, True, False), "train.optimizer.betas": (0, 1, True, False),
+    "train.scheduler.warmup_steps": _NON_NEGATIVE, "train.scheduler.pct_start": (0, 1, False, False),
+    "train.scheduler.step_size": _AT_LEAST_1, "train.scheduler.gamma": _POSITIVE,
+    "data.image_size": _AT_LEAST_1, "data.val_fraction": (0, 1, True, False),
+    "data.train_fraction": (0, 1, False, True), "data.limit": _AT_LEAST_1, "data.max_memory_gb": _POSITIVE,
+    "data.num_workers": _NON_NEGATIVE,
+    "sweep.subset": _NON_NEGATIVE,  # 0: every value
+    "cluster.processes": _AT_LEAST_1, "cluster.time_min": _AT_LEAST_1, "cluster.nodes": _AT_LEAST_1,
+    "cluster.gpus_per_node": _NON_NEGATIVE, "cluster.cpus_per_task": _AT_LEAST_1, "cluster.mem_gb": _POSITIVE,
+    "cluster.array_parallelism": _AT_LEAST_1, "cluster.max_array_size": _AT_LEAST_1,
+    "cluster.signal_delay_s": _NON_NEGATIVE, "cluster.max_requeues": _NON_NEGATIVE,
+}
+# The same for constructor arguments of models and tasks that share a meaning across classes.
+_KWARG_RANGES: dict[str, tuple[Any, Any, bool, bool]] = {
+    "latent_dim": _AT_LEAST_1, "channels": _AT_LEAST_1, "hidden": _AT_LEAST_1, "encoder": _AT_LEAST_1,
+    "num_filters": _AT_LEAST_1, "num_colours": _AT_LEAST_1, "factor": _AT_LEAST_1, "kernel": _AT_LEAST_1,
+    "noise_std": _NON_NEGATIVE, "label_smoothing": (0, 1, True, False), "crop_padding": _NON_NEGATIVE,
+    "fraction": (0, 1, False, False),
+}
+
+
+def _out_of_range(value: Any, bounds: tuple[Any, Any, bool, bool]) -> bool:
+    if isinstance(value, (list, tuple)) or OmegaConf.is_list(value):
+        return any(_out_of_range(v, bounds) for v in value)
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False  # types are the schema's job; free-form sections may hold other things
+    low, high, low_in, high_in = bounds
+    return ((low is not None and (value < low if low_in else value <= low))
+            or (high is not None and (value > high if high_in else value >= high)))
+
+
+def _range_text(bounds: tuple[Any, Any, bool, bool]) -> str:
+    low, high, low_in, high_in = bounds
+    if high is None:
+        return f"{'>=' if low_in else '>'} {low}"
+    return f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+
+
 def _check_choices(cfg: DictConfig) -> None:
     for key, allowed in _CHOICES.items():
         value = OmegaConf.select(cfg, key)
@@ -240,8 +291,15 @@ def _check_choices(cfg: DictConfig) -> None:
             raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(allowed)}")
     if cfg.train.epochs is None and cfg.train.max_steps is None:
         raise ConfigError("config key 'train.epochs': set train.epochs or train.max_steps")
-    if not 0 < cfg.data.train_fraction <= 1 or not 0 <= cfg.data.val_fraction < 1:
-        raise ConfigError("config key 'data.train_fraction'/'data.val_fraction': must be fractions in (0, 1]")
+    checks = [(key, OmegaConf.select(cfg, key), bounds) for key, bounds in _RANGES.items()]
+    checks += [(f"{section}.{key}", value, _KWARG_RANGES[key]) for section in ("model", "task")
+               for key, value in cfg[section].items() if key in _KWARG_RANGES]
+    for key, value, bounds in checks:
+        if _out_of_range(value, bounds):
+            shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            raise ConfigError(f"config key '{key}': {shown!r} must be {_range_text(bounds)}")
+    if len(cfg.train.optimizer.betas) != 2:
+        raise ConfigError(f"config key 'train.optimizer.betas': needs 2 values, got {list(cfg.train.optimizer.betas)}")
 
 
 def check_kwargs(section: str, node: DictConfig, registry: dict[str, Any]) -> None:
@@ -275,7 +333,3 @@ def save_yaml(cfg: DictConfig, path: Path) -> None:
     from hpclab.utils import atomic_write_text
 
     atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
-
-
-def load_yaml(path: Path) -> DictConfig:
-    return validate(OmegaConf.load(path))

@@ -8,11 +8,10 @@ the step, so a resumed CPU run ends with exactly the metrics of an uninterrupted
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
-import random
-import re
 import signal
 import sys
 import time
@@ -20,7 +19,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
@@ -28,23 +26,14 @@ from accelerate.utils import DistributedType, set_seed
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from hpclab.checkpointing import capture_rng, checkpoints, restore_rng, set_aside, state_problems, step_path
 from hpclab.config import kwargs_of
 from hpclab.data.loader import Data
+from hpclab.errors import CheckpointWriteError, NonFiniteLoss, Preempted
 from hpclab.tasks import TASKS
 from hpclab.utils import atomic_path, atomic_write_text, read_jsonl, under_slurm
 
 log = logging.getLogger("hpclab")
-
-CKPT_PATTERN = re.compile(r"step(\d+)\.pt$")
-
-
-class NonFiniteLoss(RuntimeError):
-    """Training produced a NaN/inf loss; the last good checkpoint is kept."""
-
-
-class Preempted(Exception):
-    """A stop signal arrived; the checkpoint is written and the job should requeue."""
-
 
 # --------------------------------------------------------------------------- preemption signals
 
@@ -109,7 +98,7 @@ class StopSignals:
             self.handed_over = True
             self._deliver(self.received, previous.get(self.received))
 
-    def hand_over(self) -> None:
+    def hand_over(self, step: int) -> None:
         """After the checkpoint: pass the signal on (see the class doc), then stop training."""
         signum = self.received
         assert signum is not None
@@ -117,8 +106,8 @@ class StopSignals:
         self.handed_over = True
         self.restore()
         self._deliver(signum, previous)
-        raise Preempted(f"stopped by {signal.Signals(signum).name} at step boundary after checkpointing; "
-                        f"the run resumes from its newest checkpoint")
+        raise Preempted(f"{signal.Signals(signum).name}: checkpointed at step {step}; "
+                        f"the same command resumes from there")
 
     @staticmethod
     def _deliver(signum: int, previous: Any) -> None:
@@ -128,31 +117,6 @@ class StopSignals:
             from hpclab.launch.slurm import requeue_job
 
             requeue_job()
-
-
-# --------------------------------------------------------------------------- RNG state
-
-def capture_rng() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    random.setstate(_tuplify(state["python"]))
-    np_state = state["numpy"]
-    np.random.set_state((np_state[0], np_state[1].numpy(), *np_state[2:]))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _tuplify(x: Any) -> Any:
-    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 # --------------------------------------------------------------------------- optimisation
@@ -265,8 +229,10 @@ class Trainer:
         self.step_count = 0
         self.best: dict[str, Any] = {"value": None, "step": None}
         self.stopped: Optional[str] = None
+        self.running: dict[str, torch.Tensor] = {}
         self.signals = StopSignals()
         self._writer = None
+        self._tb_purge_step: Optional[int] = None
         self._metrics_file = self.run_dir / "metrics.jsonl"
         log.info("accelerate: %d process(es), device %s, mixed precision %s; %d steps (%d per epoch)",
                  self.accelerator.num_processes, self.device, t.mixed_precision, self.total_steps, self.steps_per_epoch)
@@ -299,7 +265,7 @@ class Trainer:
         if self._writer is None and self.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step_count or None)
+            self._writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self._tb_purge_step)
         return self._writer
 
     def log_metrics(self, split: str, values: dict[str, float]) -> None:
@@ -364,14 +330,23 @@ class Trainer:
             "rng": capture_rng(),
             "best": dict(self.best),
             "stopped": self.stopped,
+            # a stop between two log lines must not lose the sums the next line averages
+            "running": {k: v.detach().cpu() for k, v in self.running.items()},
         }
 
     def save_checkpoint(self) -> None:
         self.accelerator.wait_for_everyone()
         if self.is_main:
-            path = self.ckpt_dir / f"step{self.step_count:09d}.pt"
-            with atomic_path(path) as tmp:
-                torch.save(self._state(), tmp)
+            path = step_path(self.ckpt_dir, self.step_count)
+            try:
+                with atomic_path(path) as tmp:
+                    torch.save(self._state(), tmp)
+            except (OSError, RuntimeError) as exc:  # torch reports a full disk as a RuntimeError
+                kept = checkpoints(self.ckpt_dir)
+                raise CheckpointWriteError(
+                    f"could not write {path} ({_one_line(exc)}); disk full or not writable? "
+                    f"{'the newest good checkpoint ' + kept[0].name + ' is kept' if kept else 'no checkpoint was kept'}"
+                    f": free space and run the same command to resume") from None
             for old in checkpoints(self.ckpt_dir)[self.cfg.train.keep_checkpoints :]:
                 old.unlink(missing_ok=True)
         self.accelerator.wait_for_everyone()
@@ -396,38 +371,80 @@ class Trainer:
             self.unwrap(name).load_state_dict(load_file(str(f), device=device))
         return True
 
+    def _live(self) -> dict[str, Any]:
+        """The objects a checkpoint restores, by section."""
+        return {"models": {n: self.accelerator.unwrap_model(m) for n, m in self.models.items()},
+                "optimizers": self.optimizers, "schedulers": self.schedulers}
+
+    def _load_live(self, state: dict[str, Any]) -> None:
+        for section, objects in self._live().items():
+            for name, obj in objects.items():
+                obj.load_state_dict(state[section][name])
+        if state["scaler"] is not None and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(state["scaler"])
+
     def resume(self) -> bool:
-        """Load the newest readable checkpoint; a corrupt one is reported and skipped. (``fit``
-        calls it unless ``train.resume=never``; analyses of a finished run call it always.)"""
+        """Load the newest usable checkpoint whole; False when there is none.
+
+        Each candidate is read with ``weights_only=True`` and checked completely against the
+        live models, optimizers and schedulers before anything is loaded (and, should loading
+        still fail, the state before it is put back), so the run continues either from one
+        checkpoint exactly or from its fresh initialisation, never from a mix. A file that fails
+        is renamed ``*.unusable-<time>`` and the next older one is tried. (``fit`` calls this
+        unless ``train.resume=never``; analyses of a finished run call it always.)
+        """
+        live = self._live()
+        fresh = None  # the state before any load, to go back to when a load fails half-way
+        tried = False
         for path in checkpoints(self.ckpt_dir):
+            tried = True
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
-                for n, m in self.models.items():
-                    self.accelerator.unwrap_model(m).load_state_dict(state["models"][n])
-                for n, o in self.optimizers.items():
-                    o.load_state_dict(state["optimizers"][n])
-                for n, s in self.schedulers.items():
-                    s.load_state_dict(state["schedulers"][n])
-            except Exception as exc:  # truncated zip, bad pickle opcode, missing key, shape mismatch
-                log.error("checkpoint %s is unreadable (%s: %s); trying an older one",
-                          path, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-                continue
-            if state["scaler"] is not None and self.accelerator.scaler is not None:
-                self.accelerator.scaler.load_state_dict(state["scaler"])
-            restore_rng(state["rng"])
-            self.step_count = int(state["step"])
-            self.best = dict(state["best"])
-            self.stopped = state["stopped"]
-            self._truncate_metrics()
-            log.info("resumed from %s at step %d", path, self.step_count)
-            return True
+                problems = state_problems(state, live["models"], live["optimizers"], live["schedulers"],
+                                          self.accelerator.scaler)
+            except Exception as exc:  # truncated zip, bad pickle opcode, refused global
+                problems = [_one_line(exc)]
+            if self._everyone(not problems):  # all ranks resume from the same state, or none does
+                if fresh is None:
+                    fresh = copy.deepcopy({section: {n: o.state_dict() for n, o in objects.items()}
+                                           for section, objects in live.items()})
+                try:
+                    self._load_live(state)
+                except Exception as exc:
+                    problems = [f"loading failed: {_one_line(exc)}"]
+                if self._everyone(not problems):
+                    restore_rng(state["rng"])
+                    self.step_count = int(state["step"])
+                    self.best = dict(state["best"])
+                    self.stopped = state["stopped"]
+                    self.running = {k: v.to(self.device) for k, v in state.get("running", {}).items()}
+                    log.info("resumed from %s at step %d", path, self.step_count)
+                    return True
+                self._load_live({**fresh, "scaler": None})
+            aside = set_aside(path) if self.is_main and path.exists() else path
+            log.error("checkpoint %s is unusable (%s); set aside as %s, trying an older one",
+                      path, "; ".join(problems[:3]) or "unusable on another rank", aside.name)
+            self.accelerator.wait_for_everyone()
+        if tried:
+            log.warning("no usable checkpoint in %s: starting from a fresh initialisation", self.ckpt_dir)
         return False
 
+    def _everyone(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on every rank (data parallel: one all-reduce)."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        value = torch.tensor([int(flag)], device=self.device)
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+        return bool(value.item())
+
     def _truncate_metrics(self) -> None:
-        """Drop metric lines written after the checkpoint we resume from (they will be redone)."""
+        """Keep only what the state we start from had logged: training and evaluation lines up
+        to ``step_count`` (0 on a fresh start), no final evaluations. Lines written after that
+        (by a run killed before its next checkpoint) are about to be written again."""
         if not self.is_main or not self._metrics_file.is_file():
             return
-        kept = [r for r in read_jsonl(self._metrics_file) if r["step"] <= self.step_count]
+        kept = [r for r in read_jsonl(self._metrics_file)
+                if r.get("step", 0) <= self.step_count and not str(r.get("split", "")).startswith("final_")]
         atomic_write_text(self._metrics_file, "".join(json.dumps(r) + "\n" for r in kept))
 
     # ---- the loop
@@ -474,9 +491,11 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if t.resume != "never":
             self.resume()
+        self._truncate_metrics()
+        self._tb_purge_step = self.step_count  # TensorBoard drops events past it, as the log does
         self.signals.install()
         bar = self._progress()
-        running: dict[str, torch.Tensor] = {}
+        running = self.running  # metric sums since the last log line (kept in checkpoints)
         started, images_seen = time.perf_counter(), 0
         try:
             epoch, skip = divmod(self.step_count, self.steps_per_epoch)
@@ -492,7 +511,7 @@ class Trainer:
                     last = self.step_count >= self.total_steps
                     if self.step_count % t.log_every == 0 or last:
                         values = _check_finite(running, self.step_count, self.ckpt_dir)
-                        running = {}
+                        running.clear()
                         elapsed = time.perf_counter() - started
                         values["images_per_s"] = images_seen / max(elapsed, 1e-9)
                         values["lr"] = next(iter(self.optimizers.values())).param_groups[0]["lr"]
@@ -508,7 +527,7 @@ class Trainer:
                         _check_finite(running, self.step_count, self.ckpt_dir)
                         self.save_checkpoint()
                     if stop_signal:
-                        self.signals.hand_over()
+                        self.signals.hand_over(self.step_count)
                     if last or self.stopped:
                         break
                 epoch, skip = epoch + 1, 0
@@ -549,14 +568,6 @@ class Trainer:
         self.accelerator.end_training()
 
 
-def checkpoints(directory: Path) -> list[Path]:
-    """Step checkpoints of a run, newest first."""
-    if not directory.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := CKPT_PATTERN.search(p.name))]
-    return [p for _, p in sorted(found, reverse=True)]
-
-
 def _reduce(totals: dict[str, torch.Tensor]) -> dict[str, float]:
     """Divide metric sums by ``count`` (one host sync for all metrics)."""
     if not totals:
@@ -575,6 +586,11 @@ def _check_finite(running: dict[str, torch.Tensor], step: int, ckpt_dir: Path) -
         raise NonFiniteLoss(f"non-finite training metrics at step {step}: {values}; "
                             f"the last good checkpoint is kept in {ckpt_dir}")
     return values
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _fmt(values: dict[str, float]) -> str:

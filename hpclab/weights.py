@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpclab.errors import WeightsMissing
+
 log = logging.getLogger("hpclab")
 
 
@@ -75,10 +77,6 @@ def load_manifest(path: str | Path) -> list[WeightFile]:
             raise WeightsMissing(f"weights manifest {path}: '{entry.name}' would replace a shipped entry; use another name")
         register_weights(entry)
     return entries
-
-
-class WeightsMissing(FileNotFoundError):
-    """A pretrained weight file is not staged (or is corrupt); the message names the fix."""
 
 
 if os.environ.get(MANIFEST_ENV):

@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
     if not wants_data and not cfg.weights:
         raise ConfigError("name what to stage: data=NAME and/or weights=[NAME,...] (see --help)")
     if wants_data:
-        path = stage(cfg, force=cfg.force)
+        path = stage(cfg, force=cfg.force, repair=True)
         info = describe(path)
         shapes = ", ".join(f"{split} {shape['images']}" for split, shape in info["splits"].items())
         print(f"{path}: {shapes}; source {info['source']}")

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 # Tiny test models run fastest on one thread, and OpenMP threads that spin-wait against the
 # test's own subprocesses on a 2-core machine slow each step ~100x (measured). Before torch loads.
@@ -53,3 +54,37 @@ def fmnist_data(workdir: Path, fmnist_mirror: Path) -> Path:
     run_cli("prepare_data.py", "data=fashion_mnist", f"data.mirrors=[{fmnist_mirror}]", "data.download=false",
             cwd=workdir)
     return workdir
+
+
+# A small real run: the ae_latent conv AE on scikit-learn's 8x8 digits (real data, ships offline).
+DIGITS_RUN = ["experiment=ae_latent", "data=digits", "model.latent_dim=8", "model.channels=[8,16]",
+              "train.epochs=null", "train.batch_size=64", "train.log_every=10", "train.progress=log"]
+
+
+@pytest.fixture
+def digits(workdir: Path) -> Path:
+    """``workdir`` with scikit-learn's digits staged through prepare_data."""
+    run_cli("prepare_data.py", "data=digits", cwd=workdir)
+    return workdir
+
+
+def controller_problem() -> Optional[str]:
+    """Why no job could run here (None when a controller answers and a node is usable)."""
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
+        nodes = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"no SLURM client ({exc}); install slurm-client and run scripts/local_slurm.sh start"
+    if ping.returncode != 0 or "UP" not in ping.stdout:
+        return "no SLURM controller answers (scontrol ping); start one: scripts/local_slurm.sh start"
+    if not any(s.strip(" *~#") in ("idle", "mixed", "allocated", "completing") for s in nodes.stdout.split()):
+        return f"no usable SLURM node (sinfo: {nodes.stdout.split()}); see scripts/local_slurm.sh status"
+    return None
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """Skip unless a SLURM controller answers with a usable node (scripts/local_slurm.sh start)."""
+    problem = controller_problem()
+    if problem:
+        pytest.skip(problem)

@@ -301,7 +301,7 @@ def test_stl_cnn_experiment(in_lab: dict) -> None:
 def test_resnet_transfer_frozen_vs_finetuned(in_lab: dict) -> None:
     """Two points of sweep=resnet_transfer on the stand-in weights: the frozen backbone keeps
     the loaded weights and BatchNorm statistics, the fine-tuned one moves."""
-    overrides = ["sweep=resnet_transfer", "experiment=resnet_transfer", *FAST, TABLE_ONLY, "model.resize=null",
+    overrides = ["sweep=resnet_transfer", *FAST, TABLE_ONLY, "model.resize=null",
                  "model.weights=resnet18_standin"]
     run_points(overrides, lambda cfg: cfg.train.optimizer.lr == 1e-3 and cfg.data.train_fraction == 1.0)
     from safetensors.torch import load_file

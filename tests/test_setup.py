@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -36,8 +37,10 @@ def test_missing_or_old_interpreter_is_named(tmp_path):
 
 def test_second_run_reuses_the_environment_without_installing():
     """An environment set up from this lock is only checked (no pip): what a second run costs."""
-    if not (Path(sys.prefix) / ".hpclab-setup").is_file():
-        pytest.skip("this interpreter's environment was not made by scripts/setup.sh")
+    stamp = Path(sys.prefix) / ".hpclab-setup"
+    lock = hashlib.sha256((REPO / "constraints.txt").read_bytes() + (REPO / "pyproject.toml").read_bytes()).hexdigest()
+    if not stamp.is_file() or stamp.read_text().split() != [lock, str(REPO)]:
+        pytest.skip("this environment was not set up by scripts/setup.sh from the current lock")
     env = {"VIRTUAL_ENV": sys.prefix, "PATH": f"{Path(sys.prefix) / 'bin'}:{os.environ['PATH']}"}
     proc = setup(**env)
     assert proc.returncode == 0, proc.stderr

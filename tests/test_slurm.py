@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, controller_problem, run_cli
 
 pytestmark = pytest.mark.slurm  # the tests that run jobs are also marked slow
 
@@ -28,20 +28,6 @@ TINY = ["preset=smoke", "model.channels=[4,8,8]", "model.latent_dim=4", "train.b
         "analysis=[]"]
 DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
         "DEADLINE"}
-
-
-def controller_problem() -> Optional[str]:
-    """Why no job could run here (None when a controller answers and a node is usable)."""
-    try:
-        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
-        nodes = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"no SLURM client ({exc}); install slurm-client and run scripts/local_slurm.sh start"
-    if ping.returncode != 0 or "UP" not in ping.stdout:
-        return "no SLURM controller answers (scontrol ping); start one: scripts/local_slurm.sh start"
-    if not any(s.strip(" *~#") in ("idle", "mixed", "allocated", "completing") for s in nodes.stdout.split()):
-        return f"no usable SLURM node (sinfo: {nodes.stdout.split()}); see scripts/local_slurm.sh status"
-    return None
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,8 @@ from omegaconf import OmegaConf
 from hpclab.analysis import ANALYSES
 from hpclab.analysis.architecture import conv_summary
 from hpclab.analysis.figures import available_split, save_figure
-from hpclab.analysis.report import final_metrics, to_csv, to_markdown
-from hpclab.utils import atomic_write_text, read_json, write_json
+from hpclab.analysis.report import final_metrics, run_records, to_csv, to_markdown
+from hpclab.utils import atomic_write_text, write_json
 
 ROW_FILE = "results_row.json"
 TABLE_NAME = "results_table"
@@ -124,7 +124,7 @@ HEADER = ["run", "experiment", "model", "architecture", "parameters", "trainable
 def write_results_table(group_dir: Path | str) -> dict[str, str]:
     """Rebuild ``results_table.md`` / ``.csv`` from the rows of every run in ``group_dir``."""
     group_dir = Path(group_dir)
-    rows = [read_json(p) for p in sorted(group_dir.glob(f"*/figures/{ROW_FILE}"))]
+    rows = [record for _, record in run_records(group_dir, f"figures/{ROW_FILE}")]
     if not rows:
         raise FileNotFoundError(f"no {ROW_FILE} under {group_dir}/*/figures/ (add results_table to the runs' analysis)")
 

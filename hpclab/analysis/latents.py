@@ -20,9 +20,9 @@ from torch import nn
 
 from hpclab.analysis import ANALYSES
 from hpclab.analysis.figures import plt, save_figure
-from hpclab.analysis.report import to_csv, to_markdown
+from hpclab.analysis.report import run_records, to_csv, to_markdown
 from hpclab.data.transforms import to_float
-from hpclab.utils import atomic_write_text, read_json, write_json
+from hpclab.utils import atomic_write_text, write_json
 
 log = logging.getLogger("hpclab")
 
@@ -106,9 +106,8 @@ def write_group_table(group_dir: Path, name: str, columns: Sequence[str], sort_b
     """Collect ``<run>/figures/<name>.json`` of every run in a results group into one table
     (``<group>/<name>.md`` and ``.csv``): the per-latent-size view a sweep asks for."""
     rows = []
-    for path in sorted(group_dir.glob(f"*/figures/{name}.json")):
-        record = read_json(path)
-        rows.append([path.parent.parent.name, *[record.get(c) for c in columns]])
+    for run, record in run_records(group_dir, f"figures/{name}.json"):
+        rows.append([run, *[record.get(c) for c in columns]])
     if not rows:
         return None
     if sort_by in columns:

@@ -6,7 +6,7 @@ import csv
 import io
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from omegaconf import OmegaConf
 
@@ -15,16 +15,46 @@ from hpclab.utils import atomic_write_text, read_json, read_jsonl
 log = logging.getLogger("hpclab")
 
 
-def collect(group_dir: Path) -> list[dict[str, Any]]:
-    """One row per finished run under ``group_dir``: its config and summary."""
-    rows = []
-    for summary_path in sorted(group_dir.glob("*/summary.json")):
-        summary = read_json(summary_path)
-        if summary.get("status") != "completed":
+def is_run_folder_name(name: str) -> bool:
+    """Run folders of a sweep, not the results moved aside by force=true (``<run>.old-<time>``)
+    nor hidden folders (``.submitit``)."""
+    return not name.startswith(".") and ".old-" not in name
+
+
+def run_records(group_dir: Path, relative: str) -> Iterator[tuple[str, Any]]:
+    """``(run name, JSON record)`` of ``<run>/<relative>`` for every run folder of a group
+    that has one; a damaged record is skipped with a warning (the others still count)."""
+    for path in sorted(group_dir.glob(f"*/{relative}")):
+        run = path.relative_to(group_dir).parts[0]
+        if not is_run_folder_name(run):
             continue
-        cfg = OmegaConf.load(summary_path.parent / "config.yaml")
-        rows.append({"run": summary_path.parent.name, "cfg": cfg, "summary": summary})
-    return rows
+        try:
+            yield run, read_json(path)
+        except (OSError, ValueError) as exc:
+            log.warning("skipping %s: damaged (%s)", path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+def collect(group_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """One row per finished run under ``group_dir`` (its config and summary), and one line per
+    run folder whose records are damaged (skipped, so the others are still summarised)."""
+    rows, damaged = [], []
+    for summary_path in sorted(group_dir.glob("*/summary.json")):
+        run = summary_path.parent.name
+        if not is_run_folder_name(run):
+            continue
+        try:
+            summary = read_json(summary_path)
+            if not isinstance(summary, dict):
+                raise ValueError("not a JSON object")
+            if summary.get("status") != "completed":
+                continue
+            cfg = OmegaConf.load(summary_path.parent / "config.yaml")
+        except Exception as exc:  # JSON/YAML errors of several kinds, unreadable files
+            damaged.append(f"{run}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            log.warning("skipping %s in the summary: its records are damaged (%s)", summary_path.parent, damaged[-1])
+            continue
+        rows.append({"run": run, "cfg": cfg, "summary": summary})
+    return rows, damaged
 
 
 def metric_of(summary: dict[str, Any], name: str) -> Any:
@@ -96,9 +126,10 @@ def to_csv(header: list[str], body: list[list[Any]]) -> str:
 def write_report(group_dir: Path | str, report: Mapping[str, Any] | None = None) -> dict[str, Path]:
     """Rebuild ``summary.csv``, ``summary.md`` and ``summary.png`` of a sweep folder."""
     group_dir = Path(group_dir)
-    rows = collect(group_dir)
+    rows, damaged = collect(group_dir)
     if not rows:
-        raise FileNotFoundError(f"no finished runs (summary.json with status completed) under {group_dir}")
+        raise FileNotFoundError(f"no finished runs (summary.json with status completed) under {group_dir}"
+                                + (f"; damaged: {'; '.join(damaged)}" if damaged else ""))
     report = dict(report or {})
     if not report:  # fall back to what the runs themselves recorded
         report = dict(OmegaConf.to_container(rows[0]["cfg"].sweep.report, resolve=True) or {})
@@ -112,7 +143,8 @@ def write_report(group_dir: Path | str, report: Mapping[str, Any] | None = None)
     out = {"csv": group_dir / "summary.csv", "md": group_dir / "summary.md"}
     atomic_write_text(out["csv"], to_csv(header, body))
     title = f"# {group_dir.name}\n\n{len(rows)} finished run(s); metrics on the final split(s) with the best weights.\n\n"
-    atomic_write_text(out["md"], title + to_markdown(header, body))
+    notes = "".join(f"\nSkipped, damaged records: {line}\n" for line in damaged)
+    atomic_write_text(out["md"], title + to_markdown(header, body) + notes)
     numeric_x = x and all(isinstance(OmegaConf.select(r["cfg"], x), (int, float)) for r in rows)
     if numeric_x and len(rows) > 1:
         out["png"] = plot(rows, x, metrics, group_dir / "summary.png", bool(report.get("logx")))

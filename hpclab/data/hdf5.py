@@ -89,6 +89,59 @@ def describe(path: Path) -> dict[str, Any]:
     }
 
 
+def file_problems(path: Path | str) -> list[str]:
+    """What makes a prepared file unusable, one line each ([] when it is sound).
+
+    Checked from the metadata and the (small) label arrays, without reading images: the file
+    opens (a copy cut short does not), every split has uint8 ``images`` of rank 4 (N x C x H x W),
+    at least one row, and every other array of the split (labels, masks) has as many rows;
+    labels are integer class indices within ``class_names`` (-1: unlabelled); masks are uint8
+    N x 1 x H x W."""
+    try:
+        f = h5py.File(path, "r", locking=False)
+    except OSError as exc:
+        return [f"cannot be opened as HDF5 ({str(exc).splitlines()[0] if str(exc) else 'OSError'}); truncated copy?"]
+    problems: list[str] = []
+    with f:
+        try:
+            class_names = json.loads(f.attrs.get("class_names", "[]"))
+        except (TypeError, ValueError):
+            class_names, problems = [], ["attribute class_names is not JSON"]
+        splits = [name for name in f if name != "extra"]
+        if not splits:
+            problems.append("holds no split")
+        for split in splits:
+            group = f[split]
+            if not isinstance(group, h5py.Group) or "images" not in group:
+                problems.append(f"/{split} has no images array")
+                continue
+            images = group["images"]
+            if images.dtype != np.uint8 or images.ndim != 4:
+                problems.append(f"/{split}/images is {images.dtype} of shape {images.shape}, "
+                                f"not uint8 N x C x H x W")
+            if len(images) == 0:
+                problems.append(f"/{split}/images is empty")
+            for key, array in group.items():
+                if key != "images" and array.shape[:1] != images.shape[:1]:
+                    problems.append(f"/{split}/{key} has {array.shape[0] if array.ndim else 0} rows, "
+                                    f"/{split}/images {images.shape[0]}")
+            if "labels" in group:
+                labels = group["labels"]
+                if labels.ndim != 1 or labels.dtype.kind not in "iu":
+                    problems.append(f"/{split}/labels is {labels.dtype} of shape {labels.shape}, not integer class indices")
+                elif len(labels) and class_names:
+                    values = labels[()]  # -1: an unlabelled image (STL-10's unlabelled split)
+                    if values.min() < -1 or values.max() >= len(class_names):
+                        problems.append(f"/{split}/labels run from {values.min()} to {values.max()}, "
+                                        f"outside the {len(class_names)} classes")
+            if "masks" in group:
+                masks = group["masks"]
+                if masks.dtype != np.uint8 or masks.ndim != 4 or masks.shape[1] != 1 or masks.shape[2:] != images.shape[2:]:
+                    problems.append(f"/{split}/masks is {masks.dtype} of shape {masks.shape}, not uint8 N x 1 x H x W "
+                                    f"matching the images")
+    return problems
+
+
 def read_extra(path: Path, name: str) -> np.ndarray:
     with h5py.File(path, "r", locking=False) as f:
         return f[f"extra/{name}"][()]

@@ -169,6 +169,7 @@ class Data:
         self.path = require_prepared(cfg)
         self.device, self.rank, self.world = device, rank, world
         self.indices, label_map = split_indices(self.path, cfg)
+        _check_not_empty(self.indices, cfg, world, self.path)
         self.label_map = None if label_map is None else torch.from_numpy(label_map)
         with h5py.File(self.path, "r", locking=False) as f:
             first = next(s for s in self.indices)
@@ -201,6 +202,27 @@ class Data:
                 in_memory=in_memory, on_device=d.on_device, num_workers=d.num_workers, label_map=self.label_map,
             )
         return self._cache[key]
+
+
+def check_splits(cfg: DictConfig, world: int = 1) -> Path:
+    """Before any work: the prepared file is sound and every split the run uses keeps images
+    after the data options (one line otherwise); the file's path."""
+    path = require_prepared(cfg)
+    _check_not_empty(split_indices(path, cfg)[0], cfg, world, path)
+    return path
+
+
+def _check_not_empty(indices: dict[str, np.ndarray], cfg: DictConfig, world: int, path: Path) -> None:
+    """One line, before any model is built, when a split the run uses has no images (or fewer
+    training images than data-parallel ranks) after class filter, hold-out, fraction and limit."""
+    from hpclab.config import ConfigError
+
+    used = {"train", *cfg.train.eval_splits, *cfg.train.final_splits}
+    for name, idx in indices.items():
+        need = world if name == "train" else 1
+        if name in used and len(idx) < need:
+            raise ConfigError(f"config key 'data': the {name} split of {path.name} has {len(idx)} image(s) after "
+                              f"data.classes/limit/train_fraction/val_fraction (needs at least {need})")
 
 
 def _file_splits(path: Path) -> list[str]:

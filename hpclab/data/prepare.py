@@ -7,14 +7,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from hpclab.data.hdf5 import describe, write_hdf5
+from hpclab.data.hdf5 import describe, file_problems, write_hdf5
 from hpclab.data.sources import SOURCES, SourceMissing
+from hpclab.errors import DataMissing
 
 log = logging.getLogger(__name__)
-
-
-class DataMissing(FileNotFoundError):
-    """No prepared file and no usable source; the message says how to stage the data."""
 
 
 def hdf5_path(cfg: DictConfig) -> Path:
@@ -29,24 +26,50 @@ def stage_command(cfg: DictConfig) -> str:
     return f"python jobs/prepare_data.py data={cfg.data.name}"
 
 
+_CHECKED: dict[tuple[str, int, int], list[str]] = {}  # (path, size, mtime) -> problems, per process
+
+
+def problems_of(path: Path) -> list[str]:
+    """:func:`hpclab.data.hdf5.file_problems`, once per version of the file in a process
+    (a sweep of many runs on one dataset checks it once)."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _CHECKED:
+        _CHECKED[key] = file_problems(path)
+    return _CHECKED[key]
+
+
 def require_prepared(cfg: DictConfig) -> Path:
-    """The prepared file, or a one-line error naming the command that stages it."""
+    """The prepared file, checked whole, or a one-line error naming the command that stages it."""
     path = hdf5_path(cfg)
     if not path.is_file():
         raise DataMissing(f"dataset '{cfg.data.name}' is not prepared ({path} missing); run: {stage_command(cfg)}")
+    problems = problems_of(path)
+    if problems:
+        raise DataMissing(f"{path} is unusable: {problems[0]}"
+                          f"{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}; "
+                          f"re-stage it: {stage_command(cfg)} force=true")
     return path
 
 
-def stage(cfg: DictConfig, force: bool = False) -> Path:
-    """Write the HDF5 file for ``cfg.data`` unless it exists; return its path."""
+def stage(cfg: DictConfig, force: bool = False, repair: bool = False) -> Path:
+    """Write the HDF5 file for ``cfg.data`` unless a sound one exists; return its path.
+
+    A damaged existing file is staged again with ``repair`` (``prepare_data``, the explicit
+    staging command), and refused in one line otherwise (a launch never silently replaces data
+    someone may have written by other means)."""
     name = cfg.data.name
     if name not in SOURCES:
         raise DataMissing(f"unknown dataset '{name}' (known: {', '.join(sorted(SOURCES))})")
     source = SOURCES[name]
     out = hdf5_path(cfg)
     if out.is_file() and not force:
-        log.info("%s already prepared at %s", name, out)
-        return out
+        if not problems_of(out):
+            log.info("%s already prepared at %s", name, out)
+            return out
+        if not repair:
+            return require_prepared(cfg)  # raises: names the problem and the command that re-stages
+        log.warning("%s is unusable (%s); staging it again", out, "; ".join(problems_of(out)))
 
     tried: list[str] = []
     mirrors = [Path(m) for m in list(cfg.data.mirrors) + list(source.mirrors)]

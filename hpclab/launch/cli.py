@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
+import threading
 from typing import Callable
 
-from hpclab.config import CONFIG_DIR, ConfigError
+from hpclab.config import CONFIG_DIR
+from hpclab.errors import USER_ERRORS, Preempted
 
 
 def group_options(group: str) -> list[str]:
@@ -28,26 +31,43 @@ def doc_parser(doc: str) -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    from hpclab.data.prepare import DataMissing
-    from hpclab.engine import NonFiniteLoss
-    from hpclab.launch.job import RunConflict
-    from hpclab.weights import WeightsMissing
+# Exit codes of the jobs/ entry points (README, "What survives what").
+EXIT_USER_ERROR = 2  # bad input, missing data, a run folder in use or with another config
+EXIT_STOPPED = 3  # stopped by SIGTERM/SIGUSR2 after a checkpoint: the same command resumes
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
-    return (ConfigError, DataMissing, RunConflict, NonFiniteLoss, WeightsMissing)
+
+def _thread_write_errors(args: threading.ExceptHookArgs) -> None:
+    """A background writer (TensorBoard's event thread) that hits a full or read-only disk says
+    so in one line; the main thread's own write then stops the command (see main_guard)."""
+    if isinstance(args.exc_value, OSError) and args.exc_value.errno in WRITE_ERRNOS:
+        print(f"warning: {args.thread.name if args.thread else 'a thread'}: {args.exc_value.strerror}", file=sys.stderr)
+    else:
+        threading.__excepthook__(args)
 
 
 def main_guard(main: Callable[[list[str]], int]) -> None:
     """Run ``main(argv)``; expected failures print one line on stderr and exit non-zero."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    threading.excepthook = _thread_write_errors
     try:
         code = main(sys.argv[1:])
-    except user_errors() as exc:
+    except USER_ERRORS as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        code = 2
+        code = EXIT_USER_ERROR
+    except Preempted as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        code = EXIT_STOPPED
+    except BrokenPipeError:  # output piped into head & co.
+        code = 0
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error: cannot write{where}: {exc.strerror}; files are written whole or not at all, so free "
+              f"space (or fix permissions) and run the same command again", file=sys.stderr)
+        code = EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
-    except BrokenPipeError:  # output piped into head & co.
-        code = 0
     sys.exit(code)

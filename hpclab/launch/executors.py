@@ -11,7 +11,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from hpclab.config import ConfigError
 from hpclab.launch import container
-from hpclab.launch.job import TrainJob, is_complete, run_dir_of, train_local_processes, train_run
+from hpclab.launch.job import (
+    TrainJob,
+    is_complete,
+    run_dir_of,
+    train_local_processes,
+    train_run,
+)
 from hpclab.launch.slurm import read_record
 from hpclab.launch.sweep import Plan
 from hpclab.utils import read_json, write_json
@@ -37,12 +43,15 @@ def describe_plan(plan: Plan) -> str:
 def run_local(plan: Plan) -> list[dict[str, Any]]:
     """Run every run of the plan in turn in this process (or N processes each), then report."""
     from hpclab.analysis.report import write_report
+    from hpclab.data.loader import check_splits
     from hpclab.data.prepare import hdf5_path, stage
 
     # Stage each dataset first (a no-op when prepared; local mirrors, then the downloader), so
     # a missing dataset fails before the first run starts, not in the middle of a sweep.
     for cfg in {hdf5_path(c): c for c in plan.runs}.values():
         stage(cfg)
+    for cfg in plan.runs:  # and every run's splits hold data, before the first run starts
+        check_splits(cfg, cfg.cluster.processes)
     summaries = []
     for i, cfg in enumerate(plan.runs, 1):
         log.info("[%d/%d] %s", i, len(plan.runs), run_dir_of(cfg))
@@ -123,14 +132,15 @@ def render_sbatch(plan: Plan) -> str:
 
 def submit_slurm(plan: Plan) -> list[str]:
     """Submit the runs still to do as one job array (split at MaxArraySize); return job ids."""
-    from hpclab.data.prepare import require_prepared
+    from hpclab.data.loader import check_splits
 
     pending = [cfg for cfg in plan.runs if cfg.force or not is_complete(run_dir_of(cfg))]
     if not pending:
         log.info("all %d runs are complete; nothing to submit (force=true re-runs them)", len(plan.runs))
         return []
+    cluster = plan.base.cluster
     for cfg in pending:  # fail before anything is queued
-        require_prepared(cfg)
+        check_splits(cfg, cluster.nodes * max(cluster.gpus_per_node, 1))
     container.check_image(plan.base.cluster)
     executor = make_executor(plan)
     size = plan.base.cluster.max_array_size
@@ -138,13 +148,43 @@ def submit_slurm(plan: Plan) -> list[str]:
     ids = []
     for start in range(0, len(pending), size):
         chunk = pending[start : start + size]
-        with executor.batch():  # one array; each task's callable keeps its checkpoint() method
-            jobs = [executor.submit(TrainJob(OmegaConf.to_yaml(cfg))) for cfg in chunk]
+        try:
+            with executor.batch():  # one array; each task's callable keeps its checkpoint() method
+                jobs = [executor.submit(TrainJob(OmegaConf.to_yaml(cfg))) for cfg in chunk]
+        except Exception as exc:  # submitit's FailedJobError carries sbatch's stderr
+            if ids:
+                write_json(group_dir(plan) / "submissions.json", record)  # keep what was queued
+            raise ConfigError(sbatch_refusal(str(exc), plan.base.cluster, ids)) from None
         ids.append(jobs[0].job_id.split("_")[0])
         for job, cfg in zip(jobs, chunk):
             record[cfg.run_name] = {"job_id": job.job_id, "log": str(job.paths.stdout), "run_dir": str(run_dir_of(cfg))}
     write_json(group_dir(plan) / "submissions.json", record)
     return ids
+
+
+# sbatch's reasons for refusing a job, and the setting that usually fixes each.
+_SBATCH_HINTS = (
+    ("Invalid generic resource", "this cluster has no GPUs there: cluster.gpus_per_node=0"),
+    ("Requested node configuration is not available",
+     "no node has what the job asks for: lower cluster.gpus_per_node (0 without GPUs), cluster.cpus_per_task, "
+     "cluster.mem_gb or cluster.nodes"),
+    ("Invalid partition", "name a partition that exists (sinfo lists them): cluster.partition=..."),
+    ("Invalid account", "name an account you may use (sacctmgr show assoc user=$USER): cluster.account=..."),
+    ("Invalid qos", "name a QOS your account may use: cluster.qos=..."),
+    ("time limit", "ask for less time: cluster.time_min=..."),
+    ("No such file or directory: 'sbatch'", "no SLURM client here: submit from a login node, or use cluster=local"),
+)
+
+
+def sbatch_refusal(error: str, cluster: DictConfig, queued: list[str]) -> str:
+    """One line: why sbatch refused the array, the setting to change, what was queued before."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    reason = next((line for line in lines if "error" in line.lower()), lines[0] if lines else "no reason given")
+    hint = next((fix for needle, fix in _SBATCH_HINTS if needle.lower() in error.lower()), None)
+    if hint is None and cluster.gpus_per_node:
+        hint = "on a cluster without GPUs, submit with cluster.gpus_per_node=0"
+    done = f" (arrays {', '.join(queued)} were queued before it)" if queued else ""
+    return f"sbatch refused the job array: {reason}{'; ' + hint if hint else ''}{done}"
 
 
 def _load_submissions(plan: Plan) -> dict[str, Any]:
@@ -212,21 +252,23 @@ def _queued_by_sbatch(plan: Plan, jobs: dict[str, dict[str, str]], submitit_jobs
 
 
 def _last_step(run_dir: Path) -> Optional[int]:
-    """The last step logged in metrics.jsonl (progress, and whether a resume kept it)."""
+    """The last step logged in metrics.jsonl (progress, and whether a resume kept it); a last
+    line cut short by a kill is passed over for the one before it."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return None
     import json
 
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    try:
-        return int(json.loads(lines[-1])["step"]) if lines else None
-    except (ValueError, KeyError):
-        return None
+    for line in reversed(path.read_text().splitlines()):
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
 
 
 def run_state(run_dir: Path, job: Optional[str], squeued: Optional[dict[str, str]], starts: list[dict[str, Any]],
-              submitit_log: Optional[str]) -> str:
+              submitit_log: Optional[str], submitit_dir: Path) -> str:
     """One run's state from squeue (if it still knows the job), the results folder and the
     task records: PENDING, REQUEUED (pending again after a requeue), RUNNING, COMPLETED,
     FAILED, CANCELLED, TIMEOUT, ..., INCOMPLETE (ended without results), NOT-SUBMITTED."""
@@ -240,7 +282,7 @@ def run_state(run_dir: Path, job: Optional[str], squeued: Optional[dict[str, str
         return "COMPLETED"
     if squeued:  # ended without a completed summary
         return "FAILED" if squeued["state"] == "COMPLETED" else squeued["state"]
-    if submitit_log and _submitit_error(submitit_log):
+    if submitit_log and _submitit_error(submitit_log, submitit_dir):
         return "FAILED"
     if job:
         return "INCOMPLETE"
@@ -274,7 +316,7 @@ def status_lines(plan: Plan) -> list[str]:
         if index in queued and _job_number(queued[index]) > _job_number(job) and ("_" in queued[index] or not job):
             job, log_path, submitit_log = queued[index], None, None
         squeued = jobs.get(job) if jobs and job else None
-        state = run_state(run_dir, job, squeued, starts, submitit_log)
+        state = run_state(run_dir, job, squeued, starts, submitit_log, submitit_folder(plan))
         step = _last_step(run_dir)
         lines.append(f"{cfg.run_name:<32} {state:<20} {job or '-':<14} {'-' if step is None else step:>8}  "
                      f"{log_path or '-'}")
@@ -283,16 +325,17 @@ def status_lines(plan: Plan) -> list[str]:
     return lines
 
 
-def _submitit_error(log_path: str) -> bool:
-    """Whether submitit recorded an exception for the task whose log is ``log_path``."""
-    result = Path(log_path).with_name(Path(log_path).name.replace("_log.out", "_result.pkl"))
-    if not result.is_file():
-        return False
+def _submitit_error(log_path: str, folder: Path) -> bool:
+    """Whether submitit's last start of the task whose log is ``log_path`` ended in an exception,
+    from its stderr log. Nothing is unpickled (a results folder may be writable by others), and
+    only logs inside the sweep's own submitit folder are read (submissions.json could name any path)."""
+    err = Path(log_path).with_name(Path(log_path).name.replace("_log.out", "_log.err"))
     try:
-        import pickle
-
-        with open(result, "rb") as fh:  # written by submitit itself in our own folder
-            outcome, _ = pickle.load(fh)
-        return outcome == "error"
-    except Exception:
+        if not err.resolve().is_relative_to(folder.resolve()) or not err.is_file():
+            return False
+        with open(err, "rb") as fh:
+            fh.seek(max(err.stat().st_size - (1 << 16), 0))
+            tail = fh.read().decode(errors="replace")
+    except OSError:
         return False
+    return tail.rfind("Submitted job triggered an exception") > tail.rfind("Starting with")

@@ -20,14 +20,12 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from hpclab.config import save_yaml
-from hpclab.launch.slurm import export_rank_env, record_task, restart_count
+from hpclab.errors import RunConflict, RunFolderError
+from hpclab.launch.lock import LOCK_NAME, TOKEN_ENV, run_lock, unwritable
+from hpclab.launch.slurm import export_rank_env, job_ref, record_task, restart_count
 from hpclab.utils import environment_record, read_json, write_json
 
 log = logging.getLogger("hpclab")
-
-
-class RunConflict(RuntimeError):
-    """The run folder already holds results of a different config."""
 
 
 def run_dir_of(cfg: DictConfig) -> Path:
@@ -76,53 +74,114 @@ def setup_logging(run_dir: Optional[Path] = None, rank: int = 0) -> None:
     logger.propagate = False
 
 
-def train_run(cfg: DictConfig) -> dict[str, Any]:
-    """Train and analyse one run; return its summary. Skips finished runs unless ``force``."""
-    from hpclab.analysis import ANALYSES
-    from hpclab.data.prepare import require_prepared
-    from hpclab.engine import Trainer
+def read_run_config(run_dir: Path) -> Optional[DictConfig]:
+    """The config a run folder was started with; None for a new folder; a one-line error for
+    a damaged file (it is the record of what the results are, so it is never overwritten)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:  # YAML errors of several kinds, unreadable file
+        raise RunConflict(f"{path} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                          f"move the run folder away, or pass force=true to start it over") from None
+    if not isinstance(cfg, DictConfig):
+        raise RunConflict(f"{path} is damaged (not a mapping); move the run folder away, or pass force=true")
+    return cfg
+
+
+def check_writable(*directories: Path) -> None:
+    """Fail before training, not at the first checkpoint, when a folder cannot be written."""
+    for directory in directories:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            probe = directory / f".write-probe-{os.getpid()}"
+            probe.write_bytes(b"probe")
+            probe.unlink()
+        except OSError as exc:
+            raise RunFolderError(exc.errno, unwritable(directory, exc)) from None
+
+
+def _starts_over(cfg: DictConfig) -> bool:
+    """force=true or train.resume=never: the run starts from step 0, old results kept aside."""
+    return bool(cfg.force) or cfg.train.resume == "never"
+
+
+def train_run(cfg: DictConfig, folder_ready: bool = False) -> dict[str, Any]:
+    """Train and analyse one run; return its summary. Skips finished runs unless ``force``.
+
+    Rank 0 owns the run folder for the whole run (``run.lock``): a second process for the same
+    run stops with a line naming the holder. ``folder_ready``: the caller (the parent of local
+    data-parallel processes) already holds the lock and has moved old results aside.
+    """
+    from hpclab.data.loader import check_splits
     from hpclab.weights import use_cache
 
     run_dir = run_dir_of(cfg)
     rank = int(os.environ.get("RANK", "0"))
-    require_prepared(cfg)  # fail before anything is written
+    check_splits(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # fail before anything is written
     use_cache(cfg.paths.cache)  # pretrained weights resolve from the staged cache, never the network
-    if (run_dir / "config.yaml").is_file() and not cfg.force:
-        from hpclab.launch.sweep import config_diff
+    if rank != 0:
+        return _check_and_train(cfg, run_dir, rank, folder_ready=True)
+    with run_lock(run_dir):
+        return _check_and_train(cfg, run_dir, rank, folder_ready)
 
-        changed = config_diff(OmegaConf.load(run_dir / "config.yaml"), cfg)
+
+def _check_and_train(cfg: DictConfig, run_dir: Path, rank: int, folder_ready: bool) -> dict[str, Any]:
+    from hpclab.checkpointing import clean_temporaries
+    from hpclab.launch.sweep import config_diff
+
+    old = read_run_config(run_dir)
+    if old is not None and not _starts_over(cfg):
+        changed = config_diff(old, cfg)
         if changed:
             raise RunConflict(f"{run_dir} holds a run with another config ({'; '.join(changed[:3])}); "
                               f"choose another run_name=... or pass force=true to replace it")
-    if is_complete(run_dir) and not cfg.force:
+    if is_complete(run_dir) and not _starts_over(cfg):
         log.info("run %s is complete; skipping (force=true re-runs it)", run_dir)
         return read_json(run_dir / "summary.json")
-    if cfg.force and rank == 0:
-        _clear_run(run_dir)
+    if rank == 0:
+        if not folder_ready and _starts_over(cfg):
+            _clear_run(run_dir)
+        check_writable(run_dir)
+        for tmp in clean_temporaries(run_dir):
+            log.info("removed %s, left by a write that a kill cut short", tmp)
+    return _train(cfg, run_dir, rank)
+
+
+def _train(cfg: DictConfig, run_dir: Path, rank: int) -> dict[str, Any]:
+    from hpclab.analysis import ANALYSES
+    from hpclab.engine import Trainer
+
+    attempts = start_attempt(run_dir) if rank == 0 else []
     setup_logging(run_dir, rank)
     if rank == 0:
         save_yaml(cfg, run_dir / "config.yaml")
         write_json(run_dir / "environment.json", environment_record())
         record_task(run_dir)
     log.info("run %s on %s", run_dir, socket.gethostname())
-    started = time.time()
     trainer = Trainer(cfg, run_dir)
     try:
-        result = trainer.fit()
-        analyses: dict[str, Any] = {}
-        if trainer.is_main:
-            for item in cfg.analysis:  # "name" or {name: ..., **kwargs}
-                kwargs = {"name": item} if isinstance(item, str) else OmegaConf.to_container(item, resolve=True)
-                name = kwargs.pop("name")
-                log.info("analysis %s", name)
-                analyses[name] = ANALYSES[name](trainer, run_dir / "figures", **kwargs)
+        try:
+            result = trainer.fit()
+            analyses: dict[str, Any] = {}
+            if trainer.is_main:
+                for item in cfg.analysis:  # "name" or {name: ..., **kwargs}
+                    kwargs = {"name": item} if isinstance(item, str) else OmegaConf.to_container(item, resolve=True)
+                    name = kwargs.pop("name")
+                    log.info("analysis %s", name)
+                    analyses[name] = ANALYSES[name](trainer, run_dir / "figures", **kwargs)
+        finally:
+            if rank == 0:  # also when stopped by a signal or an error: the time was spent
+                attempts = end_attempt(run_dir, attempts, trainer.step_count)
         summary = {
             "status": "completed",
             "run": cfg.run_name,
             "group": cfg.run_group,
             "experiment": cfg.experiment,
             "parameters": {n: sum(p.numel() for p in trainer.unwrap(n).parameters()) for n in trainer.models},
-            "wall_time_s": round(time.time() - started, 2),
+            "wall_time_s": round(sum(a.get("wall_time_s", 0) for a in attempts), 2),
+            "attempts": len(attempts),
             **result,
             "analyses": analyses,
         }
@@ -134,34 +193,76 @@ def train_run(cfg: DictConfig) -> dict[str, Any]:
         setup_logging(None, rank)  # detach run.log: what follows belongs to the next run
 
 
+ATTEMPTS = "attempts.json"  # per run: every start of its training, its wall time and last step
+
+
+def start_attempt(run_dir: Path) -> list[dict[str, Any]]:
+    """Record a new start in ``attempts.json``. An earlier start that never recorded its end
+    (killed, preempted, requeued) is closed at the last write to its ``run.log``, so the run's
+    wall time counts every attempt, not only the last."""
+    path = run_dir / ATTEMPTS
+    try:
+        attempts = read_json(path) if path.is_file() else []
+    except ValueError:
+        log.warning("%s is damaged; earlier attempts are left out of the run's wall time", path)
+        attempts = []
+    attempts = [a for a in attempts if isinstance(a, dict)] if isinstance(attempts, list) else []
+    run_log = run_dir / "run.log"
+    for entry in attempts:
+        if "wall_time_s" not in entry and "start_ts" in entry:
+            last = run_log.stat().st_mtime if run_log.is_file() else entry["start_ts"]
+            entry.update(wall_time_s=round(max(last - entry["start_ts"], 0.0), 2), ended="killed")
+    attempts.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "start_ts": time.time(),
+                     "host": socket.gethostname(), "job": job_ref()})
+    write_json(path, attempts)
+    return attempts
+
+
+def end_attempt(run_dir: Path, attempts: list[dict[str, Any]], step: int) -> list[dict[str, Any]]:
+    entry = attempts[-1]
+    entry.update(wall_time_s=round(time.time() - entry["start_ts"], 2), reached_step=step,
+                 ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    write_json(run_dir / ATTEMPTS, attempts)
+    return attempts
+
+
 def _clear_run(run_dir: Path) -> None:
-    """``force=true``: move the old results aside (never delete them silently)."""
-    if run_dir.exists():
-        backup = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-        run_dir.rename(backup)
-        log.info("moved previous results to %s", backup)
+    """``force=true`` / ``train.resume=never``: move the old results aside (never delete them
+    silently). The folder itself stays, with its lock, so the owner keeps it throughout."""
+    entries = [p for p in run_dir.iterdir() if p.name != LOCK_NAME] if run_dir.is_dir() else []
+    if not entries:
+        return
+    backup = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    backup.mkdir()
+    for entry in entries:
+        entry.rename(backup / entry.name)
+    log.info("moved previous results to %s", backup)
 
 
-def _spawned(rank: int, cfg_yaml: str, world: int, port: int) -> None:
+def _spawned(rank: int, cfg_yaml: str, world: int, port: int, token: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    train_run(OmegaConf.create(cfg_yaml))  # force was applied (old run moved aside) before spawning
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **{TOKEN_ENV: token})
+    train_run(OmegaConf.create(cfg_yaml), folder_ready=True)
 
 
 def train_local_processes(cfg: DictConfig, processes: int) -> dict[str, Any]:
-    """Data-parallel training in ``processes`` local processes (gloo on CPU, nccl on GPUs)."""
+    """Data-parallel training in ``processes`` local processes (gloo on CPU, nccl on GPUs).
+    This process holds the run's lock for them and moves old results aside first."""
     import torch.multiprocessing as mp
 
+    from hpclab.data.loader import check_splits
+
+    check_splits(cfg, processes)  # here, not in each spawned process
+    run_dir = run_dir_of(cfg)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    if cfg.force:
-        _clear_run(run_dir_of(cfg))
-        cfg = cfg.copy()
-        cfg.force = False
-    mp.start_processes(_spawned, args=(OmegaConf.to_yaml(cfg), processes, port), nprocs=processes,
-                       start_method="spawn", join=True)
-    return read_json(run_dir_of(cfg) / "summary.json")
+    with run_lock(run_dir) as me:
+        if _starts_over(cfg):
+            _clear_run(run_dir)
+        mp.start_processes(_spawned, args=(OmegaConf.to_yaml(cfg), processes, port, me["token"]), nprocs=processes,
+                           start_method="spawn", join=True)
+    return read_json(run_dir / "summary.json")
 
 
 class TrainJob:
@@ -192,10 +293,12 @@ class TrainJob:
 
 
 def resumable(cfg: DictConfig) -> DictConfig:
-    """A requeued SLURM task resumes: ``force=true`` applies to the first start only."""
-    if restart_count() > 0 and cfg.force:
+    """A requeued SLURM task resumes: ``force=true`` and ``train.resume=never`` apply to the
+    first start only (else every requeue would start the run over)."""
+    if restart_count() > 0 and _starts_over(cfg):
         cfg = cfg.copy()
         cfg.force = False
+        cfg.train.resume = "auto"
     return cfg
 
 

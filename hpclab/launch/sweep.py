@@ -44,6 +44,19 @@ def split_sweep_overrides(overrides: list[str]) -> tuple[list[str], dict[str, li
     return plain, axes
 
 
+def plain_values(plain: list[str]) -> dict[str, str]:
+    """``key -> value text`` of plain ``key=value`` overrides (not group choices or deletions)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    out = {}
+    for text in plain:
+        parsed = parser.parse_override(text)
+        if not parsed.is_delete() and "=" in text:
+            out[parsed.key_or_group] = text.split("=", 1)[1]
+    return out
+
+
 def _value_text(value: Any) -> str:
     if isinstance(value, (list, dict)):
         return OmegaConf.to_yaml(OmegaConf.create({"v": value})).split(":", 1)[1].strip().replace("\n", " ")
@@ -99,12 +112,20 @@ def plan(overrides: list[str]) -> Plan:
     else:
         group = base.experiment or "default"
     axes: dict[str, list[str]] = {k: [_value_text(v) for v in vals] for k, vals in base.sweep.grid.items()}
+    # A plain override of a key the grid sweeps (sweep=ae_latent model.latent_dim=8) narrows that
+    # axis to the one value, instead of being overwritten by every grid point.
+    for key, value in plain_values(plain).items():
+        if key in axes:
+            axes[key] = [value]
     axes.update(cli_axes)
     if base.sweep.subset:
         axes = {k: subset(v, base.sweep.subset) for k, v in axes.items()}
     points = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())] if axes else [{}]
     names = run_names(points)
     explicit_name = any(o.startswith("run_name=") for o in plain)
+    if explicit_name and len(points) > 1:
+        raise ConfigError(f"run_name names one run, but '{group}' has {len(points)}: drop run_name=... "
+                          f"(each run is named after its grid point), or narrow the grid to one point")
     runs = []
     for point, name in zip(points, names):
         point_overrides = [f"{k}={v}" for k, v in point.items()]
@@ -114,13 +135,19 @@ def plan(overrides: list[str]) -> Plan:
     return Plan(group=group, runs=runs, base=base)
 
 
-def config_diff(old: DictConfig, new: DictConfig, ignore: tuple[str, ...] = ("force", "dry_run", "cluster", "notes")) -> list[str]:
+# Keys that say how or where a run is executed or shown, not what it computes: they may differ
+# between the starts of one run (a resume with train.progress=log, a requeue on another cluster,
+# a results folder moved to another file system).
+EXECUTION_KEYS = ("force", "dry_run", "cluster", "notes", "paths", "train.resume", "train.progress")
+
+
+def config_diff(old: DictConfig, new: DictConfig, ignore: tuple[str, ...] = EXECUTION_KEYS) -> list[str]:
     """Keys whose values differ between two run configs (for 'this folder holds another run')."""
     a = _flatten(OmegaConf.to_container(old, resolve=True))
     b = _flatten(OmegaConf.to_container(new, resolve=True))
     keys = sorted(set(a) | set(b))
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys
-            if a.get(k) != b.get(k) and not k.split(".")[0] in ignore]
+            if a.get(k) != b.get(k) and not any(k == i or k.startswith(i + ".") for i in ignore)]
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:

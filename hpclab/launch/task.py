@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from typing import Optional
 
 from hpclab.config import ConfigError
@@ -71,7 +70,7 @@ def main(argv: list[str]) -> int:
         return 0
     overrides, index, check = parse_args(argv)
 
-    from hpclab.data.prepare import require_prepared
+    from hpclab.data.loader import check_splits
     from hpclab.launch.job import run_dir_of, run_in_slurm_task
     from hpclab.launch.sweep import plan as make_plan
 
@@ -83,19 +82,13 @@ def main(argv: list[str]) -> int:
         print(f"task index {index}: '{plan.group}' has only {n} run(s); nothing to do")
         return 0
     cfg = plan.runs[index]
-    require_prepared(cfg)  # fail before anything is written
+    check_splits(cfg, int(os.environ.get("SLURM_NTASKS") or 1))  # fail before anything is written
     if check:
         print(f"run {index + 1}/{n} of '{plan.group}': {cfg.run_name} -> {run_dir_of(cfg)}")
         if warning:
             print(f"warning: {warning}")
         return 0
-    from hpclab.engine import Preempted
-
-    try:
-        run_in_slurm_task(cfg)
-    except Preempted as exc:
-        print(f"stopped: {exc}", file=sys.stderr)
-        return 3
+    run_in_slurm_task(cfg)  # a stop signal ends in main_guard: "stopped: ...", exit 3
     return 0
 
 

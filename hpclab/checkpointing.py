@@ -1,0 +1,168 @@
+"""Step checkpoints of a run: where they are, what a complete one holds, and RNG state.
+
+A checkpoint is one file ``checkpoints/step<N>.pt`` written atomically (temp file, rename) and
+read with ``weights_only=True``. Before anything of it is loaded into live objects it is
+checked completely against them (:func:`state_problems`): every key, every model tensor's
+shape and dtype, every optimizer's groups and per-parameter state shapes, every scheduler. A
+file that fails is set aside as ``*.pt.unusable`` (kept for inspection, never picked again),
+so a run resumes from an older good checkpoint or starts fresh, never from a mix.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+CKPT_PATTERN = re.compile(r"step(\d+)\.pt$")
+STATE_KEYS = ("step", "models", "optimizers", "schedulers", "scaler", "rng", "best", "stopped")
+RNG_KEYS = ("python", "numpy", "torch", "cuda")
+
+
+def checkpoints(directory: Path) -> list[Path]:
+    """Step checkpoints of a run, newest first."""
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := CKPT_PATTERN.search(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def step_path(directory: Path, step: int) -> Path:
+    return directory / f"step{step:09d}.pt"
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an unusable checkpoint so that no later resume picks it again."""
+    aside = path.with_name(f"{path.name}.unusable-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        path.rename(aside)
+    except OSError:  # a read-only results folder (someone else's run, analysed): leave it
+        return path
+    return aside
+
+
+def clean_temporaries(run_dir: Path) -> list[Path]:
+    """Remove temp files a kill left behind mid-write (``.<name>.<random>.tmp`` from
+    :func:`hpclab.utils.atomic_path`). Only the run's owner calls this (it holds the run lock),
+    so no live writer's file is removed."""
+    removed = []
+    for tmp in run_dir.rglob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+# --------------------------------------------------------------------------- validation
+
+def state_problems(state: Any, models: Mapping[str, nn.Module], optimizers: Mapping[str, torch.optim.Optimizer],
+                   schedulers: Mapping[str, Any], scaler: Any = None) -> list[str]:
+    """Everything that keeps ``state`` from being loaded whole into these live objects; [] when
+    it can be. Checked before anything is loaded, so a bad file changes nothing."""
+    if not isinstance(state, dict):
+        return [f"holds a {type(state).__name__}, not a checkpoint"]
+    missing = [k for k in STATE_KEYS if k not in state]
+    if missing:
+        return [f"no {', '.join(missing)}"]
+    problems = []
+    for section, live in (("models", models), ("optimizers", optimizers), ("schedulers", schedulers)):
+        saved = state[section]
+        if not isinstance(saved, dict) or set(saved) != set(live):
+            names = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
+            problems.append(f"{section} {names} where the run has {sorted(live)}")
+    if problems:
+        return problems
+    for name, model in models.items():
+        problems += [f"model {name}: {p}" for p in _tensor_dict_problems(state["models"][name], model.state_dict())]
+    for name, opt in optimizers.items():
+        problems += [f"optimizer {name}: {p}" for p in _optimizer_problems(state["optimizers"][name], opt)]
+    for name, sched in schedulers.items():
+        saved, live = state["schedulers"][name], sched.state_dict()
+        if not isinstance(saved, dict) or set(saved) != set(live):
+            problems.append(f"scheduler {name}: keys differ from a {type(sched).__name__}'s")
+    if scaler is not None and not isinstance(state["scaler"], dict):
+        problems.append("no loss-scaler state for a run that uses one (fp16)")
+    rng = state["rng"]
+    if not isinstance(rng, dict) or any(k not in rng for k in RNG_KEYS) or not isinstance(rng["torch"], torch.Tensor):
+        problems.append("incomplete RNG state")
+    if not isinstance(state["step"], int) or state["step"] < 0:
+        problems.append(f"step {state['step']!r} is not a step count")
+    if not isinstance(state["best"], dict) or not {"value", "step"} <= set(state["best"]):
+        problems.append("no best-so-far record")
+    if state["stopped"] is not None and not isinstance(state["stopped"], str):
+        problems.append("early-stop record of the wrong type")
+    running = state.get("running", {})
+    if not isinstance(running, dict) or not all(isinstance(v, torch.Tensor) for v in running.values()):
+        problems.append("metric sums since the last log line are not tensors")
+    return problems
+
+
+def _tensor_dict_problems(saved: Any, live: Mapping[str, torch.Tensor]) -> list[str]:
+    if not isinstance(saved, dict):
+        return [f"weights are a {type(saved).__name__}"]
+    problems = []
+    missing, extra = sorted(set(live) - set(saved)), sorted(set(saved) - set(live))
+    if missing:
+        problems.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    if extra:
+        problems.append(f"unexpected {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}")
+    for key in sorted(set(live) & set(saved)):
+        a, b = saved[key], live[key]
+        if not isinstance(a, torch.Tensor):
+            problems.append(f"{key} is not a tensor")
+        elif a.shape != b.shape or a.dtype != b.dtype:
+            problems.append(f"{key} is {a.dtype} {tuple(a.shape)}, the model has {b.dtype} {tuple(b.shape)}")
+    return problems
+
+
+def _optimizer_problems(saved: Any, opt: torch.optim.Optimizer) -> list[str]:
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict) or not isinstance(saved.get("param_groups"), list):
+        return ["not an optimizer state"]
+    groups = opt.param_groups
+    if len(saved["param_groups"]) != len(groups):
+        return [f"{len(saved['param_groups'])} parameter groups, the optimizer has {len(groups)}"]
+    for i, (a, b) in enumerate(zip(saved["param_groups"], groups)):
+        if not isinstance(a, dict) or len(a.get("params", ())) != len(b["params"]):
+            return [f"parameter group {i} has another number of parameters"]
+    params = [p for g in groups for p in g["params"]]
+    problems = []
+    for index, entry in saved["state"].items():
+        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(entry, dict):
+            problems.append(f"state for parameter {index!r} the optimizer does not have")
+            continue
+        for key, value in entry.items():  # moments have the parameter's shape; counters are scalars
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != params[index].shape:
+                problems.append(f"{key} of parameter {index} is {tuple(value.shape)}, "
+                                f"the parameter {tuple(params[index].shape)}")
+    return problems
+
+
+# --------------------------------------------------------------------------- RNG state
+
+def capture_rng() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(_tuplify(state["python"]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np_state[1].numpy(), *np_state[2:]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuplify(x: Any) -> Any:
+    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
