@@ -24,7 +24,7 @@ from conftest import REPO, controller_problem, run_cli
 pytestmark = pytest.mark.slurm  # the tests that run jobs are also marked slow
 
 SLURM_OPTS = ["--gpus-per-node=0", "--cpus-per-task=1", "--mem=2G", "--time=15"]
-TINY = ["preset=smoke", "model.channels=[4,8,8]", "model.latent_dim=4", "train.batch_size=16", "data.limit=256",
+TINY = ["preset=smoke", "model.channels=[4,8,8]", "train.batch_size=16", "data.limit=256",
         "analysis=[]"]
 DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
         "DEADLINE"}
@@ -225,7 +225,7 @@ def test_sbatch_array_script_runs_each_sweep_run_and_status_follows_it(cluster):
 def test_sbatch_script_runs_one_task_per_process_with_ranks_from_slurm(cluster):
     """Two tasks (as on two GPUs): ranks, world size and the rendezvous come from SLURM."""
     log_of = lambda job: cluster["dir"] / f"hpclab-ae_pretrain-{job}.out"  # noqa: E731
-    job = sbatch(cluster, "ae_pretrain.sh", "experiment=ae_latent", *TINY, "train.max_steps=40",
+    job = sbatch(cluster, "ae_pretrain.sh", "experiment=ae_latent", *TINY, "model.latent_dim=4", "train.max_steps=40",
                  "train.eval_every=20", "run_name=two_tasks", opts=("--ntasks-per-node=2",))
     final = wait_done(job, log=log_of(job))
     text = log_of(job).read_text()
@@ -238,7 +238,7 @@ def test_sbatch_script_runs_one_task_per_process_with_ranks_from_slurm(cluster):
 
 # --------------------------------------------------------------------------- (3) preemption
 
-PREEMPT_RUN = ["experiment=ae_latent", *TINY, "train.max_steps=300", "train.eval_every=100", "train.log_every=20"]
+PREEMPT_RUN = ["experiment=ae_latent", *TINY, "model.latent_dim=4", "train.max_steps=300", "train.eval_every=100", "train.log_every=20"]
 # run -> (how it is submitted, how it is interrupted once it has trained 40 steps)
 INTERRUPTIONS = {
     "usr2": ("sbatch", "usr2"),  # what SLURM sends before the time limit (--signal=USR2@...)
