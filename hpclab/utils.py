@@ -102,11 +102,24 @@ def environment_record() -> dict[str, Any]:
         "hostname": socket.gethostname(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "cpu": {"model": cpu_model(), "count": os.cpu_count(),
+                "usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()},
         "packages": versions,
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "slurm": {k: v for k, v in os.environ.items() if k.startswith("SLURM_") and k in SLURM_KEYS},
         "apptainer_image": os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER"),
     }
+
+
+def cpu_model() -> str | None:
+    """The processor's name (Linux: /proc/cpuinfo), for the machine line of a result."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 SLURM_KEYS = {

@@ -1,26 +1,44 @@
 #!/usr/bin/env python
-"""Rebuild a sweep's summary (summary.csv, summary.md, summary.png) from its run folders.
+"""Rebuild a sweep's summary (summary.csv, summary.md, summary.png) from its run folders, or
+refresh the generated tables, run records and figures of a results document.
 
 usage: python jobs/report.py results/<sweep> [--x KEY] [--metrics M1,M2] [--logx]
+       python jobs/report.py --publish docs/results.md [--results results]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 from hpclab.launch.cli import main_guard
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", help="a sweep's results folder, e.g. results/ae_latent")
+    parser.add_argument("folder", nargs="?", help="a sweep's results folder, e.g. results/ae_latent")
     parser.add_argument("--x", help="swept key on the x axis (default: the sweep's report.x)")
     parser.add_argument("--metrics", help="comma-separated metrics (default: the sweep's report.metrics)")
     parser.add_argument("--logx", action="store_true", help="log-2 x axis")
+    parser.add_argument("--publish", metavar="DOC", help="refresh the '<!-- generated: ... -->' blocks of DOC")
+    parser.add_argument("--results", default=None, help="results folder for --publish (default: $HPCLAB_RESULTS or results)")
     args = parser.parse_args(argv)
+    from hpclab.analysis.publish import publish
     from hpclab.analysis.report import write_report
-    from hpclab.config import ConfigError
+    from hpclab.errors import ConfigError
 
+    if args.publish:
+        if not Path(args.publish).is_file():
+            raise ConfigError(f"--publish: {args.publish} is not a file")
+        results = args.results or os.environ.get("HPCLAB_RESULTS", "results")
+        refreshed, missing = publish(args.publish, results)
+        print(f"{args.publish}: {refreshed} generated block(s) refreshed from {results}")
+        for source in missing:
+            print(f"  not generated yet: {source}")
+        return 0
+    if not args.folder:
+        raise ConfigError("give a sweep's results folder (or --publish DOC); see --help")
     report = {k: v for k, v in {"x": args.x, "metrics": args.metrics.split(",") if args.metrics else None,
                                 "logx": args.logx or None}.items() if v}
     try:

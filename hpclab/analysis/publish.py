@@ -1,0 +1,115 @@
+"""Refresh the generated parts of a results document (``docs/results.md``) from results folders.
+
+The prose and the published anchors are written by hand; every number and figure is quoted from
+a file the suite generated, between markers that name it::
+
+    <!-- generated: table ae_latent/summary.md -->
+    ... replaced by the table of results/ae_latent/summary.md ...
+    <!-- end generated -->
+
+Kinds: ``table FILE`` (the Markdown tables and notes of FILE, without its title), ``runs GROUP``
+(how the runs of a results group were made: commands' machine, wall time, commits, versions)
+and ``figure FILE DEST`` (FILE copied to DEST, next to the document, and shown). FILE and GROUP
+are relative to the results folder. A block whose source does not exist yet is left as it is
+and reported, so the document can be refreshed study by study as runs finish.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from hpclab.analysis.report import is_run_folder_name, run_records
+from hpclab.utils import atomic_path, atomic_write_text
+
+BLOCK = re.compile(r"(?P<open><!-- generated: (?P<spec>[^>]+?) -->\n)(?P<body>.*?)(?P<close><!-- end generated -->)",
+                   re.S)
+
+
+MAX_WIDTH = 900  # pixels of a figure copied into the document's folder
+
+
+class SourceNotReady(FileNotFoundError):
+    """A block's source has not been generated yet."""
+
+
+def _table(path: Path) -> str:
+    if not path.is_file():
+        raise SourceNotReady(str(path))
+    lines = path.read_text().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("|")), len(lines))
+    return "\n".join(lines[start:]).strip() + "\n"
+
+
+def _runs(group: Path) -> str:
+    summaries = dict(run_records(group, "summary.json"))
+    done = {run: s for run, s in summaries.items() if isinstance(s, dict) and s.get("status") == "completed"}
+    if not done:
+        raise SourceNotReady(str(group))
+    envs = dict(run_records(group, "environment.json"))
+    hosts, commits, versions, cpus = set(), set(), set(), set()
+    for run in done:
+        env: dict[str, Any] = envs.get(run) or {}
+        hosts.add(env.get("hostname") or "?")
+        commits.add((env.get("git_commit") or "?")[:10])
+        packages = env.get("packages") or {}
+        versions.add(f"torch {packages.get('torch')}, Python {env.get('python')}")
+        cpu = env.get("cpu") or {}
+        cpus.add(f"{cpu.get('model')}, {cpu.get('usable')} usable core(s)" if cpu else "not recorded")
+        if env.get("cuda_devices"):
+            cpus.add("GPU " + ", ".join(env["cuda_devices"]))
+    wall = sum(float(s.get("wall_time_s") or 0) for s in done.values())
+    total = sum(1 for p in group.iterdir() if p.is_dir() and is_run_folder_name(p.name))
+    return (f"- runs: {len(done)} finished of {total}; training and analyses took {wall / 3600:.2f} h in all "
+            f"({wall / len(done) / 60:.1f} min per run on average)\n"
+            f"- machine: host {', '.join(sorted(hosts))}; CPU {'; '.join(sorted(cpus))}\n"
+            f"- software: {'; '.join(sorted(versions))}; commit {', '.join(sorted(commits))}\n")
+
+
+def _figure(source: Path, dest: Path, doc: Path) -> str:
+    if not source.is_file():
+        raise SourceNotReady(str(source))
+    from PIL import Image
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(source) as image:  # documents stay small: at most MAX_WIDTH pixels wide
+        if image.width > MAX_WIDTH:
+            image = image.resize((MAX_WIDTH, round(image.height * MAX_WIDTH / image.width)), Image.LANCZOS)
+        with atomic_path(dest) as tmp:
+            image.save(tmp, format="PNG", optimize=True)
+    return f"![{dest.stem}]({dest.relative_to(doc.parent).as_posix()})\n"
+
+
+def render(spec: str, results: Path, doc: Path) -> str:
+    """The generated text of one block."""
+    kind, _, rest = spec.strip().partition(" ")
+    args = rest.split()
+    if kind == "table" and len(args) == 1:
+        return _table(results / args[0])
+    if kind == "runs" and len(args) == 1:
+        return _runs(results / args[0])
+    if kind == "figure" and len(args) == 2:
+        return _figure(results / args[0], doc.parent / args[1], doc)
+    raise ValueError(f"unknown generated block '{spec}' (table FILE | runs GROUP | figure FILE DEST)")
+
+
+def publish(doc: Path | str, results: Path | str) -> tuple[int, list[str]]:
+    """Refresh every block of ``doc`` whose source exists; (blocks refreshed, sources missing)."""
+    doc, results = Path(doc), Path(results)
+    missing: list[str] = []
+    refreshed = 0
+
+    def replace(match: re.Match) -> str:
+        nonlocal refreshed
+        try:
+            body = render(match["spec"], results, doc)
+        except SourceNotReady as exc:
+            missing.append(str(exc))
+            return match.group(0)
+        refreshed += 1
+        return match["open"] + body + match["close"]
+
+    text = BLOCK.sub(replace, doc.read_text())
+    atomic_write_text(doc, text)
+    return refreshed, missing
