@@ -135,10 +135,11 @@ def plan(overrides: list[str]) -> Plan:
     return Plan(group=group, runs=runs, base=base)
 
 
-# Keys that say how or where a run is executed or shown, not what it computes: they may differ
+# Keys that say how or where a run is executed or shown, not what it trains: they may differ
 # between the starts of one run (a resume with train.progress=log, a requeue on another cluster,
-# a results folder moved to another file system).
-EXECUTION_KEYS = ("force", "dry_run", "cluster", "notes", "paths", "train.resume", "train.progress")
+# a results folder moved to another file system, an analysis added to the study; a finished
+# run is not analysed again by a launch: jobs/analyze.py adds an analysis to it).
+EXECUTION_KEYS = ("force", "dry_run", "cluster", "notes", "paths", "analysis", "train.resume", "train.progress")
 
 
 def config_diff(old: DictConfig, new: DictConfig, ignore: tuple[str, ...] = EXECUTION_KEYS) -> list[str]:
