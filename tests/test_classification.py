@@ -341,12 +341,12 @@ def test_best_checkpoint_by_test_accuracy_is_one_override(lab: dict) -> None:
     """The briefs' choice (LUMS, PW12): train.monitor=test/acc keeps the weights of the evaluation
     with the highest test accuracy, and the results table says which rule picked them."""
     run_cli("launch.py", "experiment=cifar_cnn", *FAST, "train.max_steps=6", "train.eval_every=1", "train.monitor=test/acc",
-            "run_name=by_test", TABLE_ONLY, cwd=lab["root"], env=lab["env"])
+            "data.val_fraction=0", "run_name=by_test", TABLE_ONLY, cwd=lab["root"], env=lab["env"])
     run = Path(lab["env"]["HPCLAB_RESULTS"]) / "cifar_cnn" / "by_test"
     summary = json.loads((run / "summary.json").read_text())
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     tests = [r for r in records if r["split"] == "test"]
-    assert len(tests) == 6
+    assert len(tests) == 6 and not [r for r in records if r["split"] == "val"]  # every training image trains
     first_best = max(tests, key=lambda r: (r["acc"], -r["step"]))
     assert summary["best"] == {"value": first_best["acc"], "step": first_best["step"]} and summary["weights"] == "best"
     final = next(r for r in records if r["split"] == "final_test")
