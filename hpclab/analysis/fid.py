@@ -93,6 +93,19 @@ def _chunks(images: torch.Tensor, size: int) -> Iterable[torch.Tensor]:
         yield images[i : i + size]
 
 
+def split_images(trainer: Any, split: str, limit: Optional[int], size: int) -> Iterable[torch.Tensor]:
+    """The run's real images of ``split`` (uint8, in order), the first ``limit`` of them (None:
+    all), in chunks of ``size``."""
+    left = limit
+    for batch in trainer.data.batches(split, train=False).epoch(0):
+        images = batch["images"] if left is None else batch["images"][:left]
+        yield from _chunks(images, size)
+        if left is not None:
+            left -= len(images)
+            if left <= 0:
+                return
+
+
 def fid_of_images(a: torch.Tensor, b: torch.Tensor, model: torch.nn.Module, device: torch.device | str = "cpu",
                   batch_size: int = 50) -> float:
     """FID between two image tensors (N x 3 x H x W in [0, 1])."""
@@ -112,18 +125,7 @@ def fid(trainer: Any, out_dir: Path, split: str = "train", num_images: Optional[
     device = trainer.device
     model = inception(dims, trainer.cfg.paths.cache, weights, device)
 
-    def real_batches() -> Iterable[torch.Tensor]:
-        left = num_images
-        for batch in trainer.data.batches(split, train=False).epoch(0):
-            images = batch["images"] if left is None else batch["images"][:left]
-            for chunk in _chunks(images, batch_size):
-                yield to_float(chunk)
-            if left is not None:
-                left -= len(images)
-                if left <= 0:
-                    return
-
-    real = activations(model, real_batches(), device)
+    real = activations(model, (to_float(c) for c in split_images(trainer, split, num_images, batch_size)), device)
     n = len(real)
     z = task.fixed_latents(torch.device("cpu"), n=n, seed=seed)
 
@@ -239,18 +241,8 @@ def fd_classifier(trainer: Any, out_dir: Path, classifier: str = "", reference: 
     device = trainer.device
     net = ClassifierFeatures(classifier, device)
 
-    def real_batches(split: str, limit: Optional[int]) -> Iterable[torch.Tensor]:
-        left = limit
-        for batch in trainer.data.batches(split, train=False).epoch(0):
-            images = batch["images"] if left is None else batch["images"][:left]
-            yield from _chunks(images, batch_size)
-            if left is not None:
-                left -= len(images)
-                if left <= 0:
-                    return
-
-    ref = gaussian(net.of_batches(real_batches(reference, None)))
-    real_features = net.of_batches(real_batches(real, num_images))
+    ref = gaussian(net.of_batches(split_images(trainer, reference, None, batch_size)))
+    real_features = net.of_batches(split_images(trainer, real, num_images, batch_size))
     n = len(real_features)
     z = task.fixed_latents(torch.device("cpu"), n=n, seed=seed)
 
