@@ -363,6 +363,11 @@ def test_super_resolution_factor_4_from_config(cifar_runs: Path, monkeypatch: py
     # 8x8 inputs: bilinear loses more than at factor 2
     x2 = _summary(cifar_runs / "results" / "default" / "experiment-superres_unet")["metrics"]["test/bilinear_psnr"]
     assert summary["metrics"]["test/bilinear_psnr"] < x2
+    # the residual design, trained from config the same way: same bilinear baseline on the same images
+    residual = train_run(compose(["experiment=superres_unet", "task=super_resolve_residual", "task.factor=4",
+                                  "run_name=x4_residual", "analysis=[image_metrics]", *TINY]))
+    assert residual["status"] == "completed"
+    assert residual["metrics"]["test/bilinear_psnr"] == pytest.approx(summary["metrics"]["test/bilinear_psnr"])
 
 
 # --------------------------------------------------------------------------- segmentation
