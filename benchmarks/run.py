@@ -318,8 +318,10 @@ STEP_MODELS: dict[str, StepModel] = {
         ["experiment=cifar_cnn", "task.augment=false", "task.label_smoothing=0.0"], 128, (3, 32, 10_000),
         adam_step(classification_loss), (30, 150)),
     # the 256 px generator/discriminator pair; on CPU at CHANNEL_NUM=64, on a GPU at the brief's 512
+    # (data=flowers102: every image of the synthetic file, not the experiment's category subset)
     "DCGAN 256 px (dcgan)": StepModel(
-        ["experiment=dcgan", "model.channels=64", "train.mixed_precision=no", "train.channels_last=false"], 32,
+        ["experiment=dcgan", "data=flowers102", "model.channels=64", "train.mixed_precision=no",
+         "train.channels_last=false"], 32,
         (3, 256, 512), dcgan_step, (4, 30), gpu=["model.channels=512", "train.batch_size=128"]),
 }
 

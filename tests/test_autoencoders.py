@@ -169,6 +169,40 @@ def test_mnist_comparison_table_of_both_models_for_both_tasks(ae_work):
     assert "noise_std: 0.2" in config and "name: mnist" in config
 
 
+def test_upsampling_study_compares_decoders_of_equal_size(ae_work):
+    """3x3 transposed convs and bilinear + 3x3 conv have weights of the same shapes: the sweep's
+    matched pair has exactly the same parameter count, and the summary table says so."""
+    counts = {mode: params(MODELS.build("conv_ae", {"upsampling": mode})) for mode in ("transpose3", "bilinear", "transpose")}
+    assert counts == {"transpose3": 327_617, "bilinear": 327_617, "transpose": 406_465}
+    run_cli("launch.py", "sweep=ae_upsampling", *smoke(), cwd=ae_work)
+    group = ae_work / "results" / "ae_upsampling"
+    rows = {r["model.upsampling"]: r for r in read_csv(group / "summary.csv")}
+    assert set(rows) == {"transpose3", "bilinear"}
+    assert rows["transpose3"]["parameters"] == rows["bilinear"]["parameters"] == "327617"
+    assert "| parameters |" in (group / "summary.md").read_text()
+
+
+def test_mnist_family_runs_on_fashion_mnist_with_one_override(ae_work):
+    """data=fashion_mnist is the one override that moves every MNIST-family experiment (and the
+    notMNIST ones) to the real Fashion-MNIST this machine has."""
+    for name in ("mnist_linear_ae", "mnist_linear_dae", "mnist_conv_ae", "mnist_conv_dae", "notmnist_dense_ae",
+                 "notmnist_conv_dae"):
+        assert plan([f"experiment={name}", "data=fashion_mnist"]).runs[0].data.name == "fashion_mnist", name
+    run_cli("launch.py", "sweep=mnist_ae_compare", "data=fashion_mnist", "sweep.name=fmnist_ae_compare", *smoke(),
+            "sweep.subset=null", cwd=ae_work)
+    group = ae_work / "results" / "fmnist_ae_compare"
+    rows = {r["experiment"]: r for r in read_csv(group / "summary.csv")}
+    assert set(rows) == {"mnist_linear_ae", "mnist_linear_dae", "mnist_conv_ae", "mnist_conv_dae"}
+    assert rows["mnist_linear_ae"]["parameters"] == "223391" and rows["mnist_conv_dae"]["parameters"] == "34297"
+    summary = summary_of(group / "experiment-mnist_conv_dae")
+    assert "T-shirt/top" in summary["analyses"]["class_reconstructions"]["mse"]
+    assert "name: fashion_mnist" in (group / "experiment-mnist_conv_dae" / "config.yaml").read_text()
+    run_cli("launch.py", "experiment=notmnist_conv_dae", "data=fashion_mnist", *smoke(), cwd=ae_work)
+    dae = summary_of(ae_work / "results" / "notmnist_conv_dae" / "default")
+    assert set(dae["analyses"]["class_reconstructions"]["mse"]) == {
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"}
+
+
 def test_notmnist_dense_ae_svm_on_codes_vs_pixels(ae_work):
     run_cli("launch.py", "experiment=notmnist_dense_ae", *smoke(), cwd=ae_work)
     run = ae_work / "results" / "notmnist_dense_ae" / "default"
@@ -239,7 +273,9 @@ def test_pretraining_sweep_loads_the_autoencoder_encoder(ae_work):
 
 def test_design_study_sweeps_expand_to_their_grids(workdir):
     up = plan(["sweep=ae_upsampling"])
-    assert [c.model.upsampling for c in up.runs] == ["transpose", "bilinear"] and up.runs[0].experiment == "ae_latent"
+    assert [c.model.upsampling for c in up.runs] == ["transpose3", "transpose", "bilinear"]
+    assert up.runs[0].experiment == "ae_latent"
+    assert [c.model.upsampling for c in plan(["sweep=ae_upsampling", "preset=smoke"]).runs] == ["transpose3", "bilinear"]
     noise = plan(["sweep=ae_denoise"])
     assert [c.task.noise_std for c in noise.runs] == [0.1, 0.2, 0.3, 0.5, 0.7]
     fractions = plan(["sweep=ae_pretrain_fractions"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,62 @@ def test_no_source_gives_a_clear_error_and_writes_nothing(workdir, tmp_path):
 def test_missing_prepared_file_names_the_staging_command(workdir):
     with pytest.raises(DataMissing, match="python jobs/prepare_data.py data=fashion_mnist"):
         Data(compose(["experiment=ae_latent"]), torch.device("cpu"))
+    with pytest.raises(DataMissing, match="python jobs/prepare_data.py data=fashion_mnist data.image_size=32$"):
+        Data(compose(["experiment=ae_latent", "data.image_size=32"]), torch.device("cpu"))
+
+
+def test_image_size_is_honoured_at_staging_for_sources_that_do_not_resize(workdir, tmp_path):
+    """IDX (and CIFAR-10) files hold one size; data.image_size resizes them once at staging, and a
+    file staged at another size under the sized name is refused with the command that fixes it."""
+    import h5py
+
+    from formats.cifar import write_cifar10
+
+    mirror = tmp_path / "idx"
+    arrays = write_idx_dataset(mirror, n_train=50, n_test=20)
+    proc = run_cli("prepare_data.py", "data=fashion_mnist", "data.image_size=32", f"data.mirrors=[{mirror}]",
+                   "data.download=false", cwd=workdir)
+    path = workdir / "data" / "fashion_mnist_32px.h5"
+    assert f"{path}: test [20, 1, 32, 32], train [50, 1, 32, 32]" in proc.stdout
+    with h5py.File(path) as f:
+        images = f["train/images"][()]
+        assert json.loads(f.attrs["resized_from"]) == {"train": [28, 28], "test": [28, 28]}
+        np.testing.assert_array_equal(f["train/labels"][()], arrays["train"][1])
+    # the resized image is the original, smoothly interpolated: same mean brightness, same layout
+    original = arrays["train"][0].astype(float)
+    assert abs(images.astype(float).mean() - original.mean()) < 2.0
+    back = torch.nn.functional.interpolate(torch.from_numpy(images).float(), size=(28, 28), mode="bilinear",
+                                           antialias=True)[:, 0].numpy()
+    assert np.corrcoef(back.ravel(), original.ravel())[0, 1] > 0.95
+
+    write_cifar10(tmp_path / "cifar", n_train=10, n_test=4, seed=2)
+    small = stage(compose(["data=cifar10", "data.image_size=16", f"data.mirrors=[{tmp_path / 'cifar'}]",
+                           "data.download=false"]))
+    assert describe(small)["splits"]["train"]["images"] == [10, 3, 16, 16]
+
+    # a file holding another size under the sized name (staged before sizes were honoured)
+    stale = workdir / "data" / "mnist_32px.h5"
+    stage(compose(["data=mnist", f"data.mirrors=[{mirror}]", "data.download=false"])).rename(stale)
+    cfg = compose(["data=mnist", "data.image_size=32", f"data.mirrors=[{mirror}]", "data.download=false"])
+    with pytest.raises(DataMissing, match=r"holds 28x28 px images, not data.image_size=32; .*data.image_size=32 force=true"):
+        stage(cfg)
+    with pytest.raises(DataMissing, match="holds 28x28 px images"):
+        Data(cfg, torch.device("cpu"))
+    assert describe(stage(cfg, force=True))["splits"]["train"]["images"] == [50, 1, 32, 32]
+
+
+def test_resizing_keeps_masks_binary():
+    from hpclab.data.hdf5 import Staged
+    from hpclab.data.prepare import resize_staged
+
+    masks = np.zeros((2, 1, 8, 8), np.uint8)
+    masks[:, :, 2:6, 2:6] = 1
+    staged = Staged(splits={"train": {"images": np.full((2, 1, 8, 8), 200, np.uint8), "masks": masks,
+                                      "labels": np.array([0, 1])}}, class_names=["a", "b"], inputs=[], source="test")
+    out = resize_staged(staged, 20)
+    assert out.splits["train"]["images"].shape == (2, 1, 20, 20) and set(np.unique(out.splits["train"]["images"])) == {200}
+    assert set(np.unique(out.splits["train"]["masks"])) == {0, 1} and out.splits["train"]["masks"].sum() == 2 * 10 * 10
+    assert resize_staged(out, 20) is out  # already at the size: nothing to do
 
 
 def test_memory_mapped_and_chunked_layouts_read_the_same_rows(tmp_path):

@@ -1,5 +1,7 @@
 """DCGAN on Flowers-102: staging from the real file layout (1-based labels), the model spec,
-a 32 px smoke run through the CLI with its analyses, and FID with a stand-in Inception."""
+a 32 px smoke run through the CLI with its analyses (on the homework's category subset), FID
+with a stand-in Inception; and the DCGAN on Fashion-MNIST resized to 32 px with the Fréchet
+distance in the features of the suite's own Fashion-MNIST classifier."""
 
 from __future__ import annotations
 
@@ -102,6 +104,10 @@ def test_subset_by_category_name(workdir, flowers):
 
     subset = compose(["data=flowers102_subset"]).data.classes
     assert len(category_labels(subset)) == len(subset) == 10
+    # homework problem 5: the DCGAN trains on the ten-category subset; all 8,189 images are one override away
+    for experiment in ("dcgan", "dcgan_small"):
+        assert list(compose([f"experiment={experiment}"]).data.classes) == list(subset)
+        assert compose([f"experiment={experiment}", "data=flowers102"]).data.classes is None
     with pytest.raises(ConfigError, match="did you mean: passion flower"):
         category_labels(["pasion flower"])
 
@@ -172,11 +178,18 @@ def test_smoke_run_trains_and_writes_every_figure(smoke_run):
         assert (figures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
     analyses = summary["analyses"]
-    assert analyses["gan_categories"]["per_category"] == {
-        "pink primrose": 20, "hard-leaved pocket orchid": 20, "petunia": 20, "passion flower": 20, "blackberry lily": 20}
+    # the shipped subset: of the mirror's five categories, petunia and passion flower are in it
+    assert analyses["gan_categories"]["per_category"] == {"petunia": 20, "passion flower": 20}
     bn = analyses["gan_batch_vs_single"]
     assert bn["mean_abs_diff_eval_mode"] < 1e-5 < bn["mean_abs_diff_train_mode"]
     assert "BatchNorm" in (figures / "batch_vs_single.md").read_text()
+    from hpclab.tasks.gan import GAN
+
+    z_bn = np.load(figures / "batch_vs_single_z.npy")  # the latent vectors of the figure, saved
+    task = GAN()
+    task.latent_dim = 16
+    assert z_bn.shape == (16, 16) and bn["latents"].endswith("batch_vs_single_z.npy")
+    np.testing.assert_array_equal(z_bn, task.fixed_latents(torch.device("cpu"), n=16, seed=bn["seed"]).numpy())
 
     fav = json.loads((figures / "favourites.json").read_text())
     z_fav = np.load(figures / "favourites_z.npy")
@@ -252,7 +265,7 @@ def test_fid_needs_the_staged_weights_and_checks_their_hash(tmp_path):
         inception(cache=tmp_path)
 
 
-@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # 66 images, 64 random-net features
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # 36 images, 64 random-net features
 def test_fid_analysis_on_the_smoke_run(smoke_run, standin_inception):
     """The analysis end to end (real images from the run's data, generated ones from its
     generator, 299 px Inception input) on the finished run, via the re-analysis API."""
@@ -270,11 +283,113 @@ def test_fid_analysis_on_the_smoke_run(smoke_run, standin_inception):
     name = WEIGHTS["fid_inception_standin"].filename
     cache_dir(cache).mkdir(parents=True, exist_ok=True)
     shutil.copy(cache_dir(standin_inception) / name, cache_dir(cache) / name)
-    result = analyze_run(run_dir, "fid", {"weights": "fid_inception_standin", "dims": 64, "num_images": 66})
-    assert result["real_images"] == result["generated_images"] == 66
+    result = analyze_run(run_dir, "fid", {"weights": "fid_inception_standin", "dims": 64, "num_images": 36})
+    assert result["real_images"] == result["generated_images"] == 36  # of the subset's 40
     assert np.isfinite(result["fid"]) and result["fid"] > 0
     assert json.loads((run_dir / "figures" / "fid.json").read_text())["fid"] == result["fid"]
     assert json.loads((run_dir / "summary.json").read_text())["analyses"]["fid"]["fid"] == result["fid"]
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST GAN and FD
+
+FMNIST_GAN = ["experiment=dcgan_fmnist", "preset=smoke", "model.channels=32", "model.latent_dim=16", "train.batch_size=32",
+              "train.max_steps=54", "train.eval_every=null", "train.progress=log"]  # 600 images: 18 steps an epoch
+
+
+@pytest.fixture(scope="module")
+def fmnist_gan(tmp_path_factory: pytest.TempPathFactory, fmnist_mirror: Path) -> dict:
+    """Fashion-MNIST IDX files: the DCGAN at 32 px stopped at its FD analysis (no classifier
+    yet), then fmnist_cnn trained, then the same DCGAN command again, all through the CLI."""
+    work = tmp_path_factory.mktemp("fmnist_gan")
+    env = {"HPCLAB_DATA": str(work / "data"), "HPCLAB_RESULTS": str(work / "results")}
+    run_cli("prepare_data.py", "experiment=dcgan_fmnist", f"data.mirrors=[{fmnist_mirror}]", "data.download=false",
+            cwd=work, env=env)
+    run_cli("prepare_data.py", "experiment=fmnist_cnn", f"data.mirrors=[{fmnist_mirror}]", "data.download=false",
+            cwd=work, env=env)
+    at_28 = run_cli("launch.py", *FMNIST_GAN, "data.image_size=null", "run_name=at_28px", cwd=work, env=env, check=False)
+    first = run_cli("launch.py", *FMNIST_GAN, cwd=work, env=env, check=False)
+    run_cli("launch.py", "experiment=fmnist_cnn", "preset=smoke", "train.max_steps=30", "train.eval_every=15",
+            "train.batch_size=32", "train.progress=log", cwd=work, env=env)
+    second = run_cli("launch.py", *FMNIST_GAN, cwd=work, env=env)
+    return {"work": work, "run_dir": work / "results" / "dcgan_fmnist" / "default", "at_28": at_28, "first": first,
+            "second": second}
+
+
+def test_fashion_mnist_dcgan_at_32px_with_its_figures(fmnist_gan):
+    assert fmnist_gan["at_28"].returncode == 2  # unresized 28 px: one line that says what to add
+    line = fmnist_gan["at_28"].stderr.strip().splitlines()[-1]
+    assert line.startswith("error: model 'dcgan' on fashion_mnist.h5 (28 px)") and "data.image_size=32" in line
+    run_dir = fmnist_gan["run_dir"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 54
+    with h5py.File(fmnist_gan["work"] / "data" / "fashion_mnist_32px.h5") as f:
+        assert f["train/images"].shape == (600, 1, 32, 32)
+    figures = run_dir / "figures"
+    for name in ("epochs/epoch_001.png", "epochs/epoch_002.png", "epochs/epoch_003.png", "samples_by_epoch.png",
+                 "interpolation.png", "batch_vs_single.png", "favourites.png", "categories.png", "fd_classifier.png"):
+        assert (figures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert np.load(figures / "batch_vs_single_z.npy").shape == (32, 16)
+    assert summary["analyses"]["gan_categories"]["categories"] == 10
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step*.pt")) == [
+        "step000000018.pt", "step000000036.pt", "step000000054.pt"]  # one per epoch, all kept
+
+
+def test_fd_in_the_suites_own_classifier_features(fmnist_gan):
+    """Without the classifier the run stops at the analysis with one line naming the command; the
+    same command after training it resumes at the last step and only runs the analyses. FD: the
+    real test set against the training set is the floor, noise is far above, every epoch is scored."""
+    line = fmnist_gan["first"].stderr.strip().splitlines()[-1]
+    assert fmnist_gan["first"].returncode == 2
+    assert line.startswith("error: fd_classifier: no trained classifier at") and "experiment=fmnist_cnn" in line
+    assert "resumed from" in fmnist_gan["second"].stdout and "step 54" in fmnist_gan["second"].stdout
+    fd = json.loads((fmnist_gan["run_dir"] / "figures" / "fd_classifier.json").read_text())
+    assert fd["metric"] == "FD (Fashion-MNIST CNN features)" and fd["classifier"].endswith("fmnist_cnn/default")
+    assert fd["reference_images"] == 600 and fd["images_per_set"] == 200
+    assert list(fd["by_epoch"]) == ["1.0", "2.0", "3.0"]
+    assert 0 <= fd["floor_real"] < min(fd["by_epoch"].values()) and max(fd["by_epoch"].values()) < fd["noise"]
+    table = (fmnist_gan["run_dir"] / "figures" / "fd_classifier.md").read_text()
+    assert "FID" not in table and "| real test set |" in table and "| uniform noise |" in table
+
+
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # dead ReLU units: a singular covariance
+def test_classifier_features_are_the_penultimate_layer(fmnist_gan):
+    """ClassifierFeatures reproduces the classifier's own preprocessing and takes the input of
+    its last linear layer; FD of a set with itself is 0, and resizing to its size is applied."""
+    from hpclab.analysis.fid import ClassifierFeatures, frechet
+    from hpclab.data.hdf5 import H5Split
+
+    net = ClassifierFeatures(fmnist_gan["work"] / "results" / "fmnist_cnn" / "default")
+    assert (net.channels, net.size, net.label) == (1, 28, "FD (Fashion-MNIST CNN features)")
+    images = H5Split(fmnist_gan["work"] / "data" / "fashion_mnist.h5", "test").load()["images"][:64]
+    features = net(images)
+    assert features.shape == (64, 128)  # the dense 128 before the 10 logits
+    x = images.float() / 255
+    with torch.no_grad():
+        head_in = net.model.pool(net.model.features((x - 0.5) / 0.25))
+        expected = net.model.head[:-1](head_in)
+    np.testing.assert_allclose(features, expected.double().numpy(), rtol=1e-5, atol=1e-6)
+    assert abs(frechet(features, features)) < 1e-6
+    upsampled = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", antialias=True)
+    assert net(upsampled).shape == (64, 128)
+
+
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")
+def test_fid_on_grey_images_repeats_them_to_three_channels(fmnist_gan, standin_inception):
+    """pytorch-fid stays the metric where its weights are staged, also for the 1-channel GAN."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from hpclab.launch.analyze import analyze_run
+    from hpclab.weights import WEIGHTS, cache_dir
+
+    run_dir = fmnist_gan["run_dir"]
+    cache = Path(OmegaConf.load(run_dir / "config.yaml").paths.cache)
+    name = WEIGHTS["fid_inception_standin"].filename
+    cache_dir(cache).mkdir(parents=True, exist_ok=True)
+    shutil.copy(cache_dir(standin_inception) / name, cache_dir(cache) / name)
+    result = analyze_run(run_dir, "fid", {"weights": "fid_inception_standin", "dims": 64, "num_images": 24, "split": "test"})
+    assert result["real_images"] == result["generated_images"] == 24 and np.isfinite(result["fid"])
 
 
 def test_step_benchmark_runs_quick(tmp_path):

@@ -1,9 +1,10 @@
 """Image-to-image networks: own conv vs torch, Dice formula, palette, sizes, and every
 experiment's smoke run through the CLI on small files in the real formats (CIFAR-10 python
-batches; brain-MRI phantom PNG/TIFF folders)."""
+batches; Fashion-MNIST IDX files; brain-MRI phantom PNG/TIFF folders)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from hpclab.tasks.image2image import dice_loss, overlap_scores
 
 CIFAR_EXPERIMENTS = ["colourize_cnn", "colourize_classes", "colourize_unet", "superres_cnn", "superres_unet",
                      "denoise_ae", "inpaint_ae"]
-SEG_EXPERIMENTS = ["brain_seg", "brain_seg_mse", "brain_seg_bce"]
+SEG_EXPERIMENTS = ["brain_seg", "brain_seg_mse", "brain_seg_bce", "brain_seg_unet"]
 TINY = ["preset=smoke", "sweep.subset=0", "train.max_steps=2", "train.eval_every=2", "train.batch_size=8",
         "train.eval_batch_size=64", "data.limit=32", "train.progress=log"]
 
@@ -45,13 +46,27 @@ def _summary(run_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def cifar_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """CIFAR-10 batches in the real pickle layout, staged by prepare_data, then every CIFAR
-    experiment of this issue for 2 steps in one launch (the experiment axis)."""
+    experiment of this issue for 2 steps in one launch (the experiment axis); denoise_ae and
+    inpaint_ae default to Fashion-MNIST and run on CIFAR-10 through data=cifar10."""
     root = tmp_path_factory.mktemp("i2i_cifar")
     write_cifar10(root / "mirror", n_train=300, n_test=60, seed=0)
     env = _env(root)
     run_cli("prepare_data.py", "data=cifar10", f"data.mirrors=[{root / 'mirror'}]", "data.download=false",
             cwd=root, env=env)
-    run_cli("launch.py", "experiment=" + ",".join(CIFAR_EXPERIMENTS), *TINY, cwd=root, env=env)
+    run_cli("launch.py", "experiment=" + ",".join(CIFAR_EXPERIMENTS), "data=cifar10", *TINY, cwd=root, env=env)
+    return root
+
+
+@pytest.fixture(scope="module")
+def fmnist_runs(tmp_path_factory: pytest.TempPathFactory, fmnist_mirror: Path) -> Path:
+    """Fashion-MNIST IDX files staged by prepare_data, then sweep=denoise_skips (all three skip
+    variants) and inpaint_ae as they ship (Fashion-MNIST is their default data)."""
+    root = tmp_path_factory.mktemp("i2i_fmnist")
+    env = _env(root)
+    run_cli("prepare_data.py", "data=fashion_mnist", f"data.mirrors=[{fmnist_mirror}]", "data.download=false",
+            cwd=root, env=env)
+    run_cli("launch.py", "sweep=denoise_skips", *TINY, cwd=root, env=env)
+    run_cli("launch.py", "experiment=inpaint_ae", *TINY, cwd=root, env=env)
     return root
 
 
@@ -141,12 +156,20 @@ def test_encoder_decoder_runs_on_any_size(skips):
         assert out.shape == (1, 3, *size) and 0 <= out.min() and out.max() <= 1
 
 
-def test_segmentation_net_keeps_240():
+def test_segmentation_nets_keep_240_and_only_the_unet_has_skips():
+    from hpclab.config import compose, kwargs_of
     from hpclab.models import MODELS
 
-    model = MODELS.build("seg_unet", {}, in_channels=1).eval()
-    with torch.no_grad():
-        assert model(torch.rand(1, 1, 240, 240)).shape == (1, 1, 240, 240)
+    nets = {}
+    for name in ("brain_seg", "brain_seg_unet"):
+        cfg = compose([f"experiment={name}"])
+        nets[name] = MODELS.build(cfg.model.name, kwargs_of(cfg.model), in_channels=1).eval()
+        with torch.no_grad():
+            assert nets[name](torch.rand(1, 1, 240, 240)).shape == (1, 1, 240, 240)
+    assert [m.mode for m in nets["brain_seg"].merge] == ["none"] * 3  # the brief's autoencoder
+    assert [m.mode for m in nets["brain_seg_unet"].merge] == ["concat"] * 3
+    counts = {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()}
+    assert counts == {"brain_seg": 434_769, "brain_seg_unet": 445_633}  # the U-Net's 1x1 fuse convs
 
 
 def test_colour_unet_concatenates_skips_and_input():
@@ -169,7 +192,7 @@ def test_tasks_reject_data_they_cannot_use():
     with pytest.raises(ConfigError, match="needs RGB images"):
         TASKS["colourize"]().build_models({"name": "colour_cnn"}, grey)
     with pytest.raises(ConfigError, match="not divisible by 3"):
-        TASKS["super_resolve"](factor=3).build_models({"name": "colour_cnn"}, grey)
+        TASKS["super_resolve"](factor=3, upsample="bilinear").build_models({"name": "colour_cnn"}, grey)
     with pytest.raises(ConfigError, match="'masks' array"):
         TASKS["segment"]().model_input({"images": torch.zeros(1, 1, 8, 8, dtype=torch.uint8)})
     with pytest.raises(ConfigError, match="task.loss"):
@@ -177,17 +200,50 @@ def test_tasks_reject_data_they_cannot_use():
 
 
 def test_residual_super_resolution_starts_at_its_input():
+    from hpclab.config import compose, kwargs_of
     from hpclab.data.loader import DataInfo
     from hpclab.tasks import TASKS
 
     rgb = DataInfo(in_channels=3, image_size=32, num_classes=10, class_names=[], path=Path("cifar10.h5"))
-    task = TASKS["super_resolve"](factor=4)
+    named = compose(["experiment=superres_cnn", "task=super_resolve_residual", "task.factor=4"]).task
+    task = TASKS.build(named.name, kwargs_of(named))
+    assert (task.upsample, task.residual, task.factor) == ("bilinear", True, 4)
     model = task.build_models({"name": "colour_cnn", "num_filters": 4}, rgb)["model"].eval()
     x = torch.rand(2, 3, 32, 32)
     inp = task.make_input(x, None)
     assert inp.shape == x.shape and torch.equal(task.predict(model, inp), inp)  # zero-initialised last conv
     _, metrics = task.loss({"model": model}, {"images": x}, train=False)
     assert metrics["psnr"].item() == pytest.approx(metrics["bilinear_psnr"].item())
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_plain_super_resolution_cnn_sees_low_resolution_and_learns_the_upsampling(factor):
+    """The brief's plain CNN (the default): low-resolution input, transposed convs up, no
+    residual and no zeroed conv, so at step 0 it is not bilinear interpolation."""
+    from hpclab.config import ConfigError, compose, kwargs_of
+    from hpclab.data.loader import DataInfo
+    from hpclab.models.image2image import LearnedUpsampling
+    from hpclab.tasks import TASKS
+
+    rgb = DataInfo(in_channels=3, image_size=32, num_classes=10, class_names=[], path=Path("cifar10.h5"))
+    cfg = compose(["experiment=superres_cnn", f"task.factor={factor}"])
+    task = TASKS.build(cfg.task.name, kwargs_of(cfg.task))
+    assert (task.upsample, task.residual) == ("learned", False)
+    model = task.build_models(dict(kwargs_of(cfg.model), name=cfg.model.name), rgb)["model"].eval()
+    assert isinstance(model, LearnedUpsampling)
+    ups = [m for m in model.upsample if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert len(ups) == {2: 1, 4: 2}[factor] and all(m.stride == (2, 2) for m in ups)
+    x = torch.rand(2, 3, 32, 32)
+    inp = task.make_input(x, None)
+    assert inp.shape == (2, 3, 32 // factor, 32 // factor)
+    with torch.no_grad():
+        out = task.predict(model, inp)
+        bilinear = task.baseline(x, inp)
+    assert out.shape == x.shape and bilinear.shape == x.shape and not torch.allclose(out, bilinear, atol=1e-2)
+    with pytest.raises(ConfigError, match="task.residual"):
+        TASKS["super_resolve"](upsample="learned", residual=True)
+    with pytest.raises(ConfigError, match="power of two"):
+        TASKS["super_resolve"](factor=3)
 
 
 # --------------------------------------------------------------------------- CIFAR experiments
@@ -217,10 +273,14 @@ def test_cifar_experiments_smoke(cifar_runs: Path):
     # bilinear is the super-resolution baseline; PSNR table holds both rows
     sr = (group / "experiment-superres_cnn" / "figures" / "metrics_test.md").read_text()
     assert "| network |" in sr and "| bilinear |" in sr
+    layers = ["downconv1", "downconv2", "rfconv", "upconv1", "upconv2", "finalconv"]
     for name in ("colourize_cnn", "colourize_classes", "colourize_unet", "superres_cnn", "superres_unet"):
         grids = sorted((group / f"experiment-{name}" / "figures" / "activations").glob("*.png"))
-        assert [g.name for g in grids] == ["01_downconv1.png", "02_downconv2.png", "03_rfconv.png",
-                                           "04_upconv1.png", "05_upconv2.png", "06_finalconv.png"]
+        if name.startswith("superres"):  # the CNN at low resolution, then the learned upsampling
+            expected = [f"{i:02d}_body.{n}.png" for i, n in enumerate(layers, 1)] + ["07_upsample.1.png", "08_head.png"]
+        else:
+            expected = [f"{i:02d}_{n}.png" for i, n in enumerate(layers, 1)]
+        assert [g.name for g in grids] == expected
 
 
 def test_palette_saved_with_the_data_and_reused(cifar_runs: Path):
@@ -249,10 +309,33 @@ def test_palette_saved_with_the_data_and_reused(cifar_runs: Path):
 def test_autoencoder_trained_at_32_runs_at_other_sizes(cifar_runs: Path):
     for name in ("denoise_ae", "inpaint_ae"):
         run = cifar_runs / "results" / "default" / f"experiment-{name}"
+        assert "name: cifar10" in (run / "config.yaml").read_text()
         sizes = _summary(run)["analyses"]["other_sizes"]["sizes"]
-        assert set(sizes) == {"32", "24", "48", "64"}
+        assert set(sizes) == {"32", "14", "42", "56"}
         assert all(math.isfinite(m["psnr"]) and m["psnr"] > 0 for m in sizes.values())
         assert (run / "figures" / "other_sizes_test_examples.png").is_file()
+
+
+def test_denoising_and_inpainting_on_fashion_mnist(fmnist_runs: Path):
+    """denoise_ae / inpaint_ae / denoise_skips as shipped: grey 28 px Fashion-MNIST, 1-channel
+    network, evaluated at 28 px and at the other sizes too."""
+    group = fmnist_runs / "results" / "denoise_skips"
+    with open(group / "summary.csv") as fh:
+        rows = {r["model.skips"]: r for r in csv.DictReader(fh)}
+    assert set(rows) == {"none", "add", "concat"}
+    assert all(float(r["test/psnr"]) > 0 and float(r["test/noisy_psnr"]) > 0 for r in rows.values())
+    runs = [group / f"skips-{skips}" for skips in ("none", "add", "concat")]
+    runs.append(fmnist_runs / "results" / "inpaint_ae" / "default")
+    for run in runs:
+        summary = _summary(run)
+        assert "name: fashion_mnist" in (run / "config.yaml").read_text()
+        assert set(summary["analyses"]["other_sizes"]["sizes"]) == {"28", "14", "42", "56"}
+        assert (run / "figures" / "examples_test.png").is_file() and (run / "figures" / "metrics_test.md").is_file()
+    assert "test/hole_psnr" in _summary(runs[-1])["metrics"]
+    from safetensors.torch import load_file
+
+    weights = load_file(str(runs[0] / "checkpoints" / "best_model.safetensors"))
+    assert weights["encoder.0.0.weight"].shape[1] == 1 and weights["head.weight"].shape[0] == 1  # grey in, grey out
 
 
 def test_activations_and_compare_commands(cifar_runs: Path):
@@ -280,6 +363,11 @@ def test_super_resolution_factor_4_from_config(cifar_runs: Path, monkeypatch: py
     # 8x8 inputs: bilinear loses more than at factor 2
     x2 = _summary(cifar_runs / "results" / "default" / "experiment-superres_unet")["metrics"]["test/bilinear_psnr"]
     assert summary["metrics"]["test/bilinear_psnr"] < x2
+    # the residual design, trained from config the same way: same bilinear baseline on the same images
+    residual = train_run(compose(["experiment=superres_unet", "task=super_resolve_residual", "task.factor=4",
+                                  "run_name=x4_residual", "analysis=[image_metrics]", *TINY]))
+    assert residual["status"] == "completed"
+    assert residual["metrics"]["test/bilinear_psnr"] == pytest.approx(summary["metrics"]["test/bilinear_psnr"])
 
 
 # --------------------------------------------------------------------------- segmentation
@@ -335,14 +423,23 @@ def test_sweeps_expand_as_documented():
     from hpclab.launch.sweep import plan
 
     grids = {name: dict(compose([f"sweep={name}"]).sweep.grid) for name in
-             ("colourize_epochs", "colourize_batch", "colourize_compare", "superres_factor", "denoise_skips", "seg_loss")}
+             ("colourize_epochs", "colourize_batch", "colourize_compare", "superres_factor", "denoise_skips", "seg_loss",
+              "seg_arch")}
     assert grids["colourize_epochs"] == {"train.epochs": [1, 2, 5, 10, 25, 50]}
     assert grids["colourize_compare"] == {"model.name": ["colour_cnn", "colour_unet"]}
     assert grids["denoise_skips"] == {"model.skips": ["none", "add", "concat"]}
     assert grids["seg_loss"] == {"task.loss": ["dice", "mse", "bce"]}
+    assert grids["seg_arch"] == {"experiment": ["brain_seg", "brain_seg_unet"]}
+    assert [c.model.name for c in plan(["sweep=seg_arch"]).runs] == ["seg_ae", "seg_unet"]
+    assert {c.model.name for c in plan(["sweep=seg_loss"]).runs} == {"seg_ae"}  # the brief's model
     batch = plan(["sweep=colourize_batch", "sweep.subset=3"]).runs  # mini-batch sizes at fixed epochs
     assert [c.train.batch_size for c in batch] == [10, 50, 500]
     assert {c.train.epochs for c in batch} == {25} and {c.model.name for c in batch} == {"colour_unet"}
-    sr = plan(["sweep=superres_factor"]).runs
-    assert sorted((c.model.name, c.task.factor) for c in sr) == [("colour_cnn", 2), ("colour_cnn", 4),
-                                                                ("colour_unet", 2), ("colour_unet", 4)]
+    from hpclab.config import kwargs_of
+    from hpclab.tasks import TASKS
+
+    sr = plan(["sweep=superres_factor"]).runs  # both designs x both networks x factors 2 and 4
+    built = [TASKS.build(c.task.name, kwargs_of(c.task)) for c in sr]  # residual: null -> the natural pairing
+    assert sorted((t.upsample, t.residual, c.model.name, t.factor) for t, c in zip(built, sr)) == [
+        (up, up == "bilinear", net, f) for up in ("bilinear", "learned") for net in ("colour_cnn", "colour_unet")
+        for f in (2, 4)]

@@ -1,11 +1,20 @@
-"""Fréchet Inception Distance (pytorch-fid) between generated and real images, offline.
+"""Fréchet distances between generated and real images, offline.
 
-pytorch-fid would download its Inception weights on first use; compute nodes have no internet,
-so the weights come from the staged cache (``python jobs/prepare_data.py weights=[fid_inception]``),
-checked against their sha256 prefix, and a missing file is a one-line error naming that command.
-The network is pytorch-fid's own (``InceptionV3``, FID variant); only where its state dict comes
-from is changed. Activations of the chosen block are average-pooled to ``dims`` features, and
-``pytorch_fid.fid_score.calculate_frechet_distance`` compares their Gaussians.
+``fid``: the Fréchet Inception Distance (pytorch-fid). pytorch-fid would download its Inception
+weights on first use; compute nodes have no internet, so the weights come from the staged cache
+(``python jobs/prepare_data.py weights=[fid_inception]``), checked against their sha256 prefix,
+and a missing file is a one-line error naming that command. The network is pytorch-fid's own
+(``InceptionV3``, FID variant); only where its state dict comes from is changed. Activations of
+the chosen block are average-pooled to ``dims`` features, and
+``pytorch_fid.fid_score.calculate_frechet_distance`` compares their Gaussians. Grey images are
+repeated to three channels.
+
+``fd_classifier``: the same distance in the feature space of a classifier the suite trained
+itself (e.g. experiment=fmnist_cnn), the usual practice for MNIST-like data where Inception
+features mean little and its weights may not be at hand. It is reported as "FD (<data> CNN
+features)", never as FID: the numbers are not comparable with published FIDs, only with each
+other (same classifier, same sample counts). The table holds the real test set (the floor),
+the GAN at every kept checkpoint (epoch), and uniform noise.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from unittest import mock
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from hpclab.analysis import ANALYSES
 from hpclab.utils import write_json
@@ -51,25 +61,49 @@ def activations(model: torch.nn.Module, batches: Iterable[torch.Tensor], device:
     """Pooled Inception features (float64, N x dims) of image batches in [0, 1]."""
     features = []
     for images in batches:
-        out = model(images.to(device).float())[0]
+        x = images.to(device).float()
+        out = model(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x)[0]  # grey: the same value in R, G, B
         if out.shape[2:] != (1, 1):
             out = F.adaptive_avg_pool2d(out, (1, 1))
         features.append(out.flatten(1).double().cpu())
     return torch.cat(features).numpy()
 
 
-def frechet(features_a: np.ndarray, features_b: np.ndarray) -> float:
-    """FID between two sets of Inception features (their means and covariances)."""
+def gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of a feature set (N x dims)."""
+    return features.mean(0), np.cov(features, rowvar=False)
+
+
+def frechet_to(reference: tuple[np.ndarray, np.ndarray], features: np.ndarray) -> float:
+    """Fréchet distance between a reference Gaussian (mean, covariance) and a feature set's
+    (pytorch-fid's ``calculate_frechet_distance``: scipy's sqrtm with its stabilisation)."""
     from pytorch_fid.fid_score import calculate_frechet_distance
 
-    mu_a, mu_b = features_a.mean(0), features_b.mean(0)
-    sigma_a, sigma_b = np.cov(features_a, rowvar=False), np.cov(features_b, rowvar=False)
-    return float(calculate_frechet_distance(mu_a, sigma_a, mu_b, sigma_b))
+    mu, sigma = gaussian(features)
+    return float(calculate_frechet_distance(reference[0], reference[1], mu, sigma))
+
+
+def frechet(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """FID between two sets of Inception features (their means and covariances)."""
+    return frechet_to(gaussian(features_a), features_b)
 
 
 def _chunks(images: torch.Tensor, size: int) -> Iterable[torch.Tensor]:
     for i in range(0, len(images), size):
         yield images[i : i + size]
+
+
+def split_images(trainer: Any, split: str, limit: Optional[int], size: int) -> Iterable[torch.Tensor]:
+    """The run's real images of ``split`` (uint8, in order), the first ``limit`` of them (None:
+    all), in chunks of ``size``."""
+    left = limit
+    for batch in trainer.data.batches(split, train=False).epoch(0):
+        images = batch["images"] if left is None else batch["images"][:left]
+        yield from _chunks(images, size)
+        if left is not None:
+            left -= len(images)
+            if left <= 0:
+                return
 
 
 def fid_of_images(a: torch.Tensor, b: torch.Tensor, model: torch.nn.Module, device: torch.device | str = "cpu",
@@ -91,18 +125,7 @@ def fid(trainer: Any, out_dir: Path, split: str = "train", num_images: Optional[
     device = trainer.device
     model = inception(dims, trainer.cfg.paths.cache, weights, device)
 
-    def real_batches() -> Iterable[torch.Tensor]:
-        left = num_images
-        for batch in trainer.data.batches(split, train=False).epoch(0):
-            images = batch["images"] if left is None else batch["images"][:left]
-            for chunk in _chunks(images, batch_size):
-                yield to_float(chunk)
-            if left is not None:
-                left -= len(images)
-                if left <= 0:
-                    return
-
-    real = activations(model, real_batches(), device)
+    real = activations(model, (to_float(c) for c in split_images(trainer, split, num_images, batch_size)), device)
     n = len(real)
     z = task.fixed_latents(torch.device("cpu"), n=n, seed=seed)
 
@@ -118,4 +141,157 @@ def fid(trainer: Any, out_dir: Path, split: str = "train", num_images: Optional[
               "dims": dims, "weights": weights, "seed": seed}
     write_json(Path(out_dir) / "fid.json", result)
     log.info("FID (%s, %d real vs %d generated, %d dims): %.3f", split, n, len(fake), dims, result["fid"])
+    return result
+
+
+# --------------------------------------------------------------------------- FD in a classifier's features
+
+DATA_TITLES = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST", "notmnist": "notMNIST", "cifar10": "CIFAR-10",
+               "digits": "digits", "stl10": "STL-10"}
+
+
+class ClassifierFeatures:
+    """A finished classification run as a feature extractor: its best weights, its own input
+    preprocessing (``task.inputs``), images resized to the size it was trained on, and the input
+    of its last linear layer (the penultimate activations) as the features."""
+
+    def __init__(self, run: str | Path, device: torch.device | str = "cpu") -> None:
+        from safetensors.torch import load_file
+
+        from hpclab.config import kwargs_of, load_yaml
+        from hpclab.data.hdf5 import describe
+        from hpclab.data.loader import DataInfo
+        from hpclab.data.prepare import hdf5_path
+        from hpclab.tasks import TASKS
+
+        path = Path(run)
+        weights = path if path.suffix == ".safetensors" else path / "checkpoints" / "best_model.safetensors"
+        run_dir = weights.parent.parent
+        fix = ("train the classifier first: python jobs/launch.py experiment=fmnist_cnn (or point classifier= at "
+               "results/<group>/<run> of a finished classification run)")
+        if not weights.is_file() or not (run_dir / "config.yaml").is_file():
+            raise WeightsMissing(f"fd_classifier: no trained classifier at {run_dir} ({weights.name} or config.yaml "
+                                 f"missing); {fix}")
+        cfg = load_yaml(run_dir / "config.yaml")
+        self.task = TASKS.build(cfg.task.name, kwargs_of(cfg.task))
+        if not hasattr(self.task, "inputs"):
+            raise ValueError(f"fd_classifier: {run_dir} is a '{cfg.task.name}' run, not a classification run")
+        data_file = hdf5_path(cfg)
+        if not data_file.is_file():
+            raise WeightsMissing(f"fd_classifier: the classifier's data {data_file} is missing (its image size comes "
+                                 f"from there); stage it: python jobs/prepare_data.py data={cfg.data.name}")
+        info = describe(data_file)
+        channels, size = info["splits"]["train"]["images"][1:3]
+        classes = list(cfg.data.classes) if cfg.data.classes else info["class_names"]
+        data_info = DataInfo(in_channels=channels, image_size=size, num_classes=len(classes), class_names=classes,
+                             path=data_file)
+        model = self.task.build_models(OmegaConf.to_container(cfg.model, resolve=True), data_info)["model"]
+        model.load_state_dict(load_file(str(weights)))
+        self.model = model.eval().to(device)
+        linears = [m for m in self.model.modules() if isinstance(m, torch.nn.Linear)]
+        if not linears:
+            raise ValueError(f"fd_classifier: the model of {run_dir} has no linear layer to take features from")
+        self.last = linears[-1]
+        self.channels, self.size, self.device = channels, size, device
+        self.run_dir, self.data_name = run_dir, cfg.data.name
+        self.label = f"FD ({DATA_TITLES.get(cfg.data.name, cfg.data.name)} CNN features)"
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        """Features (float64, N x width) of images in [0, 1] (float) or uint8, any size."""
+        x = images.to(self.device)
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        if x.shape[1] != self.channels:
+            raise ValueError(f"fd_classifier: images have {x.shape[1]} channel(s), the classifier takes {self.channels}")
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+        captured: list[torch.Tensor] = []
+        handle = self.last.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0]))
+        try:
+            self.model(self.task.inputs({"images": x.clamp(0, 1)}, train=False))
+        finally:
+            handle.remove()
+        return captured[0].flatten(1).double().cpu().numpy()
+
+    def of_batches(self, batches: Iterable[torch.Tensor]) -> np.ndarray:
+        return np.concatenate([self(b) for b in batches])
+
+
+@ANALYSES.register("fd_classifier")
+def fd_classifier(trainer: Any, out_dir: Path, classifier: str = "", reference: str = "train", real: str = "test",
+                  num_images: int = 10000, batch_size: int = 500, epochs: Optional[list[float]] = None,
+                  seed: int = 99) -> dict[str, Any]:
+    """FD in ``classifier``'s feature space (a classification run folder or its
+    best_model.safetensors) against the real images of ``reference`` (all of them), for: the
+    real images of ``real`` (the floor), ``num_images`` samples of the generator at every kept
+    checkpoint (``epochs`` picks some; train.keep_checkpoints sets how many are kept) and at the
+    final weights, and as many uniform-noise images. Generated and real images go through the
+    same resizing to the classifier's size. Writes fd_classifier.{json,md,png}."""
+    import copy
+
+    from hpclab.analysis.figures import plt, save_figure
+    from hpclab.analysis.gan import gan_task
+    from hpclab.analysis.image2image import write_table
+    from hpclab.engine import checkpoints
+    from hpclab.tasks.gan import to_unit
+
+    if not classifier:
+        raise ValueError("fd_classifier needs classifier=results/<group>/<run> (a finished classification run)")
+    task = gan_task(trainer)
+    device = trainer.device
+    net = ClassifierFeatures(classifier, device)
+
+    ref = gaussian(net.of_batches(split_images(trainer, reference, None, batch_size)))
+    real_features = net.of_batches(split_images(trainer, real, num_images, batch_size))
+    n = len(real_features)
+    z = task.fixed_latents(torch.device("cpu"), n=n, seed=seed)
+
+    @torch.no_grad()
+    def fd_of_generator(G: torch.nn.Module) -> float:
+        G.eval()
+        return frechet_to(ref, net.of_batches(to_unit(G(chunk.to(device))) for chunk in _chunks(z, batch_size)))
+
+    rows: list[dict[str, Any]] = [{"images": f"real {real} set", "epoch": None, "step": None,
+                                   "fd": frechet_to(ref, real_features)}]
+    generator = copy.deepcopy(trainer.unwrap("generator"))
+    per_epoch = trainer.steps_per_epoch
+    wanted = None if epochs is None else {round(float(e), 6) for e in epochs}
+    final_step = trainer.step_count
+    for path in sorted(checkpoints(trainer.ckpt_dir), key=lambda p: p.name):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        step = int(state["step"])
+        epoch = round(step / per_epoch, 6)
+        if step == final_step or (wanted is not None and epoch not in wanted):
+            continue  # the final weights are scored below
+        generator.load_state_dict(state["models"]["generator"])
+        rows.append({"images": "generated", "epoch": epoch, "step": step, "fd": fd_of_generator(generator)})
+    rows.append({"images": "generated (final weights)", "epoch": round(final_step / per_epoch, 6), "step": final_step,
+                 "fd": fd_of_generator(copy.deepcopy(trainer.unwrap("generator")))})
+    noise = torch.rand((n, *trainer.data.split(reference).item_shape), generator=torch.Generator().manual_seed(seed))
+    rows.append({"images": "uniform noise", "epoch": None, "step": None, "fd": frechet_to(ref, net.of_batches(_chunks(noise, batch_size)))})
+
+    label = net.label
+    out_dir = Path(out_dir)
+    body = [[r["images"], r["epoch"], r["step"], round(r["fd"], 4)] for r in rows]
+    title = (f"{label} against the {len(trainer.data.indices[reference])} real {reference} images; {n} images per row; "
+             f"classifier {net.run_dir}")
+    files = write_table(["images", "epoch", "step", label], body, out_dir / "fd_classifier", title)
+    gen = [r for r in rows if r["images"].startswith("generated")]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot([r["epoch"] for r in gen], [r["fd"] for r in gen], "o-", label="generated")
+    ax.axhline(rows[0]["fd"], color="green", ls="--", label=f"real {real} set (floor)")
+    ax.axhline(rows[-1]["fd"], color="red", ls=":", label="uniform noise")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, out_dir / "fd_classifier.png")
+    result = {"metric": label, "classifier": str(net.run_dir), "reference": reference,
+              "reference_images": len(trainer.data.indices[reference]), "images_per_set": n, "seed": seed,
+              "floor_real": rows[0]["fd"], "noise": rows[-1]["fd"], "final": gen[-1]["fd"],
+              "by_epoch": {str(r["epoch"]): r["fd"] for r in gen}, "figure": str(out_dir / "fd_classifier.png"), **files}
+    write_json(out_dir / "fd_classifier.json", result)
+    log.info("%s: real %s %.3f, final generator %.3f, noise %.3f", label, real, result["floor_real"], result["final"],
+             result["noise"])
     return result

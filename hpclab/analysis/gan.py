@@ -191,9 +191,10 @@ def gan_categories(trainer: Any, out_dir: Path, split: str = "train", ncol: int 
 EXPLANATION = """\
 # Batch vs one-by-one generation
 
-The same {n} latent vectors (the training batch size, seed {seed}) were fed to the generator all
-at once and one at a time, with the model in training mode and in evaluation mode
-(figure: batch_vs_single.png). Mean absolute pixel difference (images in [0, 1]):
+The same {n} latent vectors (the training batch size, seed {seed}; saved as
+batch_vs_single_z.npy) were fed to the generator all at once and one at a time, with the model
+in training mode and in evaluation mode (figure: batch_vs_single.png). Mean absolute pixel
+difference (images in [0, 1]):
 
 | generator mode | batch vs one-by-one |
 |---|---|
@@ -221,10 +222,13 @@ generate in train mode.
 def gan_batch_vs_single(trainer: Any, out_dir: Path, n: Optional[int] = None, show: int = 8,
                         seed: int = 777) -> dict[str, Any]:
     """Generate ``n`` (default: the training batch size) latents as one batch and one by one,
-    in train and in eval mode, on a copy of the generator (its BatchNorm buffers stay intact)."""
+    in train and in eval mode, on a copy of the generator (its BatchNorm buffers stay intact).
+    The latent vectors are saved as ``batch_vs_single_z.npy`` (n x latent_dim, row i is image i
+    of every row of the figure)."""
     task = gan_task(trainer)
     n = n or trainer.cfg.train.batch_size
     z = task.fixed_latents(trainer.device, n=n, seed=seed)
+    z_file = save_npy(z.float().cpu().numpy(), Path(out_dir) / "batch_vs_single_z.npy")
     G = copy.deepcopy(trainer.unwrap("generator"))
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
@@ -241,8 +245,8 @@ def gan_batch_vs_single(trainer: Any, out_dir: Path, n: Optional[int] = None, sh
                         title="same latent vectors: as one batch vs one at a time")
     text = EXPLANATION.format(n=n, seed=seed, train=diff["train"], eval=diff["eval"], modes=modes)
     atomic_write_text(Path(out_dir) / "batch_vs_single.md", text)
-    return {"figure": str(figure), "report": str(Path(out_dir) / "batch_vs_single.md"),
-            "mean_abs_diff_train_mode": diff["train"], "mean_abs_diff_eval_mode": diff["eval"],
+    return {"figure": str(figure), "report": str(Path(out_dir) / "batch_vs_single.md"), "latents": str(z_file),
+            "seed": seed, "mean_abs_diff_train_mode": diff["train"], "mean_abs_diff_eval_mode": diff["eval"],
             "mean_abs_diff_train_vs_eval_batch": modes}
 
 

@@ -14,14 +14,22 @@ from torch import nn
 from hpclab.models import MODELS
 
 
+UPSAMPLING = ("transpose", "transpose3", "bilinear")
+
+
 def upsample_block(c_in: int, c_out: int, mode: str) -> nn.Module:
-    """Double the spatial size: a 4x4 stride-2 transposed conv, or bilinear resize + 3x3 conv."""
+    """Double the spatial size: ``transpose`` a 4x4 stride-2 transposed conv (the DCGAN-style
+    default), ``transpose3`` a 3x3 stride-2 transposed conv (output_padding 1), or ``bilinear``
+    resize + 3x3 conv. ``transpose3`` and ``bilinear`` have weights of the same shapes, so
+    decoders built with them have exactly the same parameter count (like-for-like comparison)."""
     if mode == "transpose":
         return nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1)
+    if mode == "transpose3":
+        return nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1)
     if mode == "bilinear":
         return nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
                              nn.Conv2d(c_in, c_out, 3, padding=1))
-    raise ValueError(f"model.upsampling must be 'transpose' or 'bilinear', got {mode!r}")
+    raise ValueError(f"model.upsampling must be one of {', '.join(UPSAMPLING)}, got {mode!r}")
 
 
 class SequentialAutoEncoder(nn.Module):

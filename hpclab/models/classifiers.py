@@ -85,13 +85,32 @@ def mlp_head(in_features: int, hidden: Sequence[int], num_classes: int, dropout:
     return nn.Sequential(*layers)
 
 
-def pool_flatten(pool: str) -> nn.Module:
-    """``avg``: global average pool; ``flatten``: keep every position (needs a fixed input size)."""
-    if pool == "avg":
-        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+def _grid(pool: str) -> int | None:
+    """Side of the average-pooled grid of ``pool``: avg -> 1, avgN -> N, flatten -> None."""
     if pool == "flatten":
+        return None
+    if pool == "avg":
+        return 1
+    if pool.startswith("avg") and pool[3:].isdigit() and int(pool[3:]) > 0:
+        return int(pool[3:])
+    raise ValueError(f"model.pool must be 'avg', 'avgN' (an N x N average-pooled grid, e.g. avg3) or 'flatten', "
+                     f"got {pool!r}")
+
+
+def pool_flatten(pool: str) -> nn.Module:
+    """``avg``: global average pool; ``avgN``: average pool to an N x N grid (keeps the coarse
+    layout at N*N times fewer features than ``flatten``); ``flatten``: keep every position
+    (needs a fixed input size)."""
+    side = _grid(pool)
+    if side is None:
         return nn.Flatten()
-    raise ValueError(f"model.pool must be 'avg' or 'flatten', got {pool!r}")
+    return nn.Sequential(nn.AdaptiveAvgPool2d(side), nn.Flatten())
+
+
+def pooled_features(pool: str, channels: int, side: int) -> int:
+    """Width of ``pool_flatten(pool)``'s output for ``channels`` maps of ``side`` x ``side``."""
+    grid = _grid(pool)
+    return channels * (side * side if grid is None else grid * grid)
 
 
 @MODELS.register("cnn_classifier")
@@ -121,7 +140,7 @@ class CNNClassifier(nn.Module):
         side = image_size // 2 ** len(channels)
         if side < 1:
             raise ValueError(f"{len(channels)} pooling stages shrink {image_size}px images below 1px; use fewer channels")
-        flat = c if pool == "avg" else c * side * side
+        flat = pooled_features(pool, c, side)
         self.pool = pool_flatten(pool)
         self.head = mlp_head(flat, list(hidden), num_classes, dropout)
 

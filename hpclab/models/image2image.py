@@ -68,6 +68,35 @@ class ColourCNN(nn.Module):
         return self.finalconv(self.upconv2(self.upconv1(h)))
 
 
+# --------------------------------------------------------------------------- learned upsampling
+
+class LearnedUpsampling(nn.Module):
+    """A network that runs at the low resolution, then learns the upsampling: ``body`` (any
+    image-to-image model giving ``channels`` maps at its input's size), one 4x4 stride-2
+    transposed conv + ReLU per factor of 2, and a 3x3 conv to ``out_channels``. The plain
+    super-resolution CNN: it sees only the low-resolution pixels, no interpolated image."""
+
+    def __init__(self, body: nn.Module, channels: int, out_channels: int, factor: int) -> None:
+        super().__init__()
+        steps = factor.bit_length() - 1
+        if factor < 2 or 2**steps != factor:
+            raise ValueError(f"learned upsampling doubles the size per step: factor must be a power of two, got {factor}")
+        self.body = body
+        layers: list[nn.Module] = []
+        for _ in range(steps):
+            layers += [nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1), nn.ReLU(inplace=True)]
+        self.upsample = nn.Sequential(*layers)
+        self.head = nn.Conv2d(channels, out_channels, 3, padding=1)
+
+    @property
+    def layer_names(self) -> list[str]:
+        inner = getattr(self.body, "layer_names", None) or [n for n, _ in self.body.named_children()]
+        return [f"body.{n}" for n in inner] + [f"upsample.{i}" for i in range(1, len(self.upsample), 2)] + ["head"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.upsample(self.body(x)))
+
+
 # --------------------------------------------------------------------------- encoder-decoder
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:

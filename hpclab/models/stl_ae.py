@@ -89,11 +89,11 @@ class STLAEClassifier(FeatureClassifier):
 
     def __init__(self, in_channels: int = 3, image_size: int = 96, num_classes: int = 10,
                  encoder_from: Optional[str] = None, freeze: bool = True, channels: Sequence[int] = (32, 48, 64, 96),
-                 extra_conv: bool = False, pool: str = "flatten", hidden: Sequence[int] = (256,),
+                 extra_conv: bool = False, pool: str = "avg3", hidden: Sequence[int] = (256,),
                  dropout: float = 0.3) -> None:
         from safetensors.torch import load_file
 
-        from hpclab.models.classifiers import pool_flatten
+        from hpclab.models.classifiers import pool_flatten, pooled_features
 
         ae_kwargs: dict[str, Any] = {"channels": list(channels), "extra_conv": extra_conv}
         state = None
@@ -110,6 +110,6 @@ class STLAEClassifier(FeatureClassifier):
                 raise PretrainedMissing(f"{encoder_from}: weights do not fit stl_ae{ae_kwargs}: "
                                         f"{str(exc).splitlines()[0]}") from None
         side = image_size // ae.downsampling
-        width = ae.code_channels * (side * side if pool == "flatten" else 1)
+        width = pooled_features(pool, ae.code_channels, side)
         features = nn.Sequential(ae.encoder, pool_flatten(pool))
         super().__init__(features, width, num_classes, hidden, dropout, freeze=bool(encoder_from) and freeze)

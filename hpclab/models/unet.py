@@ -5,9 +5,10 @@
 grey image, or the upsampled low-resolution image for super-resolution) is concatenated to the
 input of the final conv.
 
-``seg_unet`` is the brain-tumour segmentation network: a symmetric encoder-decoder whose 3x3
-convs are zero-padded, so a 240x240 slice gives a 240x240 mask (1 logit channel); mirrored
-levels are joined by concatenation (fused with a 1x1 conv) unless ``skips: none``.
+``seg_ae`` is the brain-tumour brief's network: a symmetric encoder-decoder (autoencoder)
+whose 3x3 convs are zero-padded, so a 240x240 slice gives a 240x240 mask (1 logit channel), and
+whose decoder sees only the bottleneck (no skips). ``seg_unet`` is the same network with U-Net
+skips: mirrored levels joined by concatenation (fused with a 1x1 conv) unless ``skips: none``.
 """
 
 from __future__ import annotations
@@ -46,3 +47,13 @@ class SegUNet(EncoderDecoder):
                  skips: str = "concat", batch_norm: bool = True, conv: str = "torch") -> None:
         super().__init__(in_channels, out_channels, channels, skips=skips, down="pool", batch_norm=batch_norm,
                          output="logits", conv=conv)
+
+
+@MODELS.register("seg_ae")
+class SegAutoEncoder(SegUNet):
+    """The brief's symmetric padded encoder-decoder: ``seg_unet``'s layers without skips (the
+    decoder reconstructs the mask from the 30x30 bottleneck alone)."""
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 1, channels: Sequence[int] = (16, 32, 64, 128),
+                 batch_norm: bool = True, conv: str = "torch") -> None:
+        super().__init__(in_channels, out_channels, channels, skips="none", batch_norm=batch_norm, conv=conv)

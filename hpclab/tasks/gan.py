@@ -78,8 +78,15 @@ class GAN(Task):
         self._fixed: Optional[torch.Tensor] = None
 
     def build_models(self, model_cfg: dict[str, Any], info: "DataInfo") -> dict[str, nn.Module]:
+        from hpclab.config import ConfigError
+
         name = model_cfg.pop("name")
-        pair = MODELS.build(name, model_cfg, in_channels=info.in_channels, image_size=info.image_size)
+        try:
+            pair = MODELS.build(name, model_cfg, in_channels=info.in_channels, image_size=info.image_size)
+        except ValueError as exc:  # e.g. a DCGAN on 28 px images: sizes must be powers of two
+            raise ConfigError(f"model '{name}' on {info.path.name} ({info.image_size} px): {str(exc).splitlines()[0]}; "
+                              f"add data.image_size=32 (or 64) to train on the data resized at staging "
+                              f"(prepare_data.py takes the same override)") from None
         if not (hasattr(pair, "generator") and hasattr(pair, "discriminator")):
             raise ValueError(f"task gan needs a model with .generator and .discriminator (model '{name}' has not)")
         self.latent_dim = pair.generator.latent_dim

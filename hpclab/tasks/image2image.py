@@ -21,6 +21,7 @@ from hpclab.config import ConfigError
 from hpclab.data.transforms import add_gaussian_noise, centre_mask, downscale, to_float, to_grey
 from hpclab.models import MODELS
 from hpclab.models.conv import is_conv
+from hpclab.models.image2image import LearnedUpsampling
 from hpclab.tasks import TASKS
 from hpclab.tasks.base import Metrics, Task, batch_count, image_error_sums
 
@@ -198,26 +199,53 @@ class ColourizeClasses(Colourize):
 
 @TASKS.register("super_resolve")
 class SuperResolve(ImageToImage):
-    """Upsample images area-downscaled by ``factor``. The network sees the low-resolution image
-    resized back (``upsample`` mode) and, with ``residual``, predicts a correction to it; its
-    last conv then starts at zero, so training starts from the resized image itself (residual
-    learning's usual start) rather than from noise added to it.
-    Baseline: bilinear interpolation of the same low-resolution image."""
+    """Upsample images area-downscaled by ``factor``. Baseline: bilinear interpolation of the
+    same low-resolution image. Two designs:
+
+    * ``upsample: learned`` (the brief's plain CNN, the default): the network sees only the
+      low-resolution image and learns the upsampling (the configured model at low resolution
+      with ``width`` output maps, then one 4x4 stride-2 transposed conv per factor of 2 and a
+      3x3 conv; ``hpclab.models.image2image.LearnedUpsampling``). It starts from its random
+      initialisation, so "network vs bilinear" is a real comparison from step 0.
+    * ``upsample: bilinear | bicubic | nearest``: the network sees the low-resolution image
+      resized back to full size; with ``residual`` (the default for a resized input) it
+      predicts a correction to it and its last conv starts at zero, so training starts from the
+      resized image itself (residual learning's usual start; with bilinear, exactly the
+      baseline at step 0). ``task=super_resolve_residual`` selects this design."""
 
     baseline_name = "bilinear"
     baseline_row = True
     row_names = ("input", "network", "truth")
+    UPSAMPLE = ("learned", "bilinear", "bicubic", "nearest")
 
-    def __init__(self, factor: int = 2, upsample: str = "bilinear", residual: bool = True) -> None:
+    def __init__(self, factor: int = 2, upsample: str = "learned", residual: Optional[bool] = None,
+                 width: int = 32) -> None:
+        if residual is None:  # the natural pairing: a resized input gets a residual output
+            residual = upsample != "learned"
         if factor < 2:
             raise ConfigError(f"config key 'task.factor': must be an integer >= 2, got {factor}")
-        if upsample not in ("bilinear", "bicubic", "nearest"):
-            raise ConfigError(f"config key 'task.upsample': bilinear, bicubic or nearest, got {upsample!r}")
-        self.factor, self.upsample, self.residual = factor, upsample, residual
+        if upsample not in self.UPSAMPLE:
+            raise ConfigError(f"config key 'task.upsample': one of {', '.join(self.UPSAMPLE)}, got {upsample!r}")
+        if upsample == "learned" and residual:
+            raise ConfigError("config key 'task.residual': a residual correction needs a resized input "
+                              "(task.upsample=bilinear|bicubic|nearest); learned upsampling has none")
+        if upsample == "learned" and factor & (factor - 1):
+            raise ConfigError(f"config key 'task.factor': learned upsampling doubles per step, so the factor must be "
+                              f"a power of two, got {factor}")
+        self.factor, self.upsample, self.residual, self.width = factor, upsample, residual, width
+
+    @property
+    def learned(self) -> bool:
+        return self.upsample == "learned"
+
+    def out_channels(self, data_channels):
+        return self.width if self.learned else data_channels
 
     def build_models(self, model_cfg, info):
         models = super().build_models(model_cfg, info)
-        if self.residual:
+        if self.learned:
+            models["model"] = LearnedUpsampling(models["model"], self.width, info.in_channels, self.factor)
+        elif self.residual:
             convs = [m for m in models["model"].modules() if is_conv(m)]
             if convs:
                 with torch.no_grad():
@@ -238,7 +266,8 @@ class SuperResolve(ImageToImage):
         return F.interpolate(low, scale_factor=self.factor, mode=mode, **extra)
 
     def make_input(self, x, generator):
-        return self._resize(self.low_res(x), self.upsample)
+        low = self.low_res(x)
+        return low if self.learned else self._resize(low, self.upsample)
 
     def predict(self, model, inp):
         out = model(inp)
