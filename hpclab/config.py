@@ -16,7 +16,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from hpclab.errors import ConfigError
+from hpclab.errors import ConfigError, RunConflict
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -85,7 +85,7 @@ class TrainConfig:
     eval_every: Optional[int] = None  # steps; default once per epoch
     eval_splits: list[str] = field(default_factory=lambda: ["val"])
     final_splits: list[str] = field(default_factory=lambda: ["test"])
-    monitor: str = "val/loss"  # metric that picks the best checkpoint; none matching: keep the last weights
+    monitor: str = "val/loss"  # <split>/<metric> that picks the best checkpoint; "none": keep the last weights
     monitor_mode: str = "min"
     stop: StopConfig = field(default_factory=StopConfig)
     checkpoint_every: Optional[int] = None  # steps; default at every evaluation
@@ -298,6 +298,10 @@ def _check_choices(cfg: DictConfig) -> None:
         if _out_of_range(value, bounds):
             shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
             raise ConfigError(f"config key '{key}': {shown!r} must be {_range_text(bounds)}")
+    monitor_split = cfg.train.monitor.split("/", 1)[0]
+    if cfg.train.monitor != "none" and ("/" not in cfg.train.monitor or monitor_split not in cfg.train.eval_splits):
+        raise ConfigError(f"config key 'train.monitor': {cfg.train.monitor!r} must be <split>/<metric> of a split "
+                          f"in train.eval_splits {list(cfg.train.eval_splits)}, or none (keep the last weights)")
     if len(cfg.train.optimizer.betas) != 2:
         raise ConfigError(f"config key 'train.optimizer.betas': needs 2 values, got {list(cfg.train.optimizer.betas)}")
 
@@ -333,3 +337,27 @@ def save_yaml(cfg: DictConfig, path: Path) -> None:
     from hpclab.utils import atomic_write_text
 
     atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def read_run_config(run_dir: Path) -> Optional[DictConfig]:
+    """The config a run folder was started with; None for a new folder; a one-line error for
+    a damaged file (it is the record of what the results are, so it is never overwritten)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:  # YAML errors of several kinds, unreadable file
+        raise RunConflict(f"{path} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                          f"move the run folder away, or pass force=true to start it over") from None
+    if not isinstance(cfg, DictConfig):
+        raise RunConflict(f"{path} is damaged (not a mapping); move the run folder away, or pass force=true")
+    return cfg
+
+
+def load_run_config(run_dir: Path) -> DictConfig:
+    """The validated config of an existing run folder (one line when it is missing or damaged)."""
+    cfg = read_run_config(run_dir)
+    if cfg is None:
+        raise ConfigError(f"{run_dir} is not a run folder (no config.yaml); give results/<group>/<run>")
+    return validate(cfg)

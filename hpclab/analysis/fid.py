@@ -158,7 +158,7 @@ class ClassifierFeatures:
     def __init__(self, run: str | Path, device: torch.device | str = "cpu") -> None:
         from safetensors.torch import load_file
 
-        from hpclab.config import kwargs_of, load_yaml
+        from hpclab.config import kwargs_of, load_run_config
         from hpclab.data.hdf5 import describe
         from hpclab.data.loader import DataInfo
         from hpclab.data.prepare import hdf5_path
@@ -172,7 +172,7 @@ class ClassifierFeatures:
         if not weights.is_file() or not (run_dir / "config.yaml").is_file():
             raise WeightsMissing(f"fd_classifier: no trained classifier at {run_dir} ({weights.name} or config.yaml "
                                  f"missing); {fix}")
-        cfg = load_yaml(run_dir / "config.yaml")
+        cfg = load_run_config(run_dir)
         self.task = TASKS.build(cfg.task.name, kwargs_of(cfg.task))
         if not hasattr(self.task, "inputs"):
             raise ValueError(f"fd_classifier: {run_dir} is a '{cfg.task.name}' run, not a classification run")

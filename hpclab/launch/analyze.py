@@ -11,8 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from hpclab.config import ConfigError, validate
-from hpclab.launch.job import read_run_config
+from hpclab.config import ConfigError, load_run_config
 from hpclab.utils import read_json, write_json
 
 if TYPE_CHECKING:
@@ -27,10 +26,7 @@ def trained(run_dir: Path | str) -> Iterator["Trainer"]:
     from hpclab.launch.job import setup_logging
 
     run_dir = Path(run_dir)
-    recorded = read_run_config(run_dir)  # a damaged file: one line
-    if recorded is None:
-        raise ConfigError(f"{run_dir} is not a run folder (no config.yaml); give results/<group>/<run>")
-    cfg = validate(recorded)
+    cfg = load_run_config(run_dir)  # a missing or damaged config: one line
     setup_logging()
     trainer = Trainer(cfg, run_dir)
     try:

@@ -19,7 +19,7 @@ from typing import Any, Optional
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
-from hpclab.config import save_yaml
+from hpclab.config import read_run_config, save_yaml
 from hpclab.errors import RunConflict, RunFolderError
 from hpclab.launch.lock import LOCK_NAME, TOKEN_ENV, run_lock, unwritable
 from hpclab.launch.slurm import export_rank_env, job_ref, record_task, restart_count
@@ -72,22 +72,6 @@ def setup_logging(run_dir: Optional[Path] = None, rank: int = 0) -> None:
         fh.setFormatter(fmt)
         logger.addHandler(fh)
     logger.propagate = False
-
-
-def read_run_config(run_dir: Path) -> Optional[DictConfig]:
-    """The config a run folder was started with; None for a new folder; a one-line error for
-    a damaged file (it is the record of what the results are, so it is never overwritten)."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return None
-    try:
-        cfg = OmegaConf.load(path)
-    except Exception as exc:  # YAML errors of several kinds, unreadable file
-        raise RunConflict(f"{path} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                          f"move the run folder away, or pass force=true to start it over") from None
-    if not isinstance(cfg, DictConfig):
-        raise RunConflict(f"{path} is damaged (not a mapping); move the run folder away, or pass force=true")
-    return cfg
 
 
 def check_writable(*directories: Path) -> None:
