@@ -10,8 +10,8 @@
 #     with --fakeroot when not root; writes IMAGE.sif.sha256. singularity is used when it is
 #     the only one installed.
 #   podman or buildah (otherwise): an OCI image from containers/Containerfile, tagged
-#     localhost/hpclab:<version>-<commit> and localhost/hpclab:latest; --archive also writes a
-#     docker-archive tarball, which a cluster turns into a SIF with
+#     localhost/hpclab:<version>-<commit> and localhost/hpclab:latest (or only --tag NAME);
+#     --archive also writes a docker-archive tarball, which a cluster turns into a SIF with
 #     apptainer build hpclab.sif docker-archive://FILE.tar (no fakeroot needed there).
 #
 # --base: the image to start from (default python:3.11.7-slim-bookworm from Docker Hub; where no
@@ -36,7 +36,7 @@ engine="" base="" tag="" archive="" out="" notest=0
 opts=()
 while [ $# -gt 0 ]; do
     case "$1" in
-        -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "${BASH_SOURCE[0]}"; exit 0 ;;
         --engine|--base|--tag|--archive)
             [ $# -ge 2 ] || die "$1 needs a value (see containers/build.sh --help)"
             case "$1" in --engine) engine=$2 ;; --base) base=$2 ;; --tag) tag=$2 ;; --archive) archive=$2 ;; esac
@@ -127,6 +127,8 @@ fi
 base="${base:-$DEFAULT_BASE}"
 short="${commit:0:12}"
 [ "$commit" = unknown ] || case "$commit" in *-dirty) short="$short-dirty" ;; esac
+tags=(-t "${tag:-$NAME:$project_version-$short}")
+[ -n "$tag" ] || tags+=(-t "$NAME:latest")  # the newest build, unless named otherwise
 tag="${tag:-$NAME:$project_version-$short}"
 
 # The base image: present, or fetched now, or one line saying how to make one locally.
@@ -154,7 +156,7 @@ set -x
 "${build[@]}" -f "$CONTAINERFILE" --build-arg "BASE=$base" \
     --build-arg "HPCLAB_VERSION=$project_version" --build-arg "GIT_COMMIT=$commit" \
     --label "org.hpclab.constraints.sha256=$(sha256sum constraints.txt | cut -d' ' -f1)" \
-    --label "org.hpclab.base=$base" "${volumes[@]}" -t "$tag" -t "$NAME:latest" .
+    --label "org.hpclab.base=$base" "${volumes[@]}" "${tags[@]}" .
 { set +x; } 2>/dev/null
 build_s=$((SECONDS - started))
 
@@ -177,7 +179,7 @@ if command -v podman >/dev/null 2>&1; then  # podman and buildah share the image
 else
     id="$(buildah inspect --type image --format '{{.FromImageID}}' "$tag")" digest="$(buildah inspect --type image --format '{{.FromImageDigest}}' "$tag")" size="unknown"
 fi
-echo "image: $tag (also $NAME:latest)"
+echo "image: $tag$([ ${#tags[@]} -gt 2 ] && echo " (also $NAME:latest)")"
 echo "id: $id"
 echo "digest: $digest"
 echo "size: $size, build time: $build_s s (with the self-test: $((SECONDS - started)) s)"

@@ -22,7 +22,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, path_without, run_cli
 from formats.dist_info import write_dist_info
 from omegaconf import OmegaConf
 from packaging.utils import canonicalize_name
@@ -428,6 +428,8 @@ def assert_enters_image(tokens: list[str], image: str, workdir: Path, gpus: bool
         assert any(path.is_relative_to(bind) for bind in binds), (path, binds)
 
 
+@pytest.mark.skipif(shutil.which("srun") is None,
+                    reason="submitit renders SLURM scripts only where srun is on PATH (slurm-client; not in the image)")
 def test_slurm_dry_run_renders_the_container_command(workdir, monkeypatch):
     monkeypatch.delenv("HPCLAB_IMAGE", raising=False)
     monkeypatch.delenv("HPCLAB_CONTAINER", raising=False)
@@ -498,20 +500,6 @@ def test_requeue_inside_the_image_is_relayed_to_the_batch_script(tmp_path):
 
 
 # --------------------------------------------------------------------------- build.sh
-
-def path_without(tmp_path: Path, *names: str) -> str:
-    """A PATH with every command of this machine except ``names``."""
-    bin_dir = tmp_path / "bin-without"
-    bin_dir.mkdir()
-    for directory in os.environ["PATH"].split(os.pathsep):
-        if not Path(directory).is_dir():
-            continue
-        for tool in Path(directory).iterdir():
-            target = bin_dir / tool.name
-            if tool.name not in names and not target.exists() and os.access(tool, os.X_OK):
-                target.symlink_to(tool)
-    return str(bin_dir)
-
 
 def test_build_script_fails_clearly_without_an_engine(tmp_path):
     env = {"PATH": path_without(tmp_path, "apptainer", "singularity", "podman", "buildah")}
