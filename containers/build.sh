@@ -182,7 +182,7 @@ fi
 echo "image: $tag$([ ${#tags[@]} -gt 2 ] && echo " (also $NAME:latest)")"
 echo "id: $id"
 echo "digest: $digest"
-echo "size: $size, build time: $build_s s (with the self-test: $((SECONDS - started)) s)"
+echo "size: $size, build time: $build_s s (with the self-test and archive, if any: $((SECONDS - started)) s)"
 echo "version: $project_version, commit: $commit, base: $base"
 if [ -n "$archive" ]; then
     echo "archive: $archive ($(du -h "$archive" | cut -f1)); on a cluster: apptainer build hpclab.sif docker-archive://$archive"
