@@ -129,7 +129,8 @@ class ClusterConfig:
     signal_delay_s: int = 120
     max_requeues: int = 3
     folder: Optional[str] = None  # submitit's folder; default <results>/<sweep>/.submitit
-    image: Optional[str] = None  # Apptainer image; defaults to $HPCLAB_IMAGE
+    image: Optional[str] = None  # run tasks in this image (SIF file or podman image); default $HPCLAB_IMAGE
+    container: Optional[str] = None  # apptainer | singularity | podman; default $HPCLAB_CONTAINER, else apptainer
     binds: list[str] = field(default_factory=list)
     setup: list[str] = field(default_factory=list)  # shell lines run before the job
     extra: dict[str, Any] = field(default_factory=dict)  # extra sbatch parameters

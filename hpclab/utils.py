@@ -108,6 +108,9 @@ def environment_record() -> dict[str, Any]:
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "slurm": {k: v for k, v in os.environ.items() if k.startswith("SLURM_") and k in SLURM_KEYS},
         "apptainer_image": os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER"),
+        # set by the launcher and slurm/common.sh for tasks in the image (hpclab/launch/container.py)
+        "container": {"engine": os.environ["HPCLAB_CONTAINER_ENGINE"], "image": os.environ.get("HPCLAB_CONTAINER_IMAGE")}
+        if os.environ.get("HPCLAB_CONTAINER_ENGINE") else None,
     }
 
 

@@ -11,6 +11,10 @@ from typing import Optional
 # Tiny test models run fastest on one thread, and OpenMP threads that spin-wait against the
 # test's own subprocesses on a 2-core machine slow each step ~100x (measured). Before torch loads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Tests choose their own folders and images: the caller's (or the hpclab image's own ENV, when the
+# suite runs inside it: HPCLAB_CACHE=/shared/cache) must not redirect them.
+for _name in ("HPCLAB_DATA", "HPCLAB_RESULTS", "HPCLAB_CACHE", "HPCLAB_IMAGE", "HPCLAB_CONTAINER"):
+    os.environ.pop(_name, None)
 
 import pytest  # noqa: E402
 
@@ -29,6 +33,20 @@ def run_cli(script: str, *args: str, cwd: Path, timeout: float = 600, env: dict 
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def path_without(tmp_path: Path, *names: str) -> str:
+    """A PATH with every command of this machine except ``names``."""
+    bin_dir = tmp_path / "bin-without"
+    bin_dir.mkdir()
+    for directory in os.environ["PATH"].split(os.pathsep):
+        if not Path(directory).is_dir():
+            continue
+        for tool in Path(directory).iterdir():
+            target = bin_dir / tool.name
+            if tool.name not in names and not target.exists() and os.access(tool, os.X_OK):
+                target.symlink_to(tool)
+    return str(bin_dir)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
-from conftest import REPO, controller_problem, run_cli
+from conftest import REPO, controller_problem, path_without, run_cli
 
 pytestmark = pytest.mark.slurm  # the tests that run jobs are also marked slow
 
@@ -143,9 +143,45 @@ def test_sbatch_script_header_and_command_lines(script, tmp_path):
     # ... exactly the prefix the launcher's submitit tasks use (hpclab/launch/container.py)
     from hpclab.launch.container import exec_prefix
 
-    launcher = exec_prefix({"image": str(image), "gpus_per_node": 2},
-                           {k: tmp_path / p for k, p in (("data", "data"), ("results", "results"), ("cache", "data/cache"))})
+    paths = {k: tmp_path / p for k, p in (("data", "data"), ("results", "results"), ("cache", "data/cache"))}
+    launcher = exec_prefix({"image": str(image), "container": "apptainer", "gpus_per_node": 2}, paths)
     assert " ".join(f"'{arg}'" for arg in launcher) + " 'python'" in boxed
+    # ... also with podman (HPCLAB_CONTAINER=podman, an image reference): the same command.
+    oci = "localhost/hpclab:0.1.0-abc"
+    podman = subprocess.run(["bash", str(REPO / "slurm" / script)], capture_output=True, text=True, timeout=60,
+                            env={**env, "HPCLAB_IMAGE": oci, "HPCLAB_CONTAINER": "podman"}, cwd=tmp_path)
+    assert podman.returncode == 0, podman.stderr
+    launcher = exec_prefix({"image": oci, "container": "podman", "gpus_per_node": 2}, paths)
+    expected = " ".join(f"'{arg}'".replace("$SLURM_JOB_ID", "4242") for arg in launcher) + " 'python'"
+    assert f"check: {expected} '-m' 'hpclab.launch.task' --check" in podman.stdout
+    assert expected in podman.stdout.split("run: ", 1)[1] and "'--device' 'nvidia.com/gpu=all'" in expected
+
+
+def test_sbatch_scripts_stop_at_once_on_bad_container_settings(tmp_path):
+    """One line naming the fix, before any srun: an unknown engine, a missing SIF, an extra bind
+    that does not exist, an engine that is not installed; a missing data folder is created, so
+    that the suite's own check (inside the image) names the dataset instead of a mount error."""
+    image = tmp_path / "hpclab.sif"
+    image.write_bytes(b"")
+    env = {**os.environ, "SLURM_JOB_ID": "4242", "HPCLAB_DATA": str(tmp_path / "new-data"),
+           "HPCLAB_RESULTS": str(tmp_path / "results"), "HPCLAB_IMAGE": str(image)}
+    no_engines = path_without(tmp_path, "apptainer", "singularity", "podman")
+    cases = [
+        ({"HPCLAB_CONTAINER": "docker"}, "error: HPCLAB_CONTAINER=docker is not one of apptainer, singularity, podman"),
+        ({"HPCLAB_IMAGE": str(tmp_path / "missing.sif")}, f"error: HPCLAB_IMAGE={tmp_path}/missing.sif is not a file"),
+        ({"HPCLAB_PRINT_ONLY": "1", "HPCLAB_BINDS": f"{tmp_path}/site:/site:ro"},
+         f"error: HPCLAB_BINDS: bind source {tmp_path}/site does not exist"),
+        ({"PATH": f"{no_engines}"}, "error: apptainer not found on PATH on "),
+        ({"PATH": f"{no_engines}", "HPCLAB_CONTAINER": "podman", "HPCLAB_IMAGE": "localhost/hpclab:x"},
+         "error: podman not found on PATH on "),
+    ]
+    for extra, expected in cases:
+        proc = subprocess.run(["/bin/bash", str(REPO / "slurm" / "dcgan.sh")], env={**env, **extra}, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("error:")]
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(expected), (extra, proc.stdout, proc.stderr)
+        assert "srun" not in proc.stdout
+    assert (tmp_path / "new-data").is_dir()
 
 
 def test_array_script_covers_every_run_of_its_sweep():
