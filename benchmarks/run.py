@@ -363,6 +363,7 @@ def step_rows(work: Path, quick: bool, device: torch.device, variants: dict[str,
         steps, batch = spec.steps[0 if quick else 1], cfg.train.batch_size
         split = H5Split(path, "train").load()
         common = ["train.epochs=null", f"train.max_steps={steps}", "train.eval_splits=[]", "train.final_splits=[]",
+                  "train.monitor=none",
                   f"train.eval_every={steps}", f"train.log_every={steps}", "train.scheduler.name=none",
                   "analysis=[]", "train.progress=log", "data.val_fraction=0", "train.optimizer.name=adam",
                   "train.optimizer.lr=0.001", "train.optimizer.weight_decay=0.0", "train.grad_clip=null"]

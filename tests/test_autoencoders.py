@@ -222,6 +222,11 @@ def test_notmnist_conv_dae_prints_its_layer_summary(ae_work):
     summary = summary_of(run)
     assert "noise_std: 0.5" in (run / "config.yaml").read_text()
     assert is_png(run / "figures" / "examples_test.png") and is_png(run / "figures" / "class_reconstructions_test.png")
+    # what the denoiser has to improve on: the corrupted inputs themselves (clamped to [0, 1])
+    run_cli("analyze.py", str(run), "noisy_input", cwd=ae_work)
+    noisy = summary_of(run)["analyses"]["noisy_input"]
+    # mean PSNR >= PSNR of the mean MSE (Jensen): both come from the same per-image errors
+    assert 0.01 < noisy["test_mse"] < 0.25 and noisy["test_psnr"] >= 10 * math.log10(1 / noisy["test_mse"]) - 1e-6
     assert summary["analyses"]["class_reconstructions"]["mse"].keys() == set("ABCDEFGHIJ")
 
 
@@ -236,6 +241,10 @@ def test_ae_probe_sweep_tables_per_latent_size_and_embeddings(ae_work):
     assert is_png(group / "latent_dim-128" / "figures" / "latent_tsne.png")
     assert is_png(group / "latent_dim-128" / "figures" / "latent_umap.png")
     assert len(read_csv(group / "summary.csv")) == 2
+    # the anchor a code has to beat: the same probes on the raw pixels
+    run_cli("analyze.py", str(group / "latent_dim-2"), "pixel_probe", "epochs=2", cwd=ae_work)
+    probe = summary_of(group / "latent_dim-2")["analyses"]["pixel_probe"]
+    assert probe["features"] == 28 * 28 and all(0 <= probe[f"{m}_test_acc"] <= 1 for m in ("linear", "mlp"))
 
 
 def test_pretraining_sweep_loads_the_autoencoder_encoder(ae_work):

@@ -37,6 +37,9 @@ BUILD = REPO / "containers" / "build.sh"
 RELAY = REPO / "containers" / "scontrol-relay"
 ENTRYPOINT = REPO / "containers" / "entrypoint.sh"
 HOME = "/opt/hpclab"  # where the recipe puts the project inside the image
+# The image's PATH starts with its Python; outside it, this test's interpreter stands in (CI
+# runs pytest through the venv's python without activating the venv).
+IMAGE_PATH = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
 STAGE_RUN = f"sh {HOME}/containers/install.sh"
 
 
@@ -191,7 +194,7 @@ def test_runscript_entrypoint_and_help(sections):
     assert sections["runscript"].strip() == f'exec {HOME}/containers/entrypoint.sh "$@"'
     assert sections["test"].strip() == f"exec sh {HOME}/containers/selftest.sh"
     assert containerfile()[-1] == ("ENTRYPOINT", f'["{HOME}/containers/entrypoint.sh"]')
-    env = {**os.environ, "HPCLAB_HOME": str(REPO)}
+    env = {**os.environ, "HPCLAB_HOME": str(REPO), "PATH": IMAGE_PATH}
     for args, usage in ([[], "jobs/launch.py"], [["--help"], "jobs/launch.py"], [["launch", "--help"], "jobs/launch.py"],
                         [["prepare_data", "--help"], "jobs/prepare_data.py"]):
         proc = subprocess.run(["sh", str(ENTRYPOINT), *args], env=env, capture_output=True, text=True, timeout=120)
@@ -211,7 +214,7 @@ def test_self_test_runs_the_lock_check_and_the_cpu_smoke_experiment(tmp_path):
     """containers/selftest.sh (%test; "IMAGE selftest") with the checkout standing in for /opt/hpclab."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HPCLAB_")}
     proc = subprocess.run(["sh", str(REPO / "containers" / "selftest.sh")],
-                          env={**env, "HPCLAB_HOME": str(REPO), "TMPDIR": str(tmp_path)},
+                          env={**env, "HPCLAB_HOME": str(REPO), "TMPDIR": str(tmp_path), "PATH": IMAGE_PATH},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "environment matches" in proc.stdout and "smoke run: test/mse" in proc.stdout

@@ -43,3 +43,52 @@ def pca_baseline(trainer: Any, out_dir: Path, components: Optional[int] = None, 
     psnr = 10 * np.log10(1.0 / np.maximum(mse, 1e-10))
     return {"components": k, f"{split}_mse": float(mse.mean()), f"{split}_psnr": float(psnr.mean()),
             "explained_variance": float(pca.explained_variance_ratio_.sum())}
+
+
+@ANALYSES.register("pixel_probe")
+def pixel_probe(trainer: Any, out_dir: Path, epochs: int = 20, lr: float = 1e-3, batch_size: int = 256,
+                mlp_hidden: tuple[int, ...] = (256, 256)) -> dict[str, Any]:
+    """The probes of ``latent_probe`` (a linear layer, an MLP; same training) on the raw pixels
+    instead of the codes: what a representation must beat to be worth extracting."""
+    import torch
+
+    from hpclab.analysis.latents import train_probe
+
+    def labelled(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        data = trainer.data.split(split).load()
+        labels = data["labels"] if trainer.data.label_map is None else trainer.data.label_map[data["labels"]]
+        return torch.from_numpy(_flat_images(trainer, split)), labels
+
+    x_train, y_train = labelled("train")
+    mean, std = x_train.mean(0), x_train.std(0).clamp_min(1e-6)
+    evals = {s: ((x - mean) / std, y) for s in ("val", "test") if trainer.data.has(s) for x, y in [labelled(s)]}
+    classes = trainer.data.info.num_classes
+    record: dict[str, Any] = {"features": int(x_train.shape[1]), "train_images": len(x_train)}
+    for name, hidden in (("linear", ()), ("mlp", tuple(mlp_hidden))):
+        accs = train_probe(((x_train - mean) / std, y_train), evals, classes, hidden, epochs, lr, batch_size,
+                           trainer.cfg.seed)
+        record.update({f"{name}_{s}_acc": a for s, a in accs.items()})
+    return record
+
+
+@ANALYSES.register("noisy_input")
+def noisy_input(trainer: Any, out_dir: Path, split: str = "test") -> dict[str, Any]:
+    """MSE/PSNR of the corrupted inputs themselves against the clean targets, with the same
+    evaluation noise the engine uses: what a denoiser has to improve on."""
+    import torch
+
+    from hpclab.data.transforms import to_float
+
+    corrupt = getattr(trainer.task, "corrupt", None)
+    if corrupt is None:
+        raise ValueError(f"noisy_input: task '{trainer.cfg.task.name}' corrupts no inputs")
+    split = available_split(trainer, split)
+    gen, mse_sum, psnr_sum, count = trainer.eval_generator(), 0.0, 0.0, 0
+    with torch.no_grad():
+        for batch in trainer.data.batches(split, train=False).epoch(0):
+            clean = to_float(batch["images"])
+            mse = (corrupt(clean, gen) - clean).pow(2).flatten(1).mean(1)
+            mse_sum += float(mse.sum())
+            psnr_sum += float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).sum())
+            count += len(mse)
+    return {f"{split}_mse": mse_sum / count, f"{split}_psnr": psnr_sum / count}
