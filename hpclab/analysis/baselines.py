@@ -68,7 +68,14 @@ def pixel_probe(trainer: Any, out_dir: Path, epochs: int = 20, lr: float = 1e-3,
         accs = train_probe(((x_train - mean) / std, y_train), evals, classes, hidden, epochs, lr, batch_size,
                            trainer.cfg.seed)
         record.update({f"{name}_{s}_acc": a for s, a in accs.items()})
-    return record
+    from hpclab.analysis.report import write_table
+
+    splits = [s for s in ("val", "test") if s in evals]
+    rows = [[probe, record["features"], *(round(record[f"{key}_{s}_acc"], 4) for s in splits)]
+            for probe, key in (("linear", "linear"), (f"MLP {list(mlp_hidden)}", "mlp"))]
+    files = write_table(["probe", "features", *(f"{s} accuracy" for s in splits)], rows, out_dir / "pixel_probe",
+                        f"probes on the raw pixels ({epochs} epochs, standardised)", figure=False)
+    return {**record, **files}
 
 
 @ANALYSES.register("noisy_input")

@@ -231,7 +231,7 @@ def fd_classifier(trainer: Any, out_dir: Path, classifier: str = "", reference: 
 
     from hpclab.analysis.figures import plt, save_figure
     from hpclab.analysis.gan import gan_task
-    from hpclab.analysis.image2image import write_table
+    from hpclab.analysis.report import write_table
     from hpclab.engine import checkpoints
     from hpclab.tasks.gan import to_unit
 

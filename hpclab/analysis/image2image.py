@@ -30,10 +30,9 @@ from torch import nn  # noqa: E402
 
 from hpclab.analysis import ANALYSES  # noqa: E402
 from hpclab.analysis.figures import available_split, save_figure  # noqa: E402
-from hpclab.analysis.report import final_metrics, read_metrics, to_csv, to_markdown  # noqa: E402
+from hpclab.analysis.report import final_metrics, read_metrics, write_table  # noqa: E402
 from hpclab.data.transforms import to_float  # noqa: E402
 from hpclab.models.conv import Conv2d  # noqa: E402
-from hpclab.utils import atomic_write_text  # noqa: E402
 
 
 # --------------------------------------------------------------------------- helpers
@@ -48,25 +47,6 @@ def network_input(trainer: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """What the task feeds the network for ``batch`` (plain float images for generic tasks)."""
     fn = getattr(trainer.task, "model_input", None)
     return fn(batch, trainer.eval_generator()) if fn else to_float(batch["images"])
-
-
-def write_table(header: list[str], body: list[list[Any]], base: Path, title: str = "") -> dict[str, str]:
-    """``base``.md / .csv / .png of one table (atomic writes); floats to 6 significant digits."""
-    body = [[float(f"{v:.6g}") if isinstance(v, float) else v for v in row] for row in body]
-    md = (f"# {title}\n\n" if title else "") + to_markdown(header, body)
-    atomic_write_text(base.with_suffix(".md"), md)
-    atomic_write_text(base.with_suffix(".csv"), to_csv(header, body))
-    fig, ax = plt.subplots(figsize=(min(1.25 * len(header) + 1, 22), 0.36 * len(body) + 0.9))
-    ax.axis("off")
-    cells = [["" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row] for row in body]
-    table = ax.table(cellText=cells, colLabels=header, loc="center", cellLoc="center")
-    table.auto_set_font_size(False)
-    table.set_fontsize(8)
-    table.scale(1, 1.3)
-    if title:
-        ax.set_title(title, fontsize=10)
-    save_figure(fig, base.with_suffix(".png"))
-    return {"md": str(base.with_suffix(".md")), "csv": str(base.with_suffix(".csv")), "png": str(base.with_suffix(".png"))}
 
 
 def strip_rows(rows: Mapping[str, torch.Tensor], path: Path, title: str = "", gap: int = 2) -> Path:

@@ -20,7 +20,7 @@ from torch import nn
 
 from hpclab.analysis import ANALYSES
 from hpclab.analysis.figures import plt, save_figure
-from hpclab.analysis.report import run_records, to_csv, to_markdown
+from hpclab.analysis.report import run_records, to_csv, to_markdown, write_table
 from hpclab.data.transforms import to_float
 from hpclab.utils import atomic_write_text, write_json
 
@@ -92,14 +92,6 @@ def _to_tensorboard(trainer: Any, tag: str, images: torch.Tensor, nrow: int) -> 
         grid = torchvision.utils.make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, pad_value=1.0)
         writer.add_image(tag, grid, trainer.step_count)
         writer.flush()
-
-
-def _write_table(out_dir: Path, name: str, header: list[str], rows: list[list[Any]], title: str) -> dict[str, str]:
-    """A small result table as Markdown and CSV next to the figures."""
-    md, csv = out_dir / f"{name}.md", out_dir / f"{name}.csv"
-    atomic_write_text(md, f"# {title}\n\n" + to_markdown(header, rows))
-    atomic_write_text(csv, to_csv(header, rows))
-    return {"table": str(md), "csv": str(csv)}
 
 
 def write_group_table(group_dir: Path, name: str, columns: Sequence[str], sort_by: Optional[str] = None) -> Optional[Path]:
@@ -380,7 +372,7 @@ def svm_codes(trainer: Any, out_dir: Path, max_train: int = 10000, max_test: Opt
         rows.append([label, train[key].shape[1], len(train[key]), len(test[key]), round(acc, 4), round(seconds, 2)])
         log.info("SVM on %s (%d features): test accuracy %.4f (%.1f s)", label, train[key].shape[1], acc, seconds)
     header = ["features", "dim", "train images", "test images", "test accuracy", "fit+predict s"]
-    table = _write_table(out_dir, "svm_codes", header, rows, f"SVC ({kernel}, C={C}) on encodings vs raw pixels")
+    table = write_table(header, rows, out_dir / "svm_codes", f"SVC ({kernel}, C={C}) on encodings vs raw pixels", figure=False)
     return {**results, **table}
 
 
@@ -447,7 +439,7 @@ def latent_probe(trainer: Any, out_dir: Path, epochs: int = 20, lr: float = 1e-3
     header = ["probe", "latent_dim", f"{split} accuracy"]
     rows = [["linear", dim, round(record[f"linear_{split}_acc"], 4)],
             [f"MLP {list(mlp_hidden)}", dim, round(record[f"mlp_{split}_acc"], 4)]]
-    table = _write_table(out_dir, "latent_probe", header, rows, f"probes on {dim}-d latents")
+    table = write_table(header, rows, out_dir / "latent_probe", f"probes on {dim}-d latents", figure=False)
     group = write_group_table(Path(trainer.run_dir).parent, "latent_probe",
                               ["latent_dim", f"linear_{split}_acc", f"mlp_{split}_acc", "train_images"], sort_by="latent_dim")
     return {**record, **table, "group_table": str(group) if group else None}

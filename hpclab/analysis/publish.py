@@ -9,7 +9,8 @@ a file the suite generated, between markers that name it::
 
 Kinds: ``table FILE`` (the Markdown tables and notes of FILE, without its title), ``runs GROUP``
 (how the runs of a results group were made: commands' machine, wall time, commits, versions)
-and ``figure FILE DEST`` (FILE copied to DEST, next to the document, and shown). FILE and GROUP
+and ``figure FILE DEST [WIDTH]`` (FILE copied to DEST, next to the document, and shown: at most
+WIDTH pixels wide, default 900, in at most 256 colours so documents stay small). FILE and GROUP
 are relative to the results folder. A block whose source does not exist yet is left as it is
 and reported, so the document can be refreshed study by study as runs finish.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hpclab.analysis.report import is_run_folder_name, run_records
+from hpclab.errors import ConfigError
 from hpclab.utils import atomic_path, atomic_write_text
 
 BLOCK = re.compile(r"(?P<open><!-- generated: (?P<spec>[^>]+?) -->\n)(?P<body>.*?)(?P<close><!-- end generated -->)",
@@ -67,15 +69,18 @@ def _runs(group: Path) -> str:
             f"- software: {'; '.join(sorted(versions))}; commit {', '.join(sorted(commits))}\n")
 
 
-def _figure(source: Path, dest: Path, doc: Path) -> str:
+def _figure(source: Path, dest: Path, doc: Path, width: int = MAX_WIDTH) -> str:
     if not source.is_file():
         raise SourceNotReady(str(source))
     from PIL import Image
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with Image.open(source) as image:  # documents stay small: at most MAX_WIDTH pixels wide
-        if image.width > MAX_WIDTH:
-            image = image.resize((MAX_WIDTH, round(image.height * MAX_WIDTH / image.width)), Image.LANCZOS)
+    with Image.open(source) as image:
+        image = image.convert("RGB")  # plots are drawn on white: no transparency to keep
+        if image.width > width:
+            image = image.resize((width, round(image.height * width / image.width)), Image.LANCZOS)
+        # an adaptive palette: a third of the bytes of a full-colour PNG, no visible change on plots
+        image = image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
         with atomic_path(dest) as tmp:
             image.save(tmp, format="PNG", optimize=True)
     return f"![{dest.stem}]({dest.relative_to(doc.parent).as_posix()})\n"
@@ -89,9 +94,9 @@ def render(spec: str, results: Path, doc: Path) -> str:
         return _table(results / args[0])
     if kind == "runs" and len(args) == 1:
         return _runs(results / args[0])
-    if kind == "figure" and len(args) == 2:
-        return _figure(results / args[0], doc.parent / args[1], doc)
-    raise ValueError(f"unknown generated block '{spec}' (table FILE | runs GROUP | figure FILE DEST)")
+    if kind == "figure" and len(args) in (2, 3) and (len(args) == 2 or args[2].isdigit()):
+        return _figure(results / args[0], doc.parent / args[1], doc, *(int(a) for a in args[2:]))
+    raise ConfigError(f"{doc}: unknown generated block '{spec}' (table FILE | runs GROUP | figure FILE DEST [WIDTH])")
 
 
 def publish(doc: Path | str, results: Path | str) -> tuple[int, list[str]]:

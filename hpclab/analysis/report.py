@@ -123,6 +123,31 @@ def to_csv(header: list[str], body: list[list[Any]]) -> str:
     return buf.getvalue()
 
 
+def write_table(header: list[str], body: list[list[Any]], base: Path, title: str = "",
+                figure: bool = True) -> dict[str, str]:
+    """One result table as ``base``.md and .csv (and .png of the table with ``figure``), atomic
+    writes; floats to 6 significant digits. The one writer of the analyses' small tables."""
+    body = [[float(f"{v:.6g}") if isinstance(v, float) else v for v in row] for row in body]
+    files = {"md": base.with_suffix(".md"), "csv": base.with_suffix(".csv")}
+    atomic_write_text(files["md"], (f"# {title}\n\n" if title else "") + to_markdown(header, body))
+    atomic_write_text(files["csv"], to_csv(header, body))
+    if figure:
+        from hpclab.analysis.figures import plt, save_figure
+
+        fig, ax = plt.subplots(figsize=(min(1.25 * len(header) + 1, 22), 0.36 * len(body) + 0.9))
+        ax.axis("off")
+        cells = [["" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row] for row in body]
+        table = ax.table(cellText=cells, colLabels=header, loc="center", cellLoc="center")
+        table.auto_set_font_size(False)
+        table.set_fontsize(8)
+        table.scale(1, 1.3)
+        if title:
+            ax.set_title(title, fontsize=10)
+        files["png"] = base.with_suffix(".png")
+        save_figure(fig, files["png"])
+    return {k: str(v) for k, v in files.items()}
+
+
 def write_report(group_dir: Path | str, report: Mapping[str, Any] | None = None) -> dict[str, Path]:
     """Rebuild ``summary.csv``, ``summary.md`` and ``summary.png`` of a sweep folder."""
     group_dir = Path(group_dir)
