@@ -86,7 +86,7 @@ class TrainConfig:
     eval_splits: list[str] = field(default_factory=lambda: ["val"])
     final_splits: list[str] = field(default_factory=lambda: ["test"])
     monitor: str = "val/loss"  # <split>/<metric> that picks the best checkpoint; "none": keep the last weights
-    monitor_mode: str = "min"
+    monitor_mode: str = "auto"  # auto: max for accuracy-like metrics (HIGHER_IS_BETTER), else min
     stop: StopConfig = field(default_factory=StopConfig)
     checkpoint_every: Optional[int] = None  # steps; default at every evaluation
     keep_checkpoints: int = 2
@@ -225,7 +225,7 @@ _CHOICES = {
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "train.optimizer.name": ("adam", "adamw", "sgd"),
     "train.scheduler.name": ("none", "cosine", "onecycle", "step"),
-    "train.monitor_mode": ("min", "max"),
+    "train.monitor_mode": ("auto", "min", "max"),
     "train.stop.mode": ("min", "max"),
     "train.resume": ("auto", "never"),
     "train.progress": ("auto", "bar", "log"),
@@ -285,6 +285,16 @@ def _range_text(bounds: tuple[Any, Any, bool, bool]) -> str:
     return f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
 
 
+# Metrics (the part after "<split>/") where larger is better; every other metric is minimised.
+HIGHER_IS_BETTER = ("acc", "psnr", "dice", "iou", "ssim")
+
+
+def monitor_direction(monitor: str) -> str:
+    """``max`` when the monitored metric's name ends in one of HIGHER_IS_BETTER, else ``min``."""
+    metric = monitor.rsplit("/", 1)[-1].lower()
+    return "max" if metric.endswith(HIGHER_IS_BETTER) else "min"
+
+
 def _check_choices(cfg: DictConfig) -> None:
     for key, allowed in _CHOICES.items():
         value = OmegaConf.select(cfg, key)
@@ -303,6 +313,8 @@ def _check_choices(cfg: DictConfig) -> None:
     if cfg.train.monitor != "none" and ("/" not in cfg.train.monitor or monitor_split not in cfg.train.eval_splits):
         raise ConfigError(f"config key 'train.monitor': {cfg.train.monitor!r} must be <split>/<metric> of a split "
                           f"in train.eval_splits {list(cfg.train.eval_splits)}, or none (keep the last weights)")
+    if cfg.train.monitor_mode == "auto":
+        cfg.train.monitor_mode = monitor_direction(cfg.train.monitor)
     if len(cfg.train.optimizer.betas) != 2:
         raise ConfigError(f"config key 'train.optimizer.betas': needs 2 values, got {list(cfg.train.optimizer.betas)}")
 

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from hpclab.checkpointing import capture_rng, checkpoints, restore_rng, set_aside, state_problems, step_path
-from hpclab.config import kwargs_of
+from hpclab.config import ConfigError, kwargs_of
 from hpclab.data.loader import Data
 from hpclab.errors import CheckpointWriteError, NonFiniteLoss, Preempted
 from hpclab.tasks import TASKS
@@ -145,7 +145,10 @@ def build_optimizer(params: Iterator[nn.Parameter], o: DictConfig, fused: bool) 
         return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **extra)
     if o.name == "adamw":
         return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **extra)
-    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.momentum > 0)
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.momentum > 0)
+    # train.optimizer.name is checked with the config; a task's own optimizer configs are not
+    raise ConfigError(f"config key 'optimizer.name': {o.name!r} is not one of adam, adamw, sgd")
 
 
 def build_scheduler(opt: torch.optim.Optimizer, s: DictConfig, lr: float, total_steps: int):

@@ -75,3 +75,29 @@ def test_run_names_are_stable_and_collision_free():
     assert names == ["a-x-1__b-x-2-1", "a-x-1__b-x-2-2", "a-x-3-4__b-x-5"]  # full keys: both end in .x
     assert run_names([{"model.hidden": "[]"}, {"model.hidden": "[512]"}]) == ["hidden-none", "hidden-512"]
     assert subset(list(range(8)), 3) == [0, 4, 7]
+
+
+@pytest.mark.parametrize("overrides, mode", [
+    (["experiment=fmnist_cnn"], "max"),                                   # val/acc
+    (["experiment=fmnist_cnn", "train.monitor=val/loss"], "min"),         # the direction follows the metric
+    (["experiment=brain_seg"], "max"),                                    # val/dice
+    (["experiment=ae_latent"], "min"),                                    # val/mse
+    (["experiment=fmnist_cnn", "train.monitor=val/loss", "train.monitor_mode=max"], "max"),  # explicit wins
+])
+def test_monitor_mode_auto_maximises_accuracy_like_metrics(overrides, mode):
+    assert compose(overrides).train.monitor_mode == mode
+
+
+def test_unknown_optimizer_name_in_a_task_config_is_refused():
+    """train.optimizer.name is checked with the config; a task's own per-model optimizer
+    configs reach build_optimizer directly, which must not fall back to SGD."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from hpclab.engine import build_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    base = {"lr": 0.1, "betas": [0.9, 0.999], "weight_decay": 0.0, "momentum": 0.9}
+    assert isinstance(build_optimizer(iter(params), OmegaConf.create({**base, "name": "sgd"}), False), torch.optim.SGD)
+    with pytest.raises(ConfigError, match="'rmsprop' is not one of adam, adamw, sgd"):
+        build_optimizer(iter(params), OmegaConf.create({**base, "name": "rmsprop"}), False)

@@ -106,12 +106,6 @@ def split_images(trainer: Any, split: str, limit: Optional[int], size: int) -> I
                 return
 
 
-def fid_of_images(a: torch.Tensor, b: torch.Tensor, model: torch.nn.Module, device: torch.device | str = "cpu",
-                  batch_size: int = 50) -> float:
-    """FID between two image tensors (N x 3 x H x W in [0, 1])."""
-    return frechet(activations(model, _chunks(a, batch_size), device), activations(model, _chunks(b, batch_size), device))
-
-
 @ANALYSES.register("fid")
 def fid(trainer: Any, out_dir: Path, split: str = "train", num_images: Optional[int] = None, batch_size: int = 100,
         dims: int = 2048, weights: str = "fid_inception", seed: int = 99) -> dict[str, Any]:

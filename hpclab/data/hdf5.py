@@ -142,11 +142,6 @@ def file_problems(path: Path | str) -> list[str]:
     return problems
 
 
-def read_extra(path: Path, name: str) -> np.ndarray:
-    with h5py.File(path, "r", locking=False) as f:
-        return f[f"extra/{name}"][()]
-
-
 class H5Split(torch.utils.data.Dataset):
     """One split of a prepared file, optionally restricted to ``indices``.
 

@@ -26,9 +26,6 @@ class Task:
     the engine can add them up on the device and divide once per logging interval.
     """
 
-    monitor = "val/loss"
-    monitor_mode = "min"
-
     def build_models(self, model_cfg: dict[str, Any], info: "DataInfo") -> dict[str, nn.Module]:
         name = model_cfg.pop("name")
         return {"model": MODELS.build(name, model_cfg, in_channels=info.in_channels,
@@ -71,8 +68,6 @@ def image_error_sums(output: torch.Tensor, target: torch.Tensor) -> Metrics:
 class Reconstruct(Task):
     """Autoencoding; with ``noise_std > 0`` the inputs (only) get Gaussian noise: denoising."""
 
-    monitor = "val/mse"
-
     def __init__(self, noise_std: float = 0.0, loss: str = "mse") -> None:
         if loss not in ("mse", "bce"):
             raise ValueError(f"task.loss must be mse or bce, got {loss!r}")
@@ -105,9 +100,6 @@ class Reconstruct(Task):
 @TASKS.register("classify")
 class Classify(Task):
     """Cross-entropy classification with optional on-device crop/flip augmentation."""
-
-    monitor = "val/acc"
-    monitor_mode = "max"
 
     def __init__(self, augment: bool = False, crop_padding: int = 4, label_smoothing: float = 0.0,
                  normalize: bool = True) -> None:

@@ -67,8 +67,6 @@ class GAN(Task):
     """DCGAN training. ``betas`` (0.5, 0.999 as in the DCGAN paper) and optional per-model
     learning rates override ``train.optimizer`` for both Adam optimizers."""
 
-    monitor = "none"  # a GAN has no 'best' epoch by a loss; runs set train.monitor=none and keep the last weights
-
     def __init__(self, betas: Sequence[float] = (0.5, 0.999), lr_generator: Optional[float] = None,
                  lr_discriminator: Optional[float] = None, samples: int = 16, sample_seed: int = 1234) -> None:
         self.betas = [float(b) for b in betas]

@@ -29,7 +29,6 @@ from hpclab.tasks.base import Metrics, Task, batch_count, image_error_sums
 class ImageToImage(Task):
     """target = clean image in [0, 1]; input = ``make_input(target)``; L2 loss."""
 
-    monitor = "val/mse"
     baseline_name: Optional[str] = None  # name of the no-learning baseline in the metrics
     baseline_row = False  # show the baseline as its own row in image figures
     row_names = ("input", "output", "target")  # labels of the figure rows
@@ -140,7 +139,6 @@ class ColourizeClasses(Colourize):
 
     baseline_name = "palette"
     baseline_row = True
-    monitor = "val/loss"
 
     def __init__(self, num_colours: int = 24) -> None:
         if num_colours < 2:
@@ -359,9 +357,6 @@ class Segment(Task):
     batch), ``mse`` (mean (p - t)^2) or ``bce`` (binary cross-entropy on the logits). Whatever
     the training loss, all three are reported, with the Dice coefficient and IoU of the
     prediction binarized at ``threshold`` (per image, then averaged)."""
-
-    monitor = "val/dice"
-    monitor_mode = "max"
 
     def __init__(self, loss: str = "dice", eps: float = 1e-6, threshold: float = 0.5) -> None:
         if loss not in SEG_LOSSES:
