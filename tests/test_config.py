@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 from hpclab.config import ConfigError, compose
 from hpclab.launch.sweep import plan, run_names, subset
@@ -101,3 +103,60 @@ def test_unknown_optimizer_name_in_a_task_config_is_refused():
     assert isinstance(build_optimizer(iter(params), OmegaConf.create({**base, "name": "sgd"}), False), torch.optim.SGD)
     with pytest.raises(ConfigError, match="'rmsprop' is not one of adam, adamw, sgd"):
         build_optimizer(iter(params), OmegaConf.create({**base, "name": "rmsprop"}), False)
+
+
+CONFIGS = REPO / "configs"
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_and_its_model_and_task_keys_match_their_classes(name):
+    """Discovered, not listed: a new experiment file is checked without touching a test."""
+    cfg = compose([f"experiment={name}"])
+    assert cfg.experiment == name and cfg.model.name and cfg.task.name
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONFIGS / "sweep").glob("*.yaml")))
+def test_every_sweep_expands_into_valid_runs(name):
+    runs = plan([f"sweep={name}"]).runs
+    assert runs and len({r.run_name for r in runs}) == len(runs)
+
+
+def _readme_section(title: str) -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    return text[start: text.index("\n## ", start + 1)]
+
+
+@pytest.mark.slow
+def test_add_an_experiment_section_works_as_written(tmp_path):
+    """README "Add an experiment", word for word: its two files written into a copy of the
+    project, then its quick-look command run there on staged digits."""
+    import os
+    import re
+    import shutil
+    import subprocess
+    import sys
+
+    section = _readme_section("Add an experiment")
+    project = tmp_path / "project"
+    for part in ("hpclab", "configs", "jobs"):
+        shutil.copytree(REPO / part, project / part, ignore=shutil.ignore_patterns("__pycache__"))
+    blocks = re.findall(r"```(?:python|yaml)\n# (\S+)\n(.*?)```", section, re.S)
+    assert [path for path, _ in blocks] == ["hpclab/models/tiny_mlp.py", "configs/experiment/tiny_mlp.yaml"]
+    for path, body in blocks:
+        (project / path).write_text(body)
+    command = re.search(r"```bash\n(python jobs/launch.py experiment=tiny_mlp preset=smoke data=digits)", section)[1]
+    env = {**os.environ, "PYTHONPATH": str(project), "HPCLAB_DATA": str(tmp_path / "data"),
+           "HPCLAB_RESULTS": str(tmp_path / "results")}
+
+    def run(args: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], cwd=project, env=env, capture_output=True, text=True, timeout=600)
+
+    assert run(["jobs/prepare_data.py", "data=digits"]).returncode == 0
+    proc = run(command.split()[1:])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "results" / "tiny_mlp" / "default" / "summary.json").read_text())
+    assert summary["status"] == "completed" and 0 <= summary["metrics"]["test/acc"] <= 1
+    assert summary["parameters"]["model"] == 64 * 128 + 128 + 128 * 10 + 10  # 8x8 digits, hidden 128
+    bad = run(["jobs/launch.py", "experiment=tiny_mlp", "model.hiden=3", "dry_run=true"])
+    assert bad.returncode == 2 and bad.stderr.startswith("error: config key 'model.hiden':")
