@@ -74,7 +74,10 @@ class StopConfig:
 class TrainConfig:
     epochs: Optional[int] = 10
     max_steps: Optional[int] = None  # overrides epochs when set
-    batch_size: int = 128
+    batch_size: int = 128  # per data-parallel rank (the global batch is ranks x batch_size)
+    # the global batch instead, split evenly over the ranks (which must divide it): the same
+    # optimisation whatever the number of GPUs or nodes; wins over batch_size when set
+    global_batch_size: Optional[int] = None
     eval_batch_size: int = 512
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -128,6 +131,9 @@ class ClusterConfig:
     max_array_size: int = 1000
     signal_delay_s: int = 120
     max_requeues: int = 3
+    # data parallel: a rank that waits this long for the others in a collective (one died or
+    # hangs) stops the job with an error instead of hanging until the time limit
+    collective_timeout_s: int = 600
     folder: Optional[str] = None  # submitit's folder; default <results>/<sweep>/.submitit
     image: Optional[str] = None  # run tasks in this image (SIF file or podman image); default $HPCLAB_IMAGE
     container: Optional[str] = None  # apptainer | singularity | podman; default $HPCLAB_CONTAINER, else apptainer
@@ -243,6 +249,7 @@ _NON_NEGATIVE = (0, None, True, True)
 _RANGES: dict[str, tuple[Any, Any, bool, bool]] = {
     "seed": _NON_NEGATIVE,
     "train.epochs": _AT_LEAST_1, "train.max_steps": _AT_LEAST_1, "train.batch_size": _AT_LEAST_1,
+    "train.global_batch_size": _AT_LEAST_1,
     "train.eval_batch_size": _AT_LEAST_1, "train.eval_every": _AT_LEAST_1, "train.checkpoint_every": _AT_LEAST_1,
     "train.keep_checkpoints": _AT_LEAST_1, "train.log_every": _AT_LEAST_1, "train.image_every": _AT_LEAST_1,
     "train.grad_clip": _POSITIVE,
@@ -258,6 +265,7 @@ _RANGES: dict[str, tuple[Any, Any, bool, bool]] = {
     "cluster.gpus_per_node": _NON_NEGATIVE, "cluster.cpus_per_task": _AT_LEAST_1, "cluster.mem_gb": _POSITIVE,
     "cluster.array_parallelism": _AT_LEAST_1, "cluster.max_array_size": _AT_LEAST_1,
     "cluster.signal_delay_s": _NON_NEGATIVE, "cluster.max_requeues": _NON_NEGATIVE,
+    "cluster.collective_timeout_s": _AT_LEAST_1,
 }
 # The same for constructor arguments of models and tasks that share a meaning across classes.
 _KWARG_RANGES: dict[str, tuple[Any, Any, bool, bool]] = {

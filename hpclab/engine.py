@@ -16,24 +16,27 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, set_seed
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from hpclab.checkpointing import capture_rng, checkpoints, restore_rng, set_aside, state_problems, step_path
 from hpclab.config import ConfigError, kwargs_of
-from hpclab.data.loader import Data
-from hpclab.errors import CheckpointWriteError, NonFiniteLoss, Preempted
+from hpclab.data.loader import Data, eval_shard, rank_batch_size
+from hpclab.errors import CheckpointWriteError, NonFiniteLoss, Preempted, RankLost
 from hpclab.tasks import TASKS
 from hpclab.utils import atomic_path, atomic_write_text, read_jsonl, under_slurm
 
 log = logging.getLogger("hpclab")
+
+EVAL_SEED = 1234  # evaluation noise: batch i of a split is corrupted with seed EVAL_SEED + i
 
 # --------------------------------------------------------------------------- preemption signals
 
@@ -187,8 +190,11 @@ class Trainer:
         GradientState._reset_state()
         # cpu=True when there is no GPU: otherwise accelerate ignores WORLD_SIZE on a CPU-only
         # machine and every process trains alone
+        # The collective timeout: a rank whose peers died or hang stops with RankLost instead of
+        # waiting until the job's time limit (it applies when the process group is created).
+        timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.cluster.collective_timeout_s))
         self.accelerator = Accelerator(mixed_precision=t.mixed_precision, step_scheduler_with_optimizer=False,
-                                       cpu=not torch.cuda.is_available())
+                                       cpu=not torch.cuda.is_available(), kwargs_handlers=[timeout])
         self.device = self.accelerator.device
         if self.device.type == "cpu":
             keep_freed_memory()
@@ -237,8 +243,10 @@ class Trainer:
         self._writer = None
         self._tb_purge_step: Optional[int] = None
         self._metrics_file = self.run_dir / "metrics.jsonl"
-        log.info("accelerate: %d process(es), device %s, mixed precision %s; %d steps (%d per epoch)",
-                 self.accelerator.num_processes, self.device, t.mixed_precision, self.total_steps, self.steps_per_epoch)
+        world = self.accelerator.num_processes
+        log.info("accelerate: %d process(es), device %s, mixed precision %s; %d steps (%d per epoch), batch %d per "
+                 "rank (global %d)", world, self.device, t.mixed_precision, self.total_steps, self.steps_per_epoch,
+                 rank_batch_size(cfg, world), rank_batch_size(cfg, world) * world)
 
     # ---- helpers used by tasks
     def autocast(self):
@@ -297,7 +305,7 @@ class Trainer:
     def eval_generator(self) -> torch.Generator:
         """A freshly seeded generator on the device: evaluation noise and masks are the same at
         every evaluation and in every analysis, so numbers compare across epochs and runs."""
-        return torch.Generator(device=self.device).manual_seed(1234)
+        return torch.Generator(device=self.device).manual_seed(EVAL_SEED)
 
     @contextmanager
     def evaluating(self) -> Iterator[None]:
@@ -312,15 +320,35 @@ class Trainer:
                 model.train()
 
     @torch.no_grad()
-    def evaluate(self, split: str) -> dict[str, float]:
-        """Metrics of ``split`` with the parameters fixed: sums over all batches, divided once."""
+    def evaluate(self, split: str, sharded: bool = False) -> dict[str, float]:
+        """Metrics of ``split`` with the parameters fixed: sums over all batches, divided once.
+
+        ``sharded`` (every rank calls it: the engine's evaluations): data-parallel ranks each
+        evaluate a run of whole batches and add their sums up (one all-reduce), so N ranks take
+        1/N of the time. Batch i is the same batch with the same noise (the generator is seeded
+        per batch) whichever rank evaluates it, so the totals are a single process's up to the
+        order of the float additions; counts are exact.
+        """
+        batches = self.data.batches(split, train=False)
+        world = self.accelerator.num_processes if sharded else 1
+        first, stop = eval_shard(len(batches), self.accelerator.process_index, world)
         gen = self.eval_generator()
         totals: dict[str, torch.Tensor] = {}
         with self.evaluating(), self.autocast():
-            for batch in self.data.batches(split, train=False).epoch(0):
+            for index, batch in enumerate(batches.epoch(0, first, stop), first):
+                gen.manual_seed(EVAL_SEED + index)
                 for k, v in self.task.eval_step(self.models, batch, gen).items():
                     totals[k] = totals[k] + v if k in totals else v.clone()
+        if world > 1 and stop - first < len(batches):
+            totals = self._sum_over_ranks(totals)
         return _reduce(totals)
+
+    def _sum_over_ranks(self, totals: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every rank's metric sums added up (one all-reduce, in float64: counts stay exact)."""
+        keys = sorted(totals)
+        stacked = torch.stack([totals[k].detach().to(torch.float64) for k in keys])
+        torch.distributed.all_reduce(stacked, op=torch.distributed.ReduceOp.SUM)
+        return dict(zip(keys, stacked.unbind()))
 
     # ---- checkpoints
     def _state(self) -> dict[str, Any]:
@@ -479,7 +507,7 @@ class Trainer:
         values: dict[str, float] = {}
         for split in self.cfg.train.eval_splits:
             if self.data.has(split):
-                result = self.evaluate(split)
+                result = self.evaluate(split, sharded=True)
                 self.log_metrics(split, result)
                 values.update({f"{split}/{k}": v for k, v in result.items()})
         self.log_images("val" if self.data.has("val") else "test")
@@ -489,7 +517,22 @@ class Trainer:
         return values
 
     def fit(self) -> dict[str, Any]:
-        """Train to the end (or early stop), resuming first; return the final metrics."""
+        """Train to the end (or early stop), resuming first; return the final metrics. A rank
+        that loses its data-parallel peers stops with :class:`RankLost` (one line)."""
+        try:
+            return self._fit()
+        except RuntimeError as exc:  # gloo/NCCL report a dead or silent peer as RuntimeError
+            if self.accelerator.num_processes == 1 or isinstance(exc, RankLost) or not _lost_peer(exc):
+                raise
+            kept = checkpoints(self.ckpt_dir)
+            raise RankLost(
+                f"rank {self.accelerator.process_index} of {self.accelerator.num_processes} lost the other ranks at "
+                f"step {self.step_count} ({_one_line(exc)[:200]}): a rank died, or hung for more than "
+                f"cluster.collective_timeout_s={self.cfg.cluster.collective_timeout_s} s; "
+                + (f"resubmit the job to resume from {kept[0].name}" if kept else
+                   "no checkpoint yet: resubmit the job to start it again")) from None
+
+    def _fit(self) -> dict[str, Any]:
         t = self.cfg.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if t.resume != "never":
@@ -546,7 +589,7 @@ class Trainer:
         final: dict[str, Any] = {}
         for split in self.cfg.train.final_splits:
             if self.data.has(split):
-                result = self.evaluate(split)
+                result = self.evaluate(split, sharded=True)
                 self.log_metrics(f"final_{split}", result)
                 final.update({f"{split}/{k}": v for k, v in result.items()})
         if self._writer is not None:
@@ -589,6 +632,17 @@ def _check_finite(running: dict[str, torch.Tensor], step: int, ckpt_dir: Path) -
         raise NonFiniteLoss(f"non-finite training metrics at step {step}: {values}; "
                             f"the last good checkpoint is kept in {ckpt_dir}")
     return values
+
+
+# What torch.distributed's backends say when a peer is gone (gloo: the socket closed, a timeout;
+# NCCL: a watchdog timeout or a remote error); DistError is their base class in torch >= 2.2.
+_PEER_ERRORS = ("Connection closed by peer", "Connection reset by peer", "Timed out", "timed out", "Broken pipe",
+                "NCCL communicator was aborted", "remote process exited", "Socket Timeout")
+
+
+def _lost_peer(exc: BaseException) -> bool:
+    dist_error = getattr(torch.distributed, "DistError", ())
+    return (bool(dist_error) and isinstance(exc, dist_error)) or any(text in str(exc) for text in _PEER_ERRORS)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -39,6 +39,11 @@ class CheckpointWriteError(RuntimeError):
     """A checkpoint could not be written (disk full, quota, permissions); older ones are kept."""
 
 
+class RankLost(RuntimeError):
+    """A data-parallel rank lost its peers (one died, or hung past cluster.collective_timeout_s);
+    the newest checkpoint is kept and a resubmission resumes from it."""
+
+
 class Preempted(Exception):
     """A stop signal arrived; the checkpoint is written and the same command resumes."""
 

@@ -37,10 +37,16 @@ if [ "${SLURM_GPUS_ON_NODE:-0}" -gt "$tasks_per_node" ]; then
        "submit with --ntasks-per-node=$SLURM_GPUS_ON_NODE to use them all"
 fi
 
-# Rendezvous: the first node of the allocation, a port derived from the job id (array tasks
-# have distinct job ids, so concurrent tasks never collide; hpclab/launch/slurm.py agrees).
+# Rendezvous: the first node of the allocation at the address SLURM reaches it (its NodeAddr:
+# the node name on most clusters, an IP where names do not resolve, as on the emulated nodes of
+# scripts/local_slurm.sh), a port derived from the job id (array tasks have distinct job ids,
+# so concurrent tasks never collide). hpclab/launch/slurm.py first_node() agrees.
 export MASTER_ADDR=$(scontrol show hostnames "${SLURM_JOB_NODELIST:-$(hostname)}" 2>/dev/null | head -n 1)
 export MASTER_ADDR=${MASTER_ADDR:-$(hostname)}
+if [ -n "${SLURM_JOB_NODELIST:-}" ]; then
+  hpclab_addr=$(scontrol show node -o "$MASTER_ADDR" 2>/dev/null | tr ' ' '\n' | sed -n 's/^NodeAddr=\(..*\)/\1/p' | head -n 1) || true
+  if [ -n "$hpclab_addr" ]; then export MASTER_ADDR=$hpclab_addr; fi
+fi
 export MASTER_PORT=$((20000 + ${SLURM_JOB_ID:-0} % 20000))
 # Where SLURM writes this job's log (recorded in results/<group>/<run>/slurm.json).
 if [ -n "${SLURM_JOB_ID:-}" ]; then

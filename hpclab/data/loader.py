@@ -35,13 +35,14 @@ class DataInfo:
 
 
 class EpochBatches(torch.utils.data.Sampler):
-    """Index batches of one epoch: a seeded permutation, sharded by rank, resumable mid-epoch."""
+    """Index batches of one epoch: a seeded permutation, sharded by rank, resumable mid-epoch
+    (``skip``), or a run of batches of it (``skip`` to ``stop``: a rank's share of an evaluation)."""
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, rank: int = 0,
                  world: int = 1, drop_last: bool = True) -> None:
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.rank, self.world, self.drop_last = rank, world, drop_last
-        self.epoch, self.skip = 0, 0
+        self.epoch, self.skip, self.stop = 0, 0, None
         per_rank = n // world if shuffle else math.ceil(n / world)
         self.per_rank = per_rank
         if drop_last and per_rank >= batch_size:
@@ -49,11 +50,15 @@ class EpochBatches(torch.utils.data.Sampler):
         else:
             self.num_batches = math.ceil(per_rank / batch_size)
 
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.epoch, self.skip = epoch, skip
+    def set_epoch(self, epoch: int, skip: int = 0, stop: Optional[int] = None) -> None:
+        self.epoch, self.skip, self.stop = epoch, skip, stop
+
+    @property
+    def end(self) -> int:
+        return self.num_batches if self.stop is None else min(self.stop, self.num_batches)
 
     def __len__(self) -> int:
-        return self.num_batches - self.skip
+        return max(self.end - self.skip, 0)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         if self.shuffle:
@@ -62,7 +67,7 @@ class EpochBatches(torch.utils.data.Sampler):
         else:
             order = np.arange(self.n)
         mine = order[self.rank :: self.world]
-        for b in range(self.skip, self.num_batches):
+        for b in range(self.skip, self.end):
             yield mine[b * self.batch_size : (b + 1) * self.batch_size]
 
 
@@ -94,8 +99,9 @@ class SplitBatches:
     def num_items(self) -> int:
         return len(self.split)
 
-    def epoch(self, epoch: int = 0, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        self.sampler.set_epoch(epoch, skip)
+    def epoch(self, epoch: int = 0, skip: int = 0, stop: Optional[int] = None) -> Iterator[dict[str, torch.Tensor]]:
+        """The batches of ``epoch`` from batch ``skip`` (resuming mid-epoch) to ``stop`` (excluded)."""
+        self.sampler.set_epoch(epoch, skip, stop)
         if self.tensors is not None:
             for idx in self.sampler:
                 index = torch.from_numpy(idx).to(next(iter(self.tensors.values())).device)
@@ -190,23 +196,51 @@ class Data:
         return H5Split(self.path, file_split, self.indices[name])
 
     def batches(self, name: str, train: bool) -> SplitBatches:
-        """Shuffled, rank-sharded batches for training; ordered batches for evaluation."""
+        """Shuffled, rank-sharded batches for training; ordered batches of the whole split for
+        evaluation (the engine's evaluations give each rank a run of them: ``eval_shard``)."""
         key = (name, train)
         if key not in self._cache:
             d, t = self.cfg.data, self.cfg.train
             split = self.split(name)
             in_memory = d.in_memory == "true" or (d.in_memory == "auto" and split.nbytes < d.max_memory_gb * 2**30)
             self._cache[key] = SplitBatches(
-                split, t.batch_size if train else t.eval_batch_size, shuffle=train, seed=self.cfg.seed,
+                split, rank_batch_size(self.cfg, self.world) if train else t.eval_batch_size, shuffle=train,
+                seed=self.cfg.seed,
                 device=self.device, rank=self.rank if train else 0, world=self.world if train else 1,
                 in_memory=in_memory, on_device=d.on_device, num_workers=d.num_workers, label_map=self.label_map,
             )
         return self._cache[key]
 
 
+def rank_batch_size(cfg: DictConfig, world: int = 1) -> int:
+    """Each rank's training batch: ``train.global_batch_size / world`` when the global batch is
+    set (the ranks must divide it: one line otherwise), else ``train.batch_size``."""
+    total = cfg.train.global_batch_size
+    if total is None:
+        return cfg.train.batch_size
+    if total % world:
+        from hpclab.config import ConfigError
+
+        raise ConfigError(f"config key 'train.global_batch_size': {total} images do not split evenly over {world} "
+                          f"data-parallel ranks (nodes x tasks per node); choose a multiple of {world}, or set "
+                          f"train.batch_size (per rank) instead")
+    return total // world
+
+
+def eval_shard(batches: int, rank: int, world: int) -> tuple[int, int]:
+    """The run of evaluation batches ``[first, stop)`` rank ``rank`` of ``world`` evaluates: whole
+    batches, balanced, so each batch is exactly the one a single process would see. Fewer batches
+    than ranks: every rank evaluates them all (nothing to add up afterwards)."""
+    if world <= 1 or batches < world:
+        return 0, batches
+    return rank * batches // world, (rank + 1) * batches // world
+
+
 def check_splits(cfg: DictConfig, world: int = 1) -> Path:
-    """Before any work: the prepared file is sound and every split the run uses keeps images
-    after the data options (one line otherwise); the file's path."""
+    """Before any work: the prepared file is sound, every split the run uses keeps images after
+    the data options, and the global batch splits over ``world`` ranks (one line otherwise);
+    the file's path."""
+    rank_batch_size(cfg, world)
     path = require_prepared(cfg)
     _check_not_empty(split_indices(path, cfg)[0], cfg, world, path)
     return path

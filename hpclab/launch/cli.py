@@ -10,7 +10,7 @@ import threading
 from typing import Callable
 
 from hpclab.config import CONFIG_DIR
-from hpclab.errors import USER_ERRORS, Preempted
+from hpclab.errors import USER_ERRORS, Preempted, RankLost
 
 
 def group_options(group: str) -> list[str]:
@@ -34,6 +34,7 @@ def doc_parser(doc: str) -> argparse.ArgumentParser:
 # Exit codes of the jobs/ entry points (README, "What survives what").
 EXIT_USER_ERROR = 2  # bad input, missing data, a run folder in use or with another config
 EXIT_STOPPED = 3  # stopped by SIGTERM/SIGUSR2 after a checkpoint: the same command resumes
+EXIT_RANK_LOST = 4  # a data-parallel rank lost its peers (one died or hung): resubmit to resume
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
@@ -58,6 +59,9 @@ def main_guard(main: Callable[[list[str]], int]) -> None:
     except Preempted as exc:
         print(f"stopped: {exc}", file=sys.stderr)
         code = EXIT_STOPPED
+    except RankLost as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = EXIT_RANK_LOST
     except BrokenPipeError:  # output piped into head & co.
         code = 0
     except OSError as exc:

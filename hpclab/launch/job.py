@@ -260,10 +260,10 @@ class TrainJob:
         return OmegaConf.create(self.cfg_yaml)
 
     def __call__(self) -> dict[str, Any]:
-        if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-            import submitit
-
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        # Ranks and the rendezvous from SLURM's variables, as in the sbatch scripts' tasks (not
+        # submitit's TorchDistributedEnvironment: its MASTER_ADDR is the first node's *name*,
+        # which need not resolve; first_node() uses the address SLURM reaches the node at).
+        export_rank_env()
         summary = train_run(resumable(self.cfg))
         refresh_sweep_report(self.cfg)
         return summary

@@ -49,8 +49,10 @@ def restart_count() -> int:
 def export_rank_env() -> None:
     """Map SLURM's per-task variables to torch's (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_*).
 
-    The sbatch scripts already export them per task; this covers a bare ``srun python ...``.
-    Variables already set win. Nothing happens for a single task.
+    The sbatch scripts already export them per task; this covers the launcher's submitit tasks
+    and a bare ``srun python ...``. Variables already set win (MASTER_ADDR from the batch shell,
+    where ``scontrol`` exists even when the task runs in a container). Nothing happens for a
+    single task.
     """
     ntasks = int(os.environ.get("SLURM_NTASKS") or 1)
     if ntasks <= 1 or "SLURM_PROCID" not in os.environ:
@@ -58,22 +60,33 @@ def export_rank_env() -> None:
     os.environ.setdefault("RANK", os.environ["SLURM_PROCID"])
     os.environ.setdefault("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))
     os.environ.setdefault("WORLD_SIZE", str(ntasks))
-    if "MASTER_ADDR" not in os.environ:
+    if not os.environ.get("MASTER_ADDR"):
         os.environ["MASTER_ADDR"] = first_node()
     os.environ.setdefault("MASTER_PORT", str(master_port()))
     if os.environ.get("SLURM_GPUS_ON_NODE", "0") == "0":
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")  # gloo on the CPU, as accelerate launch --cpu
 
 
-def first_node() -> str:
-    """First host of SLURM_JOB_NODELIST (expanded by scontrol, e.g. gpu[03-04] -> gpu03)."""
-    nodelist = os.environ.get("SLURM_JOB_NODELIST") or socket.gethostname()
+def _scontrol(*args: str) -> Optional[str]:
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                             timeout=30, check=True).stdout.split()
-        return out[0] if out else nodelist
+        return subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError):
-        return nodelist.split(",")[0].split("[")[0]
+        return None
+
+
+def first_node() -> str:
+    """Where rank 0 listens: the first node of SLURM_JOB_NODELIST (``gpu[03-04]`` -> gpu03) at the
+    address SLURM itself reaches it, its ``NodeAddr`` (``scontrol show node``). That is the node
+    name on most clusters, and an IP where names do not resolve by DNS (the emulated nodes of
+    scripts/local_slurm.sh --nodes N: n1 -> 127.0.0.1). slurm/common.sh does the same in shell."""
+    nodelist = os.environ.get("SLURM_JOB_NODELIST") or socket.gethostname()
+    names = (_scontrol("show", "hostnames", nodelist) or "").split()
+    name = names[0] if names else nodelist.split(",")[0].split("[")[0]
+    if os.environ.get("SLURM_JOB_NODELIST"):
+        for field in (_scontrol("show", "node", "-o", name) or "").split():
+            if field.startswith("NodeAddr=") and len(field) > len("NodeAddr="):
+                return field.split("=", 1)[1]
+    return name
 
 
 def master_port() -> int:
