@@ -374,3 +374,27 @@ def test_bad_override_fails_the_job_at_once_with_one_line_and_writes_nothing(clu
     assert "Traceback" not in text and "srun" not in text  # failed in the batch shell, before any task
     assert not (cluster["results"] / "dcgan").exists()
     assert status(cluster, "experiment=dcgan")["default"][:2] == ["FAILED", job]
+
+
+# --------------------------------------------------------------------------- (4) sweep scale
+
+@pytest.mark.slow
+def test_sweep_scale_quick_mode_and_resubmission_queues_only_unfinished_runs(tmp_path):
+    """benchmarks/sweep_scale.py at 6 runs split over 2 arrays: parallelism honoured, status
+    counts add up, the report has one row per finished run, and resubmitting the same sweep
+    after some finished queues exactly the others."""
+    problem = controller_problem()
+    if problem:
+        pytest.skip(problem)
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import sweep_scale
+
+    assert sweep_scale.main(["--runs", "6", "--execute", "2", "--max-array-size", "4", "--out", str(tmp_path)]) == 0
+    row = json.loads((tmp_path / "sweep_scale.json").read_text())
+    assert len(row["arrays"]) == 2 and row["queued_tasks"] == 6, row
+    assert 1 <= row["max_running"] <= row["array_parallelism"] * len(row["arrays"]), row
+    after = row["status_after"]
+    assert sum(after.values()) == 6 and after.get("COMPLETED") == row["finished"] >= 2, row
+    assert set(after) <= {"COMPLETED", "CANCELLED"}, row
+    assert row["report_rows"] == row["finished"], row
+    assert row["resubmitted_tasks"] == 6 - row["finished"], row
