@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from accelerate import Accelerator
@@ -35,6 +35,8 @@ from hpclab.tasks import TASKS
 from hpclab.utils import atomic_path, atomic_write_text, read_jsonl, under_slurm
 
 log = logging.getLogger("hpclab")
+
+Batch = dict[str, torch.Tensor]  # one batch of a split: images (and labels, masks) on the device
 
 EVAL_SEED = 1234  # evaluation noise: batch i of a split is corrupted with seed EVAL_SEED + i
 
@@ -310,35 +312,55 @@ class Trainer:
     @contextmanager
     def evaluating(self) -> Iterator[None]:
         """All models in evaluation mode (dropout off, batch-norm running statistics) inside
-        the block, and in training mode again after it, also when the block raises."""
+        the block, and back in the mode each had after it, also when the block raises (blocks
+        nest: an analysis may call ``evaluate`` inside its own)."""
+        modes = {name: model.training for name, model in self.models.items()}
         for model in self.models.values():
             model.eval()
         try:
             yield
         finally:
-            for model in self.models.values():
-                model.train()
+            for name, model in self.models.items():
+                model.train(modes[name])
+
+    def eval_batches(self, split: str, first: int = 0,
+                     stop: Optional[int] = None) -> Iterator[tuple[dict[str, torch.Tensor], torch.Generator]]:
+        """The evaluation batches ``[first, stop)`` of ``split`` in order, each with the generator
+        seeded for that batch (``EVAL_SEED + i``): batch i gets the same noise and masks in every
+        evaluation, on whichever rank, and in every analysis."""
+        gen = self.eval_generator()
+        for index, batch in enumerate(self.data.batches(split, train=False).epoch(0, first, stop), first):
+            gen.manual_seed(EVAL_SEED + index)
+            yield batch, gen
 
     @torch.no_grad()
-    def evaluate(self, split: str, sharded: bool = False) -> dict[str, float]:
+    def evaluate(self, split: str, sharded: bool = False, transform: Optional[Callable[[Batch], Batch]] = None,
+                 max_images: Optional[int] = None) -> dict[str, float]:
         """Metrics of ``split`` with the parameters fixed: sums over all batches, divided once.
 
         ``sharded`` (every rank calls it: the engine's evaluations): data-parallel ranks each
         evaluate a run of whole batches and add their sums up (one all-reduce), so N ranks take
-        1/N of the time. Batch i is the same batch with the same noise (the generator is seeded
-        per batch) whichever rank evaluates it, so the totals are a single process's up to the
-        order of the float additions; counts are exact.
+        1/N of the time. Batch i is the same batch with the same noise whichever rank evaluates
+        it, so the totals are a single process's up to the order of the float additions; counts
+        are exact. Analyses may ``transform`` each batch (e.g. resize it) and stop after
+        ``max_images``.
         """
+        if sharded and max_images is not None:
+            raise ValueError("evaluate: max_images is for one process, not with sharded=True")
         batches = self.data.batches(split, train=False)
         world = self.accelerator.num_processes if sharded else 1
         first, stop = eval_shard(len(batches), self.accelerator.process_index, world)
-        gen = self.eval_generator()
         totals: dict[str, torch.Tensor] = {}
+        seen = 0
         with self.evaluating(), self.autocast():
-            for index, batch in enumerate(batches.epoch(0, first, stop), first):
-                gen.manual_seed(EVAL_SEED + index)
-                for k, v in self.task.eval_step(self.models, batch, gen).items():
+            for batch, gen in self.eval_batches(split, first, stop):
+                if max_images is not None:
+                    batch = {k: v[: max_images - seen] for k, v in batch.items()}
+                    seen += len(batch["images"])
+                for k, v in self.task.eval_step(self.models, transform(batch) if transform else batch, gen).items():
                     totals[k] = totals[k] + v if k in totals else v.clone()
+                if max_images is not None and seen >= max_images:
+                    break
         if world > 1 and stop - first < len(batches):
             totals = self._sum_over_ranks(totals)
         return _reduce(totals)

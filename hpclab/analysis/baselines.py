@@ -90,9 +90,9 @@ def noisy_input(trainer: Any, out_dir: Path, split: str = "test") -> dict[str, A
     if corrupt is None:
         raise ValueError(f"noisy_input: task '{trainer.cfg.task.name}' corrupts no inputs")
     split = available_split(trainer, split)
-    gen, mse_sum, psnr_sum, count = trainer.eval_generator(), 0.0, 0.0, 0
+    mse_sum, psnr_sum, count = 0.0, 0.0, 0
     with torch.no_grad():
-        for batch in trainer.data.batches(split, train=False).epoch(0):
+        for batch, gen in trainer.eval_batches(split):  # the noise of the engine's evaluation
             clean = to_float(batch["images"])
             mse = (corrupt(clean, gen) - clean).pow(2).flatten(1).mean(1)
             mse_sum += float(mse.sum())

@@ -161,26 +161,16 @@ def other_sizes(trainer: Any, out_dir: Path, sizes: Sequence[int] = (24, 48), sp
                 count: int = 8, max_images: int = 1000) -> dict[str, Any]:
     """Evaluate the trained network on the first ``max_images`` images of ``split`` resized to
     each of ``sizes`` (and to the trained size, for reference); a table plus example rows."""
-    from hpclab.engine import _reduce
-
     split = available_split(trainer, split)
     trained = trainer.data.info.image_size
+    seen = min(max_images, len(trainer.data.split(split)))
     results: dict[int, dict[str, float]] = {}
     shown: dict[str, torch.Tensor] = {}
     with trainer.evaluating():
         for size in [trained, *[int(s) for s in sizes if int(s) != trained]]:
-            totals: dict[str, torch.Tensor] = {}
-            gen = trainer.eval_generator()
-            seen = 0
-            with torch.no_grad(), trainer.autocast():
-                for batch in trainer.data.batches(split, train=False).epoch(0):
-                    batch = {k: v[: max_images - seen] for k, v in batch.items()}
-                    for k, v in trainer.task.eval_step(trainer.models, _resize_batch(batch, size), gen).items():
-                        totals[k] = totals[k] + v if k in totals else v.clone()
-                    seen += len(batch["images"])
-                    if seen >= max_images:
-                        break
-            results[size] = _reduce(totals)
+            # the engine's evaluation (same batches, same per-batch noise), on resized images
+            results[size] = trainer.evaluate(split, transform=lambda batch, size=size: _resize_batch(batch, size),
+                                             max_images=max_images)
             rows = trainer.task.images(trainer.models, _resize_batch(first_batch(trainer, split, count), size),
                                        trainer.eval_generator())
             shown.update({f"{size}px {name}": images for name, images in rows.items()})
