@@ -101,7 +101,9 @@ def measure(runs: int, execute: int, parallelism: int, max_array_size: int, work
             break
         time.sleep(2)
     subprocess.run(["scancel", *ids], check=True)
-    time.sleep(3)
+    deadline = time.monotonic() + 120  # until SLURM has let go of every task (no COMPLETING left)
+    while squeue_states(ids) and time.monotonic() < deadline:
+        time.sleep(1)
     row["max_running"] = max_running
     row["status_running"] = status_running
     seconds, out = cli("launch.py", "status", *sweep, env=env)
