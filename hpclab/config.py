@@ -8,6 +8,8 @@ sections are free-form in the schema and validated against the registered class 
 
 from __future__ import annotations
 
+import copy
+import functools
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,6 +186,64 @@ def _compose_error(exc: BaseException) -> str:
 
 def compose(overrides: list[str]) -> DictConfig:
     """Compose ``configs/config.yaml`` with Hydra overrides and validate it against the schema."""
+    return compose_many([overrides])[0]
+
+
+def compose_many(override_lists: list[list[str]]) -> list[DictConfig]:
+    """``compose`` of each list, with one Hydra composition per distinct set of group choices.
+
+    Hydra applies plain ``key=value`` overrides after composing the defaults (in struct mode,
+    with ``OmegaConf.update(..., merge=True)``); doing that step here on a copy of a composition
+    already made gives the same config, while a sweep's grid points share one composition
+    (a thousand-run sweep plans in seconds, not minutes). Anything else (``+``/``~`` prefixes,
+    group choices, a value Hydra would refuse) goes through Hydra itself, errors included.
+    """
+    composed: dict[tuple[str, ...], DictConfig] = {}
+    out = []
+    for overrides in override_lists:
+        structural, values = _split_value_overrides(overrides)
+        if structural not in composed:
+            composed[structural] = _compose_raw(list(structural))
+        raw = copy.deepcopy(composed[structural])
+        try:
+            for parsed in values:
+                OmegaConf.update(raw, parsed.key_or_group, parsed.value(), merge=True)
+        except OmegaConfBaseException:
+            raw = _compose_raw(list(overrides))  # Hydra's own one-line refusal
+        out.append(validate(raw))
+    return out
+
+
+def compose_with_hydra(overrides: list[str]) -> DictConfig:
+    """``compose`` with every override applied by Hydra (the reference ``compose_many`` matches)."""
+    return validate(_compose_raw(list(overrides)))
+
+
+def _split_value_overrides(overrides: list[str]) -> tuple[tuple[str, ...], list[Any]]:
+    """(overrides Hydra must compose, parsed plain ``key=value`` overrides of existing keys)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    structural, values = [], []
+    for text in overrides:
+        try:
+            parsed = parser.parse_override(text)
+        except HydraException:
+            structural.append(text)  # Hydra words the error
+            continue
+        key = parsed.key_or_group
+        if (parsed.is_delete() or parsed.is_add() or parsed.is_force_add() or parsed.is_sweep_override()
+                or parsed.package is not None or key.startswith("hydra") or "/" in key
+                or (CONFIG_DIR / key).is_dir()):  # a config group choice
+            structural.append(text)
+        else:
+            values.append(parsed)
+    return tuple(structural), values
+
+
+def _compose_raw(overrides: list[str]) -> DictConfig:
+    """Hydra's composition (schema first, struct mode), before validation."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.config_store import ConfigStore
@@ -196,17 +256,22 @@ def compose(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            raw = hydra_compose(config_name="config", overrides=list(overrides))
+            return hydra_compose(config_name="config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(_compose_error(exc)) from None
     finally:
         GlobalHydra.instance().clear()
-    return validate(raw)
+
+
+@functools.lru_cache(maxsize=1)
+def _schema() -> DictConfig:
+    """The schema as a config, built once (OmegaConf.merge copies its first argument)."""
+    return OmegaConf.structured(RunConfig)
 
 
 def validate(raw: DictConfig) -> DictConfig:
     """Merge onto the schema (unknown keys and wrong types fail) and resolve interpolations."""
-    schema = OmegaConf.structured(RunConfig)
+    schema = _schema()
     try:
         # Plain containers, so the schema decides: Hydra's `+key=value` adds keys to its own
         # (already typed) nodes, which a merge would otherwise keep.

@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
     if cluster == "slurm":
         ids = executors.submit_slurm(plan)
         if ids:
-            print(f"submitted array job {', '.join(ids)} ({len(plan.runs)} runs); "
+            print(f"submitted array job {', '.join(ids)} ({len(plan)} runs); "
                   f"results: {executors.group_dir(plan)}/; "
                   f"status: python jobs/launch.py status {shlex.join(overrides)}")
         return 0

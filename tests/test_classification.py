@@ -72,9 +72,9 @@ def run_points(overrides: list[str], keep) -> list[dict]:
     from hpclab.launch.sweep import Plan, plan
 
     full = plan(overrides)
-    runs = [cfg for cfg in full.runs if keep(cfg)]
-    assert runs, "no grid point selected"
-    return run_local(Plan(group=full.group, runs=runs, base=full.base))
+    kept = [o for o, cfg in zip(full.run_overrides, full.runs) if keep(cfg)]
+    assert kept, "no grid point selected"
+    return run_local(Plan(group=full.group, run_overrides=kept, base=full.base))
 
 
 def table_rows(group_dir: Path) -> list[str]:

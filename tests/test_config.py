@@ -6,8 +6,9 @@ import json
 
 import pytest
 from conftest import REPO, run_cli
+from omegaconf import OmegaConf
 
-from hpclab.config import ConfigError, compose
+from hpclab.config import ConfigError, compose, compose_with_hydra
 from hpclab.launch.sweep import plan, run_names, subset
 
 
@@ -117,8 +118,31 @@ def test_every_experiment_composes_and_its_model_and_task_keys_match_their_class
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONFIGS / "sweep").glob("*.yaml")))
 def test_every_sweep_expands_into_valid_runs(name):
-    runs = plan([f"sweep={name}"]).runs
+    """Each run equals Hydra's own composition of its overrides (the grid points share one
+    composition in compose_many) and a task's lone run(i) equals the i-th of the whole plan."""
+    swept = plan([f"sweep={name}"])
+    runs = swept.runs
     assert runs and len({r.run_name for r in runs}) == len(runs)
+    for overrides, cfg in zip(swept.run_overrides, runs):
+        assert OmegaConf.to_container(cfg) == OmegaConf.to_container(compose_with_hydra(overrides)), overrides
+    alone = plan([f"sweep={name}"])
+    assert OmegaConf.to_container(alone.run(len(alone) - 1)) == OmegaConf.to_container(runs[-1])
+
+
+@pytest.mark.parametrize("overrides", [
+    ["experiment=ae_latent", "train.optimizer.lr=0.1", "data.classes=[0,1]", "train.max_steps=null", "notes='a b'"],
+    ["model.latent_dim=3", "experiment=ae_latent", "~analysis", "train.scheduler=${train.optimizer}"],
+    ["experiment=dcgan", "+model.extra=1"], ["experiment=ae_latent", "model.bogus=1"],
+    ["experiment=ae_latent", "train.batch_size=abc"], ["experiment=ae_latent", "train.nokey=1"],
+])
+def test_compose_equals_hydra_composition_results_and_refusals_alike(overrides):
+    def outcome(function):
+        try:
+            return OmegaConf.to_container(function(overrides))
+        except ConfigError as exc:
+            return f"error: {exc}"
+
+    assert outcome(compose) == outcome(compose_with_hydra)
 
 
 def _readme_section(title: str) -> str:

@@ -30,7 +30,7 @@ def group_dir(plan: Plan) -> Path:
 
 
 def describe_plan(plan: Plan) -> str:
-    lines = [f"{len(plan.runs)} run(s) -> {group_dir(plan)}/"]
+    lines = [f"{len(plan)} run(s) -> {group_dir(plan)}/"]
     for cfg in plan.runs:
         state = "complete" if is_complete(run_dir_of(cfg)) else "to run"
         lines.append(f"  {cfg.run_name:<32} {state:<9} model={cfg.model.name} data={cfg.data.name} "
@@ -54,7 +54,7 @@ def run_local(plan: Plan) -> list[dict[str, Any]]:
         check_splits(cfg, cfg.cluster.processes)
     summaries = []
     for i, cfg in enumerate(plan.runs, 1):
-        log.info("[%d/%d] %s", i, len(plan.runs), run_dir_of(cfg))
+        log.info("[%d/%d] %s", i, len(plan), run_dir_of(cfg))
         processes = cfg.cluster.processes
         summaries.append(train_local_processes(cfg, processes) if processes > 1 else train_run(cfg))
     if plan.base.sweep.name:
@@ -140,7 +140,7 @@ def render_sbatch(plan: Plan) -> str:
     from submitit.slurm.slurm import _make_sbatch_string
 
     inner = make_executor(plan)._executor
-    count = min(len(plan.runs), plan.base.cluster.max_array_size)
+    count = min(len(plan), plan.base.cluster.max_array_size)
     return _make_sbatch_string(command=inner._submitit_command_str, folder=inner.folder, map_count=count,
                                **inner.parameters)
 
@@ -151,7 +151,7 @@ def submit_slurm(plan: Plan) -> list[str]:
 
     pending = [cfg for cfg in plan.runs if cfg.force or not is_complete(run_dir_of(cfg))]
     if not pending:
-        log.info("all %d runs are complete; nothing to submit (force=true re-runs them)", len(plan.runs))
+        log.info("all %d runs are complete; nothing to submit (force=true re-runs them)", len(plan))
         return []
     cluster = plan.base.cluster
     for cfg in pending:  # fail before anything is queued
@@ -260,8 +260,8 @@ def _queued_by_sbatch(plan: Plan, jobs: dict[str, dict[str, str]], submitit_jobs
     for job, info in jobs.items():
         if info["name"] != f"hpclab-{plan.group}" or _job_number(job) in submitit_jobs:
             continue
-        index = int(job.split("_")[1]) if "_" in job else 0 if len(plan.runs) == 1 else None
-        if index is not None and index < len(plan.runs) and _job_number(job) > _job_number(found.get(index)):
+        index = int(job.split("_")[1]) if "_" in job else 0 if len(plan) == 1 else None
+        if index is not None and index < len(plan) and _job_number(job) > _job_number(found.get(index)):
             found[index] = job
     return found
 

@@ -2,8 +2,8 @@
 
 A sweep config names an experiment and a grid of ``key: [values]``. Extra grid axes (or a
 replacement for one) come from the command line in Hydra's sweep syntax,
-``model.latent_dim=2,16``. Each grid point is composed by Hydra like a single run, so grid
-values may also pick config groups (``data: [mnist, fashion_mnist]``).
+``model.latent_dim=2,16``. Each grid point is composed like a single run, so grid values may
+also pick config groups (``data: [mnist, fashion_mnist]``).
 """
 
 from __future__ import annotations
@@ -11,18 +11,33 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from hpclab.config import ConfigError, compose
+from hpclab.config import ConfigError, compose, compose_many
 
 
 @dataclass
 class Plan:
+    """A sweep's runs, composed when first asked for (a SLURM task composes only its own)."""
+
     group: str  # results/<group>/
-    runs: list[DictConfig]
+    run_overrides: list[list[str]]  # the overrides that compose each run
     base: DictConfig  # the config composed without any grid point (cluster, sweep, paths)
+
+    def __len__(self) -> int:
+        return len(self.run_overrides)
+
+    def run(self, index: int) -> DictConfig:
+        """The validated config of run ``index`` alone."""
+        return self.runs[index] if "runs" in self.__dict__ else compose(self.run_overrides[index])
+
+    @cached_property
+    def runs(self) -> list[DictConfig]:
+        """Every run's validated config (grid points share one Hydra composition)."""
+        return compose_many(self.run_overrides)
 
 
 def split_sweep_overrides(overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
@@ -97,7 +112,9 @@ def run_names(points: list[dict[str, str]]) -> list[str]:
 
 
 def plan(overrides: list[str]) -> Plan:
-    """Compose, expand the sweep grid (if any) and validate every run config."""
+    """Compose the base, expand the sweep grid (if any) into each run's overrides.
+
+    A bad override or axis fails here; each run's own config is validated when first used."""
     plain, cli_axes = split_sweep_overrides(overrides)
     # The sweep names its experiment, and the other overrides may only be valid on top of that
     # experiment (model keys of its model), so read the sweep alone first.
@@ -126,13 +143,10 @@ def plan(overrides: list[str]) -> Plan:
     if explicit_name and len(points) > 1:
         raise ConfigError(f"run_name names one run, but '{group}' has {len(points)}: drop run_name=... "
                           f"(each run is named after its grid point), or narrow the grid to one point")
-    runs = []
-    for point, name in zip(points, names):
-        point_overrides = [f"{k}={v}" for k, v in point.items()]
-        identity = [f"run_group={group}"] + ([] if explicit_name else [f"run_name={name}"])
-        cfg = compose(experiment_overrides + plain + point_overrides + identity)
-        runs.append(cfg)
-    return Plan(group=group, runs=runs, base=base)
+    identity = [[f"run_group={group}"] + ([] if explicit_name else [f"run_name={name}"]) for name in names]
+    run_overrides = [experiment_overrides + plain + [f"{k}={v}" for k, v in point.items()] + ids
+                     for point, ids in zip(points, identity)]
+    return Plan(group=group, run_overrides=run_overrides, base=base)
 
 
 # Keys that say how or where a run is executed or shown, not what it trains: they may differ

@@ -75,13 +75,13 @@ def main(argv: list[str]) -> int:
     from hpclab.launch.sweep import plan as make_plan
 
     plan = make_plan(overrides)
-    n = len(plan.runs)
+    n = len(plan)
     index = choose_index(n, index, plan.group)
     warning = coverage_warning(n)
     if index >= n:
         print(f"task index {index}: '{plan.group}' has only {n} run(s); nothing to do")
         return 0
-    cfg = plan.runs[index]
+    cfg = plan.run(index)  # this task's run alone
     check_splits(cfg, int(os.environ.get("SLURM_NTASKS") or 1))  # fail before anything is written
     if check:
         print(f"run {index + 1}/{n} of '{plan.group}': {cfg.run_name} -> {run_dir_of(cfg)}")
