@@ -341,7 +341,7 @@ def step_rows(work: Path, quick: bool, device: torch.device, variants: dict[str,
     """Engine variants vs the plain loop per model, in rotating order over rounds (median rate
     of each; ratio = median of the per-round ratios), so one-off warm-up and drift in machine
     load hit all alike."""
-    from hpclab.config import kwargs_of
+    from hpclab.registry import kwargs_of
     from hpclab.data.hdf5 import H5Split
     from hpclab.models import MODELS
 
@@ -433,7 +433,7 @@ def bench_steps(work: Path, quick: bool) -> list[Row]:
 
 def bench_target(work: Path, quick: bool) -> list[Row]:
     """Time to full-training-set MSE < 0.03 (Fashion-MNIST 3-d AE): engine vs the brief's loop."""
-    from hpclab.config import kwargs_of
+    from hpclab.registry import kwargs_of
     from hpclab.data.hdf5 import H5Split
     from hpclab.models import MODELS
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -19,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hpclab.errors import ConfigError, RunConflict
+from hpclab.registry import check_kwargs
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -390,32 +390,6 @@ def _check_choices(cfg: DictConfig) -> None:
         cfg.train.monitor_mode = monitor_direction(cfg.train.monitor)
     if len(cfg.train.optimizer.betas) != 2:
         raise ConfigError(f"config key 'train.optimizer.betas': needs 2 values, got {list(cfg.train.optimizer.betas)}")
-
-
-def check_kwargs(section: str, node: DictConfig, registry: dict[str, Any]) -> None:
-    """``node`` is ``{name: ..., **kwargs}``; the kwargs must match the registered class."""
-    name = node.get("name")
-    if name is None:
-        raise ConfigError(f"config key '{section}.name': missing (choose one of {', '.join(sorted(registry))})")
-    if name not in registry:
-        raise ConfigError(f"config key '{section}.name': unknown {section} '{name}' (known: {', '.join(sorted(registry))})")
-    params = inspect.signature(registry[name]).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return
-    for key in node:
-        if key != "name" and key not in params:
-            raise ConfigError(
-                f"config key '{section}.{key}': not a parameter of {section} '{name}' "
-                f"(parameters: {', '.join(k for k in params if k not in ('self', 'in_channels', 'image_size', 'num_classes'))})"
-            )
-
-
-def kwargs_of(node: DictConfig) -> dict[str, Any]:
-    """The constructor kwargs of a ``{name: ..., **kwargs}`` section as plain Python values."""
-    out = OmegaConf.to_container(node, resolve=True)
-    assert isinstance(out, dict)
-    out.pop("name", None)
-    return out
 
 
 def save_yaml(cfg: DictConfig, path: Path) -> None:

@@ -28,9 +28,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from hpclab.checkpointing import capture_rng, checkpoints, restore_rng, set_aside, state_problems, step_path
-from hpclab.config import ConfigError, kwargs_of
 from hpclab.data.loader import Data, eval_shard, rank_batch_size
-from hpclab.errors import CheckpointWriteError, NonFiniteLoss, Preempted, RankLost
+from hpclab.errors import CheckpointWriteError, ConfigError, NonFiniteLoss, Preempted, RankLost
+from hpclab.registry import kwargs_of
 from hpclab.tasks import TASKS
 from hpclab.utils import atomic_path, atomic_write_text, read_jsonl, under_slurm
 
@@ -49,8 +49,9 @@ class StopSignals:
 
     After the checkpoint, :meth:`hand_over` passes the signal to the handler installed before
     ours: submitit's (USR2: ``TrainJob.checkpoint()`` and requeue; SIGTERM: ignored) or the
-    sbatch tasks' ``JobSignals`` (USR2: requeue; both: exit). With no handler before ours
-    (``jobs/launch.py`` run by hand inside a job), USR2 requeues the job with ``scontrol``.
+    sbatch tasks' ``JobSignals`` (USR2: requeue; both: exit) or, for ``jobs/launch.py`` run by
+    hand inside a job, the launch layer's ``requeue_on_usr2``. With no handler before ours,
+    training stops with :class:`Preempted`.
     Data-parallel ranks agree on the stop step through :meth:`pending` (SLURM signals every
     task, but not at the same step).
     """
@@ -117,11 +118,7 @@ class StopSignals:
     @staticmethod
     def _deliver(signum: int, previous: Any) -> None:
         if callable(previous):
-            previous(signum, None)  # submitit or JobSignals: requeue and/or exit
-        elif signum == signal.SIGUSR2 and under_slurm():
-            from hpclab.launch.slurm import requeue_job
-
-            requeue_job()
+            previous(signum, None)  # submitit, JobSignals or requeue_on_usr2: requeue and/or exit
 
 
 # --------------------------------------------------------------------------- optimisation

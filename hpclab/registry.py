@@ -7,6 +7,10 @@ import inspect
 import pkgutil
 from typing import Any, Callable, TypeVar
 
+from omegaconf import DictConfig, OmegaConf
+
+from hpclab.errors import ConfigError
+
 T = TypeVar("T")
 
 
@@ -56,3 +60,29 @@ class Registry(dict):
         params = inspect.signature(cls).parameters
         extra = {k: v for k, v in context.items() if k in params and k not in kwargs}
         return cls(**kwargs, **extra)
+
+
+def check_kwargs(section: str, node: DictConfig, registry: dict[str, Any]) -> None:
+    """``node`` is ``{name: ..., **kwargs}``; the kwargs must match the registered class."""
+    name = node.get("name")
+    if name is None:
+        raise ConfigError(f"config key '{section}.name': missing (choose one of {', '.join(sorted(registry))})")
+    if name not in registry:
+        raise ConfigError(f"config key '{section}.name': unknown {section} '{name}' (known: {', '.join(sorted(registry))})")
+    params = inspect.signature(registry[name]).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    for key in node:
+        if key != "name" and key not in params:
+            raise ConfigError(
+                f"config key '{section}.{key}': not a parameter of {section} '{name}' "
+                f"(parameters: {', '.join(k for k in params if k not in ('self', 'in_channels', 'image_size', 'num_classes'))})"
+            )
+
+
+def kwargs_of(node: DictConfig) -> dict[str, Any]:
+    """The constructor kwargs of a ``{name: ..., **kwargs}`` section as plain Python values."""
+    out = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(out, dict)
+    out.pop("name", None)
+    return out

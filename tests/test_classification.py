@@ -128,8 +128,9 @@ def test_missing_mirror_names_the_command(workdir: Path) -> None:
 # --------------------------------------------------------------------------- models
 
 def build(experiment: str, **extra) -> torch.nn.Module:
-    from hpclab.config import compose, kwargs_of
+    from hpclab.config import compose
     from hpclab.models import MODELS
+    from hpclab.registry import kwargs_of
 
     cfg = compose([f"experiment={experiment}"])
     return MODELS.build(cfg.model.name, kwargs_of(cfg.model), in_channels=3, **extra)
@@ -163,9 +164,10 @@ LIMITED = {
 
 def test_every_model_of_the_lums_assignment_has_at_most_500k_parameters() -> None:
     """Each experiment's models as its task builds them, on data of its shape."""
-    from hpclab.config import compose, kwargs_of
+    from hpclab.config import compose
     from hpclab.data.loader import DataInfo
     from hpclab.tasks import TASKS
+    from hpclab.registry import kwargs_of
 
     counts = {}
     for experiment, (channels, size) in LIMITED.items():

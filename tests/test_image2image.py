@@ -157,8 +157,9 @@ def test_encoder_decoder_runs_on_any_size(skips):
 
 
 def test_segmentation_nets_keep_240_and_only_the_unet_has_skips():
-    from hpclab.config import compose, kwargs_of
+    from hpclab.config import compose
     from hpclab.models import MODELS
+    from hpclab.registry import kwargs_of
 
     nets = {}
     for name in ("brain_seg", "brain_seg_unet"):
@@ -200,9 +201,10 @@ def test_tasks_reject_data_they_cannot_use():
 
 
 def test_residual_super_resolution_starts_at_its_input():
-    from hpclab.config import compose, kwargs_of
+    from hpclab.config import compose
     from hpclab.data.loader import DataInfo
     from hpclab.tasks import TASKS
+    from hpclab.registry import kwargs_of
 
     rgb = DataInfo(in_channels=3, image_size=32, num_classes=10, class_names=[], path=Path("cifar10.h5"))
     named = compose(["experiment=superres_cnn", "task=super_resolve_residual", "task.factor=4"]).task
@@ -220,10 +222,11 @@ def test_residual_super_resolution_starts_at_its_input():
 def test_plain_super_resolution_cnn_sees_low_resolution_and_learns_the_upsampling(factor):
     """The brief's plain CNN (the default): low-resolution input, transposed convs up, no
     residual and no zeroed conv, so at step 0 it is not bilinear interpolation."""
-    from hpclab.config import ConfigError, compose, kwargs_of
+    from hpclab.config import ConfigError, compose
     from hpclab.data.loader import DataInfo
     from hpclab.models.image2image import LearnedUpsampling
     from hpclab.tasks import TASKS
+    from hpclab.registry import kwargs_of
 
     rgb = DataInfo(in_channels=3, image_size=32, num_classes=10, class_names=[], path=Path("cifar10.h5"))
     cfg = compose(["experiment=superres_cnn", f"task.factor={factor}"])
@@ -435,7 +438,7 @@ def test_sweeps_expand_as_documented():
     batch = plan(["sweep=colourize_batch", "sweep.subset=3"]).runs  # mini-batch sizes at fixed epochs
     assert [c.train.batch_size for c in batch] == [10, 50, 500]
     assert {c.train.epochs for c in batch} == {25} and {c.model.name for c in batch} == {"colour_unet"}
-    from hpclab.config import kwargs_of
+    from hpclab.registry import kwargs_of
     from hpclab.tasks import TASKS
 
     sr = plan(["sweep=superres_factor"]).runs  # both designs x both networks x factors 2 and 4

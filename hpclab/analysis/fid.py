@@ -152,7 +152,8 @@ class ClassifierFeatures:
     def __init__(self, run: str | Path, device: torch.device | str = "cpu") -> None:
         from safetensors.torch import load_file
 
-        from hpclab.config import kwargs_of, load_run_config
+        from hpclab.config import load_run_config
+        from hpclab.registry import kwargs_of
         from hpclab.data.hdf5 import describe
         from hpclab.data.loader import DataInfo
         from hpclab.data.prepare import hdf5_path

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from hpclab.data.hdf5 import H5Split
 from hpclab.data.prepare import require_prepared
+from hpclab.errors import ConfigError
 
 SPLIT_SEED = 20240917  # fixed: the val split must not move when the run seed changes
 
@@ -134,8 +135,6 @@ def split_indices(path: Path, cfg: DictConfig) -> tuple[dict[str, np.ndarray], O
     if d.classes:
         unknown = [c for c in d.classes if isinstance(c, str) and c not in class_names]
         if unknown:
-            from hpclab.config import ConfigError
-
             raise ConfigError(f"config key 'data.classes': unknown class {unknown[0]!r} (classes: {', '.join(class_names)})")
         keep_classes = [class_names.index(c) if isinstance(c, str) else int(c) for c in d.classes]
         label_map = np.full(max(len(class_names), max(keep_classes) + 1), -1, dtype=np.int64)
@@ -219,8 +218,6 @@ def rank_batch_size(cfg: DictConfig, world: int = 1) -> int:
     if total is None:
         return cfg.train.batch_size
     if total % world:
-        from hpclab.config import ConfigError
-
         raise ConfigError(f"config key 'train.global_batch_size': {total} images do not split evenly over {world} "
                           f"data-parallel ranks (nodes x tasks per node); choose a multiple of {world}, or set "
                           f"train.batch_size (per rank) instead")
@@ -249,8 +246,6 @@ def check_splits(cfg: DictConfig, world: int = 1) -> Path:
 def _check_not_empty(indices: dict[str, np.ndarray], cfg: DictConfig, world: int, path: Path) -> None:
     """One line, before any model is built, when a split the run uses has no images (or fewer
     training images than data-parallel ranks) after class filter, hold-out, fraction and limit."""
-    from hpclab.config import ConfigError
-
     used = {"train", *cfg.train.eval_splits, *cfg.train.final_splits}
     for name, idx in indices.items():
         need = world if name == "train" else 1

@@ -18,7 +18,7 @@ from hpclab.launch.job import (
     train_local_processes,
     train_run,
 )
-from hpclab.launch.slurm import read_record
+from hpclab.launch.slurm import read_record, requeue_on_usr2
 from hpclab.launch.sweep import Plan
 from hpclab.utils import read_json, write_json
 
@@ -53,10 +53,11 @@ def run_local(plan: Plan) -> list[dict[str, Any]]:
     for cfg in plan.runs:  # and every run's splits hold data, before the first run starts
         check_splits(cfg, cfg.cluster.processes)
     summaries = []
-    for i, cfg in enumerate(plan.runs, 1):
-        log.info("[%d/%d] %s", i, len(plan), run_dir_of(cfg))
-        processes = cfg.cluster.processes
-        summaries.append(train_local_processes(cfg, processes) if processes > 1 else train_run(cfg))
+    with requeue_on_usr2():
+        for i, cfg in enumerate(plan.runs, 1):
+            log.info("[%d/%d] %s", i, len(plan), run_dir_of(cfg))
+            processes = cfg.cluster.processes
+            summaries.append(train_local_processes(cfg, processes) if processes > 1 else train_run(cfg))
     if plan.base.sweep.name:
         write_report(group_dir(plan), plan.base.sweep.report)
     return summaries

@@ -8,6 +8,7 @@ job-level signal handlers of plain sbatch jobs, and a per-run record of the task
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -16,17 +17,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
-from hpclab.utils import read_json, write_json
+from hpclab.utils import read_json, under_slurm, write_json
 
 log = logging.getLogger("hpclab")
 
 RECORD = "slurm.json"  # per run: every SLURM task that worked on it (job ids, log, restarts)
-
-
-def under_slurm() -> bool:
-    return "SLURM_JOB_ID" in os.environ
 
 
 def rank() -> int:
@@ -114,8 +111,27 @@ def requeue_job() -> bool:
     return True
 
 
+@contextlib.contextmanager
+def requeue_on_usr2() -> Iterator[None]:
+    """While in the block, inside a SLURM job: SIGUSR2 (the time limit is near) requeues the job.
+    For ``jobs/launch.py`` run by hand in an allocation; the engine's ``StopSignals`` first
+    checkpoints, then hands the signal to this handler. Elsewhere (no job, not the main
+    thread) nothing changes."""
+    import threading
+
+    if not under_slurm() or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: requeue_job())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
 class JobSignals:
-    """Job-level handlers of a plain sbatch task (submitit installs its own in its tasks).
+    """Job-level handlers of a plain sbatch task, or of ``jobs/launch.py`` run by hand inside an
+    allocation (submitit installs its own in its tasks).
 
     SIGUSR2 (``--signal=USR2@T`` before the time limit, or ``scancel -s USR2``): requeue the job,
     then exit. SIGTERM (``scontrol requeue``, preemption, ``scancel``): exit; SLURM decides
@@ -124,6 +140,10 @@ class JobSignals:
     """
 
     def install(self) -> "JobSignals":
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signal handlers can only be set from the main thread
         signal.signal(signal.SIGUSR2, self._on_usr2)
         signal.signal(signal.SIGTERM, self._on_term)
         return self

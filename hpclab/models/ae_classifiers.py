@@ -15,7 +15,10 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
+from hpclab.errors import ConfigError
 from hpclab.models import MODELS
+from hpclab.registry import check_kwargs
+from hpclab.weights import WeightsMissing
 
 
 def encoder_parts(ae: nn.Module, in_channels: int, image_size: int) -> list[str]:
@@ -35,9 +38,6 @@ def encoder_parts(ae: nn.Module, in_channels: int, image_size: int) -> list[str]
 def load_ae_weights(ae: nn.Module, path: str | Path) -> None:
     """Load a trained AE's safetensors file into ``ae`` (all keys must match)."""
     from safetensors.torch import load_file
-
-    from hpclab.config import ConfigError
-    from hpclab.weights import WeightsMissing
 
     path = Path(path)
     if not path.is_file():
@@ -64,8 +64,6 @@ class AEClassifier(nn.Module):
                  encoder_weights: Optional[str] = None, freeze_encoder: bool = False,
                  head_hidden: Sequence[int] = (128,)) -> None:
         super().__init__()
-        from hpclab.config import ConfigError, check_kwargs
-
         spec = dict(ae or {"name": "conv_ae"})
         check_kwargs("model.ae", spec, MODELS)
         name = spec.pop("name")

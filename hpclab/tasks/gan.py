@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from hpclab.data.transforms import to_float
+from hpclab.errors import ConfigError
 from hpclab.models import MODELS
 from hpclab.tasks import TASKS
 from hpclab.tasks.base import Metrics, Task, batch_count
@@ -76,8 +77,6 @@ class GAN(Task):
         self._fixed: Optional[torch.Tensor] = None
 
     def build_models(self, model_cfg: dict[str, Any], info: "DataInfo") -> dict[str, nn.Module]:
-        from hpclab.config import ConfigError
-
         name = model_cfg.pop("name")
         try:
             pair = MODELS.build(name, model_cfg, in_channels=info.in_channels, image_size=info.image_size)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpclab.config import ConfigError
+from hpclab.errors import ConfigError
 from hpclab.data.transforms import add_gaussian_noise, centre_mask, downscale, to_float, to_grey
 from hpclab.models import MODELS
 from hpclab.models.conv import is_conv

@@ -27,6 +27,7 @@ import numpy as np
 
 from hpclab.data.hdf5 import Staged
 from hpclab.data.sources import Source, SourceMissing, register_source, torchvision_root_downloader
+from hpclab.errors import ConfigError
 
 NAMES_FILE = Path(__file__).resolve().parent.parent / "flowers102_names.json"
 DEFAULT_SIZE = 256
@@ -55,8 +56,6 @@ def category_names() -> tuple[str, ...]:
 def category_labels(names: Iterable[str]) -> list[int]:
     """0-based labels of category ``names``; a one-line error suggests the closest names."""
     import difflib
-
-    from hpclab.config import ConfigError
 
     known = category_names()
     labels = []

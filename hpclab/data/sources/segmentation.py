@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from hpclab.config import ConfigError
+from hpclab.errors import ConfigError
 from hpclab.data.hdf5 import Staged
 from hpclab.data.sources import Source, SourceMissing, option, register_source
 
