@@ -63,7 +63,7 @@ class EngineStep:
         self.accelerator = SimpleNamespace(
             backward=lambda loss, **kw: loss.backward(**kw),
             autocast=(lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext)
-        opt_cfgs = self.task.optimizer_configs(OmegaConf.structured(OptimizerConfig(lr=2e-4)))
+        opt_cfgs = self.task.optimizer_configs(OmegaConf.structured(OptimizerConfig(lr=2e-4)), list(models))
         self.models, self.optimizers, self.schedulers = {}, {}, {}
         for name, model in models.items():
             if channels_last:

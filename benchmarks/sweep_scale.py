@@ -151,7 +151,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     if not 0 < args.execute <= args.runs:
         parser.error("--execute must be between 1 and --runs")
-    with tempfile.TemporaryDirectory(prefix="sweep_scale-") as tmp:
+    # Cancelled tasks may still be writing submitit logs while the folder is removed: the
+    # measurement is kept whatever the clean-up finds.
+    with tempfile.TemporaryDirectory(prefix="sweep_scale-", ignore_cleanup_errors=True) as tmp:
         row = measure(args.runs, args.execute, args.parallelism, args.max_array_size, Path(tmp))
     text = to_markdown(row)
     out = Path(args.out)

@@ -207,11 +207,12 @@ class Trainer:
         self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
         self.eval_every = t.eval_every or self.steps_per_epoch
         self.ckpt_every = t.checkpoint_every or self.eval_every
+        self.image_every = t.image_every or self.eval_every
         fused = self.device.type == "cuda"
         self.models: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, Any] = {}
-        opt_cfgs = getattr(self.task, "optimizer_configs", lambda c: {name: c for name in models})(t.optimizer)
+        opt_cfgs = self.task.optimizer_configs(t.optimizer, list(models))
         for name, model in models.items():
             if t.channels_last:
                 model = model.to(memory_format=torch.channels_last)
@@ -529,7 +530,6 @@ class Trainer:
                 result = self.evaluate(split, sharded=True)
                 self.log_metrics(split, result)
                 values.update({f"{split}/{k}": v for k, v in result.items()})
-        self.log_images("val" if self.data.has("val") else "test")
         if values:
             log.info("step %d eval: %s", self.step_count, _fmt(values))
         self._after_eval(values)
@@ -587,6 +587,8 @@ class Trainer:
                             log.info("step %d/%d %s", self.step_count, self.total_steps, _fmt(values))
                     if self.step_count % self.eval_every == 0 or last:
                         self.run_evaluation()
+                    if self.step_count % self.image_every == 0 or last:
+                        self.log_images("val" if self.data.has("val") else "test")
                     stop_signal = self.signals.pending(self.accelerator, self.step_count)
                     if self.step_count % self.ckpt_every == 0 or last or self.stopped or stop_signal:
                         _check_finite(running, self.step_count, self.ckpt_dir)

@@ -148,6 +148,19 @@ def test_early_stop_when_metric_crosses_threshold(digits):
     assert last_train_eval["mse"] < 0.09
 
 
+def test_image_grids_follow_image_every_and_default_to_each_evaluation(digits):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def image_steps(*extra: str) -> list[int]:
+        cfg = compose(DIGITS_RUN + ["train.max_steps=30", "train.eval_every=10", *extra])
+        train_run(cfg)
+        events = EventAccumulator(str(run_dir_of(cfg) / "tb"), size_guidance={"images": 0}).Reload()  # 0: keep all
+        return [e.step for e in events.Images("images/output")]
+
+    assert image_steps("run_name=every_eval") == [10, 20, 30]
+    assert image_steps("run_name=every_4", "train.image_every=4") == [4, 8, 12, 16, 20, 24, 28, 30]
+
+
 @MODELS.register("nan_after_steps")
 class _NanModel(nn.Module):
     """Test model whose output turns NaN after a few forward passes."""

@@ -314,7 +314,6 @@ def status_lines(plan: Plan) -> list[str]:
     squeue while the controller remembers the job, then from the results folder.
     """
     record = _load_submissions(plan)
-    jobs = squeue_jobs()
     runs = []
     for cfg in plan.runs:
         run_dir = run_dir_of(cfg)
@@ -325,6 +324,10 @@ def status_lines(plan: Plan) -> list[str]:
             job, log_path = rec["job"], rec.get("log") or log_path
             submitit_log = log_path if rec["job"] == sub.get("job_id") else None
         runs.append((cfg, run_dir, job, log_path, submitit_log, rec.get("starts", [])))
+    # squeue after the records: a task that starts meanwhile shows as RUNNING, not as a pending
+    # task that has started before (REQUEUED), which the other order made of every task started
+    # while a long sweep's records were read.
+    jobs = squeue_jobs()
     submitit_jobs = {_job_number(r.get("job_id")) for r in record.values()}
     queued = _queued_by_sbatch(plan, jobs, submitit_jobs) if jobs else {}
     lines = [f"{'run':<32} {'state':<20} {'job':<14} {'step':>8}  log"]

@@ -13,6 +13,8 @@ from hpclab.models import MODELS
 from hpclab.tasks import TASKS
 
 if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
     from hpclab.data.loader import DataInfo
     from hpclab.engine import Trainer
 
@@ -34,6 +36,11 @@ class Task:
     def loss(self, models: dict[str, nn.Module], batch: Metrics, train: bool,
              generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, Metrics]:
         raise NotImplementedError
+
+    def optimizer_configs(self, optimizer: DictConfig, models: list[str]) -> dict[str, DictConfig]:
+        """Which models the engine trains, each with its optimizer settings: by default every
+        model, with ``train.optimizer``. A model left out gets no optimizer (it stays fixed)."""
+        return {name: optimizer for name in models}
 
     def train_step(self, trainer: "Trainer", batch: Metrics) -> Metrics:
         with trainer.autocast():

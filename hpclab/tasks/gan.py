@@ -89,7 +89,8 @@ class GAN(Task):
         self.latent_dim = pair.generator.latent_dim
         return {"generator": pair.generator, "discriminator": pair.discriminator}
 
-    def optimizer_configs(self, opt_cfg: DictConfig) -> dict[str, DictConfig]:
+    def optimizer_configs(self, opt_cfg: DictConfig, models: list[str]) -> dict[str, DictConfig]:
+        """Generator and discriminator each with the task's betas and own learning rate."""
         configs = {}
         for name, lr in self.lr.items():
             cfg = OmegaConf.create(OmegaConf.to_container(opt_cfg, resolve=True))
