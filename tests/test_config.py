@@ -9,6 +9,7 @@ from conftest import REPO, run_cli
 from omegaconf import OmegaConf
 
 from hpclab.config import ConfigError, compose, compose_with_hydra
+from hpclab.launch.job import run_dir_of
 from hpclab.launch.sweep import plan, run_names, subset
 
 
@@ -127,6 +128,19 @@ def test_every_sweep_expands_into_valid_runs(name):
         assert OmegaConf.to_container(cfg) == OmegaConf.to_container(compose_with_hydra(overrides)), overrides
     alone = plan([f"sweep={name}"])
     assert OmegaConf.to_container(alone.run(len(alone) - 1)) == OmegaConf.to_container(runs[-1])
+    # where `status` looks without composing is where each run writes
+    assert [swept.run_dir(i) for i in range(len(swept))] == [run_dir_of(cfg) for cfg in runs]
+
+
+@pytest.mark.parametrize("axis", ["paths.results=a,b", "paths.data=a,b"])
+def test_a_sweep_axis_cannot_move_runs_between_folders(axis):
+    with pytest.raises(ConfigError, match="would move runs between folders"):
+        plan(["sweep=ae_latent", axis])
+
+
+def test_a_run_name_axis_names_identical_runs_after_its_values():
+    swept = plan(["experiment=ae_latent", "run_name=a,b"])
+    assert swept.run_names == ["run_name-a", "run_name-b"] == [cfg.run_name for cfg in swept.runs]
 
 
 @pytest.mark.parametrize("overrides", [

@@ -315,15 +315,15 @@ def status_lines(plan: Plan) -> list[str]:
     """
     record = _load_submissions(plan)
     runs = []
-    for cfg in plan.runs:
-        run_dir = run_dir_of(cfg)
-        sub, rec = record.get(cfg.run_name, {}), read_record(run_dir)
+    for index, name in enumerate(plan.run_names):  # no run's config is composed
+        run_dir = plan.run_dir(index)
+        sub, rec = record.get(name, {}), read_record(run_dir)
         # The newest submission wins: launch.py's record or the tasks' own record.
         job, log_path, submitit_log = sub.get("job_id"), sub.get("log"), sub.get("log")
         if rec.get("job") and _job_number(rec["job"]) >= _job_number(job):
             job, log_path = rec["job"], rec.get("log") or log_path
             submitit_log = log_path if rec["job"] == sub.get("job_id") else None
-        runs.append((cfg, run_dir, job, log_path, submitit_log, rec.get("starts", [])))
+        runs.append((name, run_dir, job, log_path, submitit_log, rec.get("starts", [])))
     # squeue after the records: a task that starts meanwhile shows as RUNNING, not as a pending
     # task that has started before (REQUEUED), which the other order made of every task started
     # while a long sweep's records were read.
@@ -331,13 +331,13 @@ def status_lines(plan: Plan) -> list[str]:
     submitit_jobs = {_job_number(r.get("job_id")) for r in record.values()}
     queued = _queued_by_sbatch(plan, jobs, submitit_jobs) if jobs else {}
     lines = [f"{'run':<32} {'state':<20} {'job':<14} {'step':>8}  log"]
-    for index, (cfg, run_dir, job, log_path, submitit_log, starts) in enumerate(runs):
+    for index, (name, run_dir, job, log_path, submitit_log, starts) in enumerate(runs):
         if index in queued and _job_number(queued[index]) > _job_number(job) and ("_" in queued[index] or not job):
             job, log_path, submitit_log = queued[index], None, None
         squeued = jobs.get(job) if jobs and job else None
         state = run_state(run_dir, job, squeued, starts, submitit_log, submitit_folder(plan))
         step = _last_step(run_dir)
-        lines.append(f"{cfg.run_name:<32} {state:<20} {job or '-':<14} {'-' if step is None else step:>8}  "
+        lines.append(f"{name:<32} {state:<20} {job or '-':<14} {'-' if step is None else step:>8}  "
                      f"{log_path or '-'}")
     if jobs is None:
         lines.append("(squeue does not answer: states come from the results folder only)")

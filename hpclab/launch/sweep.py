@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from functools import cached_property
 from typing import Any
 
@@ -26,18 +27,33 @@ class Plan:
     group: str  # results/<group>/
     run_overrides: list[list[str]]  # the overrides that compose each run
     base: DictConfig  # the config composed without any grid point (cluster, sweep, paths)
+    run_names: list[str]  # results/<group>/<name> of each run (no grid axis can move it)
 
     def __len__(self) -> int:
         return len(self.run_overrides)
 
     def run(self, index: int) -> DictConfig:
         """The validated config of run ``index`` alone."""
-        return self.runs[index] if "runs" in self.__dict__ else compose(self.run_overrides[index])
+        if "runs" in self.__dict__:
+            return self.runs[index]
+        return self._placed(index, compose(self.run_overrides[index]))
+
+    def run_dir(self, index: int) -> Path:
+        """Run ``index``'s folder, known without composing its config."""
+        return Path(self.base.paths.results) / self.group / self.run_names[index]
 
     @cached_property
     def runs(self) -> list[DictConfig]:
         """Every run's validated config (grid points share one Hydra composition)."""
-        return compose_many(self.run_overrides)
+        return [self._placed(i, cfg) for i, cfg in enumerate(compose_many(self.run_overrides))]
+
+    def _placed(self, index: int, cfg: DictConfig) -> DictConfig:
+        """``cfg``, once it is known to write where ``run_dir`` (and so ``status``) looks."""
+        where = Path(cfg.paths.results) / cfg.run_group / cfg.run_name
+        if where != self.run_dir(index):
+            raise ConfigError(f"run {index} of '{self.group}' would write to {where}, not {self.run_dir(index)}: "
+                              f"a grid point may not choose where results go (paths.results)")
+        return cfg
 
 
 def split_sweep_overrides(overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
@@ -135,6 +151,10 @@ def plan(overrides: list[str]) -> Plan:
         if key in axes:
             axes[key] = [value]
     axes.update(cli_axes)
+    placing = [k for k in axes if k == "paths" or k.startswith("paths.")]
+    if placing:  # (a run_name or run_group axis is harmless: each run is named after its grid point)
+        raise ConfigError(f"sweep axis '{placing[0]}' would move runs between folders: "
+                          f"set it as one value (key=value), not a list")
     if base.sweep.subset:
         axes = {k: subset(v, base.sweep.subset) for k, v in axes.items()}
     points = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())] if axes else [{}]
@@ -146,7 +166,8 @@ def plan(overrides: list[str]) -> Plan:
     identity = [[f"run_group={group}"] + ([] if explicit_name else [f"run_name={name}"]) for name in names]
     run_overrides = [experiment_overrides + plain + [f"{k}={v}" for k, v in point.items()] + ids
                      for point, ids in zip(points, identity)]
-    return Plan(group=group, run_overrides=run_overrides, base=base)
+    return Plan(group=group, run_overrides=run_overrides, base=base,
+                run_names=[base.run_name] if explicit_name else names)
 
 
 # Keys that say how or where a run is executed or shown, not what it trains: they may differ
