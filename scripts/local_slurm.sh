@@ -28,7 +28,7 @@
 #          HPCLAB_SLURMCTLD_PORT=17817 HPCLAB_SLURMD_PORT=17101
 #   scripts/local_slurm.sh start --nodes 2 && export SLURM_CONF=$HPCLAB_SLURM_ROOT/etc/slurm.conf
 # munged is shared (started only when none runs, stopped only by the instance that started it).
-# Also: HPCLAB_SLURM_MAX_ARRAY_SIZE (MaxArraySize, default 10001), HPCLAB_SLURM_MAX_JOB_COUNT
+# Also: HPCLAB_SLURM_MAX_ARRAY_SIZE (MaxArraySize, default 1001 as in SLURM), HPCLAB_SLURM_MAX_JOB_COUNT
 # (MaxJobCount, SLURM's default 10000).
 set -euo pipefail
 
@@ -48,7 +48,7 @@ export SLURM_CONF=$CONF            # what the daemons and the clients run here r
 CLUSTER_NAME=${HPCLAB_SLURM_NAME:-hpclab}
 CTLD_PORT=${HPCLAB_SLURMCTLD_PORT:-}   # empty: SLURM's default, 6817
 SLURMD_PORT=${HPCLAB_SLURMD_PORT:-}    # empty: 6818 for one node, 17001.. for several
-MAX_ARRAY_SIZE=${HPCLAB_SLURM_MAX_ARRAY_SIZE:-10001}
+MAX_ARRAY_SIZE=${HPCLAB_SLURM_MAX_ARRAY_SIZE:-1001}
 MAX_JOB_COUNT=${HPCLAB_SLURM_MAX_JOB_COUNT:-}
 MARK="# written by hpclab scripts/local_slurm.sh"
 HOST=$(hostname -s)

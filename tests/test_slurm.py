@@ -398,3 +398,40 @@ def test_sweep_scale_quick_mode_and_resubmission_queues_only_unfinished_runs(tmp
     assert set(after) <= {"COMPLETED", "CANCELLED"}, row
     assert row["report_rows"] == row["finished"], row
     assert row["resubmitted_tasks"] == 6 - row["finished"], row
+
+
+@pytest.mark.slow
+def test_a_sweep_larger_than_max_array_size_is_split_to_fit_the_cluster(tmp_path):
+    """cluster.max_array_size above the controller's MaxArraySize would have sbatch refuse the
+    whole array; the launcher caps it at MaxArraySize - 1 (read from scontrol) and splits. The
+    tasks are submitted held (nothing runs) and cancelled."""
+    from hpclab.launch.slurm import max_array_tasks
+
+    problem = controller_problem()
+    if problem:
+        pytest.skip(problem)
+    limit = max_array_tasks()
+    assert limit is not None
+    if limit > 1000:
+        pytest.skip(f"MaxArraySize {limit + 1}: too many runs for a test (scripts/local_slurm.sh sets 1001)")
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import sweep_scale
+
+    env = {**os.environ, "HPCLAB_DATA": str(tmp_path / "data"), "HPCLAB_RESULTS": str(tmp_path / "results"),
+           "HPCLAB_WORK": str(tmp_path)}
+    run_cli("prepare_data.py", "data=digits", cwd=tmp_path, env=env)
+    runs = limit + 1
+    sweep = [*sweep_scale.TINY, "sweep.name=too_big", "seed=" + ",".join(str(i) for i in range(runs))]
+    proc = run_cli("launch.py", *sweep, "cluster=slurm", "cluster.gpus_per_node=0", "cluster.cpus_per_task=1",
+                   "cluster.mem_gb=null", f"cluster.max_array_size={limit + 500}", "+cluster.extra.hold=true",
+                   cwd=tmp_path, env=env)
+    match = re.search(r"submitted array job ([\d, ]+) \((\d+) runs\)", proc.stdout)
+    assert match, proc.stdout + proc.stderr
+    ids = [j.strip() for j in match.group(1).split(",")]
+    try:
+        assert int(match.group(2)) == runs and len(ids) == 2, proc.stdout
+        assert f"above this cluster's MaxArraySize - 1 = {limit}" in proc.stderr
+        counts = [sum(sweep_scale.squeue_states([j]).values()) for j in ids]
+        assert counts == [limit, 1], counts
+    finally:
+        subprocess.run(["scancel", *ids], check=False, timeout=60)

@@ -18,7 +18,7 @@ from hpclab.launch.job import (
     train_local_processes,
     train_run,
 )
-from hpclab.launch.slurm import read_record, requeue_on_usr2
+from hpclab.launch.slurm import max_array_tasks, read_record, requeue_on_usr2
 from hpclab.launch.sweep import Plan
 from hpclab.utils import read_json, write_json
 
@@ -160,6 +160,11 @@ def submit_slurm(plan: Plan) -> list[str]:
     container.check_image(plan.base.cluster)
     executor = make_executor(plan)
     size = plan.base.cluster.max_array_size
+    limit = max_array_tasks()
+    if limit is not None and size > limit:  # sbatch would refuse the whole array
+        log.info("cluster.max_array_size=%d is above this cluster's MaxArraySize - 1 = %d: arrays of %d tasks",
+                 size, limit, limit)
+        size = limit
     record = _load_submissions(plan)
     ids = []
     for start in range(0, len(pending), size):

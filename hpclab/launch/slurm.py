@@ -71,6 +71,16 @@ def _scontrol(*args: str) -> Optional[str]:
         return None
 
 
+def max_array_tasks() -> Optional[int]:
+    """The most tasks one job array may have here: the controller's MaxArraySize - 1 (array
+    indices run from 0 to MaxArraySize - 1). None when scontrol does not answer."""
+    for line in (_scontrol("show", "config") or "").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "MaxArraySize" and value.strip().isdigit():
+            return int(value.strip()) - 1
+    return None
+
+
 def first_node() -> str:
     """Where rank 0 listens: the first node of SLURM_JOB_NODELIST (``gpu[03-04]`` -> gpu03) at the
     address SLURM itself reaches it, its ``NodeAddr`` (``scontrol show node``). That is the node
