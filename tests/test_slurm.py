@@ -435,3 +435,16 @@ def test_a_sweep_larger_than_max_array_size_is_split_to_fit_the_cluster(tmp_path
         assert counts == [limit, 1], counts
     finally:
         subprocess.run(["scancel", *ids], check=False, timeout=60)
+
+
+def test_more_nodes_than_the_partition_has_is_refused_in_one_line_and_leaves_nothing(cluster):
+    results = cluster["results"] / "too_many_nodes"
+    nodes = int(subprocess.run(["sinfo", "-h", "-o", "%D"], capture_output=True, text=True, timeout=30)
+                .stdout.split()[0]) + 1
+    proc = run_cli("launch.py", "sweep=ae_latent", "sweep.name=too_many_nodes", *TINY, "cluster=slurm",
+                   "cluster.gpus_per_node=0", "cluster.mem_gb=null", f"cluster.nodes={nodes}",
+                   cwd=cluster["dir"], env=cluster["env"], check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert line.startswith("error: sbatch refused the job array:") and "lower cluster.nodes" in line, line
+    assert not results.exists()  # the refused array's submitit files are gone too

@@ -162,17 +162,21 @@ def submit_slurm(plan: Plan) -> list[str]:
     size = plan.base.cluster.max_array_size
     limit = max_array_tasks()
     if limit is not None and size > limit:  # sbatch would refuse the whole array
-        log.info("cluster.max_array_size=%d is above this cluster's MaxArraySize - 1 = %d: arrays of %d tasks",
-                 size, limit, limit)
+        if len(pending) > limit:
+            log.info("cluster.max_array_size=%d is above this cluster's MaxArraySize - 1 = %d: arrays of %d tasks",
+                     size, limit, limit)
         size = limit
     record = _load_submissions(plan)
+    folder = submitit_folder(plan)
     ids = []
     for start in range(0, len(pending), size):
         chunk = pending[start : start + size]
+        written = set(folder.rglob("*")) if folder.is_dir() else set()
         try:
             with executor.batch():  # one array; each task's callable keeps its checkpoint() method
                 jobs = [executor.submit(TrainJob(OmegaConf.to_yaml(cfg))) for cfg in chunk]
         except Exception as exc:  # submitit's FailedJobError carries sbatch's stderr
+            _remove_new_files(folder, written)  # the refused array's pickles and script
             if ids:
                 write_json(group_dir(plan) / "submissions.json", record)  # keep what was queued
             raise ConfigError(sbatch_refusal(str(exc), plan.base.cluster, ids)) from None
@@ -183,9 +187,27 @@ def submit_slurm(plan: Plan) -> list[str]:
     return ids
 
 
+def _remove_new_files(folder: Path, before: set[Path]) -> None:
+    """Delete what appeared under ``folder`` since ``before``, then the folders left empty up to
+    the sweep's results folder (a refused submission leaves nothing behind)."""
+    if not folder.is_dir():
+        return
+    for path in sorted(set(folder.rglob("*")) - before, reverse=True):
+        if path.is_file() or path.is_symlink():
+            path.unlink(missing_ok=True)
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+    for empty in (folder, folder.parent):
+        if empty.is_dir() and not any(empty.iterdir()):
+            empty.rmdir()
+
+
 # sbatch's reasons for refusing a job, and the setting that usually fixes each.
 _SBATCH_HINTS = (
     ("Invalid generic resource", "this cluster has no GPUs there: cluster.gpus_per_node=0"),
+    ("More processors requested than permitted",
+     "the job asks for more nodes or CPUs than the partition has (sinfo -o '%P %D %c' lists them): lower "
+     "cluster.nodes or cluster.cpus_per_task"),
     ("Requested node configuration is not available",
      "no node has what the job asks for: lower cluster.gpus_per_node (0 without GPUs), cluster.cpus_per_task, "
      "cluster.mem_gb or cluster.nodes"),
