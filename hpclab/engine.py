@@ -32,7 +32,7 @@ from hpclab.data.loader import Data, eval_shard, rank_batch_size
 from hpclab.errors import CheckpointWriteError, ConfigError, NonFiniteLoss, Preempted, RankLost
 from hpclab.registry import kwargs_of
 from hpclab.tasks import TASKS
-from hpclab.utils import atomic_path, atomic_write_text, read_jsonl, under_slurm
+from hpclab.utils import atomic_path, atomic_write_text, flatten, read_jsonl, under_slurm
 
 log = logging.getLogger("hpclab")
 
@@ -614,7 +614,7 @@ class Trainer:
                 self.log_metrics(f"final_{split}", result)
                 final.update({f"{split}/{k}": v for k, v in result.items()})
         if self._writer is not None:
-            hparams = {k: v for k, v in _flat(OmegaConf.to_container(self.cfg, resolve=True)).items()
+            hparams = {k: v for k, v in flatten(OmegaConf.to_container(self.cfg, resolve=True)).items()
                        if isinstance(v, (int, float, str, bool))}
             self._writer.add_hparams(hparams, {f"hparam/{k}": v for k, v in final.items()}, run_name="hparams")
             self._writer.flush()
@@ -675,12 +675,3 @@ def _fmt(values: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out

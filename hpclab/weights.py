@@ -12,13 +12,13 @@ entry.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from hpclab.errors import WeightsMissing
+from hpclab.utils import sha256_of
 
 log = logging.getLogger("hpclab")
 
@@ -95,14 +95,6 @@ def use_cache(cache: str | Path) -> None:
     os.environ.setdefault("HF_HOME", str(Path(cache).resolve() / "huggingface"))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def weight_path(name: str, cache: str | Path | None = None, verify: bool = True) -> Path:
     """The staged file of ``name``; a clear error naming the staging command otherwise."""
     if name not in WEIGHTS:
@@ -112,7 +104,7 @@ def weight_path(name: str, cache: str | Path | None = None, verify: bool = True)
     fix = f"run on a node with internet: python jobs/prepare_data.py weights=[{name}] paths.cache={cache or '$TORCH_HOME'}"
     if not path.is_file():
         raise WeightsMissing(f"pretrained weights '{name}' not staged ({path} missing); {fix}")
-    if verify and not _sha256(path).startswith(entry.sha256_prefix):
+    if verify and not sha256_of(path).startswith(entry.sha256_prefix):
         raise WeightsMissing(f"pretrained weights '{name}' at {path} fail their sha256 check (corrupt or partial); {fix}")
     return path
 

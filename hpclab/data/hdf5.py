@@ -7,7 +7,6 @@ Layout: ``/<split>/images`` (uint8, N x C x H x W), ``/<split>/labels`` (int64, 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -19,7 +18,7 @@ import h5py
 import numpy as np
 import torch
 
-from hpclab.utils import atomic_path
+from hpclab.utils import atomic_path, sha256_of
 
 # Shared file systems (Lustre, GPFS, NFS) often reject HDF5's POSIX locks; we only ever read
 # files that were renamed into place complete, so locking buys nothing.
@@ -36,14 +35,6 @@ class Staged:
     source: str  # human-readable origin (directory or URL)
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. a colour palette
     attrs: dict[str, Any] = field(default_factory=dict)
-
-
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_hdf5(path: Path, staged: Staged) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from hpclab.config import ConfigError, compose, compose_many
+from hpclab.utils import flatten
 
 
 @dataclass
@@ -179,17 +180,8 @@ EXECUTION_KEYS = ("force", "dry_run", "cluster", "notes", "paths", "analysis", "
 
 def config_diff(old: DictConfig, new: DictConfig, ignore: tuple[str, ...] = EXECUTION_KEYS) -> list[str]:
     """Keys whose values differ between two run configs (for 'this folder holds another run')."""
-    a = _flatten(OmegaConf.to_container(old, resolve=True))
-    b = _flatten(OmegaConf.to_container(new, resolve=True))
+    a = flatten(OmegaConf.to_container(old, resolve=True))
+    b = flatten(OmegaConf.to_container(new, resolve=True))
     keys = sorted(set(a) | set(b))
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys
             if a.get(k) != b.get(k) and not any(k == i or k.startswith(i + ".") for i in ignore)]
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: d}
