@@ -26,7 +26,7 @@ def main(argv: list[str]) -> int:
     from hpclab.data import describe, stage
     from hpclab.weights import stage_weights
 
-    # `weights=resnet18,efficientnet_b0` (the spelling) is Hydra sweep syntax: make it a list
+    # `weights=resnet18,efficientnet_b0` (the natural spelling) is Hydra sweep syntax: make it a list
     argv = [f"weights=[{a[8:]}]" if a.startswith("weights=") and not a[8:].startswith("[") else a for a in argv]
     wants_data = any(a.startswith(("data=", "data.name=", "experiment=")) for a in argv)
     cfg = compose(argv)

@@ -351,9 +351,8 @@ def status_lines(plan: Plan) -> list[str]:
             job, log_path = rec["job"], rec.get("log") or log_path
             submitit_log = log_path if rec["job"] == sub.get("job_id") else None
         runs.append((name, run_dir, job, log_path, submitit_log, rec.get("starts", [])))
-    # squeue after the records: a task that starts meanwhile shows as RUNNING, not as a pending
-    # task that has started before (REQUEUED), which the other order made of every task started
-    # while a long sweep's records were read.
+    # squeue after the records: a task that starts meanwhile then shows as RUNNING; asked first,
+    # squeue would call it pending while its start is on record, which reads as REQUEUED.
     jobs = squeue_jobs()
     submitit_jobs = {_job_number(r.get("job_id")) for r in record.values()}
     queued = _queued_by_sbatch(plan, jobs, submitit_jobs) if jobs else {}
