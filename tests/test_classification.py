@@ -72,9 +72,10 @@ def run_points(overrides: list[str], keep) -> list[dict]:
     from hpclab.launch.sweep import Plan, plan
 
     full = plan(overrides)
-    kept = [o for o, cfg in zip(full.run_overrides, full.runs) if keep(cfg)]
+    kept = [i for i, cfg in enumerate(full.runs) if keep(cfg)]
     assert kept, "no grid point selected"
-    return run_local(Plan(group=full.group, run_overrides=kept, base=full.base))
+    return run_local(Plan(group=full.group, run_overrides=[full.run_overrides[i] for i in kept], base=full.base,
+                          run_names=[full.run_names[i] for i in kept]))
 
 
 def table_rows(group_dir: Path) -> list[str]:
