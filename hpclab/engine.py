@@ -32,7 +32,7 @@ from hpclab.data.loader import Data, eval_shard, rank_batch_size
 from hpclab.errors import CheckpointWriteError, ConfigError, NonFiniteLoss, Preempted, RankLost
 from hpclab.registry import kwargs_of
 from hpclab.tasks import TASKS
-from hpclab.utils import atomic_path, atomic_write_text, flatten, read_jsonl, under_slurm
+from hpclab.utils import atomic_path, atomic_write_text, can_set_signal_handlers, flatten, read_jsonl, under_slurm
 
 log = logging.getLogger("hpclab")
 
@@ -65,10 +65,8 @@ class StopSignals:
         self.handed_over = False
 
     def install(self) -> "StopSignals":
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return self  # signal handlers can only be set from the main thread
+        if not can_set_signal_handlers():
+            return self
         for sig in self.SIGNALS:
             self.previous[sig] = signal.signal(sig, self._on_signal)
         return self

@@ -151,5 +151,13 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def can_set_signal_handlers() -> bool:
+    """Python sets signal handlers only from the main thread (a training run started from a
+    worker thread, e.g. by a notebook tool, keeps the handlers it has)."""
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
 def under_slurm() -> bool:
     return "SLURM_JOB_ID" in os.environ

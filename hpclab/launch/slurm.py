@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from hpclab.utils import read_json, under_slurm, write_json
+from hpclab.utils import can_set_signal_handlers, read_json, under_slurm, write_json
 
 log = logging.getLogger("hpclab")
 
@@ -127,9 +127,7 @@ def requeue_on_usr2() -> Iterator[None]:
     For ``jobs/launch.py`` run by hand in an allocation; the engine's ``StopSignals`` first
     checkpoints, then hands the signal to this handler. Elsewhere (no job, not the main
     thread) nothing changes."""
-    import threading
-
-    if not under_slurm() or threading.current_thread() is not threading.main_thread():
+    if not under_slurm() or not can_set_signal_handlers():
         yield
         return
     previous = signal.signal(signal.SIGUSR2, lambda signum, frame: requeue_job())
@@ -150,10 +148,8 @@ class JobSignals:
     """
 
     def install(self) -> "JobSignals":
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return self  # signal handlers can only be set from the main thread
+        if not can_set_signal_handlers():
+            return self
         signal.signal(signal.SIGUSR2, self._on_usr2)
         signal.signal(signal.SIGTERM, self._on_term)
         return self
