@@ -6,10 +6,10 @@ channels_last, measured side by side in one run and reported as ratios to fp32/c
 usage: python benchmarks/dcgan_step.py [--quick] [--device auto|cpu|cuda] [--batch-size N]
                                       [--steps N] [--rounds N] [--threads N] [--out DIR]
 
-The step is the engine's: ``GAN.train_step`` driving ``Trainer.step`` and ``Trainer.autocast``
-(bound to a small holder of the models and optimizers, which are built with the engine's
-``build_optimizer``/``build_scheduler``, fused Adam on CUDA, models moved to channels_last the
-way the Trainer does). Variants run in rotating order, round after round, so drift in machine
+The step is the engine's: ``GAN.train_step`` driving the engine's ``Stepper``, with the models
+and optimizers built by the engine's ``prepare_models`` under a real accelerate ``Accelerator``
+of the variant's precision (fused Adam on CUDA, channels_last as the training run sets it);
+only the data is synthetic. Variants run in rotating order, round after round, so drift in machine
 load hits them alike; each figure is the median over rounds. ``--quick``: a 32 px,
 CHANNEL_NUM=32 model for a check that it runs. Absolute images/s mean something only on an
 otherwise idle machine; the ratios are the result.
@@ -22,9 +22,7 @@ import os
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -33,45 +31,30 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hpclab.config import OptimizerConfig, SchedulerConfig  # noqa: E402
+from hpclab.config import TrainConfig  # noqa: E402
 from hpclab.data.loader import DataInfo  # noqa: E402
-from hpclab.engine import Trainer, build_optimizer, build_scheduler  # noqa: E402
+from hpclab.engine.build import make_accelerator, prepare_models  # noqa: E402
+from hpclab.engine.steps import Stepper  # noqa: E402
 from hpclab.tasks.gan import GAN  # noqa: E402
 from hpclab.utils import atomic_write_text, write_json  # noqa: E402
 
 VARIANTS = [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)]  # (precision, channels_last)
 
 
-class EngineStep:
-    """The part of ``Trainer`` that ``Task.train_step`` uses, for one precision/layout; ``step``
-    and ``autocast`` ARE the Trainer's methods, so the benchmark runs the engine's code."""
-
-    step = Trainer.step
-    autocast = Trainer.autocast
-    # the optimizers here are torch's own and backward is loss.backward: what the Trainer's
-    # direct path runs, reached through its general branch (there is no accelerate wrapper)
-    direct_steps = False
-
-    def __init__(self, size: int, channels: int, latent: int, device: torch.device, precision: str,
-                 channels_last: bool, seed: int = 0) -> None:
-        torch.manual_seed(seed)
-        self.task = GAN()
-        info = DataInfo(in_channels=3, image_size=size, num_classes=1, class_names=[], path=Path("."))
-        models = self.task.build_models({"name": "dcgan", "channels": channels, "latent_dim": latent}, info)
-        self.cfg = OmegaConf.create({"train": {"channels_last": channels_last, "grad_clip": None}})
-        dtype = torch.bfloat16 if precision == "bf16" else None
-        self.accelerator = SimpleNamespace(
-            backward=lambda loss, **kw: loss.backward(**kw),
-            autocast=(lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext)
-        opt_cfgs = self.task.optimizer_configs(OmegaConf.structured(OptimizerConfig(lr=2e-4)), list(models))
-        self.models, self.optimizers, self.schedulers = {}, {}, {}
-        for name, model in models.items():
-            if channels_last:
-                model = model.to(memory_format=torch.channels_last)
-            self.models[name] = model.to(device)
-            opt = build_optimizer(self.models[name].parameters(), opt_cfgs[name], fused=device.type == "cuda")
-            self.optimizers[name] = opt
-            self.schedulers[name] = build_scheduler(opt, OmegaConf.structured(SchedulerConfig()), 2e-4, 10**9)
+def engine_step(size: int, channels: int, latent: int, precision: str, channels_last: bool, cpu: bool,
+                seed: int = 0) -> tuple[GAN, Stepper]:
+    """The GAN task and the engine's stepper of its generator/discriminator pair, for one
+    precision/layout. Each variant has its own accelerator (built last, its precision is the
+    process's accelerate state; earlier variants keep theirs in their models and stepper)."""
+    accelerator = make_accelerator("bf16" if precision == "bf16" else "no", collective_timeout_s=600, cpu=cpu)
+    torch.manual_seed(seed)
+    task = GAN()
+    info = DataInfo(in_channels=3, image_size=size, num_classes=1, class_names=[], path=Path("."))
+    models = task.build_models({"name": "dcgan", "channels": channels, "latent_dim": latent}, info)
+    train = OmegaConf.structured(TrainConfig(mixed_precision=accelerator.mixed_precision, channels_last=channels_last))
+    train.optimizer.lr = 2e-4
+    models, optimizers, schedulers = prepare_models(accelerator, task, models, train, total_steps=10**9)
+    return task, Stepper(accelerator, models, optimizers, schedulers, train.mixed_precision, None, channels_last)
 
 
 def sync(device: torch.device) -> None:
@@ -79,13 +62,14 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_steps(harness: EngineStep, batch: dict[str, torch.Tensor], steps: int) -> float:
+def run_steps(harness: tuple[GAN, Stepper], batch: dict[str, torch.Tensor], steps: int) -> float:
     """Images per second over ``steps`` training steps (the metrics stay on the device, as in
     the engine; one sync at the end)."""
+    task, stepper = harness
     sync(batch["images"].device)
     start = time.perf_counter()
     for _ in range(steps):
-        harness.task.train_step(harness, batch)
+        task.train_step(stepper, batch)
     sync(batch["images"].device)
     return steps * len(batch["images"]) / (time.perf_counter() - start)
 
@@ -117,7 +101,7 @@ def main(argv: list[str]) -> int:
     gen = torch.Generator().manual_seed(0)
     batch = {"images": torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=gen).to(device),
              "labels": torch.zeros(batch_size, dtype=torch.int64, device=device)}
-    harnesses = {v: EngineStep(size, channels, latent, device, *v) for v in VARIANTS}
+    harnesses = {v: engine_step(size, channels, latent, *v, cpu=not gpu) for v in VARIANTS}
     for harness in harnesses.values():
         run_steps(harness, batch, warmup)
     samples: dict[tuple[str, bool], list[float]] = {v: [] for v in VARIANTS}

@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from hpclab.errors import ConfigError, RunConflict
 from hpclab.registry import check_kwargs
+from hpclab.utils import one_line
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -164,17 +165,12 @@ class RunConfig:
     notes: str = ""
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def _compose_error(exc: BaseException) -> str:
     """One line that names the bad key (from OmegaConf's cause) or the missing option."""
     cause = exc.__cause__
     key = getattr(cause, "full_key", None)
     if key:
-        return f"config key '{key}': {_one_line(cause)}"
+        return f"config key '{key}': {one_line(cause, named=False)}"
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     if lines and "Could not find" in lines[0] and "Available options" in str(exc):
         start = next(i for i, line in enumerate(lines) if line.startswith("Available")) + 1
@@ -281,7 +277,7 @@ def validate(raw: DictConfig) -> DictConfig:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
-        reason = _one_line(exc).split("\n")[0]
+        reason = one_line(exc, named=False)
         raise ConfigError(f"config key '{key}': {reason}" if key else reason) from None
     _check_choices(cfg)
     from hpclab.models import MODELS

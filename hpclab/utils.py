@@ -151,6 +151,15 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def one_line(exc: BaseException, named: bool = True) -> str:
+    """The first line of an exception's message (``Type: message`` when ``named``): errors the
+    suite reports in one line."""
+    text = str(exc).strip().splitlines()
+    if not text:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {text[0]}" if named else text[0]
+
+
 def can_set_signal_handlers() -> bool:
     """Python sets signal handlers only from the main thread (a training run started from a
     worker thread, e.g. by a notebook tool, keeps the handlers it has)."""

@@ -32,8 +32,8 @@ def main(argv: list[str]) -> int:
     from hpclab.analysis.activations import save_activations
     from hpclab.launch.analyze import trained
 
-    with trained(args.run_dir) as trainer:
-        result = save_activations(trainer, args.out or args.run_dir / "figures", count=args.count, split=args.split,
+    with trained(args.run_dir) as run:
+        result = save_activations(run, args.out or args.run_dir / "figures", count=args.count, split=args.split,
                                   max_channels=args.channels)
     print(f"{len(result['files'])} layer grids ({', '.join(result['layers'])}) in {result['folder']}")
     return 0

@@ -98,7 +98,7 @@ def test_unknown_optimizer_name_in_a_task_config_is_refused():
     import torch
     from omegaconf import OmegaConf
 
-    from hpclab.engine import build_optimizer
+    from hpclab.engine.build import build_optimizer
 
     params = [torch.nn.Parameter(torch.zeros(2))]
     base = {"lr": 0.1, "betas": [0.9, 0.999], "weight_decay": 0.0, "momentum": 0.9}

@@ -14,7 +14,7 @@ from conftest import run_cli
 from formats.idx import NAMES, write_idx_dataset
 
 from hpclab.config import compose
-from hpclab.data import Data, H5Split, describe, stage
+from hpclab.data import H5Split, RunData, describe, stage
 from hpclab.data.hdf5 import read_rows
 from hpclab.data.loader import EpochBatches
 from hpclab.data.prepare import DataMissing
@@ -111,9 +111,9 @@ def test_no_source_gives_a_clear_error_and_writes_nothing(workdir, tmp_path):
 
 def test_missing_prepared_file_names_the_staging_command(workdir):
     with pytest.raises(DataMissing, match="python jobs/prepare_data.py data=fashion_mnist"):
-        Data(compose(["experiment=ae_latent"]), torch.device("cpu"))
+        RunData(compose(["experiment=ae_latent"]), torch.device("cpu"))
     with pytest.raises(DataMissing, match="python jobs/prepare_data.py data=fashion_mnist data.image_size=32$"):
-        Data(compose(["experiment=ae_latent", "data.image_size=32"]), torch.device("cpu"))
+        RunData(compose(["experiment=ae_latent", "data.image_size=32"]), torch.device("cpu"))
 
 
 def test_image_size_is_honoured_at_staging_for_sources_that_do_not_resize(workdir, tmp_path):
@@ -152,7 +152,7 @@ def test_image_size_is_honoured_at_staging_for_sources_that_do_not_resize(workdi
     with pytest.raises(DataMissing, match=r"holds 28x28 px images, not data.image_size=32; .*data.image_size=32 force=true"):
         stage(cfg)
     with pytest.raises(DataMissing, match="holds 28x28 px images"):
-        Data(cfg, torch.device("cpu"))
+        RunData(cfg, torch.device("cpu"))
     assert describe(stage(cfg, force=True))["splits"]["train"]["images"] == [50, 1, 32, 32]
 
 
@@ -230,12 +230,12 @@ def test_epoch_batches_are_sharded_and_resumable():
 
 def test_val_split_is_fixed_and_label_fraction_and_class_subset(fmnist_data):
     base = ["experiment=ae_latent", "data.val_fraction=0.2"]
-    d1 = Data(compose(base), torch.device("cpu"))
-    d2 = Data(compose(base + ["seed=7", "data.train_fraction=0.5"]), torch.device("cpu"))
+    d1 = RunData(compose(base), torch.device("cpu"))
+    d2 = RunData(compose(base + ["seed=7", "data.train_fraction=0.5"]), torch.device("cpu"))
     assert np.array_equal(d1.indices["val"], d2.indices["val"])
     assert len(d1.indices["val"]) == 120 and len(d1.indices["train"]) == 480 and len(d2.indices["train"]) == 240
     assert not set(d1.indices["val"]) & set(d1.indices["train"])
-    d3 = Data(compose(base + ["data.classes=[Trouser,Bag]"]), torch.device("cpu"))
+    d3 = RunData(compose(base + ["data.classes=[Trouser,Bag]"]), torch.device("cpu"))
     assert d3.info.class_names == ["Trouser", "Bag"] and d3.info.num_classes == 2
     labels = torch.cat([b["labels"] for b in d3.batches("test", train=False).epoch(0)])
     assert set(labels.tolist()) <= {0, 1} and len(labels) > 0
@@ -245,7 +245,7 @@ def test_val_split_is_fixed_and_label_fraction_and_class_subset(fmnist_data):
 def test_streamed_and_in_memory_batches_agree(fmnist_data, workers):
     cfgs = [compose(["experiment=ae_latent", f"data.in_memory={m}", f"data.num_workers={workers}"])
             for m in ("true", "false")]
-    batches = [list(Data(c, torch.device("cpu")).batches("train", train=True).epoch(1)) for c in cfgs]
+    batches = [list(RunData(c, torch.device("cpu")).batches("train", train=True).epoch(1)) for c in cfgs]
     assert len(batches[0]) == len(batches[1]) > 0
     for a, b in zip(*batches):
         assert torch.equal(a["images"], b["images"]) and torch.equal(a["labels"], b["labels"])

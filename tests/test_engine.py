@@ -16,11 +16,12 @@ import torch
 from conftest import DIGITS_RUN, REPO, run_cli
 from torch import nn
 
-from hpclab.checkpointing import checkpoints
 from hpclab.config import compose
-from hpclab.engine import NonFiniteLoss
+from hpclab.engine.checkpoints import checkpoints
+from hpclab.errors import NonFiniteLoss
 from hpclab.launch.job import run_dir_of, train_run
 from hpclab.models import MODELS
+
 
 def final_metrics(results: Path, group: str = "ae_latent", run: str = "default") -> dict:
     return json.loads((results / group / run / "summary.json").read_text())["metrics"]
@@ -66,8 +67,8 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(digits, capsys):
     from hpclab.engine import Trainer
 
     trainer = Trainer(cfg, run_dir)
-    assert trainer.resume()
-    assert trainer.step_count == int(previous.stem.removeprefix("step"))
+    assert trainer.checkpoints.resume()
+    assert trainer.state.step == int(previous.stem.removeprefix("step"))
     out = capsys.readouterr().out
     assert "unusable" in out and newest.name in out
     assert not newest.exists() and list(newest.parent.glob(newest.name + ".unusable-*"))  # never tried again
@@ -114,7 +115,7 @@ def test_cpu_runs_tell_malloc_to_keep_freed_memory():
     import ctypes.util
     import platform
 
-    from hpclab.engine import keep_freed_memory
+    from hpclab.engine.build import keep_freed_memory
 
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or not ctypes.util.find_library("c"):
         pytest.skip("not glibc")
@@ -208,3 +209,27 @@ def test_rerun_skips_a_finished_run_and_refuses_a_changed_config(digits):
     run_cli("launch.py", *DIGITS_RUN, "train.max_steps=12", "force=true", cwd=digits)
     assert json.loads(summary.read_text())["steps"] == 12
     assert list((digits / "results/ae_latent").glob("default.old-*"))  # the old run was moved aside
+
+
+def test_a_finished_run_loads_for_analysis_without_optimizers_and_evaluates_as_trained(digits):
+    """``load_trained`` rebuilds data, task and models only, with the weights the run finished
+    with (the best ones when it kept any): its evaluation equals the run's final metrics."""
+    from hpclab.engine import load_trained
+
+    cfg = compose(DIGITS_RUN + ["train.max_steps=20", "train.eval_every=10", "analysis=[]"])
+    summary = train_run(cfg)
+    with load_trained(cfg, run_dir_of(cfg)) as run:
+        assert run.parts.optimizers == {} and run.parts.schedulers == {}
+        assert run.step == 20 and run.best == summary["best"]
+        again = run.evaluate("test")
+    assert {f"test/{k}": v for k, v in again.items()} == summary["metrics"]
+
+
+def test_loading_weights_for_analysis_refuses_a_run_without_any(digits):
+    from hpclab.engine import load_trained
+    from hpclab.errors import ConfigError
+
+    cfg = compose(DIGITS_RUN + ["train.max_steps=5"])
+    with pytest.raises(ConfigError, match="no trained weights"):
+        with load_trained(cfg, run_dir_of(cfg)):
+            pass

@@ -28,7 +28,7 @@ import pytest
 import torch
 from conftest import DIGITS_RUN, REPO, run_cli
 
-from hpclab.checkpointing import checkpoints
+from hpclab.engine.checkpoints import checkpoints
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]  # minutes: out of the fast set
 

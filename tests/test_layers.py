@@ -20,8 +20,7 @@ LAYERS = [
     "hpclab.models",
     "hpclab.tasks",  # what a batch means: losses and metrics
     "hpclab.config",  # schema, composition, validation against the registries
-    "hpclab.checkpointing",
-    "hpclab.engine",  # the training loop
+    "hpclab.engine",  # build, step, checkpoint, log, evaluate, the training loop
     "hpclab.analysis",  # what runs after training, reports and figures
     "hpclab.launch",  # local runs, SLURM arrays, containers
 ]

@@ -46,7 +46,7 @@ def test_two_rank_sharded_evaluation_totals_equal_one_process(digits):
     trainer = Trainer(cfg, two)
     trainer.fit()  # finished: resumes at the end, evaluates in this one process
     one = final_metrics(two)  # written by the 2-rank run
-    again = trainer.evaluate("test")
+    again = trainer.run.evaluate("test")
     for key, value in again.items():
         assert abs(one[f"test/{key}"] - value) <= 1e-6 * max(1.0, abs(value)), (key, one[f"test/{key}"], value)
 

@@ -1,6 +1,6 @@
 """Post-training studies and figures; each module registers functions with ``@ANALYSES.register``.
 
-An analysis is ``fn(trainer, out_dir, **kwargs) -> dict`` run on the main process after
+An analysis is ``fn(run, out_dir, **kwargs) -> dict`` run on the main process after
 training with the best weights loaded; it writes PNG figures (and arrays) under the run's
 ``figures/`` and returns numbers that go into ``summary.json``.
 """

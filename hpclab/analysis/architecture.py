@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from hpclab.analysis import ANALYSES
+from hpclab.engine.evaluation import TrainedRun
 from hpclab.utils import atomic_path, atomic_write_text
 
 log = logging.getLogger("hpclab")
@@ -147,18 +148,18 @@ def draw(nodes: list[tuple[str, str]], edges: list[tuple[str, str]], path: Path,
     return save_figure(fig, path)
 
 
-def example_input(trainer: Any, batch_size: int = 2) -> torch.Tensor:
-    info = trainer.data.info
-    return torch.rand(batch_size, info.in_channels, info.image_size, info.image_size, device=trainer.device)
+def example_input(run: TrainedRun, batch_size: int = 2) -> torch.Tensor:
+    info = run.data.info
+    return torch.rand(batch_size, info.in_channels, info.image_size, info.image_size, device=run.device)
 
 
 @ANALYSES.register("arch_graph")
-def arch_graph(trainer: Any, out_dir: Path, model: str = "model", png: bool = True) -> dict[str, Any]:
+def arch_graph(run: TrainedRun, out_dir: Path, model: str = "model", png: bool = True) -> dict[str, Any]:
     """``architecture_<model>.dot`` (+ ``.png``; ``.onnx`` when onnx is installed) and a
     one-line conv summary for the result tables."""
-    net = trainer.unwrap(model)
-    x = example_input(trainer)
-    with trainer.evaluating():
+    net = run.unwrap(model)
+    x = example_input(run)
+    with run.evaluating():
         try:
             nodes, edges = fx_graph(net)
             how = "torch.fx"
@@ -166,7 +167,7 @@ def arch_graph(trainer: Any, out_dir: Path, model: str = "model", png: bool = Tr
             log.info("fx could not trace %s (%s); drawing the call chain instead", type(net).__name__, exc)
             nodes, edges = hook_chain(net, x)
             how = "forward hooks (call order)"
-        title = f"{trainer.cfg.run_name}: {type(net).__name__} ({how})"
+        title = f"{run.cfg.run_name}: {type(net).__name__} ({how})"
         out: dict[str, Any] = {"graph_from": how, "nodes": len(nodes), "summary": conv_summary(net)}
         dot = out_dir / f"architecture_{model}.dot"
         atomic_write_text(dot, to_dot(nodes, edges, title))

@@ -16,25 +16,26 @@ import numpy as np
 
 from hpclab.analysis import ANALYSES
 from hpclab.analysis.figures import available_split
+from hpclab.engine.evaluation import TrainedRun
 
 
-def _flat_images(trainer: Any, split: str) -> np.ndarray:
-    images = trainer.data.split(split).load()["images"]
+def _flat_images(run: TrainedRun, split: str) -> np.ndarray:
+    images = run.data.split(split).load()["images"]
     return images.reshape(len(images), -1).numpy().astype(np.float32) / 255.0
 
 
 @ANALYSES.register("pca_baseline")
-def pca_baseline(trainer: Any, out_dir: Path, components: Optional[int] = None, split: str = "test",
+def pca_baseline(run: TrainedRun, out_dir: Path, components: Optional[int] = None, split: str = "test",
                  seed: int = 0) -> dict[str, Any]:
     """Test MSE/PSNR of PCA with ``components`` (default: the model's ``latent_dim``) fitted on
     the training split."""
     from sklearn.decomposition import PCA
 
-    k = components or trainer.cfg.model.get("latent_dim")
+    k = components or run.cfg.model.get("latent_dim")
     if not k:
         raise ValueError("pca_baseline needs components=N (the model has no latent_dim)")
-    train = _flat_images(trainer, "train")
-    test = _flat_images(trainer, available_split(trainer, split))
+    train = _flat_images(run, "train")
+    test = _flat_images(run, available_split(run, split))
     k = min(int(k), train.shape[1], len(train))
     pca = PCA(n_components=k, svd_solver="randomized" if k < 0.8 * train.shape[1] else "full", random_state=seed)
     pca.fit(train)
@@ -46,7 +47,7 @@ def pca_baseline(trainer: Any, out_dir: Path, components: Optional[int] = None, 
 
 
 @ANALYSES.register("pixel_probe")
-def pixel_probe(trainer: Any, out_dir: Path, epochs: int = 20, lr: float = 1e-3, batch_size: int = 256,
+def pixel_probe(run: TrainedRun, out_dir: Path, epochs: int = 20, lr: float = 1e-3, batch_size: int = 256,
                 mlp_hidden: tuple[int, ...] = (256, 256)) -> dict[str, Any]:
     """The probes of ``latent_probe`` (a linear layer, an MLP; same training) on the raw pixels
     instead of the codes: what a representation must beat to be worth extracting."""
@@ -55,18 +56,18 @@ def pixel_probe(trainer: Any, out_dir: Path, epochs: int = 20, lr: float = 1e-3,
     from hpclab.analysis.latents import train_probe
 
     def labelled(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        data = trainer.data.split(split).load()
-        labels = data["labels"] if trainer.data.label_map is None else trainer.data.label_map[data["labels"]]
-        return torch.from_numpy(_flat_images(trainer, split)), labels
+        data = run.data.split(split).load()
+        labels = data["labels"] if run.data.label_map is None else run.data.label_map[data["labels"]]
+        return torch.from_numpy(_flat_images(run, split)), labels
 
     x_train, y_train = labelled("train")
     mean, std = x_train.mean(0), x_train.std(0).clamp_min(1e-6)
-    evals = {s: ((x - mean) / std, y) for s in ("val", "test") if trainer.data.has(s) for x, y in [labelled(s)]}
-    classes = trainer.data.info.num_classes
+    evals = {s: ((x - mean) / std, y) for s in ("val", "test") if run.data.has(s) for x, y in [labelled(s)]}
+    classes = run.data.info.num_classes
     record: dict[str, Any] = {"features": int(x_train.shape[1]), "train_images": len(x_train)}
     for name, hidden in (("linear", ()), ("mlp", tuple(mlp_hidden))):
         accs = train_probe(((x_train - mean) / std, y_train), evals, classes, hidden, epochs, lr, batch_size,
-                           trainer.cfg.seed)
+                           run.cfg.seed)
         record.update({f"{name}_{s}_acc": a for s, a in accs.items()})
     from hpclab.analysis.report import write_table
 
@@ -79,20 +80,20 @@ def pixel_probe(trainer: Any, out_dir: Path, epochs: int = 20, lr: float = 1e-3,
 
 
 @ANALYSES.register("noisy_input")
-def noisy_input(trainer: Any, out_dir: Path, split: str = "test") -> dict[str, Any]:
+def noisy_input(run: TrainedRun, out_dir: Path, split: str = "test") -> dict[str, Any]:
     """MSE/PSNR of the corrupted inputs themselves against the clean targets, with the same
     evaluation noise the engine uses: what a denoiser has to improve on."""
     import torch
 
     from hpclab.data.transforms import to_float
 
-    corrupt = getattr(trainer.task, "corrupt", None)
+    corrupt = getattr(run.task, "corrupt", None)
     if corrupt is None:
-        raise ValueError(f"noisy_input: task '{trainer.cfg.task.name}' corrupts no inputs")
-    split = available_split(trainer, split)
+        raise ValueError(f"noisy_input: task '{run.cfg.task.name}' corrupts no inputs")
+    split = available_split(run, split)
     mse_sum, psnr_sum, count = 0.0, 0.0, 0
     with torch.no_grad():
-        for batch, gen in trainer.eval_batches(split):  # the noise of the engine's evaluation
+        for batch, gen in run.eval_batches(split):  # the noise of the engine's evaluation
             clean = to_float(batch["images"])
             mse = (corrupt(clean, gen) - clean).pow(2).flatten(1).mean(1)
             mse_sum += float(mse.sum())

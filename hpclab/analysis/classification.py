@@ -26,6 +26,7 @@ from hpclab.analysis import ANALYSES
 from hpclab.analysis.architecture import conv_summary
 from hpclab.analysis.figures import available_split, save_figure
 from hpclab.analysis.report import final_metrics, run_records, to_csv, to_markdown
+from hpclab.engine.evaluation import TrainedRun
 from hpclab.utils import atomic_write_text, write_json
 
 ROW_FILE = "results_row.json"
@@ -35,21 +36,21 @@ TABLE_NAME = "results_table"
 # --------------------------------------------------------------------------- reconstructions
 
 @ANALYSES.register("reconstruction_grid")
-def reconstruction_grid(trainer: Any, out_dir: Path, split: str = "test", count: int = 9, seed: int = 0,
+def reconstruction_grid(run: TrainedRun, out_dir: Path, split: str = "test", count: int = 9, seed: int = 0,
                         columns: int = 3) -> dict[str, Any]:
     """``count`` random images of ``split`` and the model's reconstructions, as (image,
     reconstruction) pairs in a grid of ``columns`` pairs per row; per-image MSE in the titles."""
     import matplotlib.pyplot as plt
 
-    split = available_split(trainer, split)
-    n = len(trainer.data.indices[split])
+    split = available_split(run, split)
+    n = len(run.data.indices[split])
     picks = np.sort(np.random.default_rng(seed).choice(n, size=min(count, n), replace=False))
-    batch = {k: v.to(trainer.device) for k, v in trainer.data.split(split)[picks].items()}
-    with trainer.evaluating():
-        shown = trainer.task.images(trainer.models, batch, trainer.eval_generator())
+    batch = {k: v.to(run.device) for k, v in run.data.split(split)[picks].items()}
+    with run.evaluating():
+        shown = run.task.images(run.models, batch, run.eval_generator())
     if "output" not in shown or "target" not in shown:
         raise ValueError(f"reconstruction_grid needs a task whose images() gives output and target "
-                         f"(task {trainer.cfg.task.name} gives {', '.join(shown) or 'none'})")
+                         f"(task {run.cfg.task.name} gives {', '.join(shown) or 'none'})")
     target, output = shown["target"].float().cpu(), shown["output"].float().clamp(0, 1).cpu()
     mse = (output - target).pow(2).flatten(1).mean(1)
     rows = -(-len(target) // columns)
@@ -63,7 +64,7 @@ def reconstruction_grid(trainer: Any, out_dir: Path, split: str = "test", count:
             ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray" if img.shape[0] == 1 else None,
                       vmin=0, vmax=1)
             ax.set_title(title, fontsize=8)
-    fig.suptitle(f"{trainer.cfg.run_name}: {len(target)} random {split} images and their reconstructions")
+    fig.suptitle(f"{run.cfg.run_name}: {len(target)} random {split} images and their reconstructions")
     fig.tight_layout()
     path = save_figure(fig, out_dir / f"reconstructions_{split}.png")
     return {"figure": str(path), "indices": [int(i) for i in picks], "mse": round(float(mse.mean()), 6)}
@@ -93,11 +94,11 @@ def hyper_parameters(cfg: Any) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def table_row(trainer: Any, model: str = "model") -> dict[str, Any]:
-    cfg = trainer.cfg
-    finals = final_metrics(trainer.run_dir)
-    net = trainer.unwrap(model)
-    best = trainer.best
+def table_row(run: TrainedRun, model: str = "model") -> dict[str, Any]:
+    cfg = run.cfg
+    finals = final_metrics(run.run_dir)
+    net = run.unwrap(model)
+    best = run.best
     best_text = (f"{cfg.train.monitor_mode} {cfg.train.monitor}" +
                  (f" = {best['value']:.4f} at step {best['step']}" if best.get("value") is not None else " (never evaluated)"))
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
@@ -143,11 +144,11 @@ def write_results_table(group_dir: Path | str) -> dict[str, str]:
 
 
 @ANALYSES.register("results_table")
-def results_table(trainer: Any, out_dir: Path, model: str = "model") -> dict[str, Any]:
+def results_table(run: TrainedRun, out_dir: Path, model: str = "model") -> dict[str, Any]:
     """Record this run's row and rebuild its group's table."""
-    row = table_row(trainer, model)
+    row = table_row(run, model)
     write_json(out_dir / ROW_FILE, row)
-    files = write_results_table(trainer.run_dir.parent)
+    files = write_results_table(run.run_dir.parent)
     return {"train_acc": row["train_acc"], "test_acc": row["test_acc"], "table": files["md"]}
 
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from hpclab.analysis import ANALYSES
+from hpclab.engine.evaluation import TrainedRun
 from hpclab.utils import write_json
 from hpclab.weights import WeightsMissing, weight_path
 
@@ -93,11 +94,11 @@ def _chunks(images: torch.Tensor, size: int) -> Iterable[torch.Tensor]:
         yield images[i : i + size]
 
 
-def split_images(trainer: Any, split: str, limit: Optional[int], size: int) -> Iterable[torch.Tensor]:
+def split_images(run: TrainedRun, split: str, limit: Optional[int], size: int) -> Iterable[torch.Tensor]:
     """The run's real images of ``split`` (uint8, in order), the first ``limit`` of them (None:
     all), in chunks of ``size``."""
     left = limit
-    for batch in trainer.data.batches(split, train=False).epoch(0):
+    for batch in run.data.batches(split, train=False).epoch(0):
         images = batch["images"] if left is None else batch["images"][:left]
         yield from _chunks(images, size)
         if left is not None:
@@ -107,7 +108,7 @@ def split_images(trainer: Any, split: str, limit: Optional[int], size: int) -> I
 
 
 @ANALYSES.register("fid")
-def fid(trainer: Any, out_dir: Path, split: str = "train", num_images: Optional[int] = None, batch_size: int = 100,
+def fid(run: TrainedRun, out_dir: Path, split: str = "train", num_images: Optional[int] = None, batch_size: int = 100,
         dims: int = 2048, weights: str = "fid_inception", seed: int = 99) -> dict[str, Any]:
     """FID of generated images (eval mode, seeded latents) against the real images of ``split``
     (all of them unless ``num_images``; as many generated as real). ``weights`` names the staged
@@ -115,17 +116,17 @@ def fid(trainer: Any, out_dir: Path, split: str = "train", num_images: Optional[
     from hpclab.analysis.gan import gan_task, generate
     from hpclab.data.transforms import to_float
 
-    task = gan_task(trainer)
-    device = trainer.device
-    model = inception(dims, trainer.cfg.paths.cache, weights, device)
+    task = gan_task(run)
+    device = run.device
+    model = inception(dims, run.cfg.paths.cache, weights, device)
 
-    real = activations(model, (to_float(c) for c in split_images(trainer, split, num_images, batch_size)), device)
+    real = activations(model, (to_float(c) for c in split_images(run, split, num_images, batch_size)), device)
     n = len(real)
     z = task.fixed_latents(torch.device("cpu"), n=n, seed=seed)
 
     def fake_batches() -> Iterable[torch.Tensor]:
         for chunk in _chunks(z, batch_size):
-            yield generate(trainer, chunk.to(device), batch_size)
+            yield generate(run, chunk.to(device), batch_size)
 
     fake = activations(model, fake_batches(), device)
     if n <= dims:
@@ -153,10 +154,10 @@ class ClassifierFeatures:
         from safetensors.torch import load_file
 
         from hpclab.config import load_run_config
-        from hpclab.registry import kwargs_of
         from hpclab.data.hdf5 import describe
         from hpclab.data.loader import DataInfo
         from hpclab.data.prepare import hdf5_path
+        from hpclab.registry import kwargs_of
         from hpclab.tasks import TASKS
 
         path = Path(run)
@@ -213,7 +214,7 @@ class ClassifierFeatures:
 
 
 @ANALYSES.register("fd_classifier")
-def fd_classifier(trainer: Any, out_dir: Path, classifier: str = "", reference: str = "train", real: str = "test",
+def fd_classifier(run: TrainedRun, out_dir: Path, classifier: str = "", reference: str = "train", real: str = "test",
                   num_images: int = 10000, batch_size: int = 500, epochs: Optional[list[float]] = None,
                   seed: int = 99) -> dict[str, Any]:
     """FD in ``classifier``'s feature space (a classification run folder or its
@@ -227,17 +228,17 @@ def fd_classifier(trainer: Any, out_dir: Path, classifier: str = "", reference: 
     from hpclab.analysis.figures import plt, save_figure
     from hpclab.analysis.gan import gan_task
     from hpclab.analysis.report import write_table
-    from hpclab.engine import checkpoints
+    from hpclab.engine.checkpoints import checkpoints
     from hpclab.tasks.gan import to_unit
 
     if not classifier:
         raise ValueError("fd_classifier needs classifier=results/<group>/<run> (a finished classification run)")
-    task = gan_task(trainer)
-    device = trainer.device
+    task = gan_task(run)
+    device = run.device
     net = ClassifierFeatures(classifier, device)
 
-    ref = gaussian(net.of_batches(split_images(trainer, reference, None, batch_size)))
-    real_features = net.of_batches(split_images(trainer, real, num_images, batch_size))
+    ref = gaussian(net.of_batches(split_images(run, reference, None, batch_size)))
+    real_features = net.of_batches(split_images(run, real, num_images, batch_size))
     n = len(real_features)
     z = task.fixed_latents(torch.device("cpu"), n=n, seed=seed)
 
@@ -248,11 +249,11 @@ def fd_classifier(trainer: Any, out_dir: Path, classifier: str = "", reference: 
 
     rows: list[dict[str, Any]] = [{"images": f"real {real} set", "epoch": None, "step": None,
                                    "fd": frechet_to(ref, real_features)}]
-    generator = copy.deepcopy(trainer.unwrap("generator"))
-    per_epoch = trainer.steps_per_epoch
+    generator = copy.deepcopy(run.unwrap("generator"))
+    per_epoch = run.steps_per_epoch
     wanted = None if epochs is None else {round(float(e), 6) for e in epochs}
-    final_step = trainer.step_count
-    for path in sorted(checkpoints(trainer.ckpt_dir), key=lambda p: p.name):
+    final_step = run.step
+    for path in sorted(checkpoints(run.ckpt_dir), key=lambda p: p.name):
         state = torch.load(path, map_location="cpu", weights_only=True)
         step = int(state["step"])
         epoch = round(step / per_epoch, 6)
@@ -261,14 +262,14 @@ def fd_classifier(trainer: Any, out_dir: Path, classifier: str = "", reference: 
         generator.load_state_dict(state["models"]["generator"])
         rows.append({"images": "generated", "epoch": epoch, "step": step, "fd": fd_of_generator(generator)})
     rows.append({"images": "generated (final weights)", "epoch": round(final_step / per_epoch, 6), "step": final_step,
-                 "fd": fd_of_generator(copy.deepcopy(trainer.unwrap("generator")))})
-    noise = torch.rand((n, *trainer.data.split(reference).item_shape), generator=torch.Generator().manual_seed(seed))
+                 "fd": fd_of_generator(copy.deepcopy(run.unwrap("generator")))})
+    noise = torch.rand((n, *run.data.split(reference).item_shape), generator=torch.Generator().manual_seed(seed))
     rows.append({"images": "uniform noise", "epoch": None, "step": None, "fd": frechet_to(ref, net.of_batches(_chunks(noise, batch_size)))})
 
     label = net.label
     out_dir = Path(out_dir)
     body = [[r["images"], r["epoch"], r["step"], round(r["fd"], 4)] for r in rows]
-    title = (f"{label} against the {len(trainer.data.indices[reference])} real {reference} images; {n} images per row; "
+    title = (f"{label} against the {len(run.data.indices[reference])} real {reference} images; {n} images per row; "
              f"classifier {net.run_dir}")
     files = write_table(["images", "epoch", "step", label], body, out_dir / "fd_classifier", title)
     gen = [r for r in rows if r["images"].startswith("generated")]
@@ -283,7 +284,7 @@ def fd_classifier(trainer: Any, out_dir: Path, classifier: str = "", reference: 
     ax.legend(fontsize=8)
     save_figure(fig, out_dir / "fd_classifier.png")
     result = {"metric": label, "classifier": str(net.run_dir), "reference": reference,
-              "reference_images": len(trainer.data.indices[reference]), "images_per_set": n, "seed": seed,
+              "reference_images": len(run.data.indices[reference]), "images_per_set": n, "seed": seed,
               "floor_real": rows[0]["fd"], "noise": rows[-1]["fd"], "final": gen[-1]["fd"],
               "by_epoch": {str(r["epoch"]): r["fd"] for r in gen}, "figure": str(out_dir / "fd_classifier.png"), **files}
     write_json(out_dir / "fd_classifier.json", result)

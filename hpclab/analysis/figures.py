@@ -13,18 +13,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from hpclab.analysis import ANALYSES  # noqa: E402
+from hpclab.engine.evaluation import TrainedRun  # noqa: E402
 from hpclab.utils import atomic_path  # noqa: E402
 
 log = logging.getLogger("hpclab")
 
 
-def available_split(trainer: Any, split: str) -> str:
+def available_split(run: TrainedRun, split: str) -> str:
     """``split`` when the run's data has it, else the first of val/test/train that it has,
     with a warning: a figure's split is never a silent substitute."""
-    if trainer.data.has(split):
+    if run.data.has(split):
         return split
     for name in ("val", "test", "train"):
-        if trainer.data.has(name):
+        if run.data.has(name):
             log.warning("split %r has no data in this run; the analysis uses %r", split, name)
             return name
     raise ValueError("the run's data has no split with images")
@@ -61,14 +62,14 @@ def image_rows(rows: dict[str, torch.Tensor], path: Path, title: str = "") -> Pa
 
 
 @ANALYSES.register("examples")
-def examples(trainer: Any, out_dir: Path, split: str = "test", count: int = 10) -> dict[str, Any]:
+def examples(run: TrainedRun, out_dir: Path, split: str = "test", count: int = 10) -> dict[str, Any]:
     """Rows of the task's images (e.g. noisy / output / target) for the first test images."""
-    split = available_split(trainer, split)
-    batch = next(trainer.data.batches(split, train=False).epoch(0))
+    split = available_split(run, split)
+    batch = next(run.data.batches(split, train=False).epoch(0))
     batch = {k: v[:count] for k, v in batch.items()}
-    with trainer.evaluating():
-        rows = trainer.task.images(trainer.models, batch, trainer.eval_generator())
+    with run.evaluating():
+        rows = run.task.images(run.models, batch, run.eval_generator())
     if not rows:
         return {}
-    path = image_rows(rows, out_dir / f"examples_{split}.png", title=trainer.cfg.run_name)
+    path = image_rows(rows, out_dir / f"examples_{split}.png", title=run.cfg.run_name)
     return {"figure": str(path)}

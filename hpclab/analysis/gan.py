@@ -18,25 +18,25 @@ from hpclab.analysis import ANALYSES
 from hpclab.analysis.figures import plt, save_figure
 from hpclab.analysis.report import read_metrics
 from hpclab.data.transforms import to_float
+from hpclab.engine.evaluation import TrainedRun
 from hpclab.tasks.gan import to_unit
 from hpclab.utils import atomic_path, atomic_write_text, write_json
 
-
 # --------------------------------------------------------------------------- helpers
 
-def gan_task(trainer: Any):
+def gan_task(run: TrainedRun):
     from hpclab.tasks.gan import GAN
 
-    if not isinstance(trainer.task, GAN):
-        raise ValueError(f"this analysis needs task=gan, the run uses {trainer.cfg.task.name!r}")
-    return trainer.task
+    if not isinstance(run.task, GAN):
+        raise ValueError(f"this analysis needs task=gan, the run uses {run.cfg.task.name!r}")
+    return run.task
 
 
 @torch.no_grad()
-def generate(trainer: Any, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def generate(run: TrainedRun, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Images in [0, 1] (on the CPU) of latents ``z`` with the generator in evaluation mode."""
-    G = trainer.unwrap("generator")
-    with trainer.evaluating():
+    G = run.unwrap("generator")
+    with run.evaluating():
         return torch.cat([to_unit(G(z[i : i + batch_size])).cpu() for i in range(0, len(z), batch_size)])
 
 
@@ -76,10 +76,10 @@ def save_npy(array: np.ndarray, path: Path) -> Path:
 # --------------------------------------------------------------------------- curves
 
 @ANALYSES.register("gan_curves")
-def gan_curves(trainer: Any, out_dir: Path) -> dict[str, Any]:
+def gan_curves(run: TrainedRun, out_dir: Path) -> dict[str, Any]:
     """G and D losses, and D's mean output on real and on generated images, per logged step
     (``train.log_every``; 1 = every step), with the per-epoch values on the val images."""
-    records = read_metrics(trainer.run_dir)
+    records = read_metrics(run.run_dir)
     fit = [r for r in records if r["split"] == "fit" and "d_loss" in r]
     val = [r for r in records if r["split"] == "val" and "d_real" in r]
     if not fit:
@@ -124,25 +124,24 @@ def tensorboard_images(tb_dir: Path, tag: str) -> list[tuple[int, bytes]]:
 
 
 @ANALYSES.register("gan_epoch_grids")
-def gan_epoch_grids(trainer: Any, out_dir: Path, rows: int = 8) -> dict[str, Any]:
+def gan_epoch_grids(run: TrainedRun, out_dir: Path, rows: int = 8) -> dict[str, Any]:
     """The fixed-latent grid the engine logged to TensorBoard at every evaluation (once per epoch
     by default) as ``epochs/epoch_NNN.png``, an overview of up to ``rows`` of them, and the grid
     regenerated from the final weights (``samples_final.png``, the same latent vectors)."""
     from PIL import Image
 
-    task = gan_task(trainer)
+    task = gan_task(run)
     out_dir = Path(out_dir)
-    if getattr(trainer, "_writer", None) is not None:
-        trainer._writer.flush()
-    logged = tensorboard_images(trainer.run_dir / "tb", "images/samples")
+    run.log.flush()  # the grids logged during training, on disk before they are read back
+    logged = tensorboard_images(run.run_dir / "tb", "images/samples")
     files = []
     for step, png in logged:
-        epoch = step / trainer.steps_per_epoch
+        epoch = step / run.steps_per_epoch
         name = f"epoch_{round(epoch):03d}.png" if abs(epoch - round(epoch)) < 1e-9 else f"step_{step:07d}.png"
         with atomic_path(out_dir / "epochs" / name) as tmp:
             tmp.write_bytes(png)
         files.append((epoch, out_dir / "epochs" / name))
-    final = save_png(generate(trainer, task.fixed_latents(trainer.device)), out_dir / "samples_final.png")
+    final = save_png(generate(run, task.fixed_latents(run.device)), out_dir / "samples_final.png")
     result: dict[str, Any] = {"epochs": len(files), "final": str(final)}
     if files:
         picks = sorted({round(i * (len(files) - 1) / max(rows - 1, 1)) for i in range(min(rows, len(files)))})
@@ -166,12 +165,12 @@ def gan_epoch_grids(trainer: Any, out_dir: Path, rows: int = 8) -> dict[str, Any
 # --------------------------------------------------------------------------- categories
 
 @ANALYSES.register("gan_categories")
-def gan_categories(trainer: Any, out_dir: Path, split: str = "train", ncol: int = 10) -> dict[str, Any]:
+def gan_categories(run: TrainedRun, out_dir: Path, split: str = "train", ncol: int = 10) -> dict[str, Any]:
     """One real image of every category in the run's data (all 102, or the chosen subset)."""
-    names = trainer.data.info.class_names
+    names = run.data.info.class_names
     found: dict[int, torch.Tensor] = {}
     counts = np.zeros(len(names), dtype=np.int64)
-    for batch in trainer.data.batches(split, train=False).epoch(0):
+    for batch in run.data.batches(split, train=False).epoch(0):
         labels = batch["labels"].cpu()
         counts += np.bincount(labels.numpy(), minlength=len(names))[: len(names)]
         for i, label in enumerate(labels.tolist()):
@@ -219,17 +218,17 @@ generate in train mode.
 
 
 @ANALYSES.register("gan_batch_vs_single")
-def gan_batch_vs_single(trainer: Any, out_dir: Path, n: Optional[int] = None, show: int = 8,
+def gan_batch_vs_single(run: TrainedRun, out_dir: Path, n: Optional[int] = None, show: int = 8,
                         seed: int = 777) -> dict[str, Any]:
     """Generate ``n`` (default: the training batch size) latents as one batch and one by one,
     in train and in eval mode, on a copy of the generator (its BatchNorm buffers stay intact).
     The latent vectors are saved as ``batch_vs_single_z.npy`` (n x latent_dim, row i is image i
     of every row of the figure)."""
-    task = gan_task(trainer)
-    n = n or trainer.cfg.train.batch_size
-    z = task.fixed_latents(trainer.device, n=n, seed=seed)
+    task = gan_task(run)
+    n = n or run.cfg.train.batch_size
+    z = task.fixed_latents(run.device, n=n, seed=seed)
     z_file = save_npy(z.float().cpu().numpy(), Path(out_dir) / "batch_vs_single_z.npy")
-    G = copy.deepcopy(trainer.unwrap("generator"))
+    G = copy.deepcopy(run.unwrap("generator"))
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for mode in ("train", "eval"):
@@ -253,7 +252,7 @@ def gan_batch_vs_single(trainer: Any, out_dir: Path, n: Optional[int] = None, sh
 # --------------------------------------------------------------------------- favourites
 
 @ANALYSES.register("gan_favourites")
-def gan_favourites(trainer: Any, out_dir: Path, candidates: int = 64, count: int = 8,
+def gan_favourites(run: TrainedRun, out_dir: Path, candidates: int = 64, count: int = 8,
                    indices: Optional[list[int]] = None, pair: Optional[list[int]] = None,
                    seed: int = 4321, steps: int = 11) -> dict[str, Any]:
     """Favourites among ``candidates`` seeded samples (``candidates.png`` shows their indices):
@@ -261,13 +260,13 @@ def gan_favourites(trainer: Any, out_dir: Path, candidates: int = 64, count: int
     with their latent vectors (``favourites_z.npy``) and the strip z = a*z1 + (1-a)*z2 for
     a = 0, 0.1, ..., 1 between two of them (``pair``, positions in the favourites; default the
     first two), with its latents (``interpolation_z.npy``)."""
-    task = gan_task(trainer)
+    task = gan_task(run)
     out_dir = Path(out_dir)
-    z = task.fixed_latents(trainer.device, n=candidates, seed=seed)
-    images = generate(trainer, z)
-    D = trainer.unwrap("discriminator")
-    with torch.no_grad(), trainer.evaluating():
-        scores = D((images * 2 - 1).to(trainer.device)).float().cpu()
+    z = task.fixed_latents(run.device, n=candidates, seed=seed)
+    images = generate(run, z)
+    D = run.unwrap("discriminator")
+    with torch.no_grad(), run.evaluating():
+        scores = D((images * 2 - 1).to(run.device)).float().cpu()
     if indices is None:
         picks = torch.argsort(scores, descending=True)[:count].tolist()
         how = "highest D(G(z))"
@@ -289,7 +288,7 @@ def gan_favourites(trainer: Any, out_dir: Path, candidates: int = 64, count: int
     z1, z2 = z[picks[a_pos]], z[picks[b_pos]]
     alphas = torch.linspace(0.0, 1.0, steps)
     z_line = torch.stack([a * z1 + (1 - a) * z2 for a in alphas.tolist()])
-    strip = generate(trainer, z_line)
+    strip = generate(run, z_line)
     titled_grid(strip, [f"a={a:.1f}" for a in alphas.tolist()], out_dir / "interpolation.png", ncol=steps,
                 title=f"z = a*z1 + (1-a)*z2, z1 = candidate #{picks[a_pos]}, z2 = candidate #{picks[b_pos]}")
     save_npy(z_line.float().cpu().numpy(), out_dir / "interpolation_z.npy")

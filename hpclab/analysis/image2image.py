@@ -32,21 +32,21 @@ from hpclab.analysis import ANALYSES  # noqa: E402
 from hpclab.analysis.figures import available_split, save_figure  # noqa: E402
 from hpclab.analysis.report import final_metrics, read_metrics, write_table  # noqa: E402
 from hpclab.data.transforms import to_float  # noqa: E402
+from hpclab.engine.evaluation import TrainedRun
 from hpclab.models.conv import Conv2d  # noqa: E402
-
 
 # --------------------------------------------------------------------------- helpers
 
-def first_batch(trainer: Any, split: str, count: Optional[int] = None) -> dict[str, torch.Tensor]:
+def first_batch(run: TrainedRun, split: str, count: Optional[int] = None) -> dict[str, torch.Tensor]:
     """The first evaluation batch of ``split`` (see ``available_split``), cut to ``count``."""
-    batch = next(trainer.data.batches(available_split(trainer, split), train=False).epoch(0))
+    batch = next(run.data.batches(available_split(run, split), train=False).epoch(0))
     return {k: v[:count] for k, v in batch.items()} if count else batch
 
 
-def network_input(trainer: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def network_input(run: TrainedRun, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """What the task feeds the network for ``batch`` (plain float images for generic tasks)."""
-    fn = getattr(trainer.task, "model_input", None)
-    return fn(batch, trainer.eval_generator()) if fn else to_float(batch["images"])
+    fn = getattr(run.task, "model_input", None)
+    return fn(batch, run.eval_generator()) if fn else to_float(batch["images"])
 
 
 def strip_rows(rows: Mapping[str, torch.Tensor], path: Path, title: str = "", gap: int = 2) -> Path:
@@ -104,12 +104,12 @@ def _scalar(value: Any) -> Any:
 
 
 @ANALYSES.register("layer_table")
-def layer_table(trainer: Any, out_dir: Path, model: str = "model", split: str = "test") -> dict[str, Any]:
+def layer_table(run: TrainedRun, out_dir: Path, model: str = "model", split: str = "test") -> dict[str, Any]:
     """The layers of the network as a table: layer count, filter sizes, numbers of filters."""
-    net = trainer.unwrap(model)
-    batch = first_batch(trainer, split, count=2)
-    with trainer.evaluating():
-        rows = layer_rows(net, network_input(trainer, batch))
+    net = run.unwrap(model)
+    batch = first_batch(run, split, count=2)
+    with run.evaluating():
+        rows = layer_rows(net, network_input(run, batch))
     convs = [r for r in rows if r["filters"] is not None]
     header = ["#", "name", "layer", "in", "filters", "kernel", "stride", "padding", "dilation", "output", "params"]
     body = [[i, r["name"], r["layer"], r.get("in"), r["filters"], r["kernel"], r["stride"], r["padding"],
@@ -124,13 +124,13 @@ def layer_table(trainer: Any, out_dir: Path, model: str = "model", split: str = 
 # --------------------------------------------------------------------------- metric tables
 
 @ANALYSES.register("image_metrics")
-def image_metrics(trainer: Any, out_dir: Path, split: str = "test") -> dict[str, Any]:
+def image_metrics(run: TrainedRun, out_dir: Path, split: str = "test") -> dict[str, Any]:
     """Table of the network's metrics on ``split`` next to the task's baseline (if any)."""
-    if not trainer.data.has(split):
+    if not run.data.has(split):
         return {}
-    values = {k.split("/", 1)[1]: v for k, v in final_metrics(trainer.run_dir).items()
-              if k.startswith(f"{split}/")} or trainer.evaluate(split)
-    baseline = getattr(trainer.task, "baseline_name", None)
+    values = {k.split("/", 1)[1]: v for k, v in final_metrics(run.run_dir).items()
+              if k.startswith(f"{split}/")} or run.evaluate(split)
+    baseline = getattr(run.task, "baseline_name", None)
     rows: dict[str, dict[str, float]] = {"network": {}}
     for key, value in values.items():
         if baseline and key.startswith(baseline + "_"):
@@ -142,7 +142,7 @@ def image_metrics(trainer: Any, out_dir: Path, split: str = "test") -> dict[str,
     columns += sorted({k for r in rows.values() for k in r} - set(columns))
     body = [[name, *[r.get(c) for c in columns]] for name, r in rows.items()]
     files = write_table(["method", *columns], body, out_dir / f"metrics_{split}",
-                        f"{trainer.cfg.run_name}: {split} split ({trainer.cfg.task.name})")
+                        f"{run.cfg.run_name}: {split} split ({run.cfg.task.name})")
     return {"metrics": values, **files}
 
 
@@ -157,29 +157,29 @@ def _resize_batch(batch: dict[str, torch.Tensor], size: int) -> dict[str, torch.
 
 
 @ANALYSES.register("other_sizes")
-def other_sizes(trainer: Any, out_dir: Path, sizes: Sequence[int] = (24, 48), split: str = "test",
+def other_sizes(run: TrainedRun, out_dir: Path, sizes: Sequence[int] = (24, 48), split: str = "test",
                 count: int = 8, max_images: int = 1000) -> dict[str, Any]:
     """Evaluate the trained network on the first ``max_images`` images of ``split`` resized to
     each of ``sizes`` (and to the trained size, for reference); a table plus example rows."""
-    split = available_split(trainer, split)
-    trained = trainer.data.info.image_size
-    seen = min(max_images, len(trainer.data.split(split)))
+    split = available_split(run, split)
+    trained = run.data.info.image_size
+    seen = min(max_images, len(run.data.split(split)))
     results: dict[int, dict[str, float]] = {}
     shown: dict[str, torch.Tensor] = {}
-    with trainer.evaluating():
+    with run.evaluating():
         for size in [trained, *[int(s) for s in sizes if int(s) != trained]]:
             # the engine's evaluation (same batches, same per-batch noise), on resized images
-            results[size] = trainer.evaluate(split, transform=lambda batch, size=size: _resize_batch(batch, size),
+            results[size] = run.evaluate(split, transform=lambda batch, size=size: _resize_batch(batch, size),
                                              max_images=max_images)
-            rows = trainer.task.images(trainer.models, _resize_batch(first_batch(trainer, split, count), size),
-                                       trainer.eval_generator())
+            rows = run.task.images(run.models, _resize_batch(first_batch(run, split, count), size),
+                                       run.eval_generator())
             shown.update({f"{size}px {name}": images for name, images in rows.items()})
     figure = strip_rows(shown, out_dir / f"other_sizes_{split}_examples.png",
-                        title=f"{trainer.cfg.run_name}: trained at {trained}x{trained}") if shown else None
+                        title=f"{run.cfg.run_name}: trained at {trained}x{trained}") if shown else None
     columns = sorted({k for r in results.values() for k in r}, key=lambda k: (k not in ("mse", "psnr"), k))
     body = [[f"{s}x{s}" + (" (trained)" if s == trained else ""), *[r.get(c) for c in columns]] for s, r in results.items()]
     files = write_table(["size", *columns], body, out_dir / f"other_sizes_{split}",
-                        f"{trainer.cfg.run_name}: trained at {trained}x{trained}, {seen} {split} images")
+                        f"{run.cfg.run_name}: trained at {trained}x{trained}, {seen} {split} images")
     return {"sizes": {str(s): r for s, r in results.items()}, "images": seen, "figure": str(figure) if figure else None,
             **files}
 
@@ -195,19 +195,19 @@ def overlay(scan: torch.Tensor, mask: torch.Tensor, colour: Sequence[float], alp
 
 
 @ANALYSES.register("seg_overlays")
-def seg_overlays(trainer: Any, out_dir: Path, split: str = "test", count: int = 6) -> dict[str, Any]:
+def seg_overlays(run: TrainedRun, out_dir: Path, split: str = "test", count: int = 6) -> dict[str, Any]:
     """Rows scan / truth (red) / prediction (green) for ``count`` slices, those with tumour
     first; each column titled with its Dice coefficient and IoU."""
     from hpclab.tasks.image2image import overlap_scores
 
-    batch = first_batch(trainer, split)
+    batch = first_batch(run, split)
     has = (batch["masks"].flatten(1).amax(1) > 0).cpu()
     order = torch.argsort((~has).to(torch.int64), stable=True)[:count]
     batch = {k: v[order.to(v.device)] for k, v in batch.items()}
-    with trainer.evaluating():
-        rows = trainer.task.images(trainer.models, batch, trainer.eval_generator())
+    with run.evaluating():
+        rows = run.task.images(run.models, batch, run.eval_generator())
     scan, truth, pred = rows["scan"].float().cpu(), rows["truth"].float().cpu(), rows["prediction"].float().cpu()
-    dice, iou = overlap_scores(pred, truth, getattr(trainer.task, "eps", 1e-6))
+    dice, iou = overlap_scores(pred, truth, getattr(run.task, "eps", 1e-6))
     panels = {"scan": scan, "truth": overlay(scan, truth, (1.0, 0.1, 0.1)), "prediction": overlay(scan, pred, (0.1, 1.0, 0.2))}
     n = len(scan)
     fig, axes = plt.subplots(3, n, figsize=(2.0 * n, 6.3), squeeze=False)
@@ -222,7 +222,7 @@ def seg_overlays(trainer: Any, out_dir: Path, split: str = "test", count: int = 
                 ax.set_ylabel(name)
             if r == 2:
                 ax.set_title(f"Dice {dice[c]:.3f}  IoU {iou[c]:.3f}", fontsize=8)
-    fig.suptitle(f"{trainer.cfg.run_name}: scan / truth / prediction ({split})")
+    fig.suptitle(f"{run.cfg.run_name}: scan / truth / prediction ({split})")
     path = save_figure(fig, out_dir / f"segmentation_{split}.png")
     return {"figure": str(path), "dice": [round(float(v), 4) for v in dice], "iou": [round(float(v), 4) for v in iou]}
 
@@ -257,8 +257,8 @@ def plot_curves(runs: Mapping[str, Path], metrics: Sequence[str], path: Path, ti
 
 
 @ANALYSES.register("curves")
-def curves(trainer: Any, out_dir: Path, metrics: Sequence[str] = ("loss",)) -> dict[str, Any]:
+def curves(run: TrainedRun, out_dir: Path, metrics: Sequence[str] = ("loss",)) -> dict[str, Any]:
     """Training/validation curves of this run."""
-    path = plot_curves({trainer.cfg.run_name: trainer.run_dir}, list(metrics), out_dir / "curves.png",
-                       title=trainer.cfg.run_name)
+    path = plot_curves({run.cfg.run_name: run.run_dir}, list(metrics), out_dir / "curves.png",
+                       title=run.cfg.run_name)
     return {"figure": str(path)}

@@ -1,7 +1,7 @@
 """Autoencoder studies on the trained model: layer table, latent scatter / t-SNE / UMAP, decoded
 latent grids, per-class reconstructions, inputs over their encodings, SVM and probes on codes.
 
-Every function is an analysis (``fn(trainer, out_dir, **kwargs) -> dict``). Models expose
+Every function is an analysis (``fn(run, out_dir, **kwargs) -> dict``). Models expose
 ``encode(x)`` (and ``decode(z)`` where a latent alone can be decoded); inputs are the images
 as floats in [0, 1], as the reconstruct task feeds them.
 """
@@ -22,6 +22,7 @@ from hpclab.analysis import ANALYSES
 from hpclab.analysis.figures import plt, save_figure
 from hpclab.analysis.report import run_records, to_csv, to_markdown, write_table
 from hpclab.data.transforms import to_float
+from hpclab.engine.evaluation import TrainedRun
 from hpclab.utils import atomic_write_text, write_json
 
 log = logging.getLogger("hpclab")
@@ -29,8 +30,8 @@ log = logging.getLogger("hpclab")
 
 # --------------------------------------------------------------------------- helpers
 
-def _model(trainer: Any, name: str = "model") -> nn.Module:
-    return trainer.unwrap(name)
+def _model(run: TrainedRun, name: str = "model") -> nn.Module:
+    return run.unwrap(name)
 
 
 def _require(model: nn.Module, method: str, analysis: str) -> None:
@@ -40,20 +41,20 @@ def _require(model: nn.Module, method: str, analysis: str) -> None:
 
 
 @torch.no_grad()
-def encode_split(trainer: Any, split: str, limit: Optional[int] = None, seed: int = 0,
+def encode_split(run: TrainedRun, split: str, limit: Optional[int] = None, seed: int = 0,
                  keep_images: bool = False) -> dict[str, np.ndarray]:
     """Codes (N x D float32) and labels of a split, optionally a seeded random subset of
     ``limit`` items (file order may be sorted by class) and the flattened images."""
-    model = _model(trainer)
+    model = _model(run)
     _require(model, "encode", "encode_split")
-    n = trainer.data.batches(split, train=False).num_items
+    n = run.data.batches(split, train=False).num_items
     wanted = None
     if limit is not None and limit < n:
         wanted = np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
     codes, labels, images = [], [], []
     offset = 0
-    with trainer.evaluating():
-        for batch in trainer.data.batches(split, train=False).epoch(0):
+    with run.evaluating():
+        for batch in run.data.batches(split, train=False).epoch(0):
             size = len(batch["images"])
             if wanted is not None:
                 local = wanted[(wanted >= offset) & (wanted < offset + size)] - offset
@@ -83,14 +84,14 @@ def _class_colours(ax: Any, points: np.ndarray, labels: np.ndarray, names: Seque
     ax.legend(markerscale=max(1.0, 12 / size), fontsize=7, loc="best", framealpha=0.7)
 
 
-def _to_tensorboard(trainer: Any, tag: str, images: torch.Tensor, nrow: int) -> None:
+def _to_tensorboard(run: TrainedRun, tag: str, images: torch.Tensor, nrow: int) -> None:
     """An image grid (N x C x H x W in [0, 1]) into the run's TensorBoard log."""
     import torchvision
 
-    writer = trainer.writer
+    writer = run.writer
     if writer is not None:
         grid = torchvision.utils.make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, pad_value=1.0)
-        writer.add_image(tag, grid, trainer.step_count)
+        writer.add_image(tag, grid, run.step)
         writer.flush()
 
 
@@ -152,13 +153,13 @@ def format_layer_table(rows: list[list[Any]], total: int, trainable: int, title:
 
 
 @ANALYSES.register("layer_summary")
-def layer_summary(trainer: Any, out_dir: Path, model: str = "model", split: str = "test") -> dict[str, Any]:
+def layer_summary(run: TrainedRun, out_dir: Path, model: str = "model", split: str = "test") -> dict[str, Any]:
     """Every layer's output shape and the trainable parameter count, printed and saved
     (``layer_summary.txt`` / ``.json``), like Keras' ``model.summary()``."""
-    net = _model(trainer, model)
-    batch = next(trainer.data.batches(split if trainer.data.has(split) else "train", train=False).epoch(0))
+    net = _model(run, model)
+    batch = next(run.data.batches(split if run.data.has(split) else "train", train=False).epoch(0))
     rows, total, trainable = leaf_layer_rows(net, to_float(batch["images"][:2]))
-    text = format_layer_table(rows, total, trainable, f"{type(net).__name__} ({trainer.cfg.run_name})")
+    text = format_layer_table(rows, total, trainable, f"{type(net).__name__} ({run.cfg.run_name})")
     print(text, flush=True)
     log.info("layer summary of %s: %d trainable parameters", type(net).__name__, trainable)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -184,12 +185,12 @@ def _embed(codes: np.ndarray, method: str, seed: int) -> np.ndarray:
 
 
 @ANALYSES.register("latent_scatter")
-def latent_scatter(trainer: Any, out_dir: Path, split: str = "train", max_points: Optional[int] = None,
+def latent_scatter(run: TrainedRun, out_dir: Path, split: str = "train", max_points: Optional[int] = None,
                    methods: Sequence[str] = ("tsne", "umap"), embed_points: int = 3000) -> dict[str, Any]:
     """Latents coloured by class: plotted directly when 2-d (or 3-d, as a 3-d scatter of
     the whole split by default); larger latents through t-SNE and UMAP on ``embed_points``."""
-    enc = encode_split(trainer, split, limit=max_points, seed=trainer.cfg.seed)
-    codes, labels, names = enc["codes"], enc["labels"], trainer.data.info.class_names
+    enc = encode_split(run, split, limit=max_points, seed=run.cfg.seed)
+    codes, labels, names = enc["codes"], enc["labels"], run.data.info.class_names
     dim = codes.shape[1]
     figures = []
     if dim <= 3:
@@ -206,11 +207,11 @@ def latent_scatter(trainer: Any, out_dir: Path, split: str = "train", max_points
         ax.set_title(f"{dim}-d latents of {len(codes):,} {split} images")
         figures.append(save_figure(fig, out_dir / f"latent_{dim}d.png"))
     else:
-        rng = np.random.default_rng(trainer.cfg.seed)
+        rng = np.random.default_rng(run.cfg.seed)
         pick = rng.choice(len(codes), min(embed_points, len(codes)), replace=False)
         for method in methods:
             started = time.perf_counter()
-            xy = _embed(codes[pick], method, trainer.cfg.seed)
+            xy = _embed(codes[pick], method, run.cfg.seed)
             fig, ax = plt.subplots(figsize=(7, 6))
             _class_colours(ax, xy, labels[pick], names, size=4)
             label = {"tsne": "t-SNE", "umap": "UMAP"}[method]
@@ -224,13 +225,13 @@ def latent_scatter(trainer: Any, out_dir: Path, split: str = "train", max_points
 
 @ANALYSES.register("latent_grid")
 @torch.no_grad()
-def latent_grid(trainer: Any, out_dir: Path, steps: int = 12, split: str = "train") -> dict[str, Any]:
+def latent_grid(run: TrainedRun, out_dir: Path, steps: int = 12, split: str = "train") -> dict[str, Any]:
     """A ``steps``^3 grid spanning the latents' range (min to max per dimension over the
     split), decoded: one figure per value of z3 with z1 down the rows and z2 across (12
     figures of 12 x 12 images by default). Dimensions past the third stay at their mean."""
-    model = _model(trainer)
+    model = _model(run)
     _require(model, "decode", "latent_grid")
-    codes = encode_split(trainer, split)["codes"]
+    codes = encode_split(run, split)["codes"]
     dim = codes.shape[1]
     lo, hi, mean = codes.min(0), codes.max(0), codes.mean(0)
     axes = [np.linspace(lo[d], hi[d], steps) for d in range(min(dim, 3))]
@@ -238,7 +239,7 @@ def latent_grid(trainer: Any, out_dir: Path, steps: int = 12, split: str = "trai
     rows = axes[0]
     cols = axes[1] if dim >= 2 else np.zeros(1)
     figures = []
-    with trainer.evaluating():
+    with run.evaluating():
         for k, z3 in enumerate(pages):
             z = np.tile(mean, (len(rows) * len(cols), 1)).astype(np.float32)
             z[:, 0] = np.repeat(rows, len(cols))
@@ -246,10 +247,10 @@ def latent_grid(trainer: Any, out_dir: Path, steps: int = 12, split: str = "trai
                 z[:, 1] = np.tile(cols, len(rows))
             if z3 is not None:
                 z[:, 2] = z3
-            images = model.decode(torch.from_numpy(z).to(trainer.device)).float().clamp(0, 1).cpu()
+            images = model.decode(torch.from_numpy(z).to(run.device)).float().clamp(0, 1).cpu()
             title = f"z3 = {z3:.3g}" if z3 is not None else "decoded latent grid"
             figures.append(_grid_figure(images, len(cols), rows, cols, title, out_dir / f"latent_grid_{k:02d}.png"))
-            _to_tensorboard(trainer, f"latent_grid/{k:02d}", images, nrow=len(cols))
+            _to_tensorboard(run, f"latent_grid/{k:02d}", images, nrow=len(cols))
     return {"figures": len(figures), "range": [[float(a), float(b)] for a, b in zip(lo, hi)],
             "files": [str(f) for f in figures]}
 
@@ -297,12 +298,12 @@ def _columns_figure(rows: dict[str, torch.Tensor], titles: Sequence[str], path: 
 
 @ANALYSES.register("class_reconstructions")
 @torch.no_grad()
-def class_reconstructions(trainer: Any, out_dir: Path, split: str = "test") -> dict[str, Any]:
+def class_reconstructions(run: TrainedRun, out_dir: Path, split: str = "test") -> dict[str, Any]:
     """The first test image of every class next to its reconstruction (the task's rows:
     noisy input when denoising, output, target), with each image's MSE."""
-    names = trainer.data.info.class_names
+    names = run.data.info.class_names
     found: dict[int, dict[str, torch.Tensor]] = {}
-    for batch in trainer.data.batches(split, train=False).epoch(0):
+    for batch in run.data.batches(split, train=False).epoch(0):
         for c in range(len(names)):
             if c not in found:
                 hits = (batch["labels"] == c).nonzero()
@@ -312,46 +313,46 @@ def class_reconstructions(trainer: Any, out_dir: Path, split: str = "test") -> d
             break
     classes = sorted(found)
     batch = {k: torch.cat([found[c][k] for c in classes]) for k in found[classes[0]]}
-    with trainer.evaluating():
-        shown = trainer.task.images(trainer.models, batch, trainer.eval_generator())
+    with run.evaluating():
+        shown = run.task.images(run.models, batch, run.eval_generator())
     labels = {"target": f"{split} image", "input": "noisy input", "output": "reconstruction"}
     rows = {labels[k]: shown[k] for k in ("target", "input", "output") if k in shown}
     mse = (shown["output"].float() - shown["target"].float()).pow(2).flatten(1).mean(1).cpu().tolist()
     titles = [f"{names[c]}\n{m:.4f}" for c, m in zip(classes, mse)]
     path = _columns_figure(rows, titles, out_dir / f"class_reconstructions_{split}.png",
                            f"one {split} image per class next to its reconstruction (MSE)")
-    _to_tensorboard(trainer, "class_reconstructions", torch.cat(list(rows.values())), nrow=len(classes))
+    _to_tensorboard(run, "class_reconstructions", torch.cat(list(rows.values())), nrow=len(classes))
     return {"figure": str(path), "mse": {names[c]: round(m, 6) for c, m in zip(classes, mse)}}
 
 
 @ANALYSES.register("inputs_over_encodings")
 @torch.no_grad()
-def inputs_over_encodings(trainer: Any, out_dir: Path, count: int = 10, split: str = "test") -> dict[str, Any]:
+def inputs_over_encodings(run: TrainedRun, out_dir: Path, count: int = 10, split: str = "test") -> dict[str, Any]:
     """Test inputs above their encodings (the code vector drawn as a small image) and the
     decoded reconstructions: what the dense AE's bottleneck keeps."""
-    model = _model(trainer)
+    model = _model(run)
     _require(model, "encode", "inputs_over_encodings")
-    batch = next(trainer.data.batches(split, train=False).epoch(0))
+    batch = next(run.data.batches(split, train=False).epoch(0))
     x = to_float(batch["images"][:count])
-    with trainer.evaluating():
+    with run.evaluating():
         codes = model.encode(x).flatten(1).float()
         out = model(x).float().clamp(0, 1)
     dim = codes.shape[1]
     h = max(d for d in range(1, int(math.isqrt(dim)) + 1) if dim % d == 0)
     span = (codes.max() - codes.min()).clamp_min(1e-8)
     encoding = ((codes - codes.min()) / span).view(-1, 1, h, dim // h)
-    names = trainer.data.info.class_names
+    names = run.data.info.class_names
     titles = [names[int(y)] if int(y) < len(names) else str(int(y)) for y in batch["labels"][:count]]
     rows = {"input": x, "encoding": encoding, "output": out}
     path = _columns_figure(rows, titles, out_dir / "inputs_over_encodings.png", f"inputs over their {dim}-d encodings")
-    _to_tensorboard(trainer, "inputs_over_encodings", torch.cat([x, out]), nrow=len(x))
+    _to_tensorboard(run, "inputs_over_encodings", torch.cat([x, out]), nrow=len(x))
     return {"figure": str(path), "dim": dim}
 
 
 # --------------------------------------------------------------------------- classifiers on codes
 
 @ANALYSES.register("svm_codes")
-def svm_codes(trainer: Any, out_dir: Path, max_train: int = 10000, max_test: Optional[int] = None,
+def svm_codes(run: TrainedRun, out_dir: Path, max_train: int = 10000, max_test: Optional[int] = None,
               kernel: str = "rbf", C: float = 1.0) -> dict[str, Any]:
     """scikit-learn SVC (standardised features) trained on the encodings vs on the raw
     pixels of the same images; test accuracy of both in ``svm_codes.md``/``.csv``."""
@@ -359,8 +360,8 @@ def svm_codes(trainer: Any, out_dir: Path, max_train: int = 10000, max_test: Opt
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    train = encode_split(trainer, "train", limit=max_train, seed=trainer.cfg.seed, keep_images=True)
-    test = encode_split(trainer, "test", limit=max_test, seed=trainer.cfg.seed + 1, keep_images=True)
+    train = encode_split(run, "train", limit=max_train, seed=run.cfg.seed, keep_images=True)
+    test = encode_split(run, "test", limit=max_test, seed=run.cfg.seed + 1, keep_images=True)
     results, rows = {}, []
     for key, label in (("codes", "encodings"), ("images", "raw pixels")):
         started = time.perf_counter()
@@ -413,23 +414,23 @@ def train_probe(train: tuple[torch.Tensor, torch.Tensor], evals: dict[str, tuple
 
 
 @ANALYSES.register("latent_probe")
-def latent_probe(trainer: Any, out_dir: Path, epochs: int = 20, lr: float = 1e-3, batch_size: int = 256,
+def latent_probe(run: TrainedRun, out_dir: Path, epochs: int = 20, lr: float = 1e-3, batch_size: int = 256,
                  mlp_hidden: Sequence[int] = (256, 256), max_train: Optional[int] = None) -> dict[str, Any]:
     """Classification of AE representations: extract latents with the trained encoder, then
     train a single linear layer and an MLP on them; report test (and val) accuracy of both.
     Also rebuilds ``<group>/latent_probe.md``: one row per run, i.e. per latent size in a sweep."""
-    sets = {s: encode_split(trainer, s, limit=max_train if s == "train" else None, seed=trainer.cfg.seed)
-            for s in ("train", "val", "test") if trainer.data.has(s)}
+    sets = {s: encode_split(run, s, limit=max_train if s == "train" else None, seed=run.cfg.seed)
+            for s in ("train", "val", "test") if run.data.has(s)}
     z_train = torch.from_numpy(sets["train"]["codes"])
     mean, std = z_train.mean(0), z_train.std(0).clamp_min(1e-6)
     tensors = {s: ((torch.from_numpy(v["codes"]) - mean) / std, torch.from_numpy(v["labels"])) for s, v in sets.items()}
     evals = {s: t for s, t in tensors.items() if s != "train"}
-    classes = trainer.data.info.num_classes
+    classes = run.data.info.num_classes
     dim = z_train.shape[1]
     record: dict[str, Any] = {"latent_dim": dim, "train_images": len(z_train)}
     for probe_name, hidden in (("linear", ()), ("mlp", tuple(mlp_hidden))):
         started = time.perf_counter()
-        accs = train_probe(tensors["train"], evals, classes, hidden, epochs, lr, batch_size, trainer.cfg.seed)
+        accs = train_probe(tensors["train"], evals, classes, hidden, epochs, lr, batch_size, run.cfg.seed)
         record.update({f"{probe_name}_{s}_acc": a for s, a in accs.items()})
         log.info("%s probe on %d-d latents: %s (%.1f s)", probe_name, dim,
                  " ".join(f"{s}={a:.4f}" for s, a in accs.items()), time.perf_counter() - started)
@@ -440,6 +441,6 @@ def latent_probe(trainer: Any, out_dir: Path, epochs: int = 20, lr: float = 1e-3
     rows = [["linear", dim, round(record[f"linear_{split}_acc"], 4)],
             [f"MLP {list(mlp_hidden)}", dim, round(record[f"mlp_{split}_acc"], 4)]]
     table = write_table(header, rows, out_dir / "latent_probe", f"probes on {dim}-d latents", figure=False)
-    group = write_group_table(Path(trainer.run_dir).parent, "latent_probe",
+    group = write_group_table(Path(run.run_dir).parent, "latent_probe",
                               ["latent_dim", f"linear_{split}_acc", f"mlp_{split}_acc", "train_images"], sort_by="latent_dim")
     return {**record, **table, "group_table": str(group) if group else None}

@@ -166,7 +166,7 @@ def _length(path: Path, split: str) -> int:
         return len(f[split]["images"])
 
 
-class Data:
+class RunData:
     """The prepared dataset of a run: metadata plus a batch iterator per split."""
 
     def __init__(self, cfg: DictConfig, device: torch.device, rank: int = 0, world: int = 1) -> None:

@@ -1,52 +1,40 @@
 """Run one analysis again on a finished (or interrupted) run, with new arguments: e.g. the
 favourites you chose after looking at ``candidates.png``, or FID once its weights are staged.
 
-The run's own config rebuilds the trainer; the newest checkpoint is loaded, then the best
-weights when the run kept any (as after training). The result is merged into ``summary.json``.
+The run's own config rebuilds its data, task and models (no optimizers); the newest checkpoint
+is loaded, then the best weights when the run kept any (as after training). The result is
+merged into ``summary.json``.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
+from hpclab.analysis import ANALYSES
 from hpclab.config import ConfigError, load_run_config
+from hpclab.engine import TrainedRun, load_trained
+from hpclab.launch.job import setup_logging
 from hpclab.utils import read_json, write_json
-
-if TYPE_CHECKING:
-    from hpclab.engine import Trainer
 
 
 @contextmanager
-def trained(run_dir: Path | str) -> Iterator["Trainer"]:
-    """The trainer of a run folder with its weights as after training: the newest readable
-    checkpoint (step, best-so-far), then the best weights when the run kept any."""
-    from hpclab.engine import Trainer
-    from hpclab.launch.job import setup_logging
-
-    run_dir = Path(run_dir)
+def trained(run_dir: Path | str) -> Iterator[TrainedRun]:
+    """The run in ``run_dir`` with its weights as after training (see :func:`load_trained`)."""
     cfg = load_run_config(run_dir)  # a missing or damaged config: one line
     setup_logging()
-    trainer = Trainer(cfg, run_dir)
-    try:
-        resumed = trainer.resume()
-        if not trainer.load_best() and not resumed:
-            raise ConfigError(f"{run_dir} has no trained weights (no readable checkpoint); train it first")
-        yield trainer
-    finally:
-        trainer.close()
+    with load_trained(cfg, run_dir) as run:
+        yield run
 
 
 def analyze_run(run_dir: Path | str, name: str, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-    from hpclab.analysis import ANALYSES
-
     run_dir = Path(run_dir)
     if name not in ANALYSES:
         raise ConfigError(f"unknown analysis '{name}' (known: {', '.join(sorted(ANALYSES))})")
-    with trained(run_dir) as trainer:
+    with trained(run_dir) as run:
         try:
-            result = ANALYSES[name](trainer, run_dir / "figures", **(kwargs or {}))
+            result = ANALYSES[name](run, run_dir / "figures", **(kwargs or {}))
         except (TypeError, ValueError) as exc:  # bad argument names or values
             raise ConfigError(f"analysis {name}: {str(exc).splitlines()[0]}") from None
     summary_path = run_dir / "summary.json"

@@ -112,7 +112,7 @@ def train_run(cfg: DictConfig, folder_ready: bool = False) -> dict[str, Any]:
 
 
 def _check_and_train(cfg: DictConfig, run_dir: Path, rank: int, folder_ready: bool) -> dict[str, Any]:
-    from hpclab.checkpointing import clean_temporaries
+    from hpclab.engine.checkpoints import clean_temporaries
     from hpclab.launch.sweep import config_diff
 
     old = read_run_config(run_dir)
@@ -149,27 +149,27 @@ def _train(cfg: DictConfig, run_dir: Path, rank: int) -> dict[str, Any]:
         try:
             result = trainer.fit()
             analyses: dict[str, Any] = {}
-            if trainer.is_main:
+            if trainer.parts.is_main:
                 for item in cfg.analysis:  # "name" or {name: ..., **kwargs}
                     kwargs = {"name": item} if isinstance(item, str) else OmegaConf.to_container(item, resolve=True)
                     name = kwargs.pop("name")
                     log.info("analysis %s", name)
-                    analyses[name] = ANALYSES[name](trainer, run_dir / "figures", **kwargs)
+                    analyses[name] = ANALYSES[name](trainer.run, run_dir / "figures", **kwargs)
         finally:
             if rank == 0:  # also when stopped by a signal or an error: the time was spent
-                attempts = end_attempt(run_dir, attempts, trainer.step_count)
+                attempts = end_attempt(run_dir, attempts, trainer.state.step)
         summary = {
             "status": "completed",
             "run": cfg.run_name,
             "group": cfg.run_group,
             "experiment": cfg.experiment,
-            "parameters": {n: sum(p.numel() for p in trainer.unwrap(n).parameters()) for n in trainer.models},
+            "parameters": {n: sum(p.numel() for p in trainer.parts.unwrap(n).parameters()) for n in trainer.parts.models},
             "wall_time_s": round(sum(a.get("wall_time_s", 0) for a in attempts), 2),
             "attempts": len(attempts),
             **result,
             "analyses": analyses,
         }
-        if trainer.is_main:
+        if trainer.parts.is_main:
             write_json(run_dir / "summary.json", summary)
         return summary
     finally:

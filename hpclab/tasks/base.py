@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
     from hpclab.data.loader import DataInfo
-    from hpclab.engine import Trainer
+    from hpclab.engine.steps import Stepper
 
 Metrics = dict[str, torch.Tensor]
 
@@ -42,10 +42,11 @@ class Task:
         model, with ``train.optimizer``. A model left out gets no optimizer (it stays fixed)."""
         return {name: optimizer for name in models}
 
-    def train_step(self, trainer: "Trainer", batch: Metrics) -> Metrics:
-        with trainer.autocast():
-            loss, metrics = self.loss(trainer.models, batch, train=True)
-        trainer.step(loss, "model")
+    def train_step(self, stepper: "Stepper", batch: Metrics) -> Metrics:
+        """One optimisation step on ``batch`` through the engine's ``stepper``; metric sums."""
+        with stepper.autocast():
+            loss, metrics = self.loss(stepper.models, batch, train=True)
+        stepper.step(loss, "model")
         return metrics
 
     @torch.no_grad()

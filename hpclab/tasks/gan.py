@@ -24,7 +24,7 @@ from hpclab.tasks.base import Metrics, Task, batch_count
 
 if TYPE_CHECKING:
     from hpclab.data.loader import DataInfo
-    from hpclab.engine import Trainer
+    from hpclab.engine.steps import Stepper
 
 
 def bce(prob: torch.Tensor, real: bool) -> torch.Tensor:
@@ -119,23 +119,23 @@ class GAN(Task):
         return self._fixed[:n].to(device)
 
     # ---- training
-    def train_step(self, trainer: "Trainer", batch: Metrics) -> Metrics:
-        G, D = trainer.models["generator"], trainer.models["discriminator"]
+    def train_step(self, stepper: "Stepper", batch: Metrics) -> Metrics:
+        G, D = stepper.models["generator"], stepper.models["discriminator"]
         real = to_signed(batch["images"])
-        if trainer.cfg.train.channels_last:
+        if stepper.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
         n = real.shape[0]
         # Discriminator: real -> 1, generated -> 0 (separate real and fake batches, as in DCGAN).
-        with trainer.autocast():
+        with stepper.autocast():
             fake = G(self.latents(n, real.device))
             d_real, d_fake = D(real), D(fake.detach())
         d_loss = bce(d_real, True) + bce(d_fake, False)
-        trainer.step(d_loss, "discriminator")
+        stepper.step(d_loss, "discriminator")
         # Generator: fool the updated discriminator (non-saturating loss).
-        with trainer.autocast(), frozen(D):
+        with stepper.autocast(), frozen(D):
             d_gen = D(fake)
         g_loss = bce(d_gen, True)
-        trainer.step(g_loss, "generator")
+        stepper.step(g_loss, "generator")
         count = batch_count(n, real)
         return {"d_loss": d_loss.detach() * count, "g_loss": g_loss.detach() * count,
                 "d_real": d_real.detach().float().sum(), "d_fake": d_fake.detach().float().sum(), "count": count}

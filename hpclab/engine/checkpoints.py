@@ -1,0 +1,336 @@
+"""Step checkpoints of a run: where they are, what a complete one holds, RNG state, and the
+:class:`Checkpointer` that saves, rotates, validates and resumes them (and the best weights).
+
+Restarting is the same code path as starting: training always looks for the newest good
+checkpoint first. A checkpoint is one file ``checkpoints/step<N>.pt`` written atomically (temp file, rename) and
+read with ``weights_only=True``. Before anything of it is loaded into live objects it is
+checked completely against them (:func:`state_problems`): every key, every model tensor's
+shape and dtype, every optimizer's groups and per-parameter state shapes, every scheduler. A
+file that fails is set aside as ``*.pt.unusable`` (kept for inspection, never picked again),
+so a run resumes from an older good checkpoint or starts fresh, never from a mix.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from hpclab.engine.build import RunParts
+from hpclab.errors import CheckpointWriteError
+from hpclab.utils import atomic_path, one_line
+
+log = logging.getLogger("hpclab")
+
+CKPT_PATTERN = re.compile(r"step(\d+)\.pt$")
+STATE_KEYS = ("step", "models", "optimizers", "schedulers", "scaler", "rng", "best", "stopped")
+RNG_KEYS = ("python", "numpy", "torch", "cuda")
+
+
+def checkpoints(directory: Path) -> list[Path]:
+    """Step checkpoints of a run, newest first."""
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := CKPT_PATTERN.search(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def step_path(directory: Path, step: int) -> Path:
+    return directory / f"step{step:09d}.pt"
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an unusable checkpoint so that no later resume picks it again."""
+    aside = path.with_name(f"{path.name}.unusable-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        path.rename(aside)
+    except OSError:  # a read-only results folder (someone else's run, analysed): leave it
+        return path
+    return aside
+
+
+def clean_temporaries(run_dir: Path) -> list[Path]:
+    """Remove temp files a kill left behind mid-write (``.<name>.<random>.tmp`` from
+    :func:`hpclab.utils.atomic_path`). Only the run's owner calls this (it holds the run lock),
+    so no live writer's file is removed."""
+    removed = []
+    for tmp in run_dir.rglob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+# --------------------------------------------------------------------------- validation
+
+def state_problems(state: Any, models: Mapping[str, nn.Module],
+                   optimizers: Optional[Mapping[str, torch.optim.Optimizer]],
+                   schedulers: Optional[Mapping[str, Any]], scaler: Any = None) -> list[str]:
+    """Everything that keeps ``state`` from being loaded whole into these live objects; [] when
+    it can be. Checked before anything is loaded, so a bad file changes nothing. Optimizers and
+    schedulers of None are not checked (loading the weights alone, for an analysis)."""
+    if not isinstance(state, dict):
+        return [f"holds a {type(state).__name__}, not a checkpoint"]
+    missing = [k for k in STATE_KEYS if k not in state]
+    if missing:
+        return [f"no {', '.join(missing)}"]
+    problems = []
+    for section, live in (("models", models), ("optimizers", optimizers), ("schedulers", schedulers)):
+        if live is None:
+            continue
+        saved = state[section]
+        if not isinstance(saved, dict) or set(saved) != set(live):
+            names = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
+            problems.append(f"{section} {names} where the run has {sorted(live)}")
+    if problems:
+        return problems
+    for name, model in models.items():
+        problems += [f"model {name}: {p}" for p in _tensor_dict_problems(state["models"][name], model.state_dict())]
+    for name, opt in (optimizers or {}).items():
+        problems += [f"optimizer {name}: {p}" for p in _optimizer_problems(state["optimizers"][name], opt)]
+    for name, sched in (schedulers or {}).items():
+        saved, live = state["schedulers"][name], sched.state_dict()
+        if not isinstance(saved, dict) or set(saved) != set(live):
+            problems.append(f"scheduler {name}: keys differ from a {type(sched).__name__}'s")
+    if scaler is not None and not isinstance(state["scaler"], dict):
+        problems.append("no loss-scaler state for a run that uses one (fp16)")
+    rng = state["rng"]
+    if not isinstance(rng, dict) or any(k not in rng for k in RNG_KEYS) or not isinstance(rng["torch"], torch.Tensor):
+        problems.append("incomplete RNG state")
+    if not isinstance(state["step"], int) or state["step"] < 0:
+        problems.append(f"step {state['step']!r} is not a step count")
+    if not isinstance(state["best"], dict) or not {"value", "step"} <= set(state["best"]):
+        problems.append("no best-so-far record")
+    if state["stopped"] is not None and not isinstance(state["stopped"], str):
+        problems.append("early-stop record of the wrong type")
+    running = state.get("running", {})
+    if not isinstance(running, dict) or not all(isinstance(v, torch.Tensor) for v in running.values()):
+        problems.append("metric sums since the last log line are not tensors")
+    return problems
+
+
+def _tensor_dict_problems(saved: Any, live: Mapping[str, torch.Tensor]) -> list[str]:
+    if not isinstance(saved, dict):
+        return [f"weights are a {type(saved).__name__}"]
+    problems = []
+    missing, extra = sorted(set(live) - set(saved)), sorted(set(saved) - set(live))
+    if missing:
+        problems.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    if extra:
+        problems.append(f"unexpected {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}")
+    for key in sorted(set(live) & set(saved)):
+        a, b = saved[key], live[key]
+        if not isinstance(a, torch.Tensor):
+            problems.append(f"{key} is not a tensor")
+        elif a.shape != b.shape or a.dtype != b.dtype:
+            problems.append(f"{key} is {a.dtype} {tuple(a.shape)}, the model has {b.dtype} {tuple(b.shape)}")
+    return problems
+
+
+def _optimizer_problems(saved: Any, opt: torch.optim.Optimizer) -> list[str]:
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict) or not isinstance(saved.get("param_groups"), list):
+        return ["not an optimizer state"]
+    groups = opt.param_groups
+    if len(saved["param_groups"]) != len(groups):
+        return [f"{len(saved['param_groups'])} parameter groups, the optimizer has {len(groups)}"]
+    for i, (a, b) in enumerate(zip(saved["param_groups"], groups)):
+        if not isinstance(a, dict) or len(a.get("params", ())) != len(b["params"]):
+            return [f"parameter group {i} has another number of parameters"]
+    params = [p for g in groups for p in g["params"]]
+    problems = []
+    for index, entry in saved["state"].items():
+        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(entry, dict):
+            problems.append(f"state for parameter {index!r} the optimizer does not have")
+            continue
+        for key, value in entry.items():  # moments have the parameter's shape; counters are scalars
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != params[index].shape:
+                problems.append(f"{key} of parameter {index} is {tuple(value.shape)}, "
+                                f"the parameter {tuple(params[index].shape)}")
+    return problems
+
+
+# --------------------------------------------------------------------------- RNG state
+
+def capture_rng() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(_tuplify(state["python"]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np_state[1].numpy(), *np_state[2:]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuplify(x: Any) -> Any:
+    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+# --------------------------------------------------------------------------- a run's checkpoints
+
+@dataclass
+class RunState:
+    """Where training stands: what a checkpoint restores besides weights and optimizers."""
+
+    step: int = 0
+    best: dict[str, Any] = field(default_factory=lambda: {"value": None, "step": None})
+    stopped: Optional[str] = None  # why training stopped early, once it has
+    running: dict[str, torch.Tensor] = field(default_factory=dict)  # metric sums since the last log line
+
+
+class Checkpointer:
+    """Save, rotate, validate and resume one run's step checkpoints, and keep its best weights.
+
+    Data-parallel ranks act together: rank 0 writes, every rank loads, and a checkpoint is
+    used only when it loads on every rank.
+    """
+
+    def __init__(self, ckpt_dir: Path, parts: RunParts, state: RunState, keep: int) -> None:
+        self.dir, self.parts, self.state, self.keep = ckpt_dir, parts, state, keep
+
+    def _live(self, training: bool = True) -> dict[str, dict[str, Any]]:
+        """The objects a checkpoint restores, by section (only the models when not training)."""
+        p = self.parts
+        models = {n: p.accelerator.unwrap_model(m) for n, m in p.models.items()}
+        return {"models": models, "optimizers": p.optimizers if training else {},
+                "schedulers": p.schedulers if training else {}}
+
+    def state_dict(self) -> dict[str, Any]:
+        scaler = self.parts.accelerator.scaler
+        return {
+            "step": self.state.step,
+            **{section: {n: o.state_dict() for n, o in objects.items()} for section, objects in self._live().items()},
+            "scaler": scaler.state_dict() if scaler else None,
+            "rng": capture_rng(),
+            "best": dict(self.state.best),
+            "stopped": self.state.stopped,
+            # a stop between two log lines must not lose the sums the next line averages
+            "running": {k: v.detach().cpu() for k, v in self.state.running.items()},
+        }
+
+    def save(self) -> None:
+        """Write ``step<N>.pt`` atomically (rank 0) and keep the newest ``keep`` of them; a full
+        or read-only disk stops the run with one line, the last good checkpoint kept."""
+        accelerator = self.parts.accelerator
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            path = step_path(self.dir, self.state.step)
+            try:
+                with atomic_path(path) as tmp:
+                    torch.save(self.state_dict(), tmp)
+            except (OSError, RuntimeError) as exc:  # torch reports a full disk as a RuntimeError
+                kept = checkpoints(self.dir)
+                raise CheckpointWriteError(
+                    f"could not write {path} ({one_line(exc)}); disk full or not writable? "
+                    f"{'the newest good checkpoint ' + kept[0].name + ' is kept' if kept else 'no checkpoint was kept'}"
+                    f": free space and run the same command to resume") from None
+            for old in checkpoints(self.dir)[self.keep:]:
+                old.unlink(missing_ok=True)
+        accelerator.wait_for_everyone()
+
+    def best_files(self) -> dict[str, Path]:
+        return {n: self.dir / f"best_{n}.safetensors" for n in self.parts.models}
+
+    def save_best(self) -> None:
+        """The current weights of every model as the run's best (rank 0, safetensors)."""
+        if not self.parts.is_main:
+            return
+        from safetensors.torch import save_file
+
+        for name, path in self.best_files().items():
+            state = {k: v.contiguous() for k, v in self.parts.unwrap(name).state_dict().items()}
+            with atomic_path(path) as tmp:
+                save_file(state, str(tmp), metadata={"step": str(self.state.step)})
+
+    def load_best(self) -> bool:
+        """Load the best weights into the models; False when the run kept none."""
+        from safetensors.torch import load_file
+
+        files = self.best_files()
+        if not all(f.is_file() for f in files.values()):
+            return False
+        device = self.parts.device
+        where = "cpu" if device.type == "cpu" else str(device)  # safetensors rejects "cpu:0"
+        for name, path in files.items():
+            self.parts.unwrap(name).load_state_dict(load_file(str(path), device=where))
+        return True
+
+    @staticmethod
+    def _load(saved: dict[str, Any], live: dict[str, dict[str, Any]], scaler: Any) -> None:
+        for section, objects in live.items():
+            for name, obj in objects.items():
+                obj.load_state_dict(saved[section][name])
+        if saved.get("scaler") is not None and scaler is not None:
+            scaler.load_state_dict(saved["scaler"])
+
+    def resume(self, training: bool = True) -> bool:
+        """Load the newest usable checkpoint whole; False when there is none.
+
+        Each candidate is read with ``weights_only=True`` and checked completely against the
+        live objects before anything is loaded (and, should loading still fail, the state
+        before it is put back), so the run continues either from one checkpoint exactly or
+        from its fresh initialisation, never from a mix. A file that fails is renamed
+        ``*.unusable-<time>`` and the next older one is tried. ``training=False`` (analyses of
+        a finished run) restores the models, step and RNG without optimizers and schedules.
+        """
+        live = self._live(training)
+        scaler = self.parts.accelerator.scaler if training else None
+        fresh = None  # the state before any load, to go back to when a load fails half-way
+        tried = False
+        for path in checkpoints(self.dir):
+            tried = True
+            try:
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+                problems = state_problems(saved, live["models"], live["optimizers"] if training else None,
+                                          live["schedulers"] if training else None, scaler)
+            except Exception as exc:  # truncated zip, bad pickle opcode, refused global
+                problems = [one_line(exc)]
+            if self._everyone(not problems):  # all ranks resume from the same state, or none does
+                if fresh is None:
+                    fresh = copy.deepcopy({section: {n: o.state_dict() for n, o in objects.items()}
+                                           for section, objects in live.items()})
+                try:
+                    self._load(saved, live, scaler)
+                except Exception as exc:
+                    problems = [f"loading failed: {one_line(exc)}"]
+                if self._everyone(not problems):
+                    restore_rng(saved["rng"])
+                    self.state.step = int(saved["step"])
+                    self.state.best = dict(saved["best"])
+                    self.state.stopped = saved["stopped"]
+                    self.state.running = {k: v.to(self.parts.device) for k, v in saved.get("running", {}).items()}
+                    log.info("resumed from %s at step %d", path, self.state.step)
+                    return True
+                self._load(fresh, live, None)
+            aside = set_aside(path) if self.parts.is_main and path.exists() else path
+            log.error("checkpoint %s is unusable (%s); set aside as %s, trying an older one",
+                      path, "; ".join(problems[:3]) or "unusable on another rank", aside.name)
+            self.parts.accelerator.wait_for_everyone()
+        if tried:
+            log.warning("no usable checkpoint in %s: starting from a fresh initialisation", self.dir)
+        return False
+
+    def _everyone(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on every rank (data parallel: one all-reduce)."""
+        if self.parts.world == 1:
+            return flag
+        value = torch.tensor([int(flag)], device=self.parts.device)
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+        return bool(value.item())
