@@ -1,4 +1,5 @@
-"""The package's dependencies point one way: each layer imports only the layers below it.
+"""The package's dependencies point one way: each layer imports only the layers below it, and
+no modules import each other in a cycle.
 
 Lowest first. A module may import its own layer and any layer listed before it, at module
 level or inside a function alike (a function-level import does not make an upward import
@@ -74,3 +75,64 @@ def test_the_check_itself_sees_function_level_imports_and_skips_type_checking_on
               "def f():\n    from hpclab.launch.slurm import requeue_job\n")
     assert hpclab_imports(ast.parse(source)) == [(5, "hpclab.launch.slurm")]
     assert layer_of("hpclab.launch.slurm") > layer_of("hpclab.engine") > layer_of("hpclab.errors")
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the hpclab modules it imports (at any level, as in the layer test); ``from
+    package import name`` counts as importing the package, or the submodule ``name`` is one."""
+    files = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in (REPO / "hpclab").rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for module, path in files.items():
+        deps = set()
+        for _, imported in hpclab_imports(ast.parse(path.read_text(), str(path))):
+            parts = imported.split(".")
+            while parts and ".".join(parts) not in files:
+                parts.pop()
+            deps.add(".".join(parts))
+        graph[module] = deps - {module}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of ``graph``: its strongly connected components of two or more modules."""
+    order: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        order[node] = low[node] = len(order)
+        stack.append(node)
+        for dep in graph.get(node, ()):
+            if dep not in order:
+                visit(dep)
+                low[node] = min(low[node], low[dep])
+            elif dep in stack:
+                low[node] = min(low[node], order[dep])
+        if low[node] == order[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in order:
+            visit(node)
+    return found
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    assert "hpclab.engine.build" in graph["hpclab.engine.trainer"]
+    assert not cycles(graph), "import cycles (each a set of modules that import each other):\n" + "\n".join(
+        " <-> ".join(c) for c in cycles(graph))
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
