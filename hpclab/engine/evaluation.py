@@ -46,31 +46,13 @@ class TrainedRun:
 
     def __init__(self, parts: RunParts, run_dir: Path, state: RunState, log: RunLog) -> None:
         self.parts, self.run_dir, self.state, self.log = parts, Path(run_dir), state, log
-
-    # ---- what the run is
-    @property
-    def cfg(self) -> DictConfig:
-        return self.parts.cfg
-
-    @property
-    def data(self) -> RunData:
-        return self.parts.data
-
-    @property
-    def task(self) -> Task:
-        return self.parts.task
-
-    @property
-    def models(self) -> dict[str, nn.Module]:
-        return self.parts.models
-
-    @property
-    def device(self) -> torch.device:
-        return self.parts.device
-
-    @property
-    def ckpt_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
+        self.cfg: DictConfig = parts.cfg
+        self.data: RunData = parts.data
+        self.task: Task = parts.task
+        self.models: dict[str, nn.Module] = parts.models
+        self.device: torch.device = parts.device
+        self.steps_per_epoch: int = parts.steps_per_epoch
+        self.ckpt_dir = self.run_dir / "checkpoints"
 
     @property
     def step(self) -> int:
@@ -79,10 +61,6 @@ class TrainedRun:
     @property
     def best(self) -> dict[str, Any]:
         return self.state.best
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.parts.steps_per_epoch
 
     @property
     def writer(self) -> Any:
