@@ -17,6 +17,7 @@ from torch import nn
 
 from hpclab.errors import ConfigError
 from hpclab.models import MODELS
+from hpclab.models.layers import mlp
 from hpclab.registry import check_kwargs
 from hpclab.weights import WeightsMissing
 
@@ -80,11 +81,7 @@ class AEClassifier(nn.Module):
             self.autoencoder.requires_grad_(False)
         with torch.no_grad():
             dim = autoencoder.encode(torch.zeros(2, in_channels, image_size, image_size)).flatten(1).shape[1]
-        layers: list[nn.Module] = []
-        for width in head_hidden:
-            layers += [nn.Linear(dim, width), nn.ReLU(inplace=True)]
-            dim = width
-        self.head = nn.Sequential(*layers, nn.Linear(dim, num_classes))
+        self.head = mlp(dim, head_hidden, num_classes)
         self.pretrained = pretrained
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from hpclab.models import MODELS
+from hpclab.models.layers import mlp
 
 
 UPSAMPLING = ("transpose", "transpose3", "bilinear")
@@ -121,21 +122,9 @@ class LinearAutoEncoder(SequentialAutoEncoder):
         super().__init__()
         self.shape = (in_channels, image_size, image_size)
         self.latent_dim = latent_dim
-        sizes = [in_channels * image_size * image_size, *hidden, latent_dim]
-        enc: list[nn.Module] = [nn.Flatten()]
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-            enc.append(nn.Linear(a, b))
-            if i < len(sizes) - 2:
-                enc.append(nn.ReLU(inplace=True))
-        enc.append(_activation(latent_activation))
-        self.encoder = nn.Sequential(*enc)
-        back = sizes[::-1]
-        dec: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(back[:-1], back[1:])):
-            dec.append(nn.Linear(a, b))
-            dec.append(nn.ReLU(inplace=True) if i < len(back) - 2 else nn.Sigmoid())
-        dec.append(nn.Unflatten(1, self.shape))
-        self.decoder = nn.Sequential(*dec)
+        pixels = in_channels * image_size * image_size
+        self.encoder = nn.Sequential(nn.Flatten(), *mlp(pixels, hidden, latent_dim), _activation(latent_activation))
+        self.decoder = nn.Sequential(*mlp(latent_dim, hidden[::-1], pixels), nn.Sigmoid(), nn.Unflatten(1, self.shape))
 
 
 

@@ -19,17 +19,13 @@ from torch import nn
 
 from hpclab.models import MODELS
 from hpclab.models.autoencoders import SequentialAutoEncoder
+from hpclab.models.layers import conv_bn, pool_flatten, pooled_features
 from hpclab.models.transfer import FeatureClassifier
 from hpclab.weights import WeightsMissing
 
 
 class PretrainedMissing(WeightsMissing):
     """The autoencoder run whose encoder a classifier needs has not produced its weights."""
-
-
-def conv_layer(c_in: int, c_out: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
-                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
 def deconv_layer(c_in: int, c_out: int, stride: int, last: bool) -> nn.Sequential:
@@ -50,7 +46,7 @@ class STLAutoEncoder(SequentialAutoEncoder):
         strides = [2] * len(channels) + ([1] if extra_conv else [])
         enc, c = [], in_channels
         for width, stride in zip(widths, strides):
-            enc.append(conv_layer(c, width, stride))
+            enc.append(conv_bn(c, width, 3, stride))
             c = width
         self.encoder = nn.Sequential(*enc)
         outs = widths[::-1][1:] + [in_channels]
@@ -92,8 +88,6 @@ class STLAEClassifier(FeatureClassifier):
                  extra_conv: bool = False, pool: str = "avg3", hidden: Sequence[int] = (256,),
                  dropout: float = 0.3) -> None:
         from safetensors.torch import load_file
-
-        from hpclab.models.classifiers import pool_flatten, pooled_features
 
         ae_kwargs: dict[str, Any] = {"channels": list(channels), "extra_conv": extra_conv}
         state = None

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpclab.models import MODELS
-from hpclab.models.classifiers import mlp_head
+from hpclab.models.layers import mlp
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,7 +35,7 @@ class FeatureClassifier(nn.Module):
                  std: Optional[Sequence[float]] = None, resize: Optional[int] = None) -> None:
         super().__init__()
         self.features = features
-        self.head = mlp_head(num_features, list(hidden), num_classes, dropout)
+        self.head = mlp(num_features, hidden, num_classes, dropout)
         self.freeze = freeze
         self.resize = resize
         if mean is not None:
