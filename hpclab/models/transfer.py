@@ -1,9 +1,9 @@
 """Transfer learning: a pretrained feature extractor plus a new MLP head, frozen or fine-tuned.
 
-``FeatureClassifier`` is shared by the ImageNet backbones here and by the STL-10 autoencoder
-encoder (``hpclab.models.stl_ae``). A frozen extractor has ``requires_grad=False`` (so the
-engine's optimizer only sees the head) and stays in eval mode, so its BatchNorm statistics
-are the pretrained ones even while the head trains.
+``FeatureClassifier`` is shared by the ImageNet backbones here and by the classifier on an
+autoencoder's encoder (``hpclab.models.ae_classifiers``). A frozen extractor has
+``requires_grad=False`` (so the engine's optimizer only sees the head) and stays in eval mode,
+so its BatchNorm statistics are the pretrained ones even while the head trains.
 
 Pretrained ImageNet weights are never downloaded here: they are read from the staged cache
 (``python jobs/prepare_data.py weights=[resnet18]``), checked against their sha256 prefix, and
@@ -53,7 +53,8 @@ class FeatureClassifier(nn.Module):
             self.features.eval()  # keep pretrained BatchNorm statistics and no dropout
         return self
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The features the head sees, flattened (what latent analyses plot and probe)."""
         if self.resize:  # no shape test: keeps the forward traceable by torch.fx
             x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False, antialias=True)
         if self.mean is not None:
@@ -64,7 +65,7 @@ class FeatureClassifier(nn.Module):
         return self.features(x).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(x))
+        return self.head(self.encode(x))
 
 
 def strip_classifier(model: nn.Module) -> int:
