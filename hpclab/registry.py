@@ -1,11 +1,12 @@
-"""Name -> class registries filled by decorators, so a new model or task is one file."""
+"""Name -> entry registries (models, tasks, analyses, dataset sources, weight files), so a new
+one is one file that registers itself, and every unknown name gets the same one-line error."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
 import pkgutil
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -14,26 +15,36 @@ from hpclab.errors import ConfigError
 T = TypeVar("T")
 
 
-class Registry(dict):
-    """A dict of named constructors; ``build`` passes only the kwargs a constructor takes."""
+class UnknownName(ConfigError, KeyError):
+    """A name that no entry of a registry has; also a KeyError, as a mapping lookup should be."""
 
-    def __init__(self, kind: str, package: str) -> None:
+    __str__ = BaseException.__str__  # KeyError's would print the message in quotes
+
+
+class Registry(dict):
+    """A dict of named entries of one ``kind``. With ``package``, the first lookup imports every
+    module of that package, so their ``register`` calls have run; ``build`` passes a constructor
+    only the kwargs it takes."""
+
+    def __init__(self, kind: str, package: Optional[str] = None) -> None:
         super().__init__()
         self.kind = kind
         self.package = package
-        self._loaded = False
+        self._loaded = package is None
+
+    def add(self, name: str, entry: T, replace: bool = False) -> T:
+        """Register ``entry`` as ``name``; a second entry of one name is a bug unless ``replace``."""
+        if not replace and dict.__contains__(self, name):  # not `in self`: that would import the package mid-import
+            raise KeyError(f"{self.kind} '{name}' registered twice")
+        dict.__setitem__(self, name, entry)
+        return entry
 
     def register(self, name: str) -> Callable[[T], T]:
-        def wrap(obj: T) -> T:
-            if dict.__contains__(self, name):  # not `in self`: that would import the package mid-import
-                raise KeyError(f"{self.kind} '{name}' registered twice")
-            self[name] = obj
-            return obj
-
-        return wrap
+        """``add`` as a decorator."""
+        return lambda entry: self.add(name, entry)
 
     def load_all(self) -> "Registry":
-        """Import every module of the package once, so their decorators run."""
+        """Import every module of the package once, so their registrations run."""
         if not self._loaded:
             self._loaded = True
             pkg = importlib.import_module(self.package)
@@ -41,18 +52,33 @@ class Registry(dict):
                 importlib.import_module(f"{self.package}.{info.name}")
         return self
 
-    # dict views trigger loading so `name in MODELS` works before any explicit import
-    def __contains__(self, key: object) -> bool:
+    def __getitem__(self, name: str) -> Any:
         self.load_all()
-        return super().__contains__(key)
+        if not dict.__contains__(self, name):
+            raise UnknownName(f"unknown {self.kind} '{name}' (known: {', '.join(sorted(self))})")
+        return dict.__getitem__(self, name)
 
-    def __getitem__(self, key: str) -> Any:
-        self.load_all()
-        return super().__getitem__(key)
+    # every read loads first, so `name in MODELS` or `sorted(SOURCES)` never sees a partial registry
+    def __contains__(self, name: object) -> bool:
+        return dict.__contains__(self.load_all(), name)
 
-    def __iter__(self):  # type: ignore[override]
-        self.load_all()
-        return super().__iter__()
+    def __iter__(self) -> Iterator[str]:
+        return dict.__iter__(self.load_all())
+
+    def __len__(self) -> int:
+        return dict.__len__(self.load_all())
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return dict.get(self.load_all(), name, default)
+
+    def keys(self):  # type: ignore[override]
+        return dict.keys(self.load_all())
+
+    def values(self):  # type: ignore[override]
+        return dict.values(self.load_all())
+
+    def items(self):  # type: ignore[override]
+        return dict.items(self.load_all())
 
     def build(self, name: str, kwargs: dict[str, Any], **context: Any) -> Any:
         """Construct ``name`` with ``kwargs`` plus the ``context`` values its signature accepts."""
@@ -62,14 +88,15 @@ class Registry(dict):
         return cls(**kwargs, **extra)
 
 
-def check_kwargs(section: str, node: DictConfig, registry: dict[str, Any]) -> None:
+def check_kwargs(section: str, node: DictConfig, registry: Registry) -> None:
     """``node`` is ``{name: ..., **kwargs}``; the kwargs must match the registered class."""
     name = node.get("name")
     if name is None:
         raise ConfigError(f"config key '{section}.name': missing (choose one of {', '.join(sorted(registry))})")
-    if name not in registry:
-        raise ConfigError(f"config key '{section}.name': unknown {section} '{name}' (known: {', '.join(sorted(registry))})")
-    params = inspect.signature(registry[name]).parameters
+    try:
+        params = inspect.signature(registry[name]).parameters
+    except UnknownName as exc:
+        raise UnknownName(f"config key '{section}.name': {exc}") from None
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return
     for key in node:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpclab.errors import WeightsMissing
+from hpclab.registry import Registry
 from hpclab.utils import sha256_of
 
 log = logging.getLogger("hpclab")
@@ -32,12 +33,12 @@ class WeightFile:
     note: str = ""
 
 
-WEIGHTS: dict[str, WeightFile] = {}
+WEIGHTS = Registry("weights")
 
 
-def register_weights(entry: WeightFile) -> WeightFile:
-    WEIGHTS[entry.name] = entry
-    return entry
+def register_weights(entry: WeightFile, replace: bool = False) -> WeightFile:
+    """Add ``entry`` under its own name."""
+    return WEIGHTS.add(entry.name, entry, replace)
 
 
 register_weights(WeightFile(
@@ -75,7 +76,7 @@ def load_manifest(path: str | Path) -> list[WeightFile]:
     for entry in entries:
         if entry.name in SHIPPED and WEIGHTS[entry.name] != entry:
             raise WeightsMissing(f"weights manifest {path}: '{entry.name}' would replace a shipped entry; use another name")
-        register_weights(entry)
+        register_weights(entry, replace=True)  # reading a manifest again updates its entries
     return entries
 
 
@@ -97,8 +98,6 @@ def use_cache(cache: str | Path) -> None:
 
 def weight_path(name: str, cache: str | Path | None = None, verify: bool = True) -> Path:
     """The staged file of ``name``; a clear error naming the staging command otherwise."""
-    if name not in WEIGHTS:
-        raise WeightsMissing(f"unknown weights '{name}' (known: {', '.join(sorted(WEIGHTS))})")
     entry = WEIGHTS[name]
     path = cache_dir(cache) / entry.filename
     fix = f"run on a node with internet: python jobs/prepare_data.py weights=[{name}] paths.cache={cache or '$TORCH_HOME'}"

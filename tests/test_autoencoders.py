@@ -251,7 +251,7 @@ def test_pretraining_sweep_loads_the_autoencoder_encoder(ae_work):
     # no autoencoder yet: one clear line, nothing trained
     proc = run_cli("launch.py", "experiment=ae_pretrain_clf", "model.pretrained=true", *smoke(), cwd=ae_work, check=False)
     last = proc.stderr.strip().splitlines()[-1]
-    assert proc.returncode == 2 and last.startswith("error: model.encoder_weights:") and "does not exist" in last
+    assert proc.returncode == 2 and last.startswith("error: model.encoder_from:") and "does not exist" in last
     assert not (ae_work / "results" / "ae_pretrain_clf" / "default" / "checkpoints").exists()
 
     run_cli("launch.py", "experiment=ae_latent", "run_group=ae_latent", "run_name=latent_dim-32", *smoke(), cwd=ae_work)
@@ -261,17 +261,18 @@ def test_pretraining_sweep_loads_the_autoencoder_encoder(ae_work):
     from hpclab.config import ConfigError
 
     ae_spec = {"name": "conv_ae", "latent_dim": 32, "channels": [32, 64, 128]}
-    clf = MODELS.build("ae_encoder_classifier", {"ae": ae_spec, "pretrained": True, "encoder_weights": str(weights)},
+    clf = MODELS.build("ae_encoder_classifier", {"ae": ae_spec, "pretrained": True, "encoder_from": str(weights)},
                        num_classes=10)
     state = load_file(str(weights))
-    assert torch.equal(clf.autoencoder.features[0].weight, state["features.0.weight"])
-    assert torch.equal(clf.autoencoder.to_latent[1].weight, state["to_latent.1.weight"])
-    assert not hasattr(clf.autoencoder, "decoder_convs")  # the decoder is dropped
+    encoder = clf.features.autoencoder
+    assert torch.equal(encoder.features[0].weight, state["features.0.weight"])
+    assert torch.equal(encoder.to_latent[1].weight, state["to_latent.1.weight"])
+    assert not hasattr(encoder, "decoder_convs")  # the decoder is dropped
     scratch = MODELS.build("ae_encoder_classifier", {"ae": ae_spec}, num_classes=10)
-    assert params(scratch) == params(clf) and not torch.equal(scratch.autoencoder.features[0].weight, state["features.0.weight"])
+    assert params(scratch) == params(clf) and not torch.equal(scratch.features.autoencoder.features[0].weight, state["features.0.weight"])
     with pytest.raises(ConfigError, match="does not fit"):
         MODELS.build("ae_encoder_classifier", {"ae": {**ae_spec, "latent_dim": 8}, "pretrained": True,
-                                               "encoder_weights": str(weights)})
+                                               "encoder_from": str(weights)})
 
     run_cli("launch.py", "sweep=ae_pretrain_fractions", *smoke(), cwd=ae_work)
     rows = read_csv(ae_work / "results" / "ae_pretrain_fractions" / "summary.csv")
@@ -290,5 +291,5 @@ def test_design_study_sweeps_expand_to_their_grids(workdir):
     fractions = plan(["sweep=ae_pretrain_fractions"])
     assert {(c.model.pretrained, c.data.train_fraction) for c in fractions.runs} == {
         (p, f) for p in (False, True) for f in (0.01, 0.1, 1.0)}
-    assert all(c.model.encoder_weights.endswith("results/ae_latent/latent_dim-32/checkpoints/best_model.safetensors")
+    assert all(c.model.encoder_from.endswith("results/ae_latent/latent_dim-32")
                for c in fractions.runs)

@@ -174,7 +174,7 @@ def test_every_model_of_the_lums_assignment_has_at_most_500k_parameters() -> Non
     for experiment, (channels, size) in LIMITED.items():
         # the frozen classifier's encoder weights come from a finished ae_pretrain run; the same
         # architecture is built from scratch here (same layers, same parameter count)
-        extra = ["model.encoder_from=null", "model.freeze=false"] if experiment == "stl_ae_classifier_frozen" else []
+        extra = ["model.pretrained=false", "model.freeze=false"] if experiment == "stl_ae_classifier_frozen" else []
         cfg = compose([f"experiment={experiment}", *extra])
         task = TASKS.build(cfg.task.name, kwargs_of(cfg.task))
         info = DataInfo(in_channels=channels, image_size=size, num_classes=10, class_names=[str(i) for i in range(10)],
@@ -322,9 +322,10 @@ def test_stl_autoencoder_pretraining_then_frozen_and_scratch(lab: dict, in_lab: 
     ae = load_file(str(ae_run / "checkpoints" / "best_model.safetensors"))
     after = {n: load_file(str(run / "checkpoints" / "best_model.safetensors")) for n, run in
              (("frozen", frozen), ("scratch", scratch))}
-    enc = {k.replace("features.0.", "encoder.", 1): v for k, v in after["frozen"].items() if k.startswith("features.0.")}
+    enc = {k.removeprefix("features.autoencoder."): v for k, v in after["frozen"].items()
+           if k.startswith("features.autoencoder.")}
     assert enc and all(torch.equal(v, ae[k]) for k, v in enc.items())  # weights and BN statistics untouched
-    assert not torch.equal(after["scratch"]["features.0.0.0.weight"], ae["encoder.0.0.weight"])
+    assert not torch.equal(after["scratch"]["features.autoencoder.encoder.0.0.weight"], ae["encoder.0.0.weight"])
     rows = table_rows(group)
     assert len(rows) == 2 and any("encoder_from=ae_pretrain" in r for r in rows)
     s_frozen = json.loads((frozen / "summary.json").read_text())

@@ -249,3 +249,28 @@ def test_streamed_and_in_memory_batches_agree(fmnist_data, workers):
     assert len(batches[0]) == len(batches[1]) > 0
     for a, b in zip(*batches):
         assert torch.equal(a["images"], b["images"]) and torch.equal(a["labels"], b["labels"])
+
+
+def test_every_registry_refuses_an_unknown_name_in_the_same_one_line_error(workdir):
+    """Models, tasks, analyses, dataset sources and weight files share one registry mechanism:
+    an unknown name is a ConfigError naming the kind, the name and the known names."""
+    from hpclab.analysis import ANALYSES
+    from hpclab.config import ConfigError
+    from hpclab.data.sources import SOURCES
+    from hpclab.models import MODELS
+    from hpclab.tasks import TASKS
+    from hpclab.weights import WEIGHTS
+
+    for registry, kind, known in ((MODELS, "model", "conv_ae"), (TASKS, "task", "classify"),
+                                  (ANALYSES, "analysis", "curves"), (SOURCES, "dataset", "mnist"),
+                                  (WEIGHTS, "weights", "resnet18")):
+        with pytest.raises(ConfigError, match=rf"^unknown {kind} 'nope' \(known: [^)]*\b{known}\b[^)]*\)$"):
+            registry["nope"]
+    proc = run_cli("prepare_data.py", "data=mnist", "data.name=nope", cwd=workdir, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: unknown dataset 'nope' (known: {', '.join(sorted(SOURCES))})"]
+    proc = run_cli("prepare_data.py", "weights=nope", cwd=workdir, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: unknown weights 'nope' (known: ")
+    proc = run_cli("launch.py", "model.name=nope", "dry_run=true", cwd=workdir, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
+        "error: config key 'model.name': unknown model 'nope' (known: ")

@@ -112,8 +112,6 @@ def stage(cfg: DictConfig, force: bool = False, repair: bool = False) -> Path:
     staging command), and refused in one line otherwise (a launch never silently replaces data
     someone may have written by other means)."""
     name = cfg.data.name
-    if name not in SOURCES:
-        raise DataMissing(f"unknown dataset '{name}' (known: {', '.join(sorted(SOURCES))})")
     source = SOURCES[name]
     out = hdf5_path(cfg)
     if out.is_file() and not force:

@@ -1,10 +1,13 @@
-"""Classifiers built on an autoencoder's encoder, for the AE pre-training study.
+"""Classifiers on an autoencoder's encoder: the autoencoder pre-training studies
+(``conv_ae`` on Fashion-MNIST, ``stl_ae`` on STL-10).
 
-``ae_encoder_classifier`` builds the autoencoder named in ``ae`` (same registry, same arguments, hence
-the same parameter names), optionally loads a trained AE run's ``best_model.safetensors`` into
-it (safetensors only: no pickle), keeps the parts its ``encode`` uses and puts a head on the
-latent. With ``pretrained: false`` the same network starts from scratch: the only difference
-between the two arms of the study is the initialisation.
+``ae_encoder_classifier`` builds the autoencoder ``ae`` ({name: ..., **arguments}, the
+autoencoder run's own model config, hence the same parameter names), keeps the parts its
+``encode`` runs, pools the code (``pool``) and puts an MLP head on it. With ``pretrained:
+true`` the encoder starts from the trained run ``encoder_from`` (its folder, or its
+``checkpoints/best_model.safetensors``; safetensors only, no pickle) and may stay frozen
+(``freeze``); with ``pretrained: false`` the same network starts from scratch, so the two arms
+of a study differ only in the initialisation.
 """
 
 from __future__ import annotations
@@ -15,80 +18,90 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from hpclab.errors import ConfigError
+from hpclab.errors import ConfigError, WeightsMissing
 from hpclab.models import MODELS
+from hpclab.models.layers import pool_flatten
+from hpclab.models.transfer import FeatureClassifier
 from hpclab.registry import check_kwargs
-from hpclab.weights import WeightsMissing
 
 
-def encoder_parts(ae: nn.Module, in_channels: int, image_size: int) -> list[str]:
-    """Names of the top-level submodules that ``ae.encode`` runs (found with hooks)."""
-    used: list[str] = []
-    hooks = [child.register_forward_hook(lambda *_, name=name: used.append(name))
-             for name, child in ae.named_children()]
-    try:
-        with torch.no_grad():
-            ae.encode(torch.zeros(2, in_channels, image_size, image_size))
-    finally:
-        for h in hooks:
-            h.remove()
-    return list(dict.fromkeys(used))
+class AutoEncoderFeatures(nn.Module):
+    """What ``autoencoder.encode`` computes, pooled and flattened. The parts ``encode`` does not
+    run (the decoder) are dropped: unused parameters would only confuse DDP and the counts."""
+
+    def __init__(self, autoencoder: nn.Module, in_channels: int, image_size: int, pool: str) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.pool = pool_flatten(pool)
+        used: list[str] = []
+        hooks = [child.register_forward_hook(lambda *_, name=name: used.append(name))
+                 for name, child in autoencoder.named_children()]
+        try:
+            with torch.no_grad():  # in eval mode: the probe must not move BatchNorm statistics
+                code = self.eval().autoencoder.encode(torch.zeros(2, in_channels, image_size, image_size))
+        finally:
+            for hook in hooks:
+                hook.remove()
+            self.train()
+        if code.dim() != 4 and pool != "flatten":
+            raise ConfigError(f"model.pool: {type(autoencoder).__name__} encodes to a vector; "
+                              f"pool '{pool}' needs feature maps (use flatten)")
+        self.width = self.pool(code).shape[1]
+        for name in [n for n, _ in autoencoder.named_children() if n not in used]:
+            delattr(autoencoder, name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.autoencoder.encode(x))
 
 
-def load_ae_weights(ae: nn.Module, path: str | Path) -> None:
-    """Load a trained AE's safetensors file into ``ae`` (all keys must match)."""
+def trained_weights(encoder_from: Optional[str]) -> Path:
+    """The best weights of the autoencoder run ``encoder_from`` (its folder, or the file itself)."""
+    if not encoder_from:
+        raise ConfigError("model.encoder_from: set it to a finished autoencoder run (results/<group>/<run>) "
+                          "when model.pretrained=true")
+    path = Path(encoder_from)
+    weights = path if path.suffix == ".safetensors" else path / "checkpoints" / "best_model.safetensors"
+    if not weights.is_file():
+        run_dir = weights.parent.parent
+        raise WeightsMissing(f"model.encoder_from: {weights} does not exist; train the autoencoder run first "
+                             f"(python jobs/launch.py experiment=<the autoencoder's experiment> run_group={run_dir.parent.name} "
+                             f"run_name={run_dir.name}) or point model.encoder_from at a finished autoencoder run")
+    return weights
+
+
+def load_encoder(features: AutoEncoderFeatures, weights: Path) -> None:
+    """Load a trained autoencoder's safetensors file into ``features``: every key of the kept
+    encoder must be there with its shape (the decoder's keys are not used)."""
     from safetensors.torch import load_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsMissing(f"model.encoder_weights: {path} does not exist; train the autoencoder run first "
-                             f"(e.g. python jobs/launch.py experiment=ae_latent run_group=ae_latent run_name=latent_dim-32) "
-                             f"or point model.encoder_weights at results/<group>/<run>/checkpoints/best_model.safetensors")
-    state = load_file(str(path))
-    own = ae.state_dict()
+    state = load_file(str(weights))
+    own = features.autoencoder.state_dict()
     missing = sorted(set(own) - set(state))
     mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
     if missing or mismatched:
-        what = f"missing {missing[:3]}" if missing else f"shape of {mismatched[0]} {tuple(state[mismatched[0]].shape)} != {tuple(own[mismatched[0]].shape)}"
-        raise ConfigError(f"model.encoder_weights: {path} does not fit model.ae ({what}); "
+        what = (f"missing {missing[:3]}" if missing else
+                f"shape of {mismatched[0]} {tuple(state[mismatched[0]].shape)} != {tuple(own[mismatched[0]].shape)}")
+        raise ConfigError(f"model.encoder_from: {weights} does not fit model.ae ({what}); "
                           f"model.ae must repeat the autoencoder's name and arguments")
-    ae.load_state_dict({k: state[k] for k in own})
+    features.autoencoder.load_state_dict({k: state[k] for k in own})
 
 
 @MODELS.register("ae_encoder_classifier")
-class AEClassifier(nn.Module):
-    """Encoder of the AE ``ae`` ({name: ..., **arguments}) + an MLP head (``head_hidden``)."""
+class AEEncoderClassifier(FeatureClassifier):
+    """The encoder of the autoencoder ``ae`` (pretrained and frozen, pretrained and fine-tuned,
+    or from scratch), ``pool``, then an MLP head with ``hidden`` widths and ``dropout``."""
 
     def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
-                 ae: Optional[dict[str, Any]] = None, pretrained: bool = False,
-                 encoder_weights: Optional[str] = None, freeze_encoder: bool = False,
-                 head_hidden: Sequence[int] = (128,)) -> None:
-        super().__init__()
+                 ae: Optional[dict[str, Any]] = None, pretrained: bool = False, encoder_from: Optional[str] = None,
+                 freeze: bool = False, pool: str = "flatten", hidden: Sequence[int] = (128,),
+                 dropout: float = 0.0) -> None:
+        if freeze and not pretrained:
+            raise ConfigError("model.freeze=true needs model.pretrained=true (a frozen random encoder learns nothing)")
         spec = dict(ae or {"name": "conv_ae"})
         check_kwargs("model.ae", spec, MODELS)
-        name = spec.pop("name")
-        autoencoder = MODELS.build(name, spec, in_channels=in_channels, image_size=image_size)
-        if pretrained:
-            if not encoder_weights:
-                raise ConfigError("model.encoder_weights: set it (results/<group>/<run>/checkpoints/best_model.safetensors) "
-                                  "when model.pretrained=true")
-            load_ae_weights(autoencoder, encoder_weights)
-        for part in [n for n, _ in autoencoder.named_children() if n not in encoder_parts(autoencoder, in_channels, image_size)]:
-            delattr(autoencoder, part)  # the decoder: unused parameters would only confuse DDP
-        self.autoencoder = autoencoder
-        if freeze_encoder:
-            self.autoencoder.requires_grad_(False)
-        with torch.no_grad():
-            dim = autoencoder.encode(torch.zeros(2, in_channels, image_size, image_size)).flatten(1).shape[1]
-        layers: list[nn.Module] = []
-        for width in head_hidden:
-            layers += [nn.Linear(dim, width), nn.ReLU(inplace=True)]
-            dim = width
-        self.head = nn.Sequential(*layers, nn.Linear(dim, num_classes))
-        self.pretrained = pretrained
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.autoencoder.encode(x).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encode(x))
+        weights = trained_weights(encoder_from) if pretrained else None
+        autoencoder = MODELS.build(spec.pop("name"), spec, in_channels=in_channels, image_size=image_size)
+        features = AutoEncoderFeatures(autoencoder, in_channels, image_size, pool)
+        if weights is not None:
+            load_encoder(features, weights)
+        super().__init__(features, features.width, num_classes, hidden, dropout, freeze)

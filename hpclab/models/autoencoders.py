@@ -1,7 +1,8 @@
 """Autoencoders. ``conv_ae`` is the configurable one of the latent-size and upsampling studies;
 the course briefs' exact models follow it: ``linear_ae`` (MNIST LinearAutoEncoder, notMNIST dense
-AE), ``cnn_ae`` (MNIST AutoEncoder_CNN), ``strided_ae`` (Fashion-MNIST 3-d latent AE) and
-``pool_upsample_ae`` (notMNIST denoising AE)."""
+AE), ``cnn_ae`` (MNIST AutoEncoder_CNN), ``strided_ae`` (Fashion-MNIST 3-d latent AE),
+``pool_upsample_ae`` (notMNIST denoising AE) and ``stl_ae`` (STL-10 pretraining AE, LUMS
+Part 2). Classifiers on their encoders are in ``ae_classifiers``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from hpclab.models import MODELS
+from hpclab.models.layers import conv_bn, mlp
 
 
 UPSAMPLING = ("transpose", "transpose3", "bilinear")
@@ -121,21 +123,9 @@ class LinearAutoEncoder(SequentialAutoEncoder):
         super().__init__()
         self.shape = (in_channels, image_size, image_size)
         self.latent_dim = latent_dim
-        sizes = [in_channels * image_size * image_size, *hidden, latent_dim]
-        enc: list[nn.Module] = [nn.Flatten()]
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-            enc.append(nn.Linear(a, b))
-            if i < len(sizes) - 2:
-                enc.append(nn.ReLU(inplace=True))
-        enc.append(_activation(latent_activation))
-        self.encoder = nn.Sequential(*enc)
-        back = sizes[::-1]
-        dec: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(back[:-1], back[1:])):
-            dec.append(nn.Linear(a, b))
-            dec.append(nn.ReLU(inplace=True) if i < len(back) - 2 else nn.Sigmoid())
-        dec.append(nn.Unflatten(1, self.shape))
-        self.decoder = nn.Sequential(*dec)
+        pixels = in_channels * image_size * image_size
+        self.encoder = nn.Sequential(nn.Flatten(), *mlp(pixels, hidden, latent_dim), _activation(latent_activation))
+        self.decoder = nn.Sequential(*mlp(latent_dim, hidden[::-1], pixels), nn.Sigmoid(), nn.Unflatten(1, self.shape))
 
 
 
@@ -244,3 +234,32 @@ class PoolUpsampleAutoEncoder(SequentialAutoEncoder):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z.reshape(len(z), *self.code_shape))
+
+
+def deconv_layer(c_in: int, c_out: int, stride: int, last: bool) -> nn.Sequential:
+    """Transposed conv that doubles the size (stride 2) or keeps it (stride 1); the last one has
+    no BatchNorm and ends in Sigmoid (pixels in [0, 1])."""
+    conv = nn.ConvTranspose2d(c_in, c_out, 3, stride=stride, padding=1, output_padding=stride - 1, bias=last)
+    return nn.Sequential(conv, nn.Sigmoid()) if last else nn.Sequential(conv, nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+@MODELS.register("stl_ae")
+class STLAutoEncoder(SequentialAutoEncoder):
+    """The STL-10 pretraining AE: one stride-2 conv-BN-ReLU per entry of ``channels`` (plus an
+    ``extra_conv`` stride-1 one at the bottom), 96 -> 6 px with the shipped four; the decoder is
+    the mirror image in transposed convs, Sigmoid out. 196,035 parameters with the shipped
+    channels (the brief asks for about 200,000)."""
+
+    def __init__(self, in_channels: int = 3, channels: Sequence[int] = (32, 48, 64, 96), extra_conv: bool = False) -> None:
+        super().__init__()
+        widths = list(channels) + ([channels[-1]] if extra_conv else [])
+        strides = [2] * len(channels) + ([1] if extra_conv else [])
+        enc, c = [], in_channels
+        for width, stride in zip(widths, strides):
+            enc.append(conv_bn(c, width, 3, stride))
+            c = width
+        self.encoder = nn.Sequential(*enc)
+        outs = widths[::-1][1:] + [in_channels]
+        dec = [deconv_layer(a, b, s, last=i == len(outs) - 1)
+               for i, (a, b, s) in enumerate(zip(widths[::-1], outs, strides[::-1]))]
+        self.decoder = nn.Sequential(*dec)

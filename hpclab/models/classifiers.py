@@ -4,8 +4,7 @@ parallel kernels concatenated) or residual (skip connections).
 One class covers the course's CIFAR-10 CNN, its non-sequential variants and the STL-10 CNN, so
 an architecture is a row of config values (``configs/model/cifar_*.yaml``, ``stl_cnn.yaml``)
 rather than another copy of the forward pass. Each stage is ``block -> MaxPool(2) ->
-Dropout2d``; the head pools (global average, or flatten) and ends in an MLP (``mlp_head``,
-shared with the transfer-learning models).
+Dropout2d``; the head pools (global average, or flatten) and ends in an MLP.
 """
 
 from __future__ import annotations
@@ -16,12 +15,7 @@ import torch
 from torch import nn
 
 from hpclab.models import MODELS
-
-
-def conv_bn(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
-    """Conv (no bias: BatchNorm has one) -> BatchNorm -> ReLU, 'same' padding."""
-    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
-                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+from hpclab.models.layers import conv_bn, mlp, pool_flatten, pooled_features
 
 
 class PlainBlock(nn.Sequential):
@@ -74,45 +68,6 @@ class MultiPathBlock(nn.Sequential):
         super().__init__(*[MultiPathLayer(c_in if i == 0 else c_out, c_out, kernels) for i in range(convs)])
 
 
-def mlp_head(in_features: int, hidden: Sequence[int], num_classes: int, dropout: float = 0.0) -> nn.Sequential:
-    """[Dropout ->] (Linear -> ReLU -> Dropout) per hidden width -> Linear to the classes."""
-    layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout > 0 else []
-    width = in_features
-    for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU(inplace=True)] + ([nn.Dropout(dropout)] if dropout > 0 else [])
-        width = h
-    layers.append(nn.Linear(width, num_classes))
-    return nn.Sequential(*layers)
-
-
-def _grid(pool: str) -> int | None:
-    """Side of the average-pooled grid of ``pool``: avg -> 1, avgN -> N, flatten -> None."""
-    if pool == "flatten":
-        return None
-    if pool == "avg":
-        return 1
-    if pool.startswith("avg") and pool[3:].isdigit() and int(pool[3:]) > 0:
-        return int(pool[3:])
-    raise ValueError(f"model.pool must be 'avg', 'avgN' (an N x N average-pooled grid, e.g. avg3) or 'flatten', "
-                     f"got {pool!r}")
-
-
-def pool_flatten(pool: str) -> nn.Module:
-    """``avg``: global average pool; ``avgN``: average pool to an N x N grid (keeps the coarse
-    layout at N*N times fewer features than ``flatten``); ``flatten``: keep every position
-    (needs a fixed input size)."""
-    side = _grid(pool)
-    if side is None:
-        return nn.Flatten()
-    return nn.Sequential(nn.AdaptiveAvgPool2d(side), nn.Flatten())
-
-
-def pooled_features(pool: str, channels: int, side: int) -> int:
-    """Width of ``pool_flatten(pool)``'s output for ``channels`` maps of ``side`` x ``side``."""
-    grid = _grid(pool)
-    return channels * (side * side if grid is None else grid * grid)
-
-
 @MODELS.register("cnn_classifier")
 class CNNClassifier(nn.Module):
     """Stages of ``block`` (plain | multipath | residual), each followed by 2x2 max pooling and
@@ -142,7 +97,7 @@ class CNNClassifier(nn.Module):
             raise ValueError(f"{len(channels)} pooling stages shrink {image_size}px images below 1px; use fewer channels")
         flat = pooled_features(pool, c, side)
         self.pool = pool_flatten(pool)
-        self.head = mlp_head(flat, list(hidden), num_classes, dropout)
+        self.head = mlp(flat, hidden, num_classes, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.features(x)))

@@ -1,9 +1,9 @@
 """Transfer learning: a pretrained feature extractor plus a new MLP head, frozen or fine-tuned.
 
-``FeatureClassifier`` is shared by the ImageNet backbones here and by the STL-10 autoencoder
-encoder (``hpclab.models.stl_ae``). A frozen extractor has ``requires_grad=False`` (so the
-engine's optimizer only sees the head) and stays in eval mode, so its BatchNorm statistics
-are the pretrained ones even while the head trains.
+``FeatureClassifier`` is shared by the ImageNet backbones here and by the classifier on an
+autoencoder's encoder (``hpclab.models.ae_classifiers``). A frozen extractor has
+``requires_grad=False`` (so the engine's optimizer only sees the head) and stays in eval mode,
+so its BatchNorm statistics are the pretrained ones even while the head trains.
 
 Pretrained ImageNet weights are never downloaded here: they are read from the staged cache
 (``python jobs/prepare_data.py weights=[resnet18]``), checked against their sha256 prefix, and
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpclab.models import MODELS
-from hpclab.models.classifiers import mlp_head
+from hpclab.models.layers import mlp
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,7 +35,7 @@ class FeatureClassifier(nn.Module):
                  std: Optional[Sequence[float]] = None, resize: Optional[int] = None) -> None:
         super().__init__()
         self.features = features
-        self.head = mlp_head(num_features, list(hidden), num_classes, dropout)
+        self.head = mlp(num_features, hidden, num_classes, dropout)
         self.freeze = freeze
         self.resize = resize
         if mean is not None:
@@ -53,7 +53,8 @@ class FeatureClassifier(nn.Module):
             self.features.eval()  # keep pretrained BatchNorm statistics and no dropout
         return self
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The features the head sees, flattened (what latent analyses plot and probe)."""
         if self.resize:  # no shape test: keeps the forward traceable by torch.fx
             x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False, antialias=True)
         if self.mean is not None:
@@ -64,7 +65,7 @@ class FeatureClassifier(nn.Module):
         return self.features(x).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(x))
+        return self.head(self.encode(x))
 
 
 def strip_classifier(model: nn.Module) -> int:

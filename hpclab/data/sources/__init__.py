@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from hpclab.data.hdf5 import Staged
+from hpclab.registry import Registry
 
 
 class SourceMissing(FileNotFoundError):
@@ -27,12 +28,12 @@ class Source:
     help: str = ""  # where the original files come from
 
 
-SOURCES: dict[str, Source] = {}
+SOURCES = Registry("dataset", __name__)
 
 
 def register_source(source: Source) -> Source:
-    SOURCES[source.name] = source
-    return source
+    """Add ``source`` under its own name."""
+    return SOURCES.add(source.name, source)
 
 
 def option(data_cfg: object, key: str, default: object = None) -> object:
@@ -62,14 +63,3 @@ def torchvision_root_downloader(cls_name: str, subdir: str = "", **kwargs) -> Ca
 
     return download
 
-
-def _load_all() -> None:
-    """Import every source module so their ``register_source`` calls run."""
-    import importlib
-    import pkgutil
-
-    for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
-
-
-_load_all()
