@@ -10,6 +10,7 @@ so a run resumes from an older good checkpoint or starts fresh, never from a mix
 
 from __future__ import annotations
 
+import io
 import random
 import re
 import time
@@ -88,8 +89,11 @@ def state_problems(state: Any, models: Mapping[str, nn.Module], optimizers: Mapp
             problems.append(f"scheduler {name}: keys differ from a {type(sched).__name__}'s")
     if scaler is not None and not isinstance(state["scaler"], dict):
         problems.append("no loss-scaler state for a run that uses one (fp16)")
-    rng = state["rng"]
-    if not isinstance(rng, dict) or any(k not in rng for k in RNG_KEYS) or not isinstance(rng["torch"], torch.Tensor):
+    ranks = state.get("rng_ranks", [])
+    if not isinstance(ranks, list):
+        problems.append("per-rank RNG states are not a list")
+    elif not all(isinstance(rng, dict) and all(k in rng for k in RNG_KEYS) and isinstance(rng["torch"], torch.Tensor)
+                 for rng in [state["rng"], *ranks]):
         problems.append("incomplete RNG state")
     if not isinstance(state["step"], int) or state["step"] < 0:
         problems.append(f"step {state['step']!r} is not a step count")
@@ -153,6 +157,30 @@ def capture_rng() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
+
+
+def capture_rng_ranks() -> list[dict[str, Any]]:
+    """Every data-parallel rank's RNG state in rank order (a collective: every rank calls it);
+    one process: its own. Ranks draw from their own streams (seeded seed + rank), so a checkpoint
+    holding rank 0's alone resumed every rank with rank 0's stream: a resumed 2-rank GAN drew the
+    same latents on both ranks and ended with other metrics than the uninterrupted run."""
+    mine = capture_rng()
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [mine]
+    # as bytes: all_gather_object's own unpickler fails on tensors (torch 2.15: UntypedStorage)
+    buffer = io.BytesIO()
+    torch.save(mine, buffer)
+    blobs: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(blobs, buffer.getvalue())
+    return [torch.load(io.BytesIO(blob), weights_only=True) for blob in blobs]
+
+
+def rank_rng(state: dict[str, Any], rank: int) -> dict[str, Any]:
+    """The RNG state rank ``rank`` resumes with: its own (``rng_ranks``), else rank 0's (a
+    checkpoint written by fewer ranks, or before per-rank states were kept)."""
+    ranks = state.get("rng_ranks") or []
+    return ranks[rank] if rank < len(ranks) else state["rng"]
 
 
 def restore_rng(state: dict[str, Any]) -> None:

@@ -27,7 +27,8 @@ from accelerate.utils import DistributedType, InitProcessGroupKwargs, set_seed
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from hpclab.checkpointing import capture_rng, checkpoints, restore_rng, set_aside, state_problems, step_path
+from hpclab.checkpointing import (capture_rng_ranks, checkpoints, rank_rng, restore_rng, set_aside, state_problems,
+                                  step_path)
 from hpclab.data.loader import Data, eval_shard, rank_batch_size
 from hpclab.errors import CheckpointWriteError, ConfigError, NonFiniteLoss, Preempted, RankLost
 from hpclab.registry import kwargs_of
@@ -369,14 +370,15 @@ class Trainer:
         return dict(zip(keys, stacked.unbind()))
 
     # ---- checkpoints
-    def _state(self) -> dict[str, Any]:
+    def _state(self, rngs: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "step": self.step_count,
             "models": {n: self.accelerator.unwrap_model(m).state_dict() for n, m in self.models.items()},
             "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
             "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
             "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler else None,
-            "rng": capture_rng(),
+            "rng": rngs[0],
+            "rng_ranks": rngs,  # each rank resumes its own stream (GAN latents, noise, dropout)
             "best": dict(self.best),
             "stopped": self.stopped,
             # a stop between two log lines must not lose the sums the next line averages
@@ -385,11 +387,12 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         self.accelerator.wait_for_everyone()
+        rngs = capture_rng_ranks()  # a collective: every rank, before rank 0 writes
         if self.is_main:
             path = step_path(self.ckpt_dir, self.step_count)
             try:
                 with atomic_path(path) as tmp:
-                    torch.save(self._state(), tmp)
+                    torch.save(self._state(rngs), tmp)
             except (OSError, RuntimeError) as exc:  # torch reports a full disk as a RuntimeError
                 kept = checkpoints(self.ckpt_dir)
                 raise CheckpointWriteError(
@@ -462,7 +465,7 @@ class Trainer:
                 except Exception as exc:
                     problems = [f"loading failed: {_one_line(exc)}"]
                 if self._everyone(not problems):
-                    restore_rng(state["rng"])
+                    restore_rng(rank_rng(state, self.accelerator.process_index))
                     self.step_count = int(state["step"])
                     self.best = dict(state["best"])
                     self.stopped = state["stopped"]
