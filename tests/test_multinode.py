@@ -150,6 +150,20 @@ def test_two_rank_resume_gives_every_rank_its_own_rng_back(gan_reference, tmp_pa
     assert_equals_reference(run_dir, gan_reference)
 
 
+@pytest.mark.slow
+def test_eval_scaling_benchmark_compares_one_rank_with_two(tmp_path):
+    """benchmarks/run.py's eval section runs (quick) and its two evaluations agree; its timings
+    are reported, not asserted (they depend on the machine's load)."""
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--only", "eval",
+                           "--out", str(tmp_path / "bench")], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "bench" / "benchmarks.json").read_text())["rows"]
+    assert [r["row"].split(": ")[-1].split(",")[0] for r in rows] == ["1 rank", "2 ranks"]
+    assert all(r["value"] > 0 for r in rows) and rows[0]["ratio"] == 1.0 and rows[1]["ratio"] > 0
+    assert rows[1]["metrics_max_rel_diff"] < 1e-6 and len(rows[1]["cpu_s"]) == 2
+    assert "speed-up" in proc.stderr
+
+
 # --------------------------------------------------------------------------- the multi-node cluster
 
 @pytest.fixture(scope="module")
