@@ -2,7 +2,7 @@
 """Side-by-side benchmarks: each row is measured against its baseline in the same run and
 reported as a ratio (absolute numbers depend on the machine; ratios are what we track).
 
-usage: python benchmarks/run.py [--quick] [--only data,steps,target,gpu] [--out results/benchmarks]
+usage: python benchmarks/run.py [--quick] [--only data,steps,target,eval,gpu] [--out results/benchmarks]
 
 Rows:
   data    images/s at batch 256, steady state (persistent workers, after a warm-up epoch): the
@@ -14,6 +14,10 @@ Rows:
           (median over 5 rounds in rotating order; the ratio is the median of per-round ratios)
   target  wall time to full-training-set MSE < 0.03 for the Fashion-MNIST 3-d AE: engine with
           its shipped config vs the plain loop with the brief's setup (Adam 1e-3, batch 128)
+  eval    evaluation of one split (the ae_latent conv AE on the Fashion-MNIST test set) by 1 rank
+          vs sharded over 2 ranks (2 local processes, gloo, 1 thread each), images/s; the rounds
+          alternate in the same two processes (rank 1 waits at a barrier during a 1-rank round),
+          median over the rounds; the row also says how far the two evaluations' metrics differ
   gpu     (CUDA only) the step rows on the GPU: engine in fp32/bf16, channels_last, torch.compile,
           data on the GPU vs workers, against the plain loop; the DCGAN epoch time at CHANNEL_NUM=512
 """
@@ -466,6 +470,98 @@ def bench_target(work: Path, quick: bool) -> list[Row]:
     ]
 
 
+# --------------------------------------------------------------------------- evaluation rows
+
+EVAL_OVERRIDES = ["experiment=ae_latent", "train.eval_batch_size=256", "analysis=[]"]
+
+
+def eval_rank(rank: int, cfg_yaml: str, run_dir: str, port: int, rounds: int, out: str) -> None:
+    """One of 2 local ranks: alternating rounds of the test split evaluated by rank 0 alone
+    (rank 1 waits at the barrier, a blocking receive) and sharded over both (each a run of
+    batches, one float64 all-reduce), timed on rank 0 from a barrier to the evaluation's return.
+    Each rank also counts its CPU seconds per round: on a shared machine the wall times depend on
+    the other load, the CPU time per rank shows the split of the work itself. Rank 0 writes the
+    figures and both evaluations' metrics to ``out``."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    from omegaconf import OmegaConf
+
+    from hpclab.engine import Trainer
+
+    trainer = Trainer(OmegaConf.create(cfg_yaml), Path(run_dir))  # DDP gives both ranks rank 0's weights
+
+    def round_of(sharded: bool) -> tuple[float, float, dict[str, float]]:
+        torch.distributed.barrier()
+        start, cpu = time.perf_counter(), time.process_time()
+        if sharded:
+            values = trainer.run.evaluate("test", sharded=True)
+        else:
+            values = trainer.run.evaluate("test") if rank == 0 else {}
+        return time.perf_counter() - start, time.process_time() - cpu, values
+
+    round_of(False), round_of(True)  # warm-up: first batches, allocator, the process group's sockets
+    wall: dict[str, list[float]] = {"1": [], "2": []}
+    cpu: dict[str, list[float]] = {"1": [], "2": []}
+    values: dict[str, dict[str, float]] = {}
+    for _ in range(rounds):
+        for ranks in ("1", "2"):
+            seconds, cpu_seconds, values[ranks] = round_of(ranks == "2")
+            wall[ranks].append(seconds)
+            cpu[ranks].append(cpu_seconds)
+    cpus: list[Any] = [None, None]
+    torch.distributed.all_gather_object(cpus, cpu)  # plain floats
+    if rank == 0:
+        Path(out).write_text(json.dumps({"wall": wall, "cpu": cpus, "values": values,
+                                         "images": len(trainer.parts.data.indices["test"]),
+                                         "batches": len(trainer.parts.data.batches("test", train=False))}))
+    trainer.close()
+
+
+def bench_eval(work: Path, quick: bool) -> list[Row]:
+    """Evaluation of one split by 1 rank vs sharded over 2 local ranks (the engine's sharded
+    ``evaluate``), side by side in the same two processes."""
+    import socket
+
+    import torch.multiprocessing as mp
+    from omegaconf import OmegaConf
+
+    mirror, _ = fashion_mnist_dirs(work, quick)
+    prepared(work, mirror)
+    cfg = compose_run(work, [*EVAL_OVERRIDES, "data=fashion_mnist", f"data.mirrors=[{mirror}]", "data.download=false",
+                             *(["data.limit=2048"] if quick else [])])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = work / "eval_scaling.json"
+    rounds = 3 if quick else 7
+    load = os.getloadavg()[0]
+    mp.start_processes(eval_rank, args=(OmegaConf.to_yaml(cfg, resolve=True), str(work / "results" / "eval"), port,
+                                        rounds, str(out)), nprocs=2, start_method="spawn", join=True)
+    m = json.loads(out.read_text())
+    one, two = (statistics.median(m["wall"][k]) for k in ("1", "2"))
+    cpu_one = statistics.median(m["cpu"][0]["1"])  # rank 0 alone
+    cpu_two = statistics.median(max(r0, r1) for r0, r1 in zip(m["cpu"][0]["2"], m["cpu"][1]["2"]))  # the busier rank
+    a, b = m["values"]["1"], m["values"]["2"]
+    differs = max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-12) for k in a)
+    n = m["images"]
+    what = f"ae_latent conv AE, Fashion-MNIST test ({n} images, {m['batches']} batches of 256)"
+    print(f"eval: 1 rank {one:.3f} s, 2 ranks {two:.3f} s (wall, median of {rounds}): speed-up {one / two:.2f}x; "
+          f"CPU s of the busier rank {cpu_one:.3f} vs {cpu_two:.3f}: {cpu_one / cpu_two:.2f}x; metrics differ by "
+          f"{differs:.1e} relative at most; load average {load:.1f} on {os.cpu_count()} cores before",
+          file=sys.stderr, flush=True)
+    return [
+        {"group": "eval", "row": f"{what}: 1 rank", "value": n / one, "unit": "images/s", "ratio": 1.0,
+         "baseline": "1 rank", "wall_s": m["wall"]["1"], "cpu_s": m["cpu"][0]["1"]},
+        {"group": "eval", "row": f"{what}: 2 ranks, gloo, 1 thread each (CPU time of the busier rank "
+                                 f"{cpu_one / cpu_two:.2f}x less; metrics within {differs:.0e} relative)",
+         "value": n / two, "unit": "images/s", "ratio": one / two, "baseline": "1 rank",
+         "wall_s": m["wall"]["2"], "cpu_s": [m["cpu"][0]["2"], m["cpu"][1]["2"]], "cpu_ratio": cpu_one / cpu_two,
+         "metrics_max_rel_diff": differs, "load_average": load,
+         "note": "ratio = wall-time speed-up"},
+    ]
+
+
 # --------------------------------------------------------------------------- GPU rows
 
 def bench_gpu(work: Path, quick: bool) -> list[Row]:
@@ -475,7 +571,7 @@ def bench_gpu(work: Path, quick: bool) -> list[Row]:
     return step_rows(work, quick, torch.device("cuda"), GPU_VARIANTS, "gpu")
 
 
-SECTIONS = {"data": bench_data, "steps": bench_steps, "target": bench_target, "gpu": bench_gpu}
+SECTIONS = {"data": bench_data, "steps": bench_steps, "target": bench_target, "eval": bench_eval, "gpu": bench_gpu}
 
 
 def to_markdown(rows: list[Row], args: argparse.Namespace) -> str:

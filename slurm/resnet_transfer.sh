@@ -29,8 +29,13 @@
 #SBATCH --signal=USR2@120
 #SBATCH --requeue
 
-# sbatch runs a copy of this file: find the repository from the original's path.
-HPCLAB_HOME=${HPCLAB_HOME:-$(scontrol show job "${SLURM_JOB_ID:-0}" 2>/dev/null | sed -n 's|^ *Command=\(.*\)/slurm/[^/]*$|\1|p' | head -n 1)}
-source "${HPCLAB_HOME:-$(dirname "$0")/..}/slurm/common.sh"
+# sbatch runs a copy of this file: find the repository from the original's path, scontrol's
+# Command= less this job's arguments (which may hold slashes themselves: paths.results=/scratch/x).
+hpclab_cmd=$(scontrol show job "${SLURM_JOB_ID:-0}" 2>/dev/null | sed -n 's/^ *Command=//p' | head -n 1)
+[ $# -eq 0 ] || hpclab_cmd=${hpclab_cmd% "$*"}
+[[ $hpclab_cmd == /* ]] || hpclab_cmd=${SLURM_SUBMIT_DIR:-.}/$hpclab_cmd
+[ -f "$(dirname "$hpclab_cmd")/common.sh" ] || hpclab_cmd=$0  # not its batch job: bash slurm/<script> ...
+HPCLAB_HOME=${HPCLAB_HOME:-$(cd "$(dirname "$hpclab_cmd")/.." && pwd)}
+source "$HPCLAB_HOME/slurm/common.sh"
 
 hpclab_run "sweep=${HPCLAB_SWEEP:-resnet_transfer}" "$@"

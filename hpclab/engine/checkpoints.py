@@ -13,6 +13,7 @@ so a run resumes from an older good checkpoint or starts fresh, never from a mix
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import random
 import re
@@ -103,8 +104,11 @@ def state_problems(state: Any, models: Mapping[str, nn.Module],
             problems.append(f"scheduler {name}: keys differ from a {type(sched).__name__}'s")
     if scaler is not None and not isinstance(state["scaler"], dict):
         problems.append("no loss-scaler state for a run that uses one (fp16)")
-    rng = state["rng"]
-    if not isinstance(rng, dict) or any(k not in rng for k in RNG_KEYS) or not isinstance(rng["torch"], torch.Tensor):
+    ranks = state.get("rng_ranks", [])
+    if not isinstance(ranks, list):
+        problems.append("per-rank RNG states are not a list")
+    elif not all(isinstance(rng, dict) and all(k in rng for k in RNG_KEYS) and isinstance(rng["torch"], torch.Tensor)
+                 for rng in [state["rng"], *ranks]):
         problems.append("incomplete RNG state")
     if not isinstance(state["step"], int) or state["step"] < 0:
         problems.append(f"step {state['step']!r} is not a step count")
@@ -170,6 +174,30 @@ def capture_rng() -> dict[str, Any]:
     }
 
 
+def capture_rng_ranks() -> list[dict[str, Any]]:
+    """Every data-parallel rank's RNG state in rank order (a collective: every rank calls it);
+    one process: its own. Ranks draw from their own streams (seeded seed + rank), so each must
+    resume its own: with rank 0's alone, a resumed 2-rank GAN drew the same latents on both
+    ranks and ended with other metrics than the uninterrupted run."""
+    mine = capture_rng()
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [mine]
+    # as bytes: all_gather_object's own unpickler fails on tensors (torch 2.15: UntypedStorage)
+    buffer = io.BytesIO()
+    torch.save(mine, buffer)
+    blobs: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(blobs, buffer.getvalue())
+    return [torch.load(io.BytesIO(blob), weights_only=True) for blob in blobs]
+
+
+def rank_rng(state: dict[str, Any], rank: int) -> dict[str, Any]:
+    """The RNG state rank ``rank`` resumes with: its own (``rng_ranks``), else rank 0's (a
+    checkpoint written by fewer ranks, or before per-rank states were kept)."""
+    ranks = state.get("rng_ranks") or []
+    return ranks[rank] if rank < len(ranks) else state["rng"]
+
+
 def restore_rng(state: dict[str, Any]) -> None:
     random.setstate(_tuplify(state["python"]))
     np_state = state["numpy"]
@@ -212,13 +240,15 @@ class Checkpointer:
         return {"models": models, "optimizers": p.optimizers if training else {},
                 "schedulers": p.schedulers if training else {}}
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, rngs: list[dict[str, Any]]) -> dict[str, Any]:
+        """What ``step<N>.pt`` holds; ``rngs``: every rank's RNG state (:func:`capture_rng_ranks`)."""
         scaler = self.parts.accelerator.scaler
         return {
             "step": self.state.step,
             **{section: {n: o.state_dict() for n, o in objects.items()} for section, objects in self._live().items()},
             "scaler": scaler.state_dict() if scaler else None,
-            "rng": capture_rng(),
+            "rng": rngs[0],
+            "rng_ranks": rngs,  # each rank resumes its own stream (GAN latents, noise, dropout)
             "best": dict(self.state.best),
             "stopped": self.state.stopped,
             # a stop between two log lines must not lose the sums the next line averages
@@ -230,11 +260,12 @@ class Checkpointer:
         or read-only disk stops the run with one line, the last good checkpoint kept."""
         accelerator = self.parts.accelerator
         accelerator.wait_for_everyone()
+        rngs = capture_rng_ranks()  # a collective: every rank, before rank 0 writes
         if accelerator.is_main_process:
             path = step_path(self.dir, self.state.step)
             try:
                 with atomic_path(path) as tmp:
-                    torch.save(self.state_dict(), tmp)
+                    torch.save(self.state_dict(rngs), tmp)
             except (OSError, RuntimeError) as exc:  # torch reports a full disk as a RuntimeError
                 kept = checkpoints(self.dir)
                 raise CheckpointWriteError(
@@ -311,7 +342,7 @@ class Checkpointer:
                 except Exception as exc:
                     problems = [f"loading failed: {one_line(exc)}"]
                 if self._everyone(not problems):
-                    restore_rng(saved["rng"])
+                    restore_rng(rank_rng(saved, self.parts.accelerator.process_index))
                     self.state.step = int(saved["step"])
                     self.state.best = dict(saved["best"])
                     self.state.stopped = saved["stopped"]

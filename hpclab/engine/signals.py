@@ -63,14 +63,15 @@ class StopSignals:
             self.received = signum  # another rank got it
         return bool(signum)
 
-    def restore(self) -> None:
+    def restore(self, hand_over: bool = True) -> None:
         """Put the previous handlers back. A signal that arrived too late for the loop to see it
-        (during the last checkpoint) is handed over now rather than lost."""
+        (during the last checkpoint) is handed over now rather than lost, unless training raised
+        (``hand_over=False``): then the error is the outcome, not the stop."""
         previous = dict(self.previous)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         self.previous.clear()
-        if self.received is not None and not self.handed_over and previous:
+        if hand_over and self.received is not None and not self.handed_over and previous:
             self.handed_over = True
             self._deliver(self.received, previous.get(self.received))
 

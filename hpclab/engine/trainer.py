@@ -77,6 +77,9 @@ class Trainer:
         bar = self.log.progress_bar(t.progress, self.parts.total_steps, self.state.step, self.cfg.run_name)
         try:
             self._train(bar)
+        except BaseException:  # e.g. a lost rank while srun's SIGTERM is pending: RankLost, not a stop
+            self.signals.restore(hand_over=False)
+            raise
         finally:
             self.signals.restore()
             if bar is not None:

@@ -20,10 +20,10 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from hpclab.config import read_run_config, save_yaml
-from hpclab.errors import RunConflict, RunFolderError
+from hpclab.errors import Preempted, RunConflict, RunFolderError
 from hpclab.launch.lock import LOCK_NAME, TOKEN_ENV, run_lock, unwritable
-from hpclab.launch.slurm import export_rank_env, job_ref, record_task, restart_count
-from hpclab.utils import environment_record, read_json, write_json
+from hpclab.launch.slurm import JobSignals, export_rank_env, job_ref, record_task, restart_count
+from hpclab.utils import environment_record, read_json, under_slurm, write_json
 
 log = logging.getLogger("hpclab")
 
@@ -155,6 +155,14 @@ def _train(cfg: DictConfig, run_dir: Path, rank: int) -> dict[str, Any]:
                     name = kwargs.pop("name")
                     log.info("analysis %s", name)
                     analyses[name] = ANALYSES[name](trainer.run, run_dir / "figures", **kwargs)
+        except (Preempted, SystemExit):  # a stop signal: each rank says where it stopped (they agree)
+            log.warning("rank %d of %d stopped at step %d", trainer.parts.accelerator.process_index,
+                        trainer.parts.world, trainer.state.step)
+            raise
+        except BaseException:  # failed: srun's SIGTERM to the other ranks must not turn it into a stop (exit 3)
+            if under_slurm():
+                JobSignals.leave()
+            raise
         finally:
             if rank == 0:  # also when stopped by a signal or an error: the time was spent
                 attempts = end_attempt(run_dir, attempts, trainer.state.step)
@@ -290,13 +298,14 @@ def run_in_slurm_task(cfg: DictConfig) -> dict[str, Any]:
     """One run in this SLURM task (the sbatch scripts' ``jobs/run.py``): ranks from SLURM's
     variables, job-level signal handlers (requeue on USR2), resume after a requeue, and the
     sweep summary refreshed when the run is done."""
-    from hpclab.launch.slurm import JobSignals, under_slurm
-
     export_rank_env()
-    if under_slurm():
-        JobSignals().install()
-    summary = train_run(resumable(cfg))
-    refresh_sweep_report(cfg)
+    signals = JobSignals().install() if under_slurm() else None
+    try:
+        summary = train_run(resumable(cfg))
+        refresh_sweep_report(cfg)
+    finally:
+        if signals is not None:
+            signals.leave()  # exiting with our own code (0, or e.g. RankLost's 4) from here
     return summary
 
 

@@ -162,6 +162,18 @@ class JobSignals:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         sys.exit(3 if rank() == 0 else 0)
 
+    @staticmethod
+    def leave() -> None:
+        """The task is done, or its run failed, and it exits with its own code: SIGTERM and SIGUSR2
+        are ignored from here (SLURM's SIGKILL still ends a task that hangs). Under ``srun
+        --kill-on-bad-exit`` the other ranks get SIGTERM as soon as one rank exits non-zero, while
+        they are failing or leaving themselves (RankLost: one line, exit 4); handled, it turned
+        that into "stopped" (exit 3, no RankLost line) or added a SystemExit traceback from
+        Python's atexit callbacks."""
+        if can_set_signal_handlers():
+            for sig in (signal.SIGUSR2, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
+
     def _on_usr2(self, signum: int, frame: Any) -> None:
         log.warning("SIGUSR2: requeueing this job; it resumes from its newest checkpoint")
         requeue_job()
@@ -200,6 +212,8 @@ def record_task(run_dir: Path) -> None:
         "job_id": os.environ.get("SLURM_JOB_ID"),
         "restart": restart_count(),
         "host": socket.gethostname(),
+        "node": os.environ.get("SLURMD_NODENAME"),  # SLURM's name (emulated nodes share one host)
+        "nodes": os.environ.get("SLURM_JOB_NODELIST"),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "log": slurm_log_path(),
         "submitit": bool(os.environ.get("SUBMITIT_EXECUTOR")),
