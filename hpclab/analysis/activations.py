@@ -23,6 +23,7 @@ from torch import nn  # noqa: E402
 
 from hpclab.analysis import ANALYSES  # noqa: E402
 from hpclab.analysis.figures import save_figure  # noqa: E402
+from hpclab.analysis.inputs import first_batch, network_input  # noqa: E402
 from hpclab.engine.evaluation import TrainedRun
 
 
@@ -93,9 +94,6 @@ def activation_grid(inputs: torch.Tensor, maps: torch.Tensor, title: str, path: 
 def save_activations(run: TrainedRun, out_dir: Path, count: int = 4, split: str = "test", max_channels: int = 16,
                      model: str = "model") -> dict[str, Any]:
     """One grid per hooked layer of ``model`` for the first ``count`` images of ``split``."""
-    # imported here: registering an analysis imports every analysis module (no import cycles)
-    from hpclab.analysis.image2image import first_batch, network_input
-
     net = run.unwrap(model)
     batch = first_batch(run, split, count)
     x = network_input(run, batch)

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import numpy as np
 
 from hpclab.analysis import ANALYSES
-from hpclab.analysis.figures import available_split
+from hpclab.analysis.inputs import available_split
 from hpclab.engine.evaluation import TrainedRun
 
 

@@ -24,7 +24,8 @@ from omegaconf import OmegaConf
 
 from hpclab.analysis import ANALYSES
 from hpclab.analysis.architecture import conv_summary
-from hpclab.analysis.figures import available_split, save_figure
+from hpclab.analysis.figures import save_figure
+from hpclab.analysis.inputs import available_split
 from hpclab.analysis.report import final_metrics, run_records, to_csv, to_markdown
 from hpclab.engine.evaluation import TrainedRun
 from hpclab.utils import atomic_write_text, write_json

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,22 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from hpclab.analysis import ANALYSES  # noqa: E402
+from hpclab.analysis.inputs import available_split, first_batch  # noqa: E402
 from hpclab.engine.evaluation import TrainedRun  # noqa: E402
 from hpclab.utils import atomic_path  # noqa: E402
-
-log = logging.getLogger("hpclab")
-
-
-def available_split(run: TrainedRun, split: str) -> str:
-    """``split`` when the run's data has it, else the first of val/test/train that it has,
-    with a warning: a figure's split is never a silent substitute."""
-    if run.data.has(split):
-        return split
-    for name in ("val", "test", "train"):
-        if run.data.has(name):
-            log.warning("split %r has no data in this run; the analysis uses %r", split, name)
-            return name
-    raise ValueError("the run's data has no split with images")
 
 
 def save_figure(fig: "plt.Figure", path: Path, dpi: int = 120) -> Path:
@@ -65,8 +51,7 @@ def image_rows(rows: dict[str, torch.Tensor], path: Path, title: str = "") -> Pa
 def examples(run: TrainedRun, out_dir: Path, split: str = "test", count: int = 10) -> dict[str, Any]:
     """Rows of the task's images (e.g. noisy / output / target) for the first test images."""
     split = available_split(run, split)
-    batch = next(run.data.batches(split, train=False).epoch(0))
-    batch = {k: v[:count] for k, v in batch.items()}
+    batch = first_batch(run, split, count)
     with run.evaluating():
         rows = run.task.images(run.models, batch, run.eval_generator())
     if not rows:

@@ -16,6 +16,7 @@ import torch
 
 from hpclab.analysis import ANALYSES
 from hpclab.analysis.figures import plt, save_figure
+from hpclab.analysis.inputs import first_of_each_class
 from hpclab.analysis.report import read_metrics
 from hpclab.data.transforms import to_float
 from hpclab.engine.evaluation import TrainedRun
@@ -168,18 +169,11 @@ def gan_epoch_grids(run: TrainedRun, out_dir: Path, rows: int = 8) -> dict[str, 
 def gan_categories(run: TrainedRun, out_dir: Path, split: str = "train", ncol: int = 10) -> dict[str, Any]:
     """One real image of every category in the run's data (all 102, or the chosen subset)."""
     names = run.data.info.class_names
-    found: dict[int, torch.Tensor] = {}
-    counts = np.zeros(len(names), dtype=np.int64)
-    for batch in run.data.batches(split, train=False).epoch(0):
-        labels = batch["labels"].cpu()
-        counts += np.bincount(labels.numpy(), minlength=len(names))[: len(names)]
-        for i, label in enumerate(labels.tolist()):
-            if label not in found:
-                found[label] = to_float(batch["images"][i]).cpu()
+    found, counts = first_of_each_class(run, split)
     order = sorted(found)
     if not order:
         return {}
-    path = titled_grid(torch.stack([found[k] for k in order]), [f"{names[k]} ({counts[k]})" for k in order],
+    path = titled_grid(torch.cat([to_float(found[k]["images"]).cpu() for k in order]), [f"{names[k]} ({counts[k]})" for k in order],
                        Path(out_dir) / "categories.png", ncol=ncol, title=f"one {split} image per category (count)")
     return {"figure": str(path), "categories": len(order), "images": int(counts.sum()),
             "per_category": {names[k]: int(counts[k]) for k in order}}

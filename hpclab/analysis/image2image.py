@@ -18,7 +18,7 @@ analysis, whose rows are the task's ``images``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib
 
@@ -29,25 +29,14 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from hpclab.analysis import ANALYSES  # noqa: E402
-from hpclab.analysis.figures import available_split, save_figure  # noqa: E402
+from hpclab.analysis.figures import save_figure  # noqa: E402
+from hpclab.analysis.inputs import available_split, first_batch, network_input  # noqa: E402
 from hpclab.analysis.report import final_metrics, read_metrics, write_table  # noqa: E402
 from hpclab.data.transforms import to_float  # noqa: E402
 from hpclab.engine.evaluation import TrainedRun
 from hpclab.models.conv import Conv2d  # noqa: E402
 
 # --------------------------------------------------------------------------- helpers
-
-def first_batch(run: TrainedRun, split: str, count: Optional[int] = None) -> dict[str, torch.Tensor]:
-    """The first evaluation batch of ``split`` (see ``available_split``), cut to ``count``."""
-    batch = next(run.data.batches(available_split(run, split), train=False).epoch(0))
-    return {k: v[:count] for k, v in batch.items()} if count else batch
-
-
-def network_input(run: TrainedRun, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """What the task feeds the network for ``batch`` (plain float images for generic tasks)."""
-    fn = getattr(run.task, "model_input", None)
-    return fn(batch, run.eval_generator()) if fn else to_float(batch["images"])
-
 
 def strip_rows(rows: Mapping[str, torch.Tensor], path: Path, title: str = "", gap: int = 2) -> Path:
     """Like ``figures.image_rows`` but each row is one image strip (one axis per row, fast for

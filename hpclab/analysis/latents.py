@@ -20,6 +20,7 @@ from torch import nn
 
 from hpclab.analysis import ANALYSES
 from hpclab.analysis.figures import plt, save_figure
+from hpclab.analysis.inputs import first_batch, first_of_each_class, network_input
 from hpclab.analysis.report import run_records, to_csv, to_markdown, write_table
 from hpclab.data.transforms import to_float
 from hpclab.engine.evaluation import TrainedRun
@@ -157,8 +158,7 @@ def layer_summary(run: TrainedRun, out_dir: Path, model: str = "model", split: s
     """Every layer's output shape and the trainable parameter count, printed and saved
     (``layer_summary.txt`` / ``.json``), like Keras' ``model.summary()``."""
     net = _model(run, model)
-    batch = next(run.data.batches(split if run.data.has(split) else "train", train=False).epoch(0))
-    rows, total, trainable = leaf_layer_rows(net, to_float(batch["images"][:2]))
+    rows, total, trainable = leaf_layer_rows(net, network_input(run, first_batch(run, split, 2)))
     text = format_layer_table(rows, total, trainable, f"{type(net).__name__} ({run.cfg.run_name})")
     print(text, flush=True)
     log.info("layer summary of %s: %d trainable parameters", type(net).__name__, trainable)
@@ -302,15 +302,7 @@ def class_reconstructions(run: TrainedRun, out_dir: Path, split: str = "test") -
     """The first test image of every class next to its reconstruction (the task's rows:
     noisy input when denoising, output, target), with each image's MSE."""
     names = run.data.info.class_names
-    found: dict[int, dict[str, torch.Tensor]] = {}
-    for batch in run.data.batches(split, train=False).epoch(0):
-        for c in range(len(names)):
-            if c not in found:
-                hits = (batch["labels"] == c).nonzero()
-                if len(hits):
-                    found[c] = {k: v[hits[0]] for k, v in batch.items()}
-        if len(found) == len(names):
-            break
+    found, _ = first_of_each_class(run, split)
     classes = sorted(found)
     batch = {k: torch.cat([found[c][k] for c in classes]) for k in found[classes[0]]}
     with run.evaluating():
@@ -332,8 +324,8 @@ def inputs_over_encodings(run: TrainedRun, out_dir: Path, count: int = 10, split
     decoded reconstructions: what the dense AE's bottleneck keeps."""
     model = _model(run)
     _require(model, "encode", "inputs_over_encodings")
-    batch = next(run.data.batches(split, train=False).epoch(0))
-    x = to_float(batch["images"][:count])
+    batch = first_batch(run, split, count)
+    x = to_float(batch["images"])
     with run.evaluating():
         codes = model.encode(x).flatten(1).float()
         out = model(x).float().clamp(0, 1)
@@ -342,7 +334,7 @@ def inputs_over_encodings(run: TrainedRun, out_dir: Path, count: int = 10, split
     span = (codes.max() - codes.min()).clamp_min(1e-8)
     encoding = ((codes - codes.min()) / span).view(-1, 1, h, dim // h)
     names = run.data.info.class_names
-    titles = [names[int(y)] if int(y) < len(names) else str(int(y)) for y in batch["labels"][:count]]
+    titles = [names[int(y)] if int(y) < len(names) else str(int(y)) for y in batch["labels"]]
     rows = {"input": x, "encoding": encoding, "output": out}
     path = _columns_figure(rows, titles, out_dir / "inputs_over_encodings.png", f"inputs over their {dim}-d encodings")
     _to_tensorboard(run, "inputs_over_encodings", torch.cat([x, out]), nrow=len(x))
