@@ -86,17 +86,16 @@ def noisy_input(run: TrainedRun, out_dir: Path, split: str = "test") -> dict[str
     import torch
 
     from hpclab.data.transforms import to_float
+    from hpclab.tasks.base import image_error_sums
 
     corrupt = getattr(run.task, "corrupt", None)
     if corrupt is None:
         raise ValueError(f"noisy_input: task '{run.cfg.task.name}' corrupts no inputs")
     split = available_split(run, split)
-    mse_sum, psnr_sum, count = 0.0, 0.0, 0
+    totals = {"mse": 0.0, "psnr": 0.0, "count": 0.0}
     with torch.no_grad():
         for batch, gen in run.eval_batches(split):  # the noise of the engine's evaluation
             clean = to_float(batch["images"])
-            mse = (corrupt(clean, gen) - clean).pow(2).flatten(1).mean(1)
-            mse_sum += float(mse.sum())
-            psnr_sum += float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).sum())
-            count += len(mse)
-    return {f"{split}_mse": mse_sum / count, f"{split}_psnr": psnr_sum / count}
+            for key, value in image_error_sums(corrupt(clean, gen), clean).items():
+                totals[key] += float(value)
+    return {f"{split}_mse": totals["mse"] / totals["count"], f"{split}_psnr": totals["psnr"] / totals["count"]}
