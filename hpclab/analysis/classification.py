@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import torch
 from omegaconf import OmegaConf
 
 from hpclab.analysis import ANALYSES
 from hpclab.analysis.architecture import conv_summary
-from hpclab.analysis.figures import save_figure
+from hpclab.analysis.grids import captioned_grid
 from hpclab.analysis.inputs import available_split
 from hpclab.analysis.report import final_metrics, run_records, to_csv, to_markdown
 from hpclab.engine.evaluation import TrainedRun
@@ -41,8 +42,6 @@ def reconstruction_grid(run: TrainedRun, out_dir: Path, split: str = "test", cou
                         columns: int = 3) -> dict[str, Any]:
     """``count`` random images of ``split`` and the model's reconstructions, as (image,
     reconstruction) pairs in a grid of ``columns`` pairs per row; per-image MSE in the titles."""
-    import matplotlib.pyplot as plt
-
     split = available_split(run, split)
     n = len(run.data.indices[split])
     picks = np.sort(np.random.default_rng(seed).choice(n, size=min(count, n), replace=False))
@@ -54,20 +53,11 @@ def reconstruction_grid(run: TrainedRun, out_dir: Path, split: str = "test", cou
                          f"(task {run.cfg.task.name} gives {', '.join(shown) or 'none'})")
     target, output = shown["target"].float().cpu(), shown["output"].float().clamp(0, 1).cpu()
     mse = (output - target).pow(2).flatten(1).mean(1)
-    rows = -(-len(target) // columns)
-    fig, axes = plt.subplots(rows, 2 * columns, figsize=(2.0 * 2 * columns, 2.15 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for i in range(len(target)):
-        r, c = divmod(i, columns)
-        for j, (img, title) in enumerate(((target[i], f"image {int(picks[i])}"), (output[i], f"recon. mse {mse[i]:.4f}"))):
-            ax = axes[r][2 * c + j]
-            ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray" if img.shape[0] == 1 else None,
-                      vmin=0, vmax=1)
-            ax.set_title(title, fontsize=8)
-    fig.suptitle(f"{run.cfg.run_name}: {len(target)} random {split} images and their reconstructions")
-    fig.tight_layout()
-    path = save_figure(fig, out_dir / f"reconstructions_{split}.png")
+    pairs = torch.stack([target, output], 1).flatten(0, 1)  # image, its reconstruction, next image, ...
+    captions = [text for i, m in zip(picks, mse) for text in (f"image {int(i)}", f"recon. mse {m:.4f}")]
+    path = captioned_grid(pairs, captions, out_dir / f"reconstructions_{split}.png", ncol=2 * columns,
+                          title=f"{run.cfg.run_name}: {len(target)} random {split} images and their reconstructions",
+                          inches=2.0)
     return {"figure": str(path), "indices": [int(i) for i in picks], "mse": round(float(mse.mean()), 6)}
 
 

@@ -7,15 +7,15 @@ under the run's ``figures/`` and returns the numbers that go into ``summary.json
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from hpclab.analysis import ANALYSES
 from hpclab.analysis.figures import plt, save_figure
+from hpclab.analysis.grids import captioned_grid, full_resolution_grid, image_rows, image_strips
 from hpclab.analysis.inputs import first_of_each_class
 from hpclab.analysis.report import read_metrics
 from hpclab.data.transforms import to_float
@@ -39,32 +39,6 @@ def generate(run: TrainedRun, z: torch.Tensor, batch_size: int = 256) -> torch.T
     G = run.unwrap("generator")
     with run.evaluating():
         return torch.cat([to_unit(G(z[i : i + batch_size])).cpu() for i in range(0, len(z), batch_size)])
-
-
-def save_png(images: torch.Tensor, path: Path, nrow: int = 8) -> Path:
-    """A grid of N x C x H x W images in [0, 1] at full resolution, written atomically."""
-    import torchvision
-
-    with atomic_path(path) as tmp:
-        torchvision.utils.save_image(images.float().clamp(0, 1), tmp, nrow=nrow, padding=2, format="png")
-    return path
-
-
-def titled_grid(images: torch.Tensor, titles: Sequence[str], path: Path, ncol: int = 8, title: str = "") -> Path:
-    """A grid with a caption under every image (category names, indices and scores, alphas)."""
-    n = len(images)
-    ncol = min(ncol, n)
-    nrow = math.ceil(n / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(1.6 * ncol, 1.8 * nrow), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < n:
-            img = images[i].float().clamp(0, 1).cpu()
-            ax.imshow(img.permute(1, 2, 0) if img.shape[0] == 3 else img[0], cmap=None if img.shape[0] == 3 else "gray")
-            ax.set_title(titles[i], fontsize=7)
-    if title:
-        fig.suptitle(title)
-    return save_figure(fig, path)
 
 
 def save_npy(array: np.ndarray, path: Path) -> Path:
@@ -142,24 +116,18 @@ def gan_epoch_grids(run: TrainedRun, out_dir: Path, rows: int = 8) -> dict[str, 
         with atomic_path(out_dir / "epochs" / name) as tmp:
             tmp.write_bytes(png)
         files.append((epoch, out_dir / "epochs" / name))
-    final = save_png(generate(run, task.fixed_latents(run.device)), out_dir / "samples_final.png")
+    final = full_resolution_grid(generate(run, task.fixed_latents(run.device)), out_dir / "samples_final.png")
     result: dict[str, Any] = {"epochs": len(files), "final": str(final)}
     if files:
         picks = sorted({round(i * (len(files) - 1) / max(rows - 1, 1)) for i in range(min(rows, len(files)))})
-        grids = []
+        grids = {}
         for i in picks:
             with Image.open(files[i][1]) as img:
-                grids.append(np.asarray(img.convert("RGB")))
-        aspect = grids[0].shape[0] / grids[0].shape[1]
-        fig, axes = plt.subplots(len(picks), 1, figsize=(10, 10 * aspect * len(picks) + 0.6), squeeze=False,
-                                 layout="constrained")
-        for ax, i, grid in zip(axes[:, 0], picks, grids):
-            ax.imshow(grid)
-            ax.set_ylabel(f"epoch {files[i][0]:.3g}", fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        fig.suptitle("the same latent vectors through training")
-        result["overview"] = str(save_figure(fig, out_dir / "samples_by_epoch.png"))
+                pixels = torch.from_numpy(np.asarray(img.convert("RGB")).copy())
+            grids[f"epoch {files[i][0]:.3g}"] = pixels.permute(2, 0, 1)[None].float() / 255
+        overview = image_strips(grids, out_dir / "samples_by_epoch.png", width=10,
+                                title="the same latent vectors through training")
+        result["overview"] = str(overview)
     return result
 
 
@@ -173,8 +141,9 @@ def gan_categories(run: TrainedRun, out_dir: Path, split: str = "train", ncol: i
     order = sorted(found)
     if not order:
         return {}
-    path = titled_grid(torch.cat([to_float(found[k]["images"]).cpu() for k in order]), [f"{names[k]} ({counts[k]})" for k in order],
-                       Path(out_dir) / "categories.png", ncol=ncol, title=f"one {split} image per category (count)")
+    images = torch.cat([to_float(found[k]["images"]).cpu() for k in order])
+    path = captioned_grid(images, [f"{names[k]} ({counts[k]})" for k in order], Path(out_dir) / "categories.png",
+                          ncol=ncol, title=f"one {split} image per category (count)")
     return {"figure": str(path), "categories": len(order), "images": int(counts.sum()),
             "per_category": {names[k]: int(counts[k]) for k in order}}
 
@@ -232,8 +201,6 @@ def gan_batch_vs_single(run: TrainedRun, out_dir: Path, n: Optional[int] = None,
     diff = {mode: (out[f"{mode}: batch"] - out[f"{mode}: one by one"]).abs().mean().item() for mode in ("train", "eval")}
     modes = (out["train: batch"] - out["eval: batch"]).abs().mean().item()
     show = min(show, n)
-    from hpclab.analysis.figures import image_rows
-
     figure = image_rows({k: v[:show] for k, v in out.items()}, Path(out_dir) / "batch_vs_single.png",
                         title="same latent vectors: as one batch vs one at a time")
     text = EXPLANATION.format(n=n, seed=seed, train=diff["train"], eval=diff["eval"], modes=modes)
@@ -273,9 +240,9 @@ def gan_favourites(run: TrainedRun, out_dir: Path, candidates: int = 64, count: 
     if len(picks) < 2 or not (0 <= a_pos < len(picks) and 0 <= b_pos < len(picks)):
         raise ValueError(f"gan_favourites: pair {[a_pos, b_pos]} must name two of the {len(picks)} favourites "
                          "(positions 0..count-1)")
-    titled_grid(images, [f"#{i} D={s:.2f}" for i, s in enumerate(scores.tolist())], out_dir / "candidates.png",
+    captioned_grid(images, [f"#{i} D={s:.2f}" for i, s in enumerate(scores.tolist())], out_dir / "candidates.png",
                 title=f"candidates (seed {seed}); pick with indices=[...]")
-    fav_png = save_png(images[picks], out_dir / "favourites.png", nrow=min(8, len(picks)))
+    fav_png = full_resolution_grid(images[picks], out_dir / "favourites.png", per_row=min(8, len(picks)))
     fav_z = z[picks].float().cpu().numpy()
     save_npy(fav_z, out_dir / "favourites_z.npy")
 
@@ -283,7 +250,7 @@ def gan_favourites(run: TrainedRun, out_dir: Path, candidates: int = 64, count: 
     alphas = torch.linspace(0.0, 1.0, steps)
     z_line = torch.stack([a * z1 + (1 - a) * z2 for a in alphas.tolist()])
     strip = generate(run, z_line)
-    titled_grid(strip, [f"a={a:.1f}" for a in alphas.tolist()], out_dir / "interpolation.png", ncol=steps,
+    captioned_grid(strip, [f"a={a:.1f}" for a in alphas.tolist()], out_dir / "interpolation.png", ncol=steps,
                 title=f"z = a*z1 + (1-a)*z2, z1 = candidate #{picks[a_pos]}, z2 = candidate #{picks[b_pos]}")
     save_npy(z_line.float().cpu().numpy(), out_dir / "interpolation_z.npy")
     record = {"seed": seed, "candidates": candidates, "selection": how, "indices": picks,

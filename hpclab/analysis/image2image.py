@@ -30,33 +30,12 @@ from torch import nn  # noqa: E402
 
 from hpclab.analysis import ANALYSES  # noqa: E402
 from hpclab.analysis.figures import save_figure  # noqa: E402
+from hpclab.analysis.grids import image_rows, image_strips  # noqa: E402
 from hpclab.analysis.inputs import available_split, first_batch, network_input  # noqa: E402
 from hpclab.analysis.report import final_metrics, read_metrics, write_table  # noqa: E402
 from hpclab.data.transforms import to_float  # noqa: E402
 from hpclab.engine.evaluation import TrainedRun
 from hpclab.models.conv import Conv2d  # noqa: E402
-
-# --------------------------------------------------------------------------- helpers
-
-def strip_rows(rows: Mapping[str, torch.Tensor], path: Path, title: str = "", gap: int = 2) -> Path:
-    """Like ``figures.image_rows`` but each row is one image strip (one axis per row, fast for
-    many rows); rows may have different image sizes."""
-    fig, axes = plt.subplots(len(rows), 1, figsize=(12, 1.3 * len(rows) + 0.5), squeeze=False)
-    for ax, (name, images) in zip(axes[:, 0], rows.items()):
-        x = images.detach().float().clamp(0, 1).cpu()
-        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x[:, :3]
-        n, _, h, w = x.shape
-        strip = torch.ones(3, h, n * (w + gap) - gap)
-        for i in range(n):
-            strip[:, :, i * (w + gap) : i * (w + gap) + w] = x[i]
-        ax.imshow(strip.permute(1, 2, 0).numpy(), interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_ylabel(name, fontsize=8)
-    if title:
-        fig.suptitle(title)
-    return save_figure(fig, path)
-
 
 # --------------------------------------------------------------------------- layer table
 
@@ -163,8 +142,8 @@ def other_sizes(run: TrainedRun, out_dir: Path, sizes: Sequence[int] = (24, 48),
             rows = run.task.images(run.models, _resize_batch(first_batch(run, split, count), size),
                                        run.eval_generator())
             shown.update({f"{size}px {name}": images for name, images in rows.items()})
-    figure = strip_rows(shown, out_dir / f"other_sizes_{split}_examples.png",
-                        title=f"{run.cfg.run_name}: trained at {trained}x{trained}") if shown else None
+    figure = image_strips(shown, out_dir / f"other_sizes_{split}_examples.png",
+                          title=f"{run.cfg.run_name}: trained at {trained}x{trained}") if shown else None
     columns = sorted({k for r in results.values() for k in r}, key=lambda k: (k not in ("mse", "psnr"), k))
     body = [[f"{s}x{s}" + (" (trained)" if s == trained else ""), *[r.get(c) for c in columns]] for s, r in results.items()]
     files = write_table(["size", *columns], body, out_dir / f"other_sizes_{split}",
@@ -198,21 +177,9 @@ def seg_overlays(run: TrainedRun, out_dir: Path, split: str = "test", count: int
     scan, truth, pred = rows["scan"].float().cpu(), rows["truth"].float().cpu(), rows["prediction"].float().cpu()
     dice, iou = overlap_scores(pred, truth, getattr(run.task, "eps", 1e-6))
     panels = {"scan": scan, "truth": overlay(scan, truth, (1.0, 0.1, 0.1)), "prediction": overlay(scan, pred, (0.1, 1.0, 0.2))}
-    n = len(scan)
-    fig, axes = plt.subplots(3, n, figsize=(2.0 * n, 6.3), squeeze=False)
-    for r, (name, images) in enumerate(panels.items()):
-        for c in range(n):
-            ax = axes[r][c]
-            img = images[c].clamp(0, 1)
-            ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(name)
-            if r == 2:
-                ax.set_title(f"Dice {dice[c]:.3f}  IoU {iou[c]:.3f}", fontsize=8)
-    fig.suptitle(f"{run.cfg.run_name}: scan / truth / prediction ({split})")
-    path = save_figure(fig, out_dir / f"segmentation_{split}.png")
+    path = image_rows(panels, out_dir / f"segmentation_{split}.png",
+                      f"{run.cfg.run_name}: scan / truth / prediction ({split})",
+                      [f"Dice {d:.3f}  IoU {i:.3f}" for d, i in zip(dice, iou)], inches=2.0)
     return {"figure": str(path), "dice": [round(float(v), 4) for v in dice], "iou": [round(float(v), 4) for v in iou]}
 
 

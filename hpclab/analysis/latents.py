@@ -20,6 +20,7 @@ from torch import nn
 
 from hpclab.analysis import ANALYSES
 from hpclab.analysis.figures import plt, save_figure
+from hpclab.analysis.grids import image_rows, labelled_grid
 from hpclab.analysis.inputs import first_batch, first_of_each_class, network_input
 from hpclab.analysis.report import run_records, to_csv, to_markdown, write_table
 from hpclab.data.transforms import to_float
@@ -249,52 +250,14 @@ def latent_grid(run: TrainedRun, out_dir: Path, steps: int = 12, split: str = "t
                 z[:, 2] = z3
             images = model.decode(torch.from_numpy(z).to(run.device)).float().clamp(0, 1).cpu()
             title = f"z3 = {z3:.3g}" if z3 is not None else "decoded latent grid"
-            figures.append(_grid_figure(images, len(cols), rows, cols, title, out_dir / f"latent_grid_{k:02d}.png"))
+            figures.append(labelled_grid(images, len(cols), out_dir / f"latent_grid_{k:02d}.png", title,
+                                         [f"{v:.2g}" for v in cols], [f"{v:.2g}" for v in rows], "z2", "z1"))
             _to_tensorboard(run, f"latent_grid/{k:02d}", images, nrow=len(cols))
     return {"figures": len(figures), "range": [[float(a), float(b)] for a, b in zip(lo, hi)],
             "files": [str(f) for f in figures]}
 
 
-def _grid_figure(images: torch.Tensor, nrow: int, rows: np.ndarray, cols: np.ndarray, title: str, path: Path) -> Path:
-    """One image of ``len(rows) x len(cols)`` decoded images with the latent values as ticks."""
-    import torchvision
-
-    grid = torchvision.utils.make_grid(images, nrow=nrow, padding=2, pad_value=1.0)
-    h, w = images.shape[-2:]
-    fig, ax = plt.subplots(figsize=(0.55 * len(cols) + 1.5, 0.55 * len(rows) + 1.2))
-    ax.imshow(grid.permute(1, 2, 0).numpy() if images.shape[1] == 3 else grid[0].numpy(), cmap="gray", vmin=0, vmax=1)
-    ax.set_xticks([2 + j * (w + 2) + w / 2 for j in range(len(cols))], [f"{v:.2g}" for v in cols], fontsize=6, rotation=90)
-    ax.set_yticks([2 + i * (h + 2) + h / 2 for i in range(len(rows))], [f"{v:.2g}" for v in rows], fontsize=6)
-    ax.set_xlabel("z2")
-    ax.set_ylabel("z1")
-    ax.set_title(title)
-    return save_figure(fig, path)
-
-
 # --------------------------------------------------------------------------- reconstructions
-
-def _columns_figure(rows: dict[str, torch.Tensor], titles: Sequence[str], path: Path, title: str) -> Path:
-    """Named rows of images with a title over every column (e.g. the class name)."""
-    names = list(rows)
-    n = len(titles)
-    fig, axes = plt.subplots(len(names), n, figsize=(1.25 * n, 1.35 * len(names) + 0.4), squeeze=False)
-    for r, name in enumerate(names):
-        for c in range(n):
-            img = rows[name][c].detach().float().cpu()
-            ax = axes[r][c]
-            if img.shape[0] == 1:
-                ax.imshow(img[0].clamp(0, 1), cmap="gray", vmin=0, vmax=1)
-            else:
-                ax.imshow(img.clamp(0, 1).permute(1, 2, 0))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(str(titles[c]), fontsize=8)
-            if c == 0:
-                ax.set_ylabel(name, fontsize=9)
-    fig.suptitle(title, y=1.0 + 0.12 / len(names))
-    return save_figure(fig, path)
-
 
 @ANALYSES.register("class_reconstructions")
 @torch.no_grad()
@@ -311,8 +274,8 @@ def class_reconstructions(run: TrainedRun, out_dir: Path, split: str = "test") -
     rows = {labels[k]: shown[k] for k in ("target", "input", "output") if k in shown}
     mse = (shown["output"].float() - shown["target"].float()).pow(2).flatten(1).mean(1).cpu().tolist()
     titles = [f"{names[c]}\n{m:.4f}" for c, m in zip(classes, mse)]
-    path = _columns_figure(rows, titles, out_dir / f"class_reconstructions_{split}.png",
-                           f"one {split} image per class next to its reconstruction (MSE)")
+    path = image_rows(rows, out_dir / f"class_reconstructions_{split}.png",
+                      f"one {split} image per class next to its reconstruction (MSE)", titles, inches=1.25)
     _to_tensorboard(run, "class_reconstructions", torch.cat(list(rows.values())), nrow=len(classes))
     return {"figure": str(path), "mse": {names[c]: round(m, 6) for c, m in zip(classes, mse)}}
 
@@ -336,7 +299,8 @@ def inputs_over_encodings(run: TrainedRun, out_dir: Path, count: int = 10, split
     names = run.data.info.class_names
     titles = [names[int(y)] if int(y) < len(names) else str(int(y)) for y in batch["labels"]]
     rows = {"input": x, "encoding": encoding, "output": out}
-    path = _columns_figure(rows, titles, out_dir / "inputs_over_encodings.png", f"inputs over their {dim}-d encodings")
+    path = image_rows(rows, out_dir / "inputs_over_encodings.png", f"inputs over their {dim}-d encodings", titles,
+                      inches=1.25)
     _to_tensorboard(run, "inputs_over_encodings", torch.cat([x, out]), nrow=len(x))
     return {"figure": str(path), "dim": dim}
 
