@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from hpclab.analysis import ANALYSES
-from hpclab.analysis.figures import plt, save_figure
+from hpclab.analysis.curves import Line, Panel, plot_panels, series
 from hpclab.analysis.grids import captioned_grid, full_resolution_grid, image_rows, image_strips
 from hpclab.analysis.inputs import first_of_each_class
 from hpclab.analysis.report import read_metrics
@@ -56,28 +56,21 @@ def gan_curves(run: TrainedRun, out_dir: Path) -> dict[str, Any]:
     (``train.log_every``; 1 = every step), with the per-epoch values on the val images."""
     records = read_metrics(run.run_dir)
     fit = [r for r in records if r["split"] == "fit" and "d_loss" in r]
-    val = [r for r in records if r["split"] == "val" and "d_real" in r]
     if not fit:
         return {}
-    steps = [r["step"] for r in fit]
-    fig, (ax_loss, ax_out) = plt.subplots(1, 2, figsize=(12, 4))
-    ax_loss.plot(steps, [r["g_loss"] for r in fit], label="generator loss", lw=0.8)
-    ax_loss.plot(steps, [r["d_loss"] for r in fit], label="discriminator loss", lw=0.8)
-    ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("BCE")
-    ax_loss.set_title("losses")
-    ax_out.plot(steps, [r["d_real"] for r in fit], label="D(x), real (train)", lw=0.8)
-    ax_out.plot(steps, [r["d_fake"] for r in fit], label="D(G(z)), generated (train)", lw=0.8)
-    if val:
-        ax_out.plot([r["step"] for r in val], [r["d_real"] for r in val], "o-", ms=3, label="D(x), val images (eval mode)")
-        ax_out.plot([r["step"] for r in val], [r["d_fake"] for r in val], "s-", ms=3, label="D(G(z)) (eval mode)")
-    ax_out.set_ylim(0, 1)
-    ax_out.set_xlabel("step")
-    ax_out.set_title("discriminator's mean output")
-    for ax in (ax_loss, ax_out):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    path = save_figure(fig, Path(out_dir) / "gan_curves.png")
+
+    def train(name: str, label: str) -> Line:
+        return Line(*series(records, "fit", name, x="step"), label, width=0.8)
+
+    def val(name: str, label: str, style: str) -> Line:
+        return Line(*series(records, "val", name, x="step"), label, style, marker_size=3)
+
+    losses = [train("g_loss", "generator loss"), train("d_loss", "discriminator loss")]
+    outputs = [train("d_real", "D(x), real (train)"), train("d_fake", "D(G(z)), generated (train)"),
+               val("d_real", "D(x), val images (eval mode)", "o-"), val("d_fake", "D(G(z)) (eval mode)", "s-")]
+    panels = [Panel(losses, "step", "BCE", "losses"),
+              Panel([line for line in outputs if line.x], "step", title="discriminator's mean output", ylim=(0, 1))]
+    path = plot_panels(panels, Path(out_dir) / "gan_curves.png", panel_size=(6, 4))
     last = fit[-1]
     return {"figure": str(path), "last": {k: last[k] for k in ("g_loss", "d_loss", "d_real", "d_fake")}}
 

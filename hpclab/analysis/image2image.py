@@ -7,9 +7,8 @@
 * ``other_sizes``: the trained network evaluated (and shown) on the split resized to other
   sizes than it was trained on (the fully convolutional nets handle any size).
 * ``seg_overlays``: scan / truth overlay / prediction overlay rows with per-image Dice.
-* ``curves`` (and ``plot_curves`` for ``jobs/compare_runs.py``): training and validation
-  curves of one or several runs from their ``metrics.jsonl``.
 
+Training and validation curves are the generic ``curves`` analysis (``hpclab.analysis.curves``).
 The image rows of colourization (grey input / prediction / ground truth) and
 super-resolution (input / network / bilinear / truth) come from the generic ``examples``
 analysis, whose rows are the task's ``images``.
@@ -18,24 +17,19 @@ analysis, whose rows are the task's ``images``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
-import matplotlib
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-
-from hpclab.analysis import ANALYSES  # noqa: E402
-from hpclab.analysis.figures import save_figure  # noqa: E402
-from hpclab.analysis.grids import image_rows, image_strips  # noqa: E402
-from hpclab.analysis.inputs import available_split, first_batch, network_input  # noqa: E402
-from hpclab.analysis.report import final_metrics, read_metrics, write_table  # noqa: E402
-from hpclab.data.transforms import to_float  # noqa: E402
+from hpclab.analysis import ANALYSES
+from hpclab.analysis.grids import image_rows, image_strips
+from hpclab.analysis.inputs import available_split, first_batch, network_input
+from hpclab.analysis.report import final_metrics, write_table
+from hpclab.data.transforms import to_float
 from hpclab.engine.evaluation import TrainedRun
-from hpclab.models.conv import Conv2d  # noqa: E402
+from hpclab.models.conv import Conv2d
 
 # --------------------------------------------------------------------------- layer table
 
@@ -181,40 +175,3 @@ def seg_overlays(run: TrainedRun, out_dir: Path, split: str = "test", count: int
                       f"{run.cfg.run_name}: scan / truth / prediction ({split})",
                       [f"Dice {d:.3f}  IoU {i:.3f}" for d, i in zip(dice, iou)], inches=2.0)
     return {"figure": str(path), "dice": [round(float(v), 4) for v in dice], "iou": [round(float(v), 4) for v in iou]}
-
-
-# --------------------------------------------------------------------------- curves
-
-def plot_curves(runs: Mapping[str, Path], metrics: Sequence[str], path: Path, title: str = "") -> Path:
-    """One panel per metric; per run the training (``fit``, dashed) and evaluation splits
-    (solid) against epochs. A metric is ``name`` (all splits) or ``split/name``."""
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        want_split, _, name = metric.rpartition("/")
-        for label, run_dir in runs.items():
-            records = read_metrics(run_dir)
-            splits = sorted({r["split"] for r in records if name in r and not r["split"].startswith("final")})
-            for split in splits:
-                if want_split and split != want_split:
-                    continue
-                points = [(r["epoch"], r[name]) for r in records if r["split"] == split and name in r]
-                if points:
-                    xs, ys = zip(*points)
-                    ax.plot(xs, ys, "--" if split == "fit" else "-", marker="." if len(xs) < 30 else None,
-                            label=f"{label} {'train' if split == 'fit' else split}")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-@ANALYSES.register("curves")
-def curves(run: TrainedRun, out_dir: Path, metrics: Sequence[str] = ("loss",)) -> dict[str, Any]:
-    """Training/validation curves of this run."""
-    path = plot_curves({run.cfg.run_name: run.run_dir}, list(metrics), out_dir / "curves.png",
-                       title=run.cfg.run_name)
-    return {"figure": str(path)}
