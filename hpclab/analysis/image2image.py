@@ -21,64 +21,26 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from hpclab.analysis import ANALYSES
 from hpclab.analysis.grids import image_rows, image_strips
-from hpclab.analysis.inputs import available_split, first_batch, network_input
+from hpclab.analysis.inputs import available_split, first_batch
+from hpclab.analysis.layers import run_layer_rows, write_layer_table
 from hpclab.analysis.report import final_metrics, write_table
 from hpclab.data.transforms import to_float
 from hpclab.engine.evaluation import TrainedRun
-from hpclab.models.conv import Conv2d
 
 # --------------------------------------------------------------------------- layer table
-
-def layer_rows(model: nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
-    """One row per leaf module, in forward order, with its output shape for input ``x``."""
-    from hpclab.analysis.hooks import forward_outputs
-
-    rows = [describe_layer(name, module, tuple(out.shape[1:]))
-            for name, module, out in forward_outputs(model, x) if isinstance(out, torch.Tensor)]
-    return rows
-
-
-def describe_layer(name: str, module: nn.Module, out_shape: tuple[int, ...]) -> dict[str, Any]:
-    row: dict[str, Any] = {"name": name, "layer": type(module).__name__, "filters": None, "kernel": None,
-                           "stride": None, "padding": None, "dilation": None, "output": "x".join(map(str, out_shape)),
-                           "params": sum(p.numel() for p in module.parameters(recurse=False))}
-    if isinstance(module, Conv2d):
-        row["layer"] = "Conv2d (own, unfold/matmul)"
-    if isinstance(module, (Conv2d, nn.Conv2d, nn.ConvTranspose2d)):
-        row.update(filters=module.out_channels, kernel="x".join(map(str, module.kernel_size)),
-                   stride=_scalar(module.stride), padding=_scalar(module.padding), dilation=_scalar(module.dilation))
-        row["in"] = module.in_channels
-    elif isinstance(module, nn.MaxPool2d):
-        row.update(kernel=str(module.kernel_size), stride=_scalar(module.stride))
-    elif isinstance(module, nn.Upsample):
-        row.update(kernel=f"x{module.scale_factor} {module.mode}")
-    return row
-
-
-def _scalar(value: Any) -> Any:
-    if isinstance(value, (tuple, list)) and len(set(value)) == 1:
-        return value[0]
-    return value
-
 
 @ANALYSES.register("layer_table")
 def layer_table(run: TrainedRun, out_dir: Path, model: str = "model", split: str = "test") -> dict[str, Any]:
     """The layers of the network as a table: layer count, filter sizes, numbers of filters."""
     net = run.unwrap(model)
-    batch = first_batch(run, split, count=2)
-    with run.evaluating():
-        rows = layer_rows(net, network_input(run, batch))
+    rows = [r for r in run_layer_rows(run, model, split) if isinstance(r["output"], tuple)]
     convs = [r for r in rows if r["filters"] is not None]
-    header = ["#", "name", "layer", "in", "filters", "kernel", "stride", "padding", "dilation", "output", "params"]
-    body = [[i, r["name"], r["layer"], r.get("in"), r["filters"], r["kernel"], r["stride"], r["padding"],
-             r["dilation"], r["output"], r["params"]] for i, r in enumerate(rows, 1)]
     title = (f"{type(net).__name__}: {len(convs)} conv layers, "
              f"{sum(p.numel() for p in net.parameters()):,} parameters")
-    files = write_table(header, body, out_dir / f"layers_{model}", title)
+    files = write_layer_table(rows, out_dir / f"layers_{model}", title)
     return {"conv_layers": len(convs), "filters": [r["filters"] for r in convs],
             "kernels": sorted({r["kernel"] for r in convs}), "layers": len(rows), **files}
 

@@ -21,7 +21,8 @@ from torch import nn
 from hpclab.analysis import ANALYSES
 from hpclab.analysis.figures import plt, save_figure
 from hpclab.analysis.grids import image_rows, labelled_grid
-from hpclab.analysis.inputs import first_batch, first_of_each_class, network_input
+from hpclab.analysis.inputs import first_batch, first_of_each_class
+from hpclab.analysis.layers import keras_shape, run_layer_rows, summary_text
 from hpclab.analysis.report import run_records, to_csv, to_markdown, write_table
 from hpclab.data.transforms import to_float
 from hpclab.engine.evaluation import TrainedRun
@@ -117,57 +118,24 @@ def write_group_table(group_dir: Path, name: str, columns: Sequence[str], sort_b
 
 # --------------------------------------------------------------------------- layer table
 
-def _shape_text(value: Any) -> str:
-    if isinstance(value, torch.Tensor):
-        return str([-1, *value.shape[1:]])
-    if isinstance(value, (tuple, list)):
-        return ", ".join(_shape_text(v) for v in value)
-    return type(value).__name__
-
-
-@torch.no_grad()
-def leaf_layer_rows(model: nn.Module, example: torch.Tensor) -> tuple[list[list[Any]], int, int]:
-    """(name, type, output shape, parameters) of every leaf layer in call order, from one
-    forward pass with hooks; plus the total and trainable parameter counts."""
-    from hpclab.analysis.hooks import forward_outputs
-
-    was_training = model.training
-    model.eval()
-    try:
-        calls = forward_outputs(model, example)
-    finally:
-        model.train(was_training)
-    rows = [[name, type(mod).__name__, _shape_text(output), sum(p.numel() for p in mod.parameters(recurse=False))]
-            for name, mod, output in calls]
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return rows, total, trainable
-
-
-def format_layer_table(rows: list[list[Any]], total: int, trainable: int, title: str) -> str:
-    header = ["Layer", "Type", "Output shape", "Param #"]
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
-    line = "-" * (sum(widths) + 6)
-    fmt = lambda r: "  ".join(str(v).ljust(w) if i < 3 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths)))  # noqa: E731
-    body = [title, line, fmt(header), line, *[fmt(r) for r in rows], line,
-            f"Total params: {total:,}", f"Trainable params: {trainable:,}", f"Non-trainable params: {total - trainable:,}"]
-    return "\n".join(body) + "\n"
-
-
 @ANALYSES.register("layer_summary")
 def layer_summary(run: TrainedRun, out_dir: Path, model: str = "model", split: str = "test") -> dict[str, Any]:
     """Every layer's output shape and the trainable parameter count, printed and saved
     (``layer_summary.txt`` / ``.json``), like Keras' ``model.summary()``."""
     net = _model(run, model)
-    rows, total, trainable = leaf_layer_rows(net, network_input(run, first_batch(run, split, 2)))
-    text = format_layer_table(rows, total, trainable, f"{type(net).__name__} ({run.cfg.run_name})")
+    rows = run_layer_rows(run, model, split)
+    total = sum(p.numel() for p in net.parameters())
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    text = summary_text(rows, total, trainable, f"{type(net).__name__} ({run.cfg.run_name})")
     print(text, flush=True)
     log.info("layer summary of %s: %d trainable parameters", type(net).__name__, trainable)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "layer_summary.txt", text)
-    write_json(out_dir / "layer_summary.json", {"layers": [dict(zip(("name", "type", "output_shape", "parameters"), r)) for r in rows],
-                                                "total": total, "trainable": trainable})
-    return {"parameters": total, "trainable": trainable, "layers": len(rows), "file": str(out_dir / "layer_summary.txt")}
+    layers = [{"name": r["name"], "type": r["type"], "output_shape": keras_shape(r["output"]),
+               "parameters": r["params"]} for r in rows]
+    write_json(out_dir / "layer_summary.json", {"layers": layers, "total": total, "trainable": trainable})
+    return {"parameters": total, "trainable": trainable, "layers": len(rows),
+            "file": str(out_dir / "layer_summary.txt")}
 
 
 # --------------------------------------------------------------------------- latent space pictures
