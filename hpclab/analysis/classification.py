@@ -25,13 +25,14 @@ from omegaconf import OmegaConf
 
 from hpclab.analysis import ANALYSES
 from hpclab.analysis.architecture import conv_summary
+from hpclab.analysis.group_tables import write_group_table
 from hpclab.analysis.grids import captioned_grid
 from hpclab.analysis.inputs import available_split
-from hpclab.analysis.report import final_metrics, run_records, to_csv, to_markdown
+from hpclab.analysis.report import final_metrics
 from hpclab.engine.evaluation import TrainedRun
-from hpclab.utils import atomic_write_text, write_json
+from hpclab.utils import write_json
 
-ROW_FILE = "results_row.json"
+RECORD = "results_row"
 TABLE_NAME = "results_table"
 
 
@@ -109,36 +110,27 @@ def table_row(run: TrainedRun, model: str = "model") -> dict[str, Any]:
     }
 
 
-HEADER = ["run", "experiment", "model", "architecture", "parameters", "trainable", "best_checkpoint",
+COLUMNS = ["experiment", "model", "architecture", "parameters", "trainable", "best_checkpoint",
           "train_acc", "val_acc", "test_acc", "hyper_parameters", "data"]
 
 
 def write_results_table(group_dir: Path | str) -> dict[str, str]:
     """Rebuild ``results_table.md`` / ``.csv`` from the rows of every run in ``group_dir``."""
     group_dir = Path(group_dir)
-    rows = [record for _, record in run_records(group_dir, f"figures/{ROW_FILE}")]
-    if not rows:
-        raise FileNotFoundError(f"no {ROW_FILE} under {group_dir}/*/figures/ (add results_table to the runs' analysis)")
-
-    def cell(v: Any) -> Any:
-        return round(v, 4) if isinstance(v, float) else v
-
-    body = [[cell(r.get(h)) for h in HEADER] for r in rows]
-    md = group_dir / f"{TABLE_NAME}.md"
-    csv = group_dir / f"{TABLE_NAME}.csv"
-    intro = (f"# {group_dir.name}: classification results\n\n{len(rows)} run(s). Accuracies are fractions, measured "
-             "with the best checkpoint's weights (train accuracy without augmentation); architecture lists "
-             "filters@kernel/stride/padding of each conv layer and FC widths.\n\n")
-    atomic_write_text(md, intro + to_markdown(HEADER, body))
-    atomic_write_text(csv, to_csv(HEADER, body))
-    return {"md": str(md), "csv": str(csv)}
+    note = ("Accuracies are fractions, measured with the best checkpoint's weights (train accuracy without "
+            "augmentation); architecture lists filters@kernel/stride/padding of each conv layer and FC widths.")
+    files = write_group_table(group_dir, RECORD, COLUMNS, f"{group_dir.name}: classification results", note,
+                              table=TABLE_NAME, digits=4)
+    if files is None:
+        raise FileNotFoundError(f"no {RECORD}.json under {group_dir}/*/figures/ (add results_table to the runs' analysis)")
+    return files
 
 
 @ANALYSES.register("results_table")
 def results_table(run: TrainedRun, out_dir: Path, model: str = "model") -> dict[str, Any]:
     """Record this run's row and rebuild its group's table."""
     row = table_row(run, model)
-    write_json(out_dir / ROW_FILE, row)
+    write_json(out_dir / f"{RECORD}.json", row)
     files = write_results_table(run.run_dir.parent)
     return {"train_acc": row["train_acc"], "test_acc": row["test_acc"], "table": files["md"]}
 

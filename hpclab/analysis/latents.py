@@ -20,10 +20,11 @@ from torch import nn
 
 from hpclab.analysis import ANALYSES
 from hpclab.analysis.figures import plt, save_figure
+from hpclab.analysis.group_tables import write_group_table
 from hpclab.analysis.grids import image_rows, labelled_grid
 from hpclab.analysis.inputs import first_batch, first_of_each_class
 from hpclab.analysis.layers import keras_shape, run_layer_rows, summary_text
-from hpclab.analysis.report import run_records, to_csv, to_markdown, write_table
+from hpclab.analysis.report import write_table
 from hpclab.data.transforms import to_float
 from hpclab.engine.evaluation import TrainedRun
 from hpclab.utils import atomic_write_text, write_json
@@ -96,24 +97,6 @@ def _to_tensorboard(run: TrainedRun, tag: str, images: torch.Tensor, nrow: int) 
         grid = torchvision.utils.make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, pad_value=1.0)
         writer.add_image(tag, grid, run.step)
         writer.flush()
-
-
-def write_group_table(group_dir: Path, name: str, columns: Sequence[str], sort_by: Optional[str] = None) -> Optional[Path]:
-    """Collect ``<run>/figures/<name>.json`` of every run in a results group into one table
-    (``<group>/<name>.md`` and ``.csv``): the per-latent-size view a sweep asks for."""
-    rows = []
-    for run, record in run_records(group_dir, f"figures/{name}.json"):
-        rows.append([run, *[record.get(c) for c in columns]])
-    if not rows:
-        return None
-    if sort_by in columns:
-        i = 1 + list(columns).index(sort_by)
-        rows.sort(key=lambda r: (r[i] is None, r[i] if isinstance(r[i], (int, float)) else str(r[i])))
-    header = ["run", *columns]
-    rows = [[round(v, 5) if isinstance(v, float) else v for v in r] for r in rows]
-    atomic_write_text(group_dir / f"{name}.md", f"# {group_dir.name}: {name}\n\n" + to_markdown(header, rows))
-    atomic_write_text(group_dir / f"{name}.csv", to_csv(header, rows))
-    return group_dir / f"{name}.md"
 
 
 # --------------------------------------------------------------------------- layer table
@@ -365,6 +348,8 @@ def latent_probe(run: TrainedRun, out_dir: Path, epochs: int = 20, lr: float = 1
     rows = [["linear", dim, round(record[f"linear_{split}_acc"], 4)],
             [f"MLP {list(mlp_hidden)}", dim, round(record[f"mlp_{split}_acc"], 4)]]
     table = write_table(header, rows, out_dir / "latent_probe", f"probes on {dim}-d latents", figure=False)
-    group = write_group_table(Path(run.run_dir).parent, "latent_probe",
-                              ["latent_dim", f"linear_{split}_acc", f"mlp_{split}_acc", "train_images"], sort_by="latent_dim")
-    return {**record, **table, "group_table": str(group) if group else None}
+    group_dir = Path(run.run_dir).parent
+    group = write_group_table(group_dir, "latent_probe",
+                              ["latent_dim", f"linear_{split}_acc", f"mlp_{split}_acc", "train_images"],
+                              f"{group_dir.name}: latent_probe", sort_by="latent_dim")
+    return {**record, **table, "group_table": group["md"] if group else None}
