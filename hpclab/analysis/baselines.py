@@ -53,29 +53,21 @@ def pixel_probe(run: TrainedRun, out_dir: Path, epochs: int = 20, lr: float = 1e
     instead of the codes: what a representation must beat to be worth extracting."""
     import torch
 
-    from hpclab.analysis.latents import train_probe
+    from hpclab.analysis.probes import fit_probes, write_probe_table
 
     def labelled(split: str) -> tuple[torch.Tensor, torch.Tensor]:
         data = run.data.split(split).load()
         labels = data["labels"] if run.data.label_map is None else run.data.label_map[data["labels"]]
         return torch.from_numpy(_flat_images(run, split)), labels
 
-    x_train, y_train = labelled("train")
-    mean, std = x_train.mean(0), x_train.std(0).clamp_min(1e-6)
-    evals = {s: ((x - mean) / std, y) for s in ("val", "test") if run.data.has(s) for x, y in [labelled(s)]}
-    classes = run.data.info.num_classes
-    record: dict[str, Any] = {"features": int(x_train.shape[1]), "train_images": len(x_train)}
-    for name, hidden in (("linear", ()), ("mlp", tuple(mlp_hidden))):
-        accs = train_probe(((x_train - mean) / std, y_train), evals, classes, hidden, epochs, lr, batch_size,
-                           run.cfg.seed)
-        record.update({f"{name}_{s}_acc": a for s, a in accs.items()})
-    from hpclab.analysis.report import write_table
-
-    splits = [s for s in ("val", "test") if s in evals]
-    rows = [[probe, record["features"], *(round(record[f"{key}_{s}_acc"], 4) for s in splits)]
-            for probe, key in (("linear", "linear"), (f"MLP {list(mlp_hidden)}", "mlp"))]
-    files = write_table(["probe", "features", *(f"{s} accuracy" for s in splits)], rows, out_dir / "pixel_probe",
-                        f"probes on the raw pixels ({epochs} epochs, standardised)", figure=False)
+    train = labelled("train")
+    evals = {s: labelled(s) for s in ("val", "test") if run.data.has(s)}
+    features = int(train[0].shape[1])
+    record: dict[str, Any] = {"features": features, "train_images": len(train[0])}
+    record.update(fit_probes(train, evals, run.data.info.num_classes, mlp_hidden, epochs, lr, batch_size, run.cfg.seed,
+                             f"{features} raw pixels"))
+    files = write_probe_table(record, "features", features, list(evals), mlp_hidden, out_dir / "pixel_probe",
+                              f"probes on the raw pixels ({epochs} epochs, standardised)")
     return {**record, **files}
 
 

@@ -24,6 +24,7 @@ from hpclab.analysis.group_tables import write_group_table
 from hpclab.analysis.grids import image_rows, labelled_grid
 from hpclab.analysis.inputs import first_batch, first_of_each_class
 from hpclab.analysis.layers import keras_shape, run_layer_rows, summary_text
+from hpclab.analysis.probes import fit_probes, write_probe_table
 from hpclab.analysis.report import write_table
 from hpclab.data.transforms import to_float
 from hpclab.engine.evaluation import TrainedRun
@@ -284,42 +285,6 @@ def svm_codes(run: TrainedRun, out_dir: Path, max_train: int = 10000, max_test: 
     return {**results, **table}
 
 
-class _Probe(nn.Module):
-    """A linear layer, or an MLP with ReLU hidden layers, on standardised latents."""
-
-    def __init__(self, dim: int, classes: int, hidden: Sequence[int] = ()) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        for width in hidden:
-            layers += [nn.Linear(dim, width), nn.ReLU()]
-            dim = width
-        self.net = nn.Sequential(*layers, nn.Linear(dim, classes))
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
-
-
-def train_probe(train: tuple[torch.Tensor, torch.Tensor], evals: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                classes: int, hidden: Sequence[int], epochs: int, lr: float, batch_size: int, seed: int) -> dict[str, float]:
-    """Fit a probe with Adam on fixed codes; return its accuracy on each evaluation set."""
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    z, y = train
-    probe = _Probe(z.shape[1], classes, hidden)
-    opt = torch.optim.Adam(probe.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * math.ceil(len(z) / batch_size)))
-    for _ in range(epochs):
-        for idx in torch.randperm(len(z), generator=gen).split(batch_size):
-            loss = nn.functional.cross_entropy(probe(z[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    probe.eval()
-    with torch.no_grad():
-        return {name: float((probe(ez).argmax(1) == ey).float().mean()) for name, (ez, ey) in evals.items()}
-
-
 @ANALYSES.register("latent_probe")
 def latent_probe(run: TrainedRun, out_dir: Path, epochs: int = 20, lr: float = 1e-3, batch_size: int = 256,
                  mlp_hidden: Sequence[int] = (256, 256), max_train: Optional[int] = None) -> dict[str, Any]:
@@ -328,26 +293,17 @@ def latent_probe(run: TrainedRun, out_dir: Path, epochs: int = 20, lr: float = 1
     Also rebuilds ``<group>/latent_probe.md``: one row per run, i.e. per latent size in a sweep."""
     sets = {s: encode_split(run, s, limit=max_train if s == "train" else None, seed=run.cfg.seed)
             for s in ("train", "val", "test") if run.data.has(s)}
-    z_train = torch.from_numpy(sets["train"]["codes"])
-    mean, std = z_train.mean(0), z_train.std(0).clamp_min(1e-6)
-    tensors = {s: ((torch.from_numpy(v["codes"]) - mean) / std, torch.from_numpy(v["labels"])) for s, v in sets.items()}
+    tensors = {s: (torch.from_numpy(v["codes"]), torch.from_numpy(v["labels"])) for s, v in sets.items()}
     evals = {s: t for s, t in tensors.items() if s != "train"}
-    classes = run.data.info.num_classes
-    dim = z_train.shape[1]
-    record: dict[str, Any] = {"latent_dim": dim, "train_images": len(z_train)}
-    for probe_name, hidden in (("linear", ()), ("mlp", tuple(mlp_hidden))):
-        started = time.perf_counter()
-        accs = train_probe(tensors["train"], evals, classes, hidden, epochs, lr, batch_size, run.cfg.seed)
-        record.update({f"{probe_name}_{s}_acc": a for s, a in accs.items()})
-        log.info("%s probe on %d-d latents: %s (%.1f s)", probe_name, dim,
-                 " ".join(f"{s}={a:.4f}" for s, a in accs.items()), time.perf_counter() - started)
+    dim = tensors["train"][0].shape[1]
+    record: dict[str, Any] = {"latent_dim": dim, "train_images": len(tensors["train"][0])}
+    record.update(fit_probes(tensors["train"], evals, run.data.info.num_classes, mlp_hidden, epochs, lr, batch_size,
+                             run.cfg.seed, f"{dim}-d latents"))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "latent_probe.json", record)
     split = "test" if "test" in evals else next(iter(evals))
-    header = ["probe", "latent_dim", f"{split} accuracy"]
-    rows = [["linear", dim, round(record[f"linear_{split}_acc"], 4)],
-            [f"MLP {list(mlp_hidden)}", dim, round(record[f"mlp_{split}_acc"], 4)]]
-    table = write_table(header, rows, out_dir / "latent_probe", f"probes on {dim}-d latents", figure=False)
+    table = write_probe_table(record, "latent_dim", dim, [split], mlp_hidden, out_dir / "latent_probe",
+                              f"probes on {dim}-d latents")
     group_dir = Path(run.run_dir).parent
     group = write_group_table(group_dir, "latent_probe",
                               ["latent_dim", f"linear_{split}_acc", f"mlp_{split}_acc", "train_images"],
