@@ -35,10 +35,6 @@ log = logging.getLogger("hpclab")
 
 # --------------------------------------------------------------------------- helpers
 
-def _model(run: TrainedRun, name: str = "model") -> nn.Module:
-    return run.unwrap(name)
-
-
 def _require(model: nn.Module, method: str, analysis: str) -> None:
     if not callable(getattr(model, method, None)):
         raise ValueError(f"analysis '{analysis}' needs a model with a {method}() method; "
@@ -50,7 +46,7 @@ def encode_split(run: TrainedRun, split: str, limit: Optional[int] = None, seed:
                  keep_images: bool = False) -> dict[str, np.ndarray]:
     """Codes (N x D float32) and labels of a split, optionally a seeded random subset of
     ``limit`` items (file order may be sorted by class) and the flattened images."""
-    model = _model(run)
+    model = run.unwrap()
     _require(model, "encode", "encode_split")
     n = run.data.batches(split, train=False).num_items
     wanted = None
@@ -106,7 +102,7 @@ def _to_tensorboard(run: TrainedRun, tag: str, images: torch.Tensor, nrow: int) 
 def layer_summary(run: TrainedRun, out_dir: Path, model: str = "model", split: str = "test") -> dict[str, Any]:
     """Every layer's output shape and the trainable parameter count, printed and saved
     (``layer_summary.txt`` / ``.json``), like Keras' ``model.summary()``."""
-    net = _model(run, model)
+    net = run.unwrap(model)
     rows = run_layer_rows(run, model, split)
     total = sum(p.numel() for p in net.parameters())
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
@@ -182,7 +178,7 @@ def latent_grid(run: TrainedRun, out_dir: Path, steps: int = 12, split: str = "t
     """A ``steps``^3 grid spanning the latents' range (min to max per dimension over the
     split), decoded: one figure per value of z3 with z1 down the rows and z2 across (12
     figures of 12 x 12 images by default). Dimensions past the third stay at their mean."""
-    model = _model(run)
+    model = run.unwrap()
     _require(model, "decode", "latent_grid")
     codes = encode_split(run, split)["codes"]
     dim = codes.shape[1]
@@ -237,7 +233,7 @@ def class_reconstructions(run: TrainedRun, out_dir: Path, split: str = "test") -
 def inputs_over_encodings(run: TrainedRun, out_dir: Path, count: int = 10, split: str = "test") -> dict[str, Any]:
     """Test inputs above their encodings (the code vector drawn as a small image) and the
     decoded reconstructions: what the dense AE's bottleneck keeps."""
-    model = _model(run)
+    model = run.unwrap()
     _require(model, "encode", "inputs_over_encodings")
     batch = first_batch(run, split, count)
     x = to_float(batch["images"])
