@@ -27,7 +27,7 @@ def main(argv: list[str]) -> int:
     runs = [r for r in args.runs if (r / "metrics.jsonl").is_file()]
     if not runs:
         parser.error("none of the given folders holds a metrics.jsonl")
-    from hpclab.analysis.image2image import plot_curves
+    from hpclab.analysis.curves import plot_curves
 
     names = [r.name for r in runs]
     labels = {r.name if names.count(r.name) == 1 else str(r): r for r in runs}

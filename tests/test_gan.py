@@ -88,12 +88,12 @@ def test_staging_keeps_every_image_and_shifts_labels_to_zero_based(workdir, flow
 
 
 def test_subset_by_category_name(workdir, flowers):
-    from hpclab.data import Data, stage
+    from hpclab.data import RunData, stage
     from hpclab.data.sources.flowers102 import category_labels
 
     overrides = ["data=flowers102", "data.image_size=32", f"data.mirrors=[{flowers['root']}]", "data.download=false"]
     stage(compose(overrides))
-    data = Data(compose(overrides + ["data.classes=['passion flower',petunia]"]), torch.device("cpu"))
+    data = RunData(compose(overrides + ["data.classes=['passion flower',petunia]"]), torch.device("cpu"))
     assert data.info.class_names == ["passion flower", "petunia"] and data.info.num_classes == 2
     with h5py.File(data.path) as f:
         file_labels = f["train/labels"][()]

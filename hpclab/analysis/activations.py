@@ -14,15 +14,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import torch
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from hpclab.analysis import ANALYSES  # noqa: E402
-from hpclab.analysis.figures import save_figure  # noqa: E402
+from hpclab.analysis import ANALYSES
+from hpclab.analysis.grids import labelled_grid
+from hpclab.analysis.inputs import first_batch, network_input
 from hpclab.engine.evaluation import TrainedRun
 
 
@@ -52,50 +49,31 @@ def _normalise(maps: torch.Tensor) -> torch.Tensor:
     return (maps - lo) / (hi - lo).clamp_min(1e-8)
 
 
-def activation_mosaic(inputs: torch.Tensor, maps: torch.Tensor, max_channels: int = 16, gap: int = 2) -> torch.Tensor:
-    """H x W x 3 array: one row per image, the input then up to ``max_channels`` channel maps
-    (each min-max scaled, viridis, nearest-resized to the input size)."""
+def activation_cells(inputs: torch.Tensor, maps: torch.Tensor, max_channels: int = 16) -> torch.Tensor:
+    """Per image its input, then up to ``max_channels`` channel maps (each min-max scaled,
+    viridis, nearest-resized to the input size), as RGB images in row order."""
     from matplotlib import colormaps
 
     n, channels = maps.shape[0], min(maps.shape[1], max_channels)
     h, w = inputs.shape[-2:]
     maps = _normalise(maps[:, :channels].float())
     maps = torch.nn.functional.interpolate(maps, size=(h, w), mode="nearest")
-    coloured = torch.from_numpy(colormaps["viridis"](maps.numpy())[..., :3]).float()  # n x C x h x w x 3
-    shown = inputs[:, :3].float().clamp(0, 1).expand(-1, 3, -1, -1).permute(0, 2, 3, 1)  # n x h x w x 3
-    cell_w = w + gap
-    out = torch.ones(n * (h + gap) - gap, (channels + 1) * cell_w - gap, 3)
-    for i in range(n):
-        top = i * (h + gap)
-        out[top : top + h, :w] = shown[i]
-        for c in range(channels):
-            left = (c + 1) * cell_w
-            out[top : top + h, left : left + w] = coloured[i, c]
-    return out
+    coloured = torch.from_numpy(colormaps["viridis"](maps.numpy())[..., :3]).float().permute(0, 1, 4, 2, 3)
+    shown = inputs[:, :3].float().clamp(0, 1).expand(-1, 3, -1, -1)
+    return torch.cat([shown[:, None], coloured], 1).flatten(0, 1)  # n * (1 + channels) x 3 x h x w
 
 
 def activation_grid(inputs: torch.Tensor, maps: torch.Tensor, title: str, path: Path, max_channels: int = 16) -> Path:
     """Rows: images; columns: the input, then up to ``max_channels`` channel maps."""
-    mosaic = activation_mosaic(inputs, maps, max_channels)
-    height, width = mosaic.shape[:2]
-    fig, ax = plt.subplots(figsize=(min(max(width / 40, 4), 24), max(height / 40, 1.5) + 0.6))
-    ax.imshow(mosaic.numpy(), interpolation="nearest")
-    cell = inputs.shape[-1] + 2
     channels = min(maps.shape[1], max_channels)
-    ax.set_xticks([cell * (c + 0.5) - 1 for c in range(channels + 1)], ["input", *[str(c) for c in range(channels)]], fontsize=7)
-    ax.set_yticks([])
-    ax.set_xlabel("channel")
-    ax.set_title(title, fontsize=9)
-    return save_figure(fig, path, dpi=100)
+    return labelled_grid(activation_cells(inputs, maps, max_channels), channels + 1, path, title,
+                         ["input", *[str(c) for c in range(channels)]], xlabel="channel", dpi=100)
 
 
 @ANALYSES.register("activations")
 def save_activations(run: TrainedRun, out_dir: Path, count: int = 4, split: str = "test", max_channels: int = 16,
                      model: str = "model") -> dict[str, Any]:
     """One grid per hooked layer of ``model`` for the first ``count`` images of ``split``."""
-    # imported here: registering an analysis imports every analysis module (no import cycles)
-    from hpclab.analysis.image2image import first_batch, network_input
-
     net = run.unwrap(model)
     batch = first_batch(run, split, count)
     x = network_input(run, batch)

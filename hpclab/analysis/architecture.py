@@ -1,8 +1,8 @@
 """Architecture graphs of a run's model: a torch.fx trace written as Graphviz DOT (render it
 with ``dot -Tpng``) and drawn as a layered PNG with matplotlib, plus an ONNX export when the
-``onnx`` package is installed. The per-layer table (filters, sizes, strides, padding, output
-shapes) is ``layer_table`` in ``hpclab.analysis.image2image``; ``conv_summary`` gives the
-one-line version used in result tables.
+``onnx`` package is installed. The per-layer tables (filters, sizes, strides, padding, output
+shapes) are built in ``hpclab.analysis.layers``; ``conv_summary`` gives the one-line version
+used in result tables.
 """
 
 from __future__ import annotations

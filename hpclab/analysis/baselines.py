@@ -15,7 +15,7 @@ from typing import Any, Optional
 import numpy as np
 
 from hpclab.analysis import ANALYSES
-from hpclab.analysis.figures import available_split
+from hpclab.analysis.inputs import available_split
 from hpclab.engine.evaluation import TrainedRun
 
 
@@ -53,29 +53,21 @@ def pixel_probe(run: TrainedRun, out_dir: Path, epochs: int = 20, lr: float = 1e
     instead of the codes: what a representation must beat to be worth extracting."""
     import torch
 
-    from hpclab.analysis.latents import train_probe
+    from hpclab.analysis.probes import fit_probes, write_probe_table
 
     def labelled(split: str) -> tuple[torch.Tensor, torch.Tensor]:
         data = run.data.split(split).load()
         labels = data["labels"] if run.data.label_map is None else run.data.label_map[data["labels"]]
         return torch.from_numpy(_flat_images(run, split)), labels
 
-    x_train, y_train = labelled("train")
-    mean, std = x_train.mean(0), x_train.std(0).clamp_min(1e-6)
-    evals = {s: ((x - mean) / std, y) for s in ("val", "test") if run.data.has(s) for x, y in [labelled(s)]}
-    classes = run.data.info.num_classes
-    record: dict[str, Any] = {"features": int(x_train.shape[1]), "train_images": len(x_train)}
-    for name, hidden in (("linear", ()), ("mlp", tuple(mlp_hidden))):
-        accs = train_probe(((x_train - mean) / std, y_train), evals, classes, hidden, epochs, lr, batch_size,
-                           run.cfg.seed)
-        record.update({f"{name}_{s}_acc": a for s, a in accs.items()})
-    from hpclab.analysis.report import write_table
-
-    splits = [s for s in ("val", "test") if s in evals]
-    rows = [[probe, record["features"], *(round(record[f"{key}_{s}_acc"], 4) for s in splits)]
-            for probe, key in (("linear", "linear"), (f"MLP {list(mlp_hidden)}", "mlp"))]
-    files = write_table(["probe", "features", *(f"{s} accuracy" for s in splits)], rows, out_dir / "pixel_probe",
-                        f"probes on the raw pixels ({epochs} epochs, standardised)", figure=False)
+    train = labelled("train")
+    evals = {s: labelled(s) for s in ("val", "test") if run.data.has(s)}
+    features = int(train[0].shape[1])
+    record: dict[str, Any] = {"features": features, "train_images": len(train[0])}
+    record.update(fit_probes(train, evals, run.data.info.num_classes, mlp_hidden, epochs, lr, batch_size, run.cfg.seed,
+                             f"{features} raw pixels"))
+    files = write_probe_table(record, "features", features, list(evals), mlp_hidden, out_dir / "pixel_probe",
+                              f"probes on the raw pixels ({epochs} epochs, standardised)")
     return {**record, **files}
 
 
@@ -86,17 +78,16 @@ def noisy_input(run: TrainedRun, out_dir: Path, split: str = "test") -> dict[str
     import torch
 
     from hpclab.data.transforms import to_float
+    from hpclab.tasks.base import image_error_sums
 
     corrupt = getattr(run.task, "corrupt", None)
     if corrupt is None:
         raise ValueError(f"noisy_input: task '{run.cfg.task.name}' corrupts no inputs")
     split = available_split(run, split)
-    mse_sum, psnr_sum, count = 0.0, 0.0, 0
+    totals = {"mse": 0.0, "psnr": 0.0, "count": 0.0}
     with torch.no_grad():
         for batch, gen in run.eval_batches(split):  # the noise of the engine's evaluation
             clean = to_float(batch["images"])
-            mse = (corrupt(clean, gen) - clean).pow(2).flatten(1).mean(1)
-            mse_sum += float(mse.sum())
-            psnr_sum += float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).sum())
-            count += len(mse)
-    return {f"{split}_mse": mse_sum / count, f"{split}_psnr": psnr_sum / count}
+            for key, value in image_error_sums(corrupt(clean, gen), clean).items():
+                totals[key] += float(value)
+    return {f"{split}_mse": totals["mse"] / totals["count"], f"{split}_psnr": totals["psnr"] / totals["count"]}

@@ -20,16 +20,19 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import torch
 from omegaconf import OmegaConf
 
 from hpclab.analysis import ANALYSES
 from hpclab.analysis.architecture import conv_summary
-from hpclab.analysis.figures import available_split, save_figure
-from hpclab.analysis.report import final_metrics, run_records, to_csv, to_markdown
+from hpclab.analysis.group_tables import write_group_table
+from hpclab.analysis.grids import captioned_grid
+from hpclab.analysis.inputs import available_split
+from hpclab.analysis.report import final_metrics
 from hpclab.engine.evaluation import TrainedRun
-from hpclab.utils import atomic_write_text, write_json
+from hpclab.utils import write_json
 
-ROW_FILE = "results_row.json"
+RECORD = "results_row"
 TABLE_NAME = "results_table"
 
 
@@ -40,8 +43,6 @@ def reconstruction_grid(run: TrainedRun, out_dir: Path, split: str = "test", cou
                         columns: int = 3) -> dict[str, Any]:
     """``count`` random images of ``split`` and the model's reconstructions, as (image,
     reconstruction) pairs in a grid of ``columns`` pairs per row; per-image MSE in the titles."""
-    import matplotlib.pyplot as plt
-
     split = available_split(run, split)
     n = len(run.data.indices[split])
     picks = np.sort(np.random.default_rng(seed).choice(n, size=min(count, n), replace=False))
@@ -53,20 +54,11 @@ def reconstruction_grid(run: TrainedRun, out_dir: Path, split: str = "test", cou
                          f"(task {run.cfg.task.name} gives {', '.join(shown) or 'none'})")
     target, output = shown["target"].float().cpu(), shown["output"].float().clamp(0, 1).cpu()
     mse = (output - target).pow(2).flatten(1).mean(1)
-    rows = -(-len(target) // columns)
-    fig, axes = plt.subplots(rows, 2 * columns, figsize=(2.0 * 2 * columns, 2.15 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for i in range(len(target)):
-        r, c = divmod(i, columns)
-        for j, (img, title) in enumerate(((target[i], f"image {int(picks[i])}"), (output[i], f"recon. mse {mse[i]:.4f}"))):
-            ax = axes[r][2 * c + j]
-            ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray" if img.shape[0] == 1 else None,
-                      vmin=0, vmax=1)
-            ax.set_title(title, fontsize=8)
-    fig.suptitle(f"{run.cfg.run_name}: {len(target)} random {split} images and their reconstructions")
-    fig.tight_layout()
-    path = save_figure(fig, out_dir / f"reconstructions_{split}.png")
+    pairs = torch.stack([target, output], 1).flatten(0, 1)  # image, its reconstruction, next image, ...
+    captions = [text for i, m in zip(picks, mse) for text in (f"image {int(i)}", f"recon. mse {m:.4f}")]
+    path = captioned_grid(pairs, captions, out_dir / f"reconstructions_{split}.png", ncol=2 * columns,
+                          title=f"{run.cfg.run_name}: {len(target)} random {split} images and their reconstructions",
+                          inches=2.0)
     return {"figure": str(path), "indices": [int(i) for i in picks], "mse": round(float(mse.mean()), 6)}
 
 
@@ -118,36 +110,27 @@ def table_row(run: TrainedRun, model: str = "model") -> dict[str, Any]:
     }
 
 
-HEADER = ["run", "experiment", "model", "architecture", "parameters", "trainable", "best_checkpoint",
+COLUMNS = ["experiment", "model", "architecture", "parameters", "trainable", "best_checkpoint",
           "train_acc", "val_acc", "test_acc", "hyper_parameters", "data"]
 
 
 def write_results_table(group_dir: Path | str) -> dict[str, str]:
     """Rebuild ``results_table.md`` / ``.csv`` from the rows of every run in ``group_dir``."""
     group_dir = Path(group_dir)
-    rows = [record for _, record in run_records(group_dir, f"figures/{ROW_FILE}")]
-    if not rows:
-        raise FileNotFoundError(f"no {ROW_FILE} under {group_dir}/*/figures/ (add results_table to the runs' analysis)")
-
-    def cell(v: Any) -> Any:
-        return round(v, 4) if isinstance(v, float) else v
-
-    body = [[cell(r.get(h)) for h in HEADER] for r in rows]
-    md = group_dir / f"{TABLE_NAME}.md"
-    csv = group_dir / f"{TABLE_NAME}.csv"
-    intro = (f"# {group_dir.name}: classification results\n\n{len(rows)} run(s). Accuracies are fractions, measured "
-             "with the best checkpoint's weights (train accuracy without augmentation); architecture lists "
-             "filters@kernel/stride/padding of each conv layer and FC widths.\n\n")
-    atomic_write_text(md, intro + to_markdown(HEADER, body))
-    atomic_write_text(csv, to_csv(HEADER, body))
-    return {"md": str(md), "csv": str(csv)}
+    note = ("Accuracies are fractions, measured with the best checkpoint's weights (train accuracy without "
+            "augmentation); architecture lists filters@kernel/stride/padding of each conv layer and FC widths.")
+    files = write_group_table(group_dir, RECORD, COLUMNS, f"{group_dir.name}: classification results", note,
+                              table=TABLE_NAME, digits=4)
+    if files is None:
+        raise FileNotFoundError(f"no {RECORD}.json under {group_dir}/*/figures/ (add results_table to the runs' analysis)")
+    return files
 
 
 @ANALYSES.register("results_table")
 def results_table(run: TrainedRun, out_dir: Path, model: str = "model") -> dict[str, Any]:
     """Record this run's row and rebuild its group's table."""
     row = table_row(run, model)
-    write_json(out_dir / ROW_FILE, row)
+    write_json(out_dir / f"{RECORD}.json", row)
     files = write_results_table(run.run_dir.parent)
     return {"train_acc": row["train_acc"], "test_acc": row["test_acc"], "table": files["md"]}
 

@@ -225,7 +225,7 @@ def fd_classifier(run: TrainedRun, out_dir: Path, classifier: str = "", referenc
     same resizing to the classifier's size. Writes fd_classifier.{json,md,png}."""
     import copy
 
-    from hpclab.analysis.figures import plt, save_figure
+    from hpclab.analysis.curves import Level, Line, Panel, plot_panels
     from hpclab.analysis.gan import gan_task
     from hpclab.analysis.report import write_table
     from hpclab.engine.checkpoints import checkpoints
@@ -273,16 +273,10 @@ def fd_classifier(run: TrainedRun, out_dir: Path, classifier: str = "", referenc
              f"classifier {net.run_dir}")
     files = write_table(["images", "epoch", "step", label], body, out_dir / "fd_classifier", title)
     gen = [r for r in rows if r["images"].startswith("generated")]
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot([r["epoch"] for r in gen], [r["fd"] for r in gen], "o-", label="generated")
-    ax.axhline(rows[0]["fd"], color="green", ls="--", label=f"real {real} set (floor)")
-    ax.axhline(rows[-1]["fd"], color="red", ls=":", label="uniform noise")
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(label)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    save_figure(fig, out_dir / "fd_classifier.png")
+    plot_panels([Panel([Line([r["epoch"] for r in gen], [r["fd"] for r in gen], "generated", "o-")], "epoch", label,
+                       levels=[Level(rows[0]["fd"], f"real {real} set (floor)", "--", "green"),
+                               Level(rows[-1]["fd"], "uniform noise", ":", "red")], log_y=True)],
+                out_dir / "fd_classifier.png", panel_size=(6, 3.6))
     result = {"metric": label, "classifier": str(net.run_dir), "reference": reference,
               "reference_images": len(run.data.indices[reference]), "images_per_set": n, "seed": seed,
               "floor_real": rows[0]["fd"], "noise": rows[-1]["fd"], "final": gen[-1]["fd"],

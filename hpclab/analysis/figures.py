@@ -1,34 +1,15 @@
-"""Generic figures: image grids of what the task shows (inputs, outputs, targets)."""
+"""Matplotlib without a display, and the one way figures are written: PNG, atomically."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 
-from hpclab.analysis import ANALYSES  # noqa: E402
-from hpclab.engine.evaluation import TrainedRun  # noqa: E402
 from hpclab.utils import atomic_path  # noqa: E402
-
-log = logging.getLogger("hpclab")
-
-
-def available_split(run: TrainedRun, split: str) -> str:
-    """``split`` when the run's data has it, else the first of val/test/train that it has,
-    with a warning: a figure's split is never a silent substitute."""
-    if run.data.has(split):
-        return split
-    for name in ("val", "test", "train"):
-        if run.data.has(name):
-            log.warning("split %r has no data in this run; the analysis uses %r", split, name)
-            return name
-    raise ValueError("the run's data has no split with images")
 
 
 def save_figure(fig: "plt.Figure", path: Path, dpi: int = 120) -> Path:
@@ -37,39 +18,3 @@ def save_figure(fig: "plt.Figure", path: Path, dpi: int = 120) -> Path:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return path
-
-
-def image_rows(rows: dict[str, torch.Tensor], path: Path, title: str = "") -> Path:
-    """One row per named batch (N x C x H x W in [0, 1]), one column per image."""
-    names = list(rows)
-    n = min(len(v) for v in rows.values())
-    fig, axes = plt.subplots(len(names), n, figsize=(1.3 * n, 1.4 * len(names)), squeeze=False)
-    for r, name in enumerate(names):
-        for c in range(n):
-            img = rows[name][c].detach().float().clamp(0, 1).cpu()
-            ax = axes[r][c]
-            if img.shape[0] == 1:
-                ax.imshow(img[0], cmap="gray", vmin=0, vmax=1)
-            else:
-                ax.imshow(img.permute(1, 2, 0))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(name, fontsize=9)
-    if title:
-        fig.suptitle(title)
-    return save_figure(fig, path)
-
-
-@ANALYSES.register("examples")
-def examples(run: TrainedRun, out_dir: Path, split: str = "test", count: int = 10) -> dict[str, Any]:
-    """Rows of the task's images (e.g. noisy / output / target) for the first test images."""
-    split = available_split(run, split)
-    batch = next(run.data.batches(split, train=False).epoch(0))
-    batch = {k: v[:count] for k, v in batch.items()}
-    with run.evaluating():
-        rows = run.task.images(run.models, batch, run.eval_generator())
-    if not rows:
-        return {}
-    path = image_rows(rows, out_dir / f"examples_{split}.png", title=run.cfg.run_name)
-    return {"figure": str(path)}

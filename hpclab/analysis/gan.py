@@ -7,15 +7,16 @@ under the run's ``figures/`` and returns the numbers that go into ``summary.json
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from hpclab.analysis import ANALYSES
-from hpclab.analysis.figures import plt, save_figure
+from hpclab.analysis.curves import Line, Panel, plot_panels, series
+from hpclab.analysis.grids import captioned_grid, full_resolution_grid, image_rows, image_strips
+from hpclab.analysis.inputs import first_of_each_class
 from hpclab.analysis.report import read_metrics
 from hpclab.data.transforms import to_float
 from hpclab.engine.evaluation import TrainedRun
@@ -40,32 +41,6 @@ def generate(run: TrainedRun, z: torch.Tensor, batch_size: int = 256) -> torch.T
         return torch.cat([to_unit(G(z[i : i + batch_size])).cpu() for i in range(0, len(z), batch_size)])
 
 
-def save_png(images: torch.Tensor, path: Path, nrow: int = 8) -> Path:
-    """A grid of N x C x H x W images in [0, 1] at full resolution, written atomically."""
-    import torchvision
-
-    with atomic_path(path) as tmp:
-        torchvision.utils.save_image(images.float().clamp(0, 1), tmp, nrow=nrow, padding=2, format="png")
-    return path
-
-
-def titled_grid(images: torch.Tensor, titles: Sequence[str], path: Path, ncol: int = 8, title: str = "") -> Path:
-    """A grid with a caption under every image (category names, indices and scores, alphas)."""
-    n = len(images)
-    ncol = min(ncol, n)
-    nrow = math.ceil(n / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(1.6 * ncol, 1.8 * nrow), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < n:
-            img = images[i].float().clamp(0, 1).cpu()
-            ax.imshow(img.permute(1, 2, 0) if img.shape[0] == 3 else img[0], cmap=None if img.shape[0] == 3 else "gray")
-            ax.set_title(titles[i], fontsize=7)
-    if title:
-        fig.suptitle(title)
-    return save_figure(fig, path)
-
-
 def save_npy(array: np.ndarray, path: Path) -> Path:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
@@ -81,28 +56,21 @@ def gan_curves(run: TrainedRun, out_dir: Path) -> dict[str, Any]:
     (``train.log_every``; 1 = every step), with the per-epoch values on the val images."""
     records = read_metrics(run.run_dir)
     fit = [r for r in records if r["split"] == "fit" and "d_loss" in r]
-    val = [r for r in records if r["split"] == "val" and "d_real" in r]
     if not fit:
         return {}
-    steps = [r["step"] for r in fit]
-    fig, (ax_loss, ax_out) = plt.subplots(1, 2, figsize=(12, 4))
-    ax_loss.plot(steps, [r["g_loss"] for r in fit], label="generator loss", lw=0.8)
-    ax_loss.plot(steps, [r["d_loss"] for r in fit], label="discriminator loss", lw=0.8)
-    ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("BCE")
-    ax_loss.set_title("losses")
-    ax_out.plot(steps, [r["d_real"] for r in fit], label="D(x), real (train)", lw=0.8)
-    ax_out.plot(steps, [r["d_fake"] for r in fit], label="D(G(z)), generated (train)", lw=0.8)
-    if val:
-        ax_out.plot([r["step"] for r in val], [r["d_real"] for r in val], "o-", ms=3, label="D(x), val images (eval mode)")
-        ax_out.plot([r["step"] for r in val], [r["d_fake"] for r in val], "s-", ms=3, label="D(G(z)) (eval mode)")
-    ax_out.set_ylim(0, 1)
-    ax_out.set_xlabel("step")
-    ax_out.set_title("discriminator's mean output")
-    for ax in (ax_loss, ax_out):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    path = save_figure(fig, Path(out_dir) / "gan_curves.png")
+
+    def train(name: str, label: str) -> Line:
+        return Line(*series(records, "fit", name, x="step"), label, width=0.8)
+
+    def val(name: str, label: str, style: str) -> Line:
+        return Line(*series(records, "val", name, x="step"), label, style, marker_size=3)
+
+    losses = [train("g_loss", "generator loss"), train("d_loss", "discriminator loss")]
+    outputs = [train("d_real", "D(x), real (train)"), train("d_fake", "D(G(z)), generated (train)"),
+               val("d_real", "D(x), val images (eval mode)", "o-"), val("d_fake", "D(G(z)) (eval mode)", "s-")]
+    panels = [Panel(losses, "step", "BCE", "losses"),
+              Panel([line for line in outputs if line.x], "step", title="discriminator's mean output", ylim=(0, 1))]
+    path = plot_panels(panels, Path(out_dir) / "gan_curves.png", panel_size=(6, 4))
     last = fit[-1]
     return {"figure": str(path), "last": {k: last[k] for k in ("g_loss", "d_loss", "d_real", "d_fake")}}
 
@@ -141,24 +109,18 @@ def gan_epoch_grids(run: TrainedRun, out_dir: Path, rows: int = 8) -> dict[str, 
         with atomic_path(out_dir / "epochs" / name) as tmp:
             tmp.write_bytes(png)
         files.append((epoch, out_dir / "epochs" / name))
-    final = save_png(generate(run, task.fixed_latents(run.device)), out_dir / "samples_final.png")
+    final = full_resolution_grid(generate(run, task.fixed_latents(run.device)), out_dir / "samples_final.png")
     result: dict[str, Any] = {"epochs": len(files), "final": str(final)}
     if files:
         picks = sorted({round(i * (len(files) - 1) / max(rows - 1, 1)) for i in range(min(rows, len(files)))})
-        grids = []
+        grids = {}
         for i in picks:
             with Image.open(files[i][1]) as img:
-                grids.append(np.asarray(img.convert("RGB")))
-        aspect = grids[0].shape[0] / grids[0].shape[1]
-        fig, axes = plt.subplots(len(picks), 1, figsize=(10, 10 * aspect * len(picks) + 0.6), squeeze=False,
-                                 layout="constrained")
-        for ax, i, grid in zip(axes[:, 0], picks, grids):
-            ax.imshow(grid)
-            ax.set_ylabel(f"epoch {files[i][0]:.3g}", fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        fig.suptitle("the same latent vectors through training")
-        result["overview"] = str(save_figure(fig, out_dir / "samples_by_epoch.png"))
+                pixels = torch.from_numpy(np.asarray(img.convert("RGB")).copy())
+            grids[f"epoch {files[i][0]:.3g}"] = pixels.permute(2, 0, 1)[None].float() / 255
+        overview = image_strips(grids, out_dir / "samples_by_epoch.png", width=10,
+                                title="the same latent vectors through training")
+        result["overview"] = str(overview)
     return result
 
 
@@ -168,19 +130,13 @@ def gan_epoch_grids(run: TrainedRun, out_dir: Path, rows: int = 8) -> dict[str, 
 def gan_categories(run: TrainedRun, out_dir: Path, split: str = "train", ncol: int = 10) -> dict[str, Any]:
     """One real image of every category in the run's data (all 102, or the chosen subset)."""
     names = run.data.info.class_names
-    found: dict[int, torch.Tensor] = {}
-    counts = np.zeros(len(names), dtype=np.int64)
-    for batch in run.data.batches(split, train=False).epoch(0):
-        labels = batch["labels"].cpu()
-        counts += np.bincount(labels.numpy(), minlength=len(names))[: len(names)]
-        for i, label in enumerate(labels.tolist()):
-            if label not in found:
-                found[label] = to_float(batch["images"][i]).cpu()
+    found, counts = first_of_each_class(run, split)
     order = sorted(found)
     if not order:
         return {}
-    path = titled_grid(torch.stack([found[k] for k in order]), [f"{names[k]} ({counts[k]})" for k in order],
-                       Path(out_dir) / "categories.png", ncol=ncol, title=f"one {split} image per category (count)")
+    images = torch.cat([to_float(found[k]["images"]).cpu() for k in order])
+    path = captioned_grid(images, [f"{names[k]} ({counts[k]})" for k in order], Path(out_dir) / "categories.png",
+                          ncol=ncol, title=f"one {split} image per category (count)")
     return {"figure": str(path), "categories": len(order), "images": int(counts.sum()),
             "per_category": {names[k]: int(counts[k]) for k in order}}
 
@@ -238,8 +194,6 @@ def gan_batch_vs_single(run: TrainedRun, out_dir: Path, n: Optional[int] = None,
     diff = {mode: (out[f"{mode}: batch"] - out[f"{mode}: one by one"]).abs().mean().item() for mode in ("train", "eval")}
     modes = (out["train: batch"] - out["eval: batch"]).abs().mean().item()
     show = min(show, n)
-    from hpclab.analysis.figures import image_rows
-
     figure = image_rows({k: v[:show] for k, v in out.items()}, Path(out_dir) / "batch_vs_single.png",
                         title="same latent vectors: as one batch vs one at a time")
     text = EXPLANATION.format(n=n, seed=seed, train=diff["train"], eval=diff["eval"], modes=modes)
@@ -279,9 +233,9 @@ def gan_favourites(run: TrainedRun, out_dir: Path, candidates: int = 64, count: 
     if len(picks) < 2 or not (0 <= a_pos < len(picks) and 0 <= b_pos < len(picks)):
         raise ValueError(f"gan_favourites: pair {[a_pos, b_pos]} must name two of the {len(picks)} favourites "
                          "(positions 0..count-1)")
-    titled_grid(images, [f"#{i} D={s:.2f}" for i, s in enumerate(scores.tolist())], out_dir / "candidates.png",
+    captioned_grid(images, [f"#{i} D={s:.2f}" for i, s in enumerate(scores.tolist())], out_dir / "candidates.png",
                 title=f"candidates (seed {seed}); pick with indices=[...]")
-    fav_png = save_png(images[picks], out_dir / "favourites.png", nrow=min(8, len(picks)))
+    fav_png = full_resolution_grid(images[picks], out_dir / "favourites.png", per_row=min(8, len(picks)))
     fav_z = z[picks].float().cpu().numpy()
     save_npy(fav_z, out_dir / "favourites_z.npy")
 
@@ -289,7 +243,7 @@ def gan_favourites(run: TrainedRun, out_dir: Path, candidates: int = 64, count: 
     alphas = torch.linspace(0.0, 1.0, steps)
     z_line = torch.stack([a * z1 + (1 - a) * z2 for a in alphas.tolist()])
     strip = generate(run, z_line)
-    titled_grid(strip, [f"a={a:.1f}" for a in alphas.tolist()], out_dir / "interpolation.png", ncol=steps,
+    captioned_grid(strip, [f"a={a:.1f}" for a in alphas.tolist()], out_dir / "interpolation.png", ncol=steps,
                 title=f"z = a*z1 + (1-a)*z2, z1 = candidate #{picks[a_pos]}, z2 = candidate #{picks[b_pos]}")
     save_npy(z_line.float().cpu().numpy(), out_dir / "interpolation_z.npy")
     record = {"seed": seed, "candidates": candidates, "selection": how, "indices": picks,

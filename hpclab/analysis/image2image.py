@@ -7,9 +7,8 @@
 * ``other_sizes``: the trained network evaluated (and shown) on the split resized to other
   sizes than it was trained on (the fully convolutional nets handle any size).
 * ``seg_overlays``: scan / truth overlay / prediction overlay rows with per-image Dice.
-* ``curves`` (and ``plot_curves`` for ``jobs/compare_runs.py``): training and validation
-  curves of one or several runs from their ``metrics.jsonl``.
 
+Training and validation curves are the generic ``curves`` analysis (``hpclab.analysis.curves``).
 The image rows of colourization (grey input / prediction / ground truth) and
 super-resolution (input / network / bilinear / truth) come from the generic ``examples``
 analysis, whose rows are the task's ``images``.
@@ -18,105 +17,30 @@ analysis, whose rows are the task's ``images``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Sequence
 
-import matplotlib
+import torch
+import torch.nn.functional as F
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-
-from hpclab.analysis import ANALYSES  # noqa: E402
-from hpclab.analysis.figures import available_split, save_figure  # noqa: E402
-from hpclab.analysis.report import final_metrics, read_metrics, write_table  # noqa: E402
-from hpclab.data.transforms import to_float  # noqa: E402
+from hpclab.analysis import ANALYSES
+from hpclab.analysis.grids import image_rows, image_strips
+from hpclab.analysis.inputs import available_split, first_batch
+from hpclab.analysis.layers import run_layer_rows, write_layer_table
+from hpclab.analysis.report import final_metrics, write_table
+from hpclab.data.transforms import to_float
 from hpclab.engine.evaluation import TrainedRun
-from hpclab.models.conv import Conv2d  # noqa: E402
-
-# --------------------------------------------------------------------------- helpers
-
-def first_batch(run: TrainedRun, split: str, count: Optional[int] = None) -> dict[str, torch.Tensor]:
-    """The first evaluation batch of ``split`` (see ``available_split``), cut to ``count``."""
-    batch = next(run.data.batches(available_split(run, split), train=False).epoch(0))
-    return {k: v[:count] for k, v in batch.items()} if count else batch
-
-
-def network_input(run: TrainedRun, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """What the task feeds the network for ``batch`` (plain float images for generic tasks)."""
-    fn = getattr(run.task, "model_input", None)
-    return fn(batch, run.eval_generator()) if fn else to_float(batch["images"])
-
-
-def strip_rows(rows: Mapping[str, torch.Tensor], path: Path, title: str = "", gap: int = 2) -> Path:
-    """Like ``figures.image_rows`` but each row is one image strip (one axis per row, fast for
-    many rows); rows may have different image sizes."""
-    fig, axes = plt.subplots(len(rows), 1, figsize=(12, 1.3 * len(rows) + 0.5), squeeze=False)
-    for ax, (name, images) in zip(axes[:, 0], rows.items()):
-        x = images.detach().float().clamp(0, 1).cpu()
-        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x[:, :3]
-        n, _, h, w = x.shape
-        strip = torch.ones(3, h, n * (w + gap) - gap)
-        for i in range(n):
-            strip[:, :, i * (w + gap) : i * (w + gap) + w] = x[i]
-        ax.imshow(strip.permute(1, 2, 0).numpy(), interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_ylabel(name, fontsize=8)
-    if title:
-        fig.suptitle(title)
-    return save_figure(fig, path)
-
 
 # --------------------------------------------------------------------------- layer table
-
-def layer_rows(model: nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
-    """One row per leaf module, in forward order, with its output shape for input ``x``."""
-    from hpclab.analysis.hooks import forward_outputs
-
-    rows = [describe_layer(name, module, tuple(out.shape[1:]))
-            for name, module, out in forward_outputs(model, x) if isinstance(out, torch.Tensor)]
-    return rows
-
-
-def describe_layer(name: str, module: nn.Module, out_shape: tuple[int, ...]) -> dict[str, Any]:
-    row: dict[str, Any] = {"name": name, "layer": type(module).__name__, "filters": None, "kernel": None,
-                           "stride": None, "padding": None, "dilation": None, "output": "x".join(map(str, out_shape)),
-                           "params": sum(p.numel() for p in module.parameters(recurse=False))}
-    if isinstance(module, Conv2d):
-        row["layer"] = "Conv2d (own, unfold/matmul)"
-    if isinstance(module, (Conv2d, nn.Conv2d, nn.ConvTranspose2d)):
-        row.update(filters=module.out_channels, kernel="x".join(map(str, module.kernel_size)),
-                   stride=_scalar(module.stride), padding=_scalar(module.padding), dilation=_scalar(module.dilation))
-        row["in"] = module.in_channels
-    elif isinstance(module, nn.MaxPool2d):
-        row.update(kernel=str(module.kernel_size), stride=_scalar(module.stride))
-    elif isinstance(module, nn.Upsample):
-        row.update(kernel=f"x{module.scale_factor} {module.mode}")
-    return row
-
-
-def _scalar(value: Any) -> Any:
-    if isinstance(value, (tuple, list)) and len(set(value)) == 1:
-        return value[0]
-    return value
-
 
 @ANALYSES.register("layer_table")
 def layer_table(run: TrainedRun, out_dir: Path, model: str = "model", split: str = "test") -> dict[str, Any]:
     """The layers of the network as a table: layer count, filter sizes, numbers of filters."""
     net = run.unwrap(model)
-    batch = first_batch(run, split, count=2)
-    with run.evaluating():
-        rows = layer_rows(net, network_input(run, batch))
+    rows = [r for r in run_layer_rows(run, model, split) if isinstance(r["output"], tuple)]
     convs = [r for r in rows if r["filters"] is not None]
-    header = ["#", "name", "layer", "in", "filters", "kernel", "stride", "padding", "dilation", "output", "params"]
-    body = [[i, r["name"], r["layer"], r.get("in"), r["filters"], r["kernel"], r["stride"], r["padding"],
-             r["dilation"], r["output"], r["params"]] for i, r in enumerate(rows, 1)]
     title = (f"{type(net).__name__}: {len(convs)} conv layers, "
              f"{sum(p.numel() for p in net.parameters()):,} parameters")
-    files = write_table(header, body, out_dir / f"layers_{model}", title)
+    files = write_layer_table(rows, out_dir / f"layers_{model}", title)
     return {"conv_layers": len(convs), "filters": [r["filters"] for r in convs],
             "kernels": sorted({r["kernel"] for r in convs}), "layers": len(rows), **files}
 
@@ -174,8 +98,8 @@ def other_sizes(run: TrainedRun, out_dir: Path, sizes: Sequence[int] = (24, 48),
             rows = run.task.images(run.models, _resize_batch(first_batch(run, split, count), size),
                                        run.eval_generator())
             shown.update({f"{size}px {name}": images for name, images in rows.items()})
-    figure = strip_rows(shown, out_dir / f"other_sizes_{split}_examples.png",
-                        title=f"{run.cfg.run_name}: trained at {trained}x{trained}") if shown else None
+    figure = image_strips(shown, out_dir / f"other_sizes_{split}_examples.png",
+                          title=f"{run.cfg.run_name}: trained at {trained}x{trained}") if shown else None
     columns = sorted({k for r in results.values() for k in r}, key=lambda k: (k not in ("mse", "psnr"), k))
     body = [[f"{s}x{s}" + (" (trained)" if s == trained else ""), *[r.get(c) for c in columns]] for s, r in results.items()]
     files = write_table(["size", *columns], body, out_dir / f"other_sizes_{split}",
@@ -209,56 +133,7 @@ def seg_overlays(run: TrainedRun, out_dir: Path, split: str = "test", count: int
     scan, truth, pred = rows["scan"].float().cpu(), rows["truth"].float().cpu(), rows["prediction"].float().cpu()
     dice, iou = overlap_scores(pred, truth, getattr(run.task, "eps", 1e-6))
     panels = {"scan": scan, "truth": overlay(scan, truth, (1.0, 0.1, 0.1)), "prediction": overlay(scan, pred, (0.1, 1.0, 0.2))}
-    n = len(scan)
-    fig, axes = plt.subplots(3, n, figsize=(2.0 * n, 6.3), squeeze=False)
-    for r, (name, images) in enumerate(panels.items()):
-        for c in range(n):
-            ax = axes[r][c]
-            img = images[c].clamp(0, 1)
-            ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(name)
-            if r == 2:
-                ax.set_title(f"Dice {dice[c]:.3f}  IoU {iou[c]:.3f}", fontsize=8)
-    fig.suptitle(f"{run.cfg.run_name}: scan / truth / prediction ({split})")
-    path = save_figure(fig, out_dir / f"segmentation_{split}.png")
+    path = image_rows(panels, out_dir / f"segmentation_{split}.png",
+                      f"{run.cfg.run_name}: scan / truth / prediction ({split})",
+                      [f"Dice {d:.3f}  IoU {i:.3f}" for d, i in zip(dice, iou)], inches=2.0)
     return {"figure": str(path), "dice": [round(float(v), 4) for v in dice], "iou": [round(float(v), 4) for v in iou]}
-
-
-# --------------------------------------------------------------------------- curves
-
-def plot_curves(runs: Mapping[str, Path], metrics: Sequence[str], path: Path, title: str = "") -> Path:
-    """One panel per metric; per run the training (``fit``, dashed) and evaluation splits
-    (solid) against epochs. A metric is ``name`` (all splits) or ``split/name``."""
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        want_split, _, name = metric.rpartition("/")
-        for label, run_dir in runs.items():
-            records = read_metrics(run_dir)
-            splits = sorted({r["split"] for r in records if name in r and not r["split"].startswith("final")})
-            for split in splits:
-                if want_split and split != want_split:
-                    continue
-                points = [(r["epoch"], r[name]) for r in records if r["split"] == split and name in r]
-                if points:
-                    xs, ys = zip(*points)
-                    ax.plot(xs, ys, "--" if split == "fit" else "-", marker="." if len(xs) < 30 else None,
-                            label=f"{label} {'train' if split == 'fit' else split}")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-@ANALYSES.register("curves")
-def curves(run: TrainedRun, out_dir: Path, metrics: Sequence[str] = ("loss",)) -> dict[str, Any]:
-    """Training/validation curves of this run."""
-    path = plot_curves({run.cfg.run_name: run.run_dir}, list(metrics), out_dir / "curves.png",
-                       title=run.cfg.run_name)
-    return {"figure": str(path)}

@@ -20,7 +20,12 @@ from torch import nn
 
 from hpclab.analysis import ANALYSES
 from hpclab.analysis.figures import plt, save_figure
-from hpclab.analysis.report import run_records, to_csv, to_markdown, write_table
+from hpclab.analysis.group_tables import write_group_table
+from hpclab.analysis.grids import image_rows, labelled_grid
+from hpclab.analysis.inputs import first_batch, first_of_each_class
+from hpclab.analysis.layers import keras_shape, run_layer_rows, summary_text
+from hpclab.analysis.probes import fit_probes, write_probe_table
+from hpclab.analysis.report import write_table
 from hpclab.data.transforms import to_float
 from hpclab.engine.evaluation import TrainedRun
 from hpclab.utils import atomic_write_text, write_json
@@ -29,10 +34,6 @@ log = logging.getLogger("hpclab")
 
 
 # --------------------------------------------------------------------------- helpers
-
-def _model(run: TrainedRun, name: str = "model") -> nn.Module:
-    return run.unwrap(name)
-
 
 def _require(model: nn.Module, method: str, analysis: str) -> None:
     if not callable(getattr(model, method, None)):
@@ -45,7 +46,7 @@ def encode_split(run: TrainedRun, split: str, limit: Optional[int] = None, seed:
                  keep_images: bool = False) -> dict[str, np.ndarray]:
     """Codes (N x D float32) and labels of a split, optionally a seeded random subset of
     ``limit`` items (file order may be sorted by class) and the flattened images."""
-    model = _model(run)
+    model = run.unwrap()
     _require(model, "encode", "encode_split")
     n = run.data.batches(split, train=False).num_items
     wanted = None
@@ -95,78 +96,26 @@ def _to_tensorboard(run: TrainedRun, tag: str, images: torch.Tensor, nrow: int) 
         writer.flush()
 
 
-def write_group_table(group_dir: Path, name: str, columns: Sequence[str], sort_by: Optional[str] = None) -> Optional[Path]:
-    """Collect ``<run>/figures/<name>.json`` of every run in a results group into one table
-    (``<group>/<name>.md`` and ``.csv``): the per-latent-size view a sweep asks for."""
-    rows = []
-    for run, record in run_records(group_dir, f"figures/{name}.json"):
-        rows.append([run, *[record.get(c) for c in columns]])
-    if not rows:
-        return None
-    if sort_by in columns:
-        i = 1 + list(columns).index(sort_by)
-        rows.sort(key=lambda r: (r[i] is None, r[i] if isinstance(r[i], (int, float)) else str(r[i])))
-    header = ["run", *columns]
-    rows = [[round(v, 5) if isinstance(v, float) else v for v in r] for r in rows]
-    atomic_write_text(group_dir / f"{name}.md", f"# {group_dir.name}: {name}\n\n" + to_markdown(header, rows))
-    atomic_write_text(group_dir / f"{name}.csv", to_csv(header, rows))
-    return group_dir / f"{name}.md"
-
-
 # --------------------------------------------------------------------------- layer table
-
-def _shape_text(value: Any) -> str:
-    if isinstance(value, torch.Tensor):
-        return str([-1, *value.shape[1:]])
-    if isinstance(value, (tuple, list)):
-        return ", ".join(_shape_text(v) for v in value)
-    return type(value).__name__
-
-
-@torch.no_grad()
-def leaf_layer_rows(model: nn.Module, example: torch.Tensor) -> tuple[list[list[Any]], int, int]:
-    """(name, type, output shape, parameters) of every leaf layer in call order, from one
-    forward pass with hooks; plus the total and trainable parameter counts."""
-    from hpclab.analysis.hooks import forward_outputs
-
-    was_training = model.training
-    model.eval()
-    try:
-        calls = forward_outputs(model, example)
-    finally:
-        model.train(was_training)
-    rows = [[name, type(mod).__name__, _shape_text(output), sum(p.numel() for p in mod.parameters(recurse=False))]
-            for name, mod, output in calls]
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return rows, total, trainable
-
-
-def format_layer_table(rows: list[list[Any]], total: int, trainable: int, title: str) -> str:
-    header = ["Layer", "Type", "Output shape", "Param #"]
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
-    line = "-" * (sum(widths) + 6)
-    fmt = lambda r: "  ".join(str(v).ljust(w) if i < 3 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths)))  # noqa: E731
-    body = [title, line, fmt(header), line, *[fmt(r) for r in rows], line,
-            f"Total params: {total:,}", f"Trainable params: {trainable:,}", f"Non-trainable params: {total - trainable:,}"]
-    return "\n".join(body) + "\n"
-
 
 @ANALYSES.register("layer_summary")
 def layer_summary(run: TrainedRun, out_dir: Path, model: str = "model", split: str = "test") -> dict[str, Any]:
     """Every layer's output shape and the trainable parameter count, printed and saved
     (``layer_summary.txt`` / ``.json``), like Keras' ``model.summary()``."""
-    net = _model(run, model)
-    batch = next(run.data.batches(split if run.data.has(split) else "train", train=False).epoch(0))
-    rows, total, trainable = leaf_layer_rows(net, to_float(batch["images"][:2]))
-    text = format_layer_table(rows, total, trainable, f"{type(net).__name__} ({run.cfg.run_name})")
+    net = run.unwrap(model)
+    rows = run_layer_rows(run, model, split)
+    total = sum(p.numel() for p in net.parameters())
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    text = summary_text(rows, total, trainable, f"{type(net).__name__} ({run.cfg.run_name})")
     print(text, flush=True)
     log.info("layer summary of %s: %d trainable parameters", type(net).__name__, trainable)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "layer_summary.txt", text)
-    write_json(out_dir / "layer_summary.json", {"layers": [dict(zip(("name", "type", "output_shape", "parameters"), r)) for r in rows],
-                                                "total": total, "trainable": trainable})
-    return {"parameters": total, "trainable": trainable, "layers": len(rows), "file": str(out_dir / "layer_summary.txt")}
+    layers = [{"name": r["name"], "type": r["type"], "output_shape": keras_shape(r["output"]),
+               "parameters": r["params"]} for r in rows]
+    write_json(out_dir / "layer_summary.json", {"layers": layers, "total": total, "trainable": trainable})
+    return {"parameters": total, "trainable": trainable, "layers": len(rows),
+            "file": str(out_dir / "layer_summary.txt")}
 
 
 # --------------------------------------------------------------------------- latent space pictures
@@ -229,7 +178,7 @@ def latent_grid(run: TrainedRun, out_dir: Path, steps: int = 12, split: str = "t
     """A ``steps``^3 grid spanning the latents' range (min to max per dimension over the
     split), decoded: one figure per value of z3 with z1 down the rows and z2 across (12
     figures of 12 x 12 images by default). Dimensions past the third stay at their mean."""
-    model = _model(run)
+    model = run.unwrap()
     _require(model, "decode", "latent_grid")
     codes = encode_split(run, split)["codes"]
     dim = codes.shape[1]
@@ -249,52 +198,14 @@ def latent_grid(run: TrainedRun, out_dir: Path, steps: int = 12, split: str = "t
                 z[:, 2] = z3
             images = model.decode(torch.from_numpy(z).to(run.device)).float().clamp(0, 1).cpu()
             title = f"z3 = {z3:.3g}" if z3 is not None else "decoded latent grid"
-            figures.append(_grid_figure(images, len(cols), rows, cols, title, out_dir / f"latent_grid_{k:02d}.png"))
+            figures.append(labelled_grid(images, len(cols), out_dir / f"latent_grid_{k:02d}.png", title,
+                                         [f"{v:.2g}" for v in cols], [f"{v:.2g}" for v in rows], "z2", "z1"))
             _to_tensorboard(run, f"latent_grid/{k:02d}", images, nrow=len(cols))
     return {"figures": len(figures), "range": [[float(a), float(b)] for a, b in zip(lo, hi)],
             "files": [str(f) for f in figures]}
 
 
-def _grid_figure(images: torch.Tensor, nrow: int, rows: np.ndarray, cols: np.ndarray, title: str, path: Path) -> Path:
-    """One image of ``len(rows) x len(cols)`` decoded images with the latent values as ticks."""
-    import torchvision
-
-    grid = torchvision.utils.make_grid(images, nrow=nrow, padding=2, pad_value=1.0)
-    h, w = images.shape[-2:]
-    fig, ax = plt.subplots(figsize=(0.55 * len(cols) + 1.5, 0.55 * len(rows) + 1.2))
-    ax.imshow(grid.permute(1, 2, 0).numpy() if images.shape[1] == 3 else grid[0].numpy(), cmap="gray", vmin=0, vmax=1)
-    ax.set_xticks([2 + j * (w + 2) + w / 2 for j in range(len(cols))], [f"{v:.2g}" for v in cols], fontsize=6, rotation=90)
-    ax.set_yticks([2 + i * (h + 2) + h / 2 for i in range(len(rows))], [f"{v:.2g}" for v in rows], fontsize=6)
-    ax.set_xlabel("z2")
-    ax.set_ylabel("z1")
-    ax.set_title(title)
-    return save_figure(fig, path)
-
-
 # --------------------------------------------------------------------------- reconstructions
-
-def _columns_figure(rows: dict[str, torch.Tensor], titles: Sequence[str], path: Path, title: str) -> Path:
-    """Named rows of images with a title over every column (e.g. the class name)."""
-    names = list(rows)
-    n = len(titles)
-    fig, axes = plt.subplots(len(names), n, figsize=(1.25 * n, 1.35 * len(names) + 0.4), squeeze=False)
-    for r, name in enumerate(names):
-        for c in range(n):
-            img = rows[name][c].detach().float().cpu()
-            ax = axes[r][c]
-            if img.shape[0] == 1:
-                ax.imshow(img[0].clamp(0, 1), cmap="gray", vmin=0, vmax=1)
-            else:
-                ax.imshow(img.clamp(0, 1).permute(1, 2, 0))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(str(titles[c]), fontsize=8)
-            if c == 0:
-                ax.set_ylabel(name, fontsize=9)
-    fig.suptitle(title, y=1.0 + 0.12 / len(names))
-    return save_figure(fig, path)
-
 
 @ANALYSES.register("class_reconstructions")
 @torch.no_grad()
@@ -302,15 +213,7 @@ def class_reconstructions(run: TrainedRun, out_dir: Path, split: str = "test") -
     """The first test image of every class next to its reconstruction (the task's rows:
     noisy input when denoising, output, target), with each image's MSE."""
     names = run.data.info.class_names
-    found: dict[int, dict[str, torch.Tensor]] = {}
-    for batch in run.data.batches(split, train=False).epoch(0):
-        for c in range(len(names)):
-            if c not in found:
-                hits = (batch["labels"] == c).nonzero()
-                if len(hits):
-                    found[c] = {k: v[hits[0]] for k, v in batch.items()}
-        if len(found) == len(names):
-            break
+    found, _ = first_of_each_class(run, split)
     classes = sorted(found)
     batch = {k: torch.cat([found[c][k] for c in classes]) for k in found[classes[0]]}
     with run.evaluating():
@@ -319,8 +222,8 @@ def class_reconstructions(run: TrainedRun, out_dir: Path, split: str = "test") -
     rows = {labels[k]: shown[k] for k in ("target", "input", "output") if k in shown}
     mse = (shown["output"].float() - shown["target"].float()).pow(2).flatten(1).mean(1).cpu().tolist()
     titles = [f"{names[c]}\n{m:.4f}" for c, m in zip(classes, mse)]
-    path = _columns_figure(rows, titles, out_dir / f"class_reconstructions_{split}.png",
-                           f"one {split} image per class next to its reconstruction (MSE)")
+    path = image_rows(rows, out_dir / f"class_reconstructions_{split}.png",
+                      f"one {split} image per class next to its reconstruction (MSE)", titles, inches=1.25)
     _to_tensorboard(run, "class_reconstructions", torch.cat(list(rows.values())), nrow=len(classes))
     return {"figure": str(path), "mse": {names[c]: round(m, 6) for c, m in zip(classes, mse)}}
 
@@ -330,10 +233,10 @@ def class_reconstructions(run: TrainedRun, out_dir: Path, split: str = "test") -
 def inputs_over_encodings(run: TrainedRun, out_dir: Path, count: int = 10, split: str = "test") -> dict[str, Any]:
     """Test inputs above their encodings (the code vector drawn as a small image) and the
     decoded reconstructions: what the dense AE's bottleneck keeps."""
-    model = _model(run)
+    model = run.unwrap()
     _require(model, "encode", "inputs_over_encodings")
-    batch = next(run.data.batches(split, train=False).epoch(0))
-    x = to_float(batch["images"][:count])
+    batch = first_batch(run, split, count)
+    x = to_float(batch["images"])
     with run.evaluating():
         codes = model.encode(x).flatten(1).float()
         out = model(x).float().clamp(0, 1)
@@ -342,9 +245,10 @@ def inputs_over_encodings(run: TrainedRun, out_dir: Path, count: int = 10, split
     span = (codes.max() - codes.min()).clamp_min(1e-8)
     encoding = ((codes - codes.min()) / span).view(-1, 1, h, dim // h)
     names = run.data.info.class_names
-    titles = [names[int(y)] if int(y) < len(names) else str(int(y)) for y in batch["labels"][:count]]
+    titles = [names[int(y)] if int(y) < len(names) else str(int(y)) for y in batch["labels"]]
     rows = {"input": x, "encoding": encoding, "output": out}
-    path = _columns_figure(rows, titles, out_dir / "inputs_over_encodings.png", f"inputs over their {dim}-d encodings")
+    path = image_rows(rows, out_dir / "inputs_over_encodings.png", f"inputs over their {dim}-d encodings", titles,
+                      inches=1.25)
     _to_tensorboard(run, "inputs_over_encodings", torch.cat([x, out]), nrow=len(x))
     return {"figure": str(path), "dim": dim}
 
@@ -377,42 +281,6 @@ def svm_codes(run: TrainedRun, out_dir: Path, max_train: int = 10000, max_test: 
     return {**results, **table}
 
 
-class _Probe(nn.Module):
-    """A linear layer, or an MLP with ReLU hidden layers, on standardised latents."""
-
-    def __init__(self, dim: int, classes: int, hidden: Sequence[int] = ()) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        for width in hidden:
-            layers += [nn.Linear(dim, width), nn.ReLU()]
-            dim = width
-        self.net = nn.Sequential(*layers, nn.Linear(dim, classes))
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
-
-
-def train_probe(train: tuple[torch.Tensor, torch.Tensor], evals: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                classes: int, hidden: Sequence[int], epochs: int, lr: float, batch_size: int, seed: int) -> dict[str, float]:
-    """Fit a probe with Adam on fixed codes; return its accuracy on each evaluation set."""
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    z, y = train
-    probe = _Probe(z.shape[1], classes, hidden)
-    opt = torch.optim.Adam(probe.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * math.ceil(len(z) / batch_size)))
-    for _ in range(epochs):
-        for idx in torch.randperm(len(z), generator=gen).split(batch_size):
-            loss = nn.functional.cross_entropy(probe(z[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    probe.eval()
-    with torch.no_grad():
-        return {name: float((probe(ez).argmax(1) == ey).float().mean()) for name, (ez, ey) in evals.items()}
-
-
 @ANALYSES.register("latent_probe")
 def latent_probe(run: TrainedRun, out_dir: Path, epochs: int = 20, lr: float = 1e-3, batch_size: int = 256,
                  mlp_hidden: Sequence[int] = (256, 256), max_train: Optional[int] = None) -> dict[str, Any]:
@@ -421,26 +289,19 @@ def latent_probe(run: TrainedRun, out_dir: Path, epochs: int = 20, lr: float = 1
     Also rebuilds ``<group>/latent_probe.md``: one row per run, i.e. per latent size in a sweep."""
     sets = {s: encode_split(run, s, limit=max_train if s == "train" else None, seed=run.cfg.seed)
             for s in ("train", "val", "test") if run.data.has(s)}
-    z_train = torch.from_numpy(sets["train"]["codes"])
-    mean, std = z_train.mean(0), z_train.std(0).clamp_min(1e-6)
-    tensors = {s: ((torch.from_numpy(v["codes"]) - mean) / std, torch.from_numpy(v["labels"])) for s, v in sets.items()}
+    tensors = {s: (torch.from_numpy(v["codes"]), torch.from_numpy(v["labels"])) for s, v in sets.items()}
     evals = {s: t for s, t in tensors.items() if s != "train"}
-    classes = run.data.info.num_classes
-    dim = z_train.shape[1]
-    record: dict[str, Any] = {"latent_dim": dim, "train_images": len(z_train)}
-    for probe_name, hidden in (("linear", ()), ("mlp", tuple(mlp_hidden))):
-        started = time.perf_counter()
-        accs = train_probe(tensors["train"], evals, classes, hidden, epochs, lr, batch_size, run.cfg.seed)
-        record.update({f"{probe_name}_{s}_acc": a for s, a in accs.items()})
-        log.info("%s probe on %d-d latents: %s (%.1f s)", probe_name, dim,
-                 " ".join(f"{s}={a:.4f}" for s, a in accs.items()), time.perf_counter() - started)
+    dim = tensors["train"][0].shape[1]
+    record: dict[str, Any] = {"latent_dim": dim, "train_images": len(tensors["train"][0])}
+    record.update(fit_probes(tensors["train"], evals, run.data.info.num_classes, mlp_hidden, epochs, lr, batch_size,
+                             run.cfg.seed, f"{dim}-d latents"))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "latent_probe.json", record)
     split = "test" if "test" in evals else next(iter(evals))
-    header = ["probe", "latent_dim", f"{split} accuracy"]
-    rows = [["linear", dim, round(record[f"linear_{split}_acc"], 4)],
-            [f"MLP {list(mlp_hidden)}", dim, round(record[f"mlp_{split}_acc"], 4)]]
-    table = write_table(header, rows, out_dir / "latent_probe", f"probes on {dim}-d latents", figure=False)
-    group = write_group_table(Path(run.run_dir).parent, "latent_probe",
-                              ["latent_dim", f"linear_{split}_acc", f"mlp_{split}_acc", "train_images"], sort_by="latent_dim")
-    return {**record, **table, "group_table": str(group) if group else None}
+    table = write_probe_table(record, "latent_dim", dim, [split], mlp_hidden, out_dir / "latent_probe",
+                              f"probes on {dim}-d latents")
+    group_dir = Path(run.run_dir).parent
+    group = write_group_table(group_dir, "latent_probe",
+                              ["latent_dim", f"linear_{split}_acc", f"mlp_{split}_acc", "train_images"],
+                              f"{group_dir.name}: latent_probe", sort_by="latent_dim")
+    return {**record, **table, "group_table": group["md"] if group else None}
