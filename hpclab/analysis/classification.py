@@ -66,7 +66,7 @@ def reconstruction_grid(run: TrainedRun, out_dir: Path, split: str = "test", cou
 
 def model_label(model_cfg: dict[str, Any]) -> str:
     """The registered model name plus the options that tell variants apart."""
-    keys = ("block", "backbone", "weights", "freeze", "hidden", "encoder_from")
+    keys = ("block", "backbone", "weights", "freeze", "hidden", "pretrained", "encoder_from")
     parts = []
     for k in keys:
         if k in model_cfg:

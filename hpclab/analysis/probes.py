@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from hpclab.analysis.report import write_table
+from hpclab.models.layers import mlp
 
 log = logging.getLogger("hpclab")
 
@@ -25,11 +26,7 @@ class Probe(nn.Module):
 
     def __init__(self, dim: int, classes: int, hidden: Sequence[int] = ()) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        for width in hidden:
-            layers += [nn.Linear(dim, width), nn.ReLU()]
-            dim = width
-        self.net = nn.Sequential(*layers, nn.Linear(dim, classes))
+        self.net = mlp(dim, hidden, classes)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)

@@ -30,11 +30,10 @@ def trained(run_dir: Path | str) -> Iterator[TrainedRun]:
 
 def analyze_run(run_dir: Path | str, name: str, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     run_dir = Path(run_dir)
-    if name not in ANALYSES:
-        raise ConfigError(f"unknown analysis '{name}' (known: {', '.join(sorted(ANALYSES))})")
+    analysis = ANALYSES[name]  # an unknown name: one line, before the run is loaded
     with trained(run_dir) as run:
         try:
-            result = ANALYSES[name](run, run_dir / "figures", **(kwargs or {}))
+            result = analysis(run, run_dir / "figures", **(kwargs or {}))
         except (TypeError, ValueError) as exc:  # bad argument names or values
             raise ConfigError(f"analysis {name}: {str(exc).splitlines()[0]}") from None
     summary_path = run_dir / "summary.json"
