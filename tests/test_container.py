@@ -15,13 +15,14 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from conftest import REPO, path_without, run_cli
 from formats.dist_info import write_dist_info
 from omegaconf import OmegaConf
@@ -384,22 +385,23 @@ def test_bad_container_settings_fail_before_submitting_with_one_line(fmnist_data
     no_engines = path_without(tmp_path, "apptainer", "singularity", "podman")
     cases = [
         ([f"cluster.image={sif}"], {"PATH": no_engines},
-         "error: config key 'cluster.container': apptainer not found on PATH: load it before submitting"),
+         f"error: config key 'cluster.container': apptainer not found on PATH on {socket.gethostname()}: load it"),
         (["cluster.container=podman", "cluster.image=localhost/hpclab:1"], {"PATH": no_engines},
-         "error: config key 'cluster.container': podman not found on PATH: install it"),
+         f"error: config key 'cluster.container': podman not found on PATH on {socket.gethostname()}: install it"),
         ([f"cluster.image={tmp_path}/missing.sif"], {},
          f"error: config key 'cluster.image': apptainer image {tmp_path}/missing.sif not found"),
         (["cluster.image=localhost/hpclab:1"], {},
          "error: config key 'cluster.image': apptainer image "),
         ([f"cluster.image={sif}", f"cluster.binds=[{tmp_path}/site:/site:ro]"],
          {"PATH": f"{engine_stub(tmp_path, 'apptainer')}:{os.environ['PATH']}"},
-         f"error: config key 'cluster.binds': bind source {tmp_path}/site does not exist on this machine"),
+         f"error: config key 'cluster.binds': bind source {tmp_path}/site does not exist on {socket.gethostname()}"),
         (["cluster.image=/x.sif", "cluster.container=docker"], {},
          "error: config key 'cluster.container': 'docker' is not one of apptainer, singularity, podman"),
     ]
     for overrides, env, expected in cases:
         proc = run_cli("launch.py", *base, *overrides, cwd=fmnist_data, env=env, check=False)
-        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, (overrides, proc.stdout, proc.stderr)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith(expected), (
+            overrides, proc.stdout, proc.stderr)
         assert proc.stderr.startswith(expected), (overrides, proc.stderr)
         assert not (fmnist_data / "results" / "ae_latent" / "submissions.json").exists()
     assert "(an OCI image? set cluster.container=podman)" in run_cli(

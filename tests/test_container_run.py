@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -163,7 +164,8 @@ def test_a_podman_image_that_does_not_exist_stops_the_submission(fmnist_data):
     proc = run_cli("launch.py", "sweep=ae_latent", "preset=smoke", "cluster=slurm", "cluster.container=podman",
                    "cluster.image=localhost/hpclab:no-such-tag", cwd=fmnist_data, check=False)
     assert proc.returncode == 2 and proc.stderr.splitlines() == [
-        "error: config key 'cluster.image': podman has no image 'localhost/hpclab:no-such-tag' (build it: "
+        f"error: config key 'cluster.image': podman on {socket.gethostname()} has no image "
+        "'localhost/hpclab:no-such-tag' (build it: "
         "containers/build.sh --engine podman; list the images: podman images)"]
     assert not (fmnist_data / "results" / "ae_latent").exists()
 

@@ -157,6 +157,31 @@ def test_sbatch_script_header_and_command_lines(script, tmp_path):
     assert expected in podman.stdout.split("run: ", 1)[1] and "'--device' 'nvidia.com/gpu=all'" in expected
 
 
+def test_the_batch_setup_renders_with_the_standard_library_alone(tmp_path):
+    """On a cluster where only the image holds the suite, the sbatch scripts render their setup
+    with the system's python3: ``python -S`` (no site-packages: no torch, omegaconf, submitit)."""
+    image = tmp_path / "hpclab.sif"
+    image.write_bytes(b"")
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "HPCLAB_IMAGE": str(image), "HPCLAB_PRINT_ONLY": "1",
+           "HPCLAB_RESULTS": str(tmp_path / "results"), "HPCLAB_DATA": str(tmp_path / "data"), "SLURM_JOB_ID": "7"}
+    proc = subprocess.run([sys.executable, "-S", "-m", "hpclab.launch.batch"], env=env, capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "export HDF5_USE_FILE_LOCKING=FALSE" in proc.stdout and "export MASTER_PORT=$((20000 + " in proc.stdout
+    assert f"HPCLAB_PY=(apptainer exec --bind {tmp_path}/data --bind {tmp_path}/results" in proc.stdout
+    assert proc.stdout.rstrip().endswith(f"{image} python -m hpclab.launch.task)")
+
+
+def test_the_launcher_arrays_get_the_same_job_setup_as_the_sbatch_scripts():
+    """One source: submitit's sbatch script starts with the lines the scripts evaluate."""
+    from hpclab.config import compose
+    from hpclab.launch.batch import job_lines
+    from hpclab.launch.executors import slurm_parameters
+
+    cluster = compose(["experiment=ae_latent", "cluster=slurm", "cluster.nodes=2"]).cluster
+    assert slurm_parameters(cluster, "x")["slurm_setup"][: len(job_lines())] == job_lines()
+
+
 def test_sbatch_scripts_stop_at_once_on_bad_container_settings(tmp_path):
     """One line naming the fix, before any srun: an unknown engine, a missing SIF, an extra bind
     that does not exist, an engine that is not installed; a missing data folder is created, so
@@ -167,13 +192,14 @@ def test_sbatch_scripts_stop_at_once_on_bad_container_settings(tmp_path):
            "HPCLAB_RESULTS": str(tmp_path / "results"), "HPCLAB_IMAGE": str(image)}
     no_engines = path_without(tmp_path, "apptainer", "singularity", "podman")
     cases = [
-        ({"HPCLAB_CONTAINER": "docker"}, "error: HPCLAB_CONTAINER=docker is not one of apptainer, singularity, podman"),
-        ({"HPCLAB_IMAGE": str(tmp_path / "missing.sif")}, f"error: HPCLAB_IMAGE={tmp_path}/missing.sif is not a file"),
+        ({"HPCLAB_CONTAINER": "docker"}, "error: HPCLAB_CONTAINER: 'docker' is not one of apptainer, singularity, podman"),
+        ({"HPCLAB_IMAGE": str(tmp_path / "missing.sif")},
+         f"error: HPCLAB_IMAGE: apptainer image {tmp_path}/missing.sif not found (build it on a login node: "),
         ({"HPCLAB_PRINT_ONLY": "1", "HPCLAB_BINDS": f"{tmp_path}/site:/site:ro"},
          f"error: HPCLAB_BINDS: bind source {tmp_path}/site does not exist"),
-        ({"PATH": f"{no_engines}"}, "error: apptainer not found on PATH on "),
+        ({"PATH": f"{no_engines}"}, "error: HPCLAB_CONTAINER: apptainer not found on PATH on "),
         ({"PATH": f"{no_engines}", "HPCLAB_CONTAINER": "podman", "HPCLAB_IMAGE": "localhost/hpclab:x"},
-         "error: podman not found on PATH on "),
+         "error: HPCLAB_CONTAINER: podman not found on PATH on "),
     ]
     for extra, expected in cases:
         proc = subprocess.run(["/bin/bash", str(REPO / "slurm" / "dcgan.sh")], env={**env, **extra}, cwd=tmp_path,

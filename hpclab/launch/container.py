@@ -1,7 +1,7 @@
 """Running SLURM tasks inside the project's image: Apptainer (a SIF file) or podman (an OCI image).
 
-One place renders how a task enters the image, so the submitit launcher, slurm/common.sh (a
-parity test holds them equal) and the docs agree:
+One place renders how a task enters the image, for the submitit launcher and the sbatch scripts
+(``slurm/common.sh`` evaluates what :mod:`hpclab.launch.batch` renders from here):
 
     apptainer exec [--nv] --bind DATA --bind RESULTS [--bind CACHE] [--bind FOLDER] [binds...]
         --env HPCLAB_DATA=... (and the other variables of container_env) IMAGE python
@@ -43,12 +43,14 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from hpclab.config import ConfigError
+from hpclab.errors import ConfigError
 
 IMAGE_ENV = "HPCLAB_IMAGE"
 ENGINE_ENV = "HPCLAB_CONTAINER"
@@ -69,12 +71,30 @@ PODMAN_JOB_LABEL = "hpclab.slurm_job"
 PODMAN_WRAPPER = ["sh", "-c", 'export HPCLAB_PARENT_PID=$$; exec "$@"', "hpclab-task"]
 
 
-def engine_of(cluster: Mapping[str, Any]) -> str:
+@dataclass(frozen=True)
+class Settings:
+    """What the user set the image, the engine and extra binds with, for the one-line errors:
+    config keys (the launcher) or variables (the sbatch scripts)."""
+
+    image: str
+    container: str
+    binds: str
+
+    @staticmethod
+    def named(key: str) -> str:
+        return f"config key '{key}'" if "." in key else key
+
+
+LAUNCHER_SETTINGS = Settings("cluster.image", "cluster.container", "cluster.binds")
+SCRIPT_SETTINGS = Settings(IMAGE_ENV, ENGINE_ENV, "HPCLAB_BINDS")
+
+
+def engine_of(cluster: Mapping[str, Any], settings: Settings = LAUNCHER_SETTINGS) -> str:
     """``cluster.container``, else $HPCLAB_CONTAINER, else apptainer (singularity where it is the
     only one of the two on PATH: SingularityCE >= 4 runs the same images and options)."""
     engine = cluster.get("container") or os.environ.get(ENGINE_ENV) or "apptainer"
     if engine not in ENGINES:
-        raise ConfigError(f"config key 'cluster.container': {engine!r} is not one of {', '.join(ENGINES)}")
+        raise ConfigError(f"{settings.named(settings.container)}: {engine!r} is not one of {', '.join(ENGINES)}")
     if engine == "apptainer" and not shutil.which("apptainer") and shutil.which("singularity"):
         return "singularity"
     return engine
@@ -91,37 +111,40 @@ def image_of(cluster: Mapping[str, Any]) -> Optional[str]:
     return str(Path(image).expanduser().absolute())
 
 
-def check_image(cluster: Mapping[str, Any]) -> None:
-    """Before submitting (every task would die otherwise): the engine is installed, the image
-    exists, and every extra bind source exists. One line with the fix, as ConfigError."""
-    image = image_of(cluster)
-    if not image:
+def check_image(cluster: Mapping[str, Any], settings: Settings = LAUNCHER_SETTINGS, engine_here: bool = True) -> None:
+    """Before any task starts (every task would die otherwise): a valid engine, the image, every
+    extra bind source; with ``engine_here`` also the engine on PATH and, for podman, the image
+    in its store. One line with the fix, as ConfigError."""
+    if not (cluster.get("image") or os.environ.get(IMAGE_ENV)):
         return
-    engine = engine_of(cluster)
+    engine, image = engine_of(cluster, settings), str(image_of(cluster))
+    named, host = settings.named, socket.gethostname()
     if engine != "podman" and not Path(image).is_file():
-        hint = " (an OCI image? set cluster.container=podman)" if ":" in str(cluster.get("image") or "") else ""
-        raise ConfigError(f"config key 'cluster.image': {engine} image {image} not found{hint} "
+        hint = f" (an OCI image? set {settings.container}=podman)" if ":" in str(cluster.get("image") or "") else ""
+        raise ConfigError(f"{named(settings.image)}: {engine} image {image} not found{hint} "
                           f"(build it on a login node: containers/build.sh {image})")
-    if not shutil.which(engine):
-        fix = ("install it (Debian/Ubuntu: apt-get install podman runc) or use Apptainer: cluster.container=apptainer"
-               if engine == "podman" else
-               "load it before submitting (e.g. module load apptainer; cluster.setup=['module load apptainer'] "
-               "for the compute nodes) or run an OCI image with podman: cluster.container=podman")
-        raise ConfigError(f"config key 'cluster.container': {engine} not found on PATH: {fix}")
-    if engine == "podman":
-        found = subprocess.run(["podman", "image", "exists", image], capture_output=True, text=True, timeout=120)
-        if found.returncode == 1:
-            raise ConfigError(f"config key 'cluster.image': podman has no image {image!r} (build it: "
-                              f"containers/build.sh --engine podman; list the images: podman images)")
-        if found.returncode != 0:
-            last = (found.stderr.strip().splitlines() or ["no output"])[-1]
-            raise ConfigError(f"config key 'cluster.container': podman does not work here ({last}); "
-                              f"check its setup with: podman info")
     for bind in cluster.get("binds") or []:
         source = str(bind).split(":", 1)[0]
         if not Path(source).exists():
-            raise ConfigError(f"config key 'cluster.binds': bind source {source} does not exist on this machine "
-                              f"(create it, or remove '{bind}' from cluster.binds)")
+            raise ConfigError(f"{named(settings.binds)}: bind source {source} does not exist on {host} "
+                              f"(create it, or remove '{bind}' from {settings.binds})")
+    if not engine_here:
+        return
+    if not shutil.which(engine):
+        fix = (f"install it (Debian/Ubuntu: apt-get install podman runc) or use Apptainer: {settings.container}=apptainer"
+               if engine == "podman" else
+               f"load it (e.g. module load apptainer; cluster.setup=['module load apptainer'] for the launcher's "
+               f"tasks) or run an OCI image with podman: {settings.container}=podman")
+        raise ConfigError(f"{named(settings.container)}: {engine} not found on PATH on {host}: {fix}")
+    if engine == "podman":
+        found = subprocess.run(["podman", "image", "exists", image], capture_output=True, text=True, timeout=120)
+        if found.returncode == 1:
+            raise ConfigError(f"{named(settings.image)}: podman on {host} has no image {image!r} (build it: "
+                              f"containers/build.sh --engine podman; list the images: podman images)")
+        if found.returncode != 0:
+            last = (found.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ConfigError(f"{named(settings.container)}: podman does not work on {host} ({last}); "
+                              f"check its setup with: podman info")
 
 
 def _plain_path(key: str, value: str | Path) -> str:
@@ -211,26 +234,28 @@ def container_python(cluster: Mapping[str, Any], paths: Mapping[str, Any], folde
     return shell_prefix([*prefix, "python"]) if prefix else shlex.quote(sys.executable)
 
 
-def slurm_setup(cluster: Mapping[str, Any], paths: Mapping[str, Any], folder: str | Path) -> list[str]:
+def slurm_setup(cluster: Mapping[str, Any], paths: Mapping[str, Any], folder: str | Path,
+                command: Optional[str] = None, remove_leftovers: bool = True) -> list[str]:
     """Batch-script lines (outside the container) for tasks that run in the image; none without one.
 
     They create the bound directories (a missing bind source stops either engine), print the
-    container command into the job's log, and relay requeue requests from inside the image to
-    the real ``scontrol`` when the step has ended. The request file is removed before the
-    requeue, and at start, because a requeued job keeps its SLURM_JOB_ID. With podman they also
-    remove containers of an earlier start of this job still running on this node: podman's
-    containers are not children of the task (conmon runs them), so a task killed after its
-    grace time can leave one behind, which would otherwise write into the run next to its
-    restart.
+    task's container ``command`` (default: submitit's) into the job's log, and relay requeue requests from inside the
+    image to the real ``scontrol`` when the step has ended. The request file (in ``folder``) is
+    removed before the requeue, and at start, because a requeued job keeps its SLURM_JOB_ID.
+    With podman (and ``remove_leftovers``) they also remove containers of an earlier start of
+    this job still running on this node: podman's containers are not children of the task
+    (conmon runs them), so a task killed after its grace time can leave one behind, which would
+    otherwise write into the run next to its restart.
     """
     if not image_of(cluster):
         return []
     engine = engine_of(cluster)
-    flag = shlex.quote(str(Path(_plain_path("cluster.folder", folder)) / ".requeue-")) + '"$SLURM_JOB_ID"'
-    command = container_python(cluster, paths, folder) + " -u -m submitit.core._submit ..."
+    command = command or container_python(cluster, paths, folder) + " -u -m submitit.core._submit ..."
+    flag = shlex.quote(str(Path(_plain_path("cluster.folder", folder)) / ".requeue-")) + '"${SLURM_JOB_ID:-none}"'
     lines = ["mkdir -p " + " ".join(shlex.quote(d) for d in task_dirs(paths, folder))]
-    if engine == "podman":
-        lines.append(f'podman ps -aq --filter "label={PODMAN_JOB_LABEL}=$SLURM_JOB_ID" | xargs -r podman rm -f')
+    if engine == "podman" and remove_leftovers:
+        lines.append(f'if [ -n "${{SLURM_JOB_ID:-}}" ]; then podman ps -aq --filter "label={PODMAN_JOB_LABEL}='
+                     f'$SLURM_JOB_ID" | xargs -r podman rm -f; fi')
     return lines + [
         f"export {REQUEUE_ENV}={flag}",
         f'rm -f "${REQUEUE_ENV}"',

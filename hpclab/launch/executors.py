@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hpclab.config import ConfigError
 from hpclab.launch import container
+from hpclab.launch.batch import job_lines
 from hpclab.launch.job import (
     TrainJob,
     is_complete,
@@ -65,33 +66,6 @@ def run_local(plan: Plan) -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------------- SLURM
 
-# The rendezvous address, found in the batch shell (where scontrol exists, also when the tasks
-# run in a container): the first node's NodeAddr, else its name. slurm/common.sh does the same.
-MASTER_ADDR_LINES = [
-    'hpclab_first=$(scontrol show hostnames "$SLURM_JOB_NODELIST" 2>/dev/null | head -n 1)',
-    "hpclab_addr=$(scontrol show node -o \"$hpclab_first\" 2>/dev/null | tr ' ' '\\n' "
-    "| sed -n 's/^NodeAddr=\\(..*\\)/\\1/p' | head -n 1)",
-    'export MASTER_ADDR=${hpclab_addr:-$hpclab_first}',
-]
-
-
-def task_environment(cluster: DictConfig) -> list[str]:
-    """Batch-script lines shared with slurm/common.sh: no HDF5 file locks (Lustre/GPFS/NFS),
-    torch threads = CPUs per task (no oversubscription), srun steps keep --cpus-per-task
-    (SLURM >= 22.05 no longer passes it on), gloo on the CPU when no GPU is allocated, and the
-    rendezvous address of multi-task jobs."""
-    lines = [
-        "export HDF5_USE_FILE_LOCKING=FALSE",
-        "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}",
-        "export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-1}",
-    ]
-    if cluster.nodes * max(cluster.gpus_per_node, 1) > 1:
-        lines += MASTER_ADDR_LINES
-    if not cluster.gpus_per_node:
-        lines.append('if [ "${SLURM_NTASKS:-1}" -gt 1 ]; then export ACCELERATE_USE_CPU=true; fi')
-    return lines
-
-
 def slurm_parameters(cluster: DictConfig, name: str) -> dict[str, Any]:
     """submitit AutoExecutor ``update_parameters`` arguments from the cluster config."""
     params: dict[str, Any] = {
@@ -102,7 +76,7 @@ def slurm_parameters(cluster: DictConfig, name: str) -> dict[str, Any]:
         "cpus_per_task": cluster.cpus_per_task,
         "slurm_array_parallelism": cluster.array_parallelism,
         "slurm_signal_delay_s": cluster.signal_delay_s,
-        "slurm_setup": [*task_environment(cluster), *cluster.setup],
+        "slurm_setup": [*job_lines(), *cluster.setup],
         # a task that dies takes the others with it at once (they would wait for it in a collective)
         "slurm_srun_args": ["--kill-on-bad-exit=1"],
         "slurm_additional_parameters": {"requeue": True, **OmegaConf.to_container(cluster.extra)},

@@ -85,7 +85,7 @@ def first_node() -> str:
     """Where rank 0 listens: the first node of SLURM_JOB_NODELIST (``gpu[03-04]`` -> gpu03) at the
     address SLURM itself reaches it, its ``NodeAddr`` (``scontrol show node``). That is the node
     name on most clusters, and an IP where names do not resolve by DNS (the emulated nodes of
-    scripts/local_slurm.sh --nodes N: n1 -> 127.0.0.1). slurm/common.sh does the same in shell."""
+    scripts/local_slurm.sh --nodes N: n1 -> 127.0.0.1). The batch shell does the same (batch.job_lines)."""
     nodelist = os.environ.get("SLURM_JOB_NODELIST") or socket.gethostname()
     names = (_scontrol("show", "hostnames", nodelist) or "").split()
     name = names[0] if names else nodelist.split(",")[0].split("[")[0]
@@ -96,10 +96,13 @@ def first_node() -> str:
     return name
 
 
+MASTER_PORT_BASE = 20000  # rendezvous ports 20000..39999, from the job id
+
+
 def master_port() -> int:
     """A rendezvous port from the job id (array tasks have distinct ids, so they never collide);
-    the same formula as slurm/common.sh."""
-    return 20000 + int(os.environ.get("SLURM_JOB_ID") or 0) % 20000
+    the batch shell exports the same (:func:`hpclab.launch.batch.job_lines`)."""
+    return MASTER_PORT_BASE + int(os.environ.get("SLURM_JOB_ID") or 0) % MASTER_PORT_BASE
 
 
 def requeue_job() -> bool:
