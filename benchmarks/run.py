@@ -289,14 +289,14 @@ def engine_fit(work: Path, overrides: list[str]) -> dict[str, Any]:
 
 def synthetic_hdf5(work: Path, name: str, n: int, channels: int, size: int, classes: int = 10) -> Path:
     """Random uint8 images with labels in the suite's HDF5 layout (for sizes we have no data of)."""
-    from hpclab.data.hdf5 import Staged, write_hdf5
+    from hpclab.data.hdf5 import DatasetArrays, write_hdf5
 
     path = work / "data" / f"{name}.h5"
     if not path.is_file():
         rng = np.random.default_rng(0)
         split = {"images": rng.integers(0, 256, (n, channels, size, size), dtype=np.uint8),
                  "labels": rng.integers(0, classes, n).astype(np.int64)}
-        write_hdf5(path, Staged(splits={"train": split, "test": split}, class_names=[str(i) for i in range(classes)],
+        write_hdf5(path, DatasetArrays(splits={"train": split, "test": split}, class_names=[str(i) for i in range(classes)],
                                 inputs=[], source="synthetic"))
     return path
 

@@ -9,11 +9,12 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 import tempfile
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -170,3 +171,35 @@ def can_set_signal_handlers() -> bool:
 
 def under_slurm() -> bool:
     return "SLURM_JOB_ID" in os.environ
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is at the time (notebooks and pytest replace it)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def setup_logging(run_dir: Optional[Path] = None, rank: int = 0) -> None:
+    """Plain line logs on stdout (SLURM captures them) and in ``run.log``."""
+    logger = logging.getLogger("hpclab")
+    logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s", "%H:%M:%S")
+    if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
+        handler = _StdoutHandler()
+        handler.setFormatter(fmt)
+        logger.addHandler(handler)
+    for h in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+        logger.removeHandler(h)
+        h.close()
+    if run_dir is not None and rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(run_dir / "run.log")
+        fh.setFormatter(fmt)
+        logger.addHandler(fh)
+    logger.propagate = False

@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
         parser.error("--count and --channels must be >= 1")
 
     from hpclab.analysis.activations import save_activations
-    from hpclab.launch.analyze import trained
+    from hpclab.analysis.rerun import trained
 
     with trained(args.run_dir) as run:
         result = save_activations(run, args.out or args.run_dir / "figures", count=args.count, split=args.split,

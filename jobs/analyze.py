@@ -26,7 +26,7 @@ def main(argv: list[str]) -> int:
     from omegaconf import OmegaConf
 
     from hpclab.config import ConfigError
-    from hpclab.launch.analyze import analyze_run
+    from hpclab.analysis.rerun import analyze_run
 
     run_dir, name, pairs = argv[0], argv[1], argv[2:]
     bad = [p for p in pairs if "=" not in p]

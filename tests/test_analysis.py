@@ -15,7 +15,7 @@ from conftest import DIGITS_RUN, run_cli
 from PIL import Image
 
 from hpclab.config import compose
-from hpclab.launch.analyze import analyze_run
+from hpclab.analysis.rerun import analyze_run
 from hpclab.launch.job import run_dir_of, train_run
 
 

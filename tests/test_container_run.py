@@ -292,7 +292,7 @@ def test_sbatch_script_runs_its_task_inside_the_image(image, fmnist_mirror, tmp_
         time.sleep(1)
     text = log.read_text()
     assert squeue_state(job) in (None, "COMPLETED"), text[-3000:]
-    assert "'podman' 'run' '--rm'" in text and f"'{image}' 'python' '-m' 'hpclab.launch.task'" in text
+    assert "'podman' 'run' '--rm'" in text and f"'{image}' 'python' '-m' 'hpclab.launch.run_one'" in text
     run_dir = tmp_path / "results" / "ae_latent" / "default"
     environment = json.loads((run_dir / "environment.json").read_text())
     assert environment["container"] == {"engine": "podman", "image": image}

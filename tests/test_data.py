@@ -157,12 +157,12 @@ def test_image_size_is_honoured_at_staging_for_sources_that_do_not_resize(workdi
 
 
 def test_resizing_keeps_masks_binary():
-    from hpclab.data.hdf5 import Staged
+    from hpclab.data.hdf5 import DatasetArrays
     from hpclab.data.prepare import resize_staged
 
     masks = np.zeros((2, 1, 8, 8), np.uint8)
     masks[:, :, 2:6, 2:6] = 1
-    staged = Staged(splits={"train": {"images": np.full((2, 1, 8, 8), 200, np.uint8), "masks": masks,
+    staged = DatasetArrays(splits={"train": {"images": np.full((2, 1, 8, 8), 200, np.uint8), "masks": masks,
                                       "labels": np.array([0, 1])}}, class_names=["a", "b"], inputs=[], source="test")
     out = resize_staged(staged, 20)
     assert out.splits["train"]["images"].shape == (2, 1, 20, 20) and set(np.unique(out.splits["train"]["images"])) == {200}
@@ -175,11 +175,11 @@ def test_memory_mapped_and_chunked_layouts_read_the_same_rows(tmp_path):
     through h5py run reads. Both return the asked rows in the asked order, repeats included."""
     import h5py
 
-    from hpclab.data import Staged, write_hdf5
+    from hpclab.data import DatasetArrays, write_hdf5
 
     images = np.random.default_rng(0).integers(0, 256, (5000, 1, 4, 4), dtype=np.uint8)
     labels = np.arange(5000, dtype=np.int64)
-    write_hdf5(tmp_path / "ours.h5", Staged(splits={"train": {"images": images, "labels": labels}},
+    write_hdf5(tmp_path / "ours.h5", DatasetArrays(splits={"train": {"images": images, "labels": labels}},
                                             class_names=[], inputs=[], source="test"))
     with h5py.File(tmp_path / "chunked.h5", "w") as f:
         f.create_dataset("train/images", data=images, chunks=(256, 1, 4, 4))

@@ -273,7 +273,7 @@ def test_fid_analysis_on_the_smoke_run(smoke_run, standin_inception):
 
     from omegaconf import OmegaConf
 
-    from hpclab.launch.analyze import analyze_run
+    from hpclab.analysis.rerun import analyze_run
     from hpclab.weights import WEIGHTS, WeightsMissing, cache_dir
 
     run_dir = smoke_run["run_dir"]
@@ -380,7 +380,7 @@ def test_fid_on_grey_images_repeats_them_to_three_channels(fmnist_gan, standin_i
 
     from omegaconf import OmegaConf
 
-    from hpclab.launch.analyze import analyze_run
+    from hpclab.analysis.rerun import analyze_run
     from hpclab.weights import WEIGHTS, cache_dir
 
     run_dir = fmnist_gan["run_dir"]

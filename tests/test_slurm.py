@@ -130,7 +130,7 @@ def test_sbatch_script_header_and_command_lines(script, tmp_path):
     assert f"--check '{SCRIPTS[script]}' 'train.epochs=5' 'data.classes=[a, b]'\n" in out
     assert "'srun' '--kill-on-bad-exit=1' '--cpus-per-task=8' 'bash' '-c' " \
            "'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec \"$@\"'" in out
-    assert "apptainer" not in out and "'-m' 'hpclab.launch.task'" in out
+    assert "apptainer" not in out and "'-m' 'hpclab.launch.run_one'" in out
     # A choice of experiment or sweep on the command line replaces the script's default.
     other = subprocess.run(["bash", str(REPO / "slurm" / script), "experiment=ae_latent"], env=env,
                            capture_output=True, text=True, timeout=60, cwd=tmp_path).stdout
@@ -139,7 +139,7 @@ def test_sbatch_script_header_and_command_lines(script, tmp_path):
     boxed = subprocess.run(["bash", str(REPO / "slurm" / script)], env={**env, "HPCLAB_IMAGE": str(image)},
                            capture_output=True, text=True, timeout=60, cwd=tmp_path).stdout
     prefix = f"'apptainer' 'exec' '--nv' '--bind' '{tmp_path}/data' '--bind' '{tmp_path}/results' '--env'"
-    assert prefix in boxed and f"'{image}' 'python' '-m' 'hpclab.launch.task'" in boxed
+    assert prefix in boxed and f"'{image}' 'python' '-m' 'hpclab.launch.run_one'" in boxed
     # ... exactly the prefix the launcher's submitit tasks use (hpclab/launch/container.py)
     from hpclab.launch.container import exec_prefix
 
@@ -153,7 +153,7 @@ def test_sbatch_script_header_and_command_lines(script, tmp_path):
     assert podman.returncode == 0, podman.stderr
     launcher = exec_prefix({"image": oci, "container": "podman", "gpus_per_node": 2}, paths)
     expected = " ".join(f"'{arg}'".replace("$SLURM_JOB_ID", "4242") for arg in launcher) + " 'python'"
-    assert f"check: {expected} '-m' 'hpclab.launch.task' --check" in podman.stdout
+    assert f"check: {expected} '-m' 'hpclab.launch.run_one' --check" in podman.stdout
     assert expected in podman.stdout.split("run: ", 1)[1] and "'--device' 'nvidia.com/gpu=all'" in expected
 
 
@@ -169,7 +169,7 @@ def test_the_batch_setup_renders_with_the_standard_library_alone(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "export HDF5_USE_FILE_LOCKING=FALSE" in proc.stdout and "export MASTER_PORT=$((20000 + " in proc.stdout
     assert f"HPCLAB_PY=(apptainer exec --bind {tmp_path}/data --bind {tmp_path}/results" in proc.stdout
-    assert proc.stdout.rstrip().endswith(f"{image} python -m hpclab.launch.task)")
+    assert proc.stdout.rstrip().endswith(f"{image} python -m hpclab.launch.run_one)")
 
 
 def test_the_launcher_arrays_get_the_same_job_setup_as_the_sbatch_scripts():

@@ -54,7 +54,7 @@ def activation_cells(inputs: torch.Tensor, maps: torch.Tensor, max_channels: int
     viridis, nearest-resized to the input size), as RGB images in row order."""
     from matplotlib import colormaps
 
-    n, channels = maps.shape[0], min(maps.shape[1], max_channels)
+    channels = min(maps.shape[1], max_channels)
     h, w = inputs.shape[-2:]
     maps = _normalise(maps[:, :channels].float())
     maps = torch.nn.functional.interpolate(maps, size=(h, w), mode="nearest")

@@ -26,8 +26,8 @@ os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 
 
 @dataclass
-class Staged:
-    """A dataset read from its original files, ready to be written as HDF5."""
+class DatasetArrays:
+    """A dataset's arrays and metadata, read from its original files, ready to be written as HDF5."""
 
     splits: dict[str, dict[str, np.ndarray]]  # split -> {"images": uint8 NCHW, "labels": int64, ...}
     class_names: list[str]
@@ -37,7 +37,7 @@ class Staged:
     attrs: dict[str, Any] = field(default_factory=dict)
 
 
-def write_hdf5(path: Path, staged: Staged) -> None:
+def write_hdf5(path: Path, staged: DatasetArrays) -> None:
     """Write ``staged`` to ``path`` atomically (temp file, then rename)."""
     for split, arrays in staged.splits.items():
         images = arrays["images"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from hpclab.data.hdf5 import Staged, describe, file_problems, write_hdf5
+from hpclab.data.hdf5 import DatasetArrays, describe, file_problems, write_hdf5
 from hpclab.data.sources import SOURCES, SourceMissing
 from hpclab.errors import DataMissing
 
@@ -74,7 +74,7 @@ def require_prepared(cfg: DictConfig) -> Path:
     return path
 
 
-def resize_staged(staged: Staged, size: int, chunk: int = 4096) -> Staged:
+def resize_staged(staged: DatasetArrays, size: int, chunk: int = 4096) -> DatasetArrays:
     """Every split's images resized to ``size`` x ``size`` (bilinear, antialiased when
     shrinking, rounded back to uint8), masks with nearest neighbours; splits already at that
     size are kept as they are. The original size is recorded in the file's attributes."""

@@ -26,7 +26,7 @@ from hpclab.errors import ConfigError
 from hpclab.launch import container
 from hpclab.launch.slurm import MASTER_PORT_BASE
 
-TASK_MODULE = "hpclab.launch.task"  # what each srun task of the sbatch scripts runs
+TASK_MODULE = "hpclab.launch.run_one"  # what each srun task of the sbatch scripts runs
 
 
 def job_lines() -> list[str]:

@@ -11,10 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
@@ -23,7 +22,7 @@ from hpclab.config import read_run_config, save_yaml
 from hpclab.errors import Preempted, RunConflict, RunFolderError
 from hpclab.launch.lock import LOCK_NAME, TOKEN_ENV, run_lock, unwritable
 from hpclab.launch.slurm import JobSignals, export_rank_env, job_ref, record_task, restart_count
-from hpclab.utils import environment_record, read_json, under_slurm, write_json
+from hpclab.utils import environment_record, read_json, setup_logging, under_slurm, write_json
 
 log = logging.getLogger("hpclab")
 
@@ -40,38 +39,6 @@ def is_complete(run_dir: Path) -> bool:
         return read_json(summary).get("status") == "completed"
     except ValueError:
         return False
-
-
-class _StdoutHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stdout`` is at the time (notebooks and pytest replace it)."""
-
-    @property
-    def stream(self):  # type: ignore[override]
-        return sys.stdout
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass
-
-
-def setup_logging(run_dir: Optional[Path] = None, rank: int = 0) -> None:
-    """Plain line logs on stdout (SLURM captures them) and in ``run.log``."""
-    logger = logging.getLogger("hpclab")
-    logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s", "%H:%M:%S")
-    if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
-        handler = _StdoutHandler()
-        handler.setFormatter(fmt)
-        logger.addHandler(handler)
-    for h in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
-        logger.removeHandler(h)
-        h.close()
-    if run_dir is not None and rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(run_dir / "run.log")
-        fh.setFormatter(fmt)
-        logger.addHandler(fh)
-    logger.propagate = False
 
 
 def check_writable(*directories: Path) -> None:

@@ -1,6 +1,6 @@
 """Dataset sources: how to read each dataset's original files, and how to download them.
 
-Each source registers ``read(directory, cfg) -> Staged`` (original files on disk -> arrays)
+Each source registers ``read(directory, cfg) -> DatasetArrays`` (original files on disk -> arrays)
 and optionally ``download(root)`` (the library's real downloader, for nodes with internet).
 ``prepare.stage`` tries them in order: existing HDF5, local mirrors, download.
 """
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from hpclab.data.hdf5 import Staged
+from hpclab.data.hdf5 import DatasetArrays
 from hpclab.registry import Registry
 
 
@@ -22,7 +22,7 @@ class SourceMissing(FileNotFoundError):
 @dataclass(frozen=True)
 class Source:
     name: str
-    read: Callable[[Path, object], Staged]
+    read: Callable[[Path, object], DatasetArrays]
     download: Optional[Callable[[Path], Path]] = None  # fetches into root, returns the dir to read
     mirrors: tuple[str, ...] = ()  # local directories tried before downloading
     help: str = ""  # where the original files come from

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from hpclab.data.hdf5 import Staged
+from hpclab.data.hdf5 import DatasetArrays
 from hpclab.data.sources import Source, SourceMissing, register_source, torchvision_root_downloader
 
 SUBDIR = "cifar-10-batches-py"
@@ -66,7 +66,7 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def read_cifar10(directory: Path, cfg: object = None) -> Staged:
+def read_cifar10(directory: Path, cfg: object = None) -> DatasetArrays:
     root = batches_dir(directory)
     splits, inputs = {}, []
     for split, names in SPLIT_FILES.items():
@@ -79,7 +79,7 @@ def read_cifar10(directory: Path, cfg: object = None) -> Staged:
     if len(class_names) != 10:
         raise ValueError(f"{root / META_FILE}: expected 10 label_names, got {len(class_names)}")
     inputs.append(root / META_FILE)
-    return Staged(splits=splits, class_names=class_names, inputs=inputs, source=str(root))
+    return DatasetArrays(splits=splits, class_names=class_names, inputs=inputs, source=str(root))
 
 
 register_source(Source(

@@ -2,7 +2,7 @@
 ``imagelabels.mat`` (1-based category per image) and ``setid.mat`` (1-based image ids of the
 official train/valid/test splits).
 
-Staged for generative work: ALL 8,189 images go into ``train`` (resized so the shorter side is
+DatasetArrays for generative work: ALL 8,189 images go into ``train`` (resized so the shorter side is
 ``data.image_size``, 256 by default, then centre-cropped square, uint8). ``val`` is a copy of the
 official validation split (10 images per category): a class-balanced real reference for image
 logging and the discriminator's output on real images, not a held-out set.
@@ -25,7 +25,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from hpclab.data.hdf5 import Staged
+from hpclab.data.hdf5 import DatasetArrays
 from hpclab.data.sources import Source, SourceMissing, register_source, torchvision_root_downloader
 from hpclab.errors import ConfigError
 
@@ -88,7 +88,7 @@ def load_image(path: Path, size: int) -> tuple[np.ndarray, str]:
     return array, hashlib.sha256(data).hexdigest()
 
 
-def read_flowers102(directory: Path, cfg: Optional[Any] = None) -> Staged:
+def read_flowers102(directory: Path, cfg: Optional[Any] = None) -> DatasetArrays:
     from scipy.io import loadmat
 
     base = base_folder(Path(directory))
@@ -118,7 +118,7 @@ def read_flowers102(directory: Path, cfg: Optional[Any] = None) -> Staged:
     for code, key in enumerate(SPLIT_KEYS.values()):
         official[to_zero_based(np.asarray(setid[key], dtype=np.int64).reshape(-1))] = code
     val = np.flatnonzero(official == list(SPLIT_KEYS).index("val"))
-    return Staged(
+    return DatasetArrays(
         splits={"train": {"images": images, "labels": labels},
                 "val": {"images": images[val], "labels": labels[val]}},
         class_names=list(names),

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from hpclab.data.hdf5 import Staged
+from hpclab.data.hdf5 import DatasetArrays
 from hpclab.data.sources import Source, SourceMissing, option, register_source, torchvision_root_downloader
 
 SUBDIR = "food-101"
@@ -44,7 +44,7 @@ def load_image(path: Path, size: int) -> tuple[np.ndarray, str]:
     return np.ascontiguousarray(array), hashlib.sha256(data).hexdigest()
 
 
-def read_food101(directory: Path, cfg: Any = None) -> Staged:
+def read_food101(directory: Path, cfg: Any = None) -> DatasetArrays:
     root = base_dir(directory)
     size = getattr(cfg, "image_size", None)
     if not size:
@@ -73,7 +73,7 @@ def read_food101(directory: Path, cfg: Any = None) -> Staged:
     # One digest over every (image, sha256) pair: per-file digests would overflow an HDF5 attribute.
     combined = hashlib.sha256("".join(f"{k} {digests[k]}\n" for k in sorted(digests)).encode()).hexdigest()
     inputs = [root / "meta" / n for n in ("train.json", "test.json", "classes.txt") if (root / "meta" / n).is_file()]
-    return Staged(splits=splits, class_names=classes, inputs=inputs, source=str(root),
+    return DatasetArrays(splits=splits, class_names=classes, inputs=inputs, source=str(root),
                   attrs={"images_sha256": combined, "num_images": len(digests), "image_size": int(size)})
 
 

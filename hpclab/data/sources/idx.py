@@ -8,9 +8,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from hpclab.data.hdf5 import Staged
+from hpclab.data.hdf5 import DatasetArrays
 from hpclab.data.sources import Source, find_file, register_source
-
 
 # --------------------------------------------------------------------------- IDX (MNIST family)
 
@@ -39,7 +38,7 @@ def idx_source(name: str, class_names: list[str], downloader: Optional[Callable[
                mirrors: tuple[str, ...] = (), help: str = "") -> Source:
     """A source for a dataset shipped as MNIST-style IDX files (MNIST, Fashion-MNIST, notMNIST)."""
 
-    def read(directory: Path, cfg: object = None) -> Staged:
+    def read(directory: Path, cfg: object = None) -> DatasetArrays:
         splits, inputs = {}, []
         for split, (image_name, label_name) in IDX_FILES.items():
             image_path = find_file(directory, [image_name, image_name.replace("-idx3-", ".idx3-")])
@@ -49,7 +48,7 @@ def idx_source(name: str, class_names: list[str], downloader: Optional[Callable[
                 raise ValueError(f"{image_path}: expected N x H x W images matching {label_path}")
             splits[split] = {"images": images[:, None].astype(np.uint8), "labels": labels.astype(np.int64)}
             inputs += [image_path, label_path]
-        return Staged(splits=splits, class_names=class_names, inputs=inputs, source=str(directory))
+        return DatasetArrays(splits=splits, class_names=class_names, inputs=inputs, source=str(directory))
 
     return register_source(Source(name, read, downloader, mirrors, help))
 
@@ -96,7 +95,7 @@ idx_source("notmnist", list("ABCDEFGHIJ"),
 
 # --------------------------------------------------------------------------- scikit-learn digits
 
-def read_digits(directory: Path, cfg: object = None) -> Staged:
+def read_digits(directory: Path, cfg: object = None) -> DatasetArrays:
     """scikit-learn's real 8x8 digits (1,797 images, shipped with the package): 80/20 split."""
     import sklearn.datasets
     from sklearn.model_selection import train_test_split
@@ -106,7 +105,7 @@ def read_digits(directory: Path, cfg: object = None) -> Staged:
     labels = digits.target.astype(np.int64)
     tr_x, te_x, tr_y, te_y = train_test_split(images, labels, test_size=0.2, random_state=0, stratify=labels)
     data_file = Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"
-    return Staged(
+    return DatasetArrays(
         splits={"train": {"images": tr_x, "labels": tr_y}, "test": {"images": te_x, "labels": te_y}},
         class_names=[str(i) for i in range(10)],
         inputs=[data_file] if data_file.is_file() else [],

@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from hpclab.errors import ConfigError
-from hpclab.data.hdf5 import Staged
+from hpclab.data.hdf5 import DatasetArrays
 from hpclab.data.sources import Source, SourceMissing, option, register_source
+from hpclab.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 DEFAULT_SIZE = 240
@@ -111,7 +111,7 @@ def split_groups(groups: list[str], test_fraction: float, seed: int) -> np.ndarr
     return np.array([g in test for g in groups])
 
 
-def read_brain_mri(directory: Path, cfg: Any = None) -> Staged:
+def read_brain_mri(directory: Path, cfg: Any = None) -> DatasetArrays:
     directory = Path(directory)
     if not directory.is_dir():
         raise SourceMissing(f"{directory} is not a directory")
@@ -132,7 +132,7 @@ def read_brain_mri(directory: Path, cfg: Any = None) -> Staged:
         if keep.any():
             splits[name] = {"images": images[keep], "labels": labels[keep], "masks": masks[keep]}
     inputs = [p for img, mask, _ in pairs for p in (img, mask)]
-    return Staged(splits=splits, class_names=CLASS_NAMES, inputs=inputs, source=str(directory),
+    return DatasetArrays(splits=splits, class_names=CLASS_NAMES, inputs=inputs, source=str(directory),
                   attrs={"layout": "images+masks" if (directory / "images").is_dir() else "case folders",
                          "test_fraction": test_fraction, "channels": channels})
 

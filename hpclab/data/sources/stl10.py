@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpclab.data.hdf5 import Staged
+from hpclab.data.hdf5 import DatasetArrays
 from hpclab.data.sources import Source, SourceMissing, register_source, torchvision_root_downloader
 
 SUBDIR = "stl10_binary"
@@ -70,11 +70,11 @@ def stl10_source(name: str, layout: dict[str, str], help: str) -> Source:
     """A source whose staged split ``s`` is the original split ``layout[s]``."""
     needed = sorted({f for split in layout.values() for f in FILES[split] if f})
 
-    def read(directory: Path, cfg: object = None) -> Staged:
+    def read(directory: Path, cfg: object = None) -> DatasetArrays:
         root = binary_dir(directory, needed)
         splits = {staged: read_split(root, original) for staged, original in layout.items()}
         inputs = [root / f for f in needed] + ([root / "class_names.txt"] if (root / "class_names.txt").is_file() else [])
-        return Staged(splits=splits, class_names=class_names(root), inputs=inputs, source=str(root),
+        return DatasetArrays(splits=splits, class_names=class_names(root), inputs=inputs, source=str(root),
                       attrs={"layout": layout})
 
     return register_source(Source(name, read, torchvision_root_downloader("STL10", SUBDIR, split="train+unlabeled"),

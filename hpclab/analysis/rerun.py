@@ -15,8 +15,7 @@ from typing import Any, Iterator
 from hpclab.analysis import ANALYSES
 from hpclab.config import ConfigError, load_run_config
 from hpclab.engine import TrainedRun, load_trained
-from hpclab.launch.job import setup_logging
-from hpclab.utils import read_json, write_json
+from hpclab.utils import read_json, setup_logging, write_json
 
 
 @contextmanager

@@ -1,7 +1,7 @@
 """Run ONE run of an experiment or sweep in this process (what each SLURM task of slurm/*.sh runs).
 
 usage: python jobs/run.py [task_index=N] [--check] [key=value ...]
-       (the same: python -m hpclab.launch.task ..., as the container's tasks call it)
+       (the same: python -m hpclab.launch.run_one ..., as the container's tasks call it)
 
   python jobs/run.py experiment=ae_latent preset=smoke           # the experiment's single run
   python jobs/run.py sweep=ae_latent preset=smoke task_index=1   # run 1 (0-based) of the sweep
