@@ -16,11 +16,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 for _name in ("HPCLAB_DATA", "HPCLAB_RESULTS", "HPCLAB_CACHE", "HPCLAB_IMAGE", "HPCLAB_CONTAINER"):
     os.environ.pop(_name, None)
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from formats.flowers102 import write_flowers102  # noqa: E402
 from formats.idx import write_idx_dataset  # noqa: E402
 
 
@@ -106,3 +108,17 @@ def slurm_cluster() -> None:
     problem = controller_problem()
     if problem:
         pytest.skip(problem)
+
+
+# A small Flowers-102 (the GAN brief's data): these categories, this many images each.
+LABELS1 = [1, 2, 51, 77, 102]  # 1-based, as in imagelabels.mat: pink primrose ... blackberry lily
+PER_CLASS = 20
+
+
+@pytest.fixture(scope="session")
+def flowers(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A small Flowers-102 in torchvision's layout (non-square jpgs, shuffled 1-based labels)."""
+    root = tmp_path_factory.mktemp("flowers_mirror")
+    labels = np.repeat(LABELS1, PER_CLASS)
+    np.random.default_rng(1).shuffle(labels)
+    return {"root": root, **write_flowers102(root, labels)}

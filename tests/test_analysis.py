@@ -14,8 +14,8 @@ import torch
 from conftest import DIGITS_RUN, run_cli
 from PIL import Image
 
-from hpclab.config import compose
 from hpclab.analysis.rerun import analyze_run
+from hpclab.config import compose
 from hpclab.launch.job import run_dir_of, train_run
 
 

@@ -1,5 +1,6 @@
-"""Autoencoder experiments (issue 4): model specs, and every experiment's smoke run through the
-CLI on small datasets written in the real IDX format (MNIST, notMNIST, Fashion-MNIST)."""
+"""Autoencoder experiments (the AE design studies, the MNIST, Fashion-MNIST 3-d and notMNIST
+briefs): model specs, and every experiment's smoke run through the CLI on small datasets
+written in the real IDX format (MNIST, notMNIST, Fashion-MNIST)."""
 
 from __future__ import annotations
 

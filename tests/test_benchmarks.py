@@ -53,3 +53,12 @@ def test_gpu_section_variants_run_one_after_another_on_cpu(tmp_path, monkeypatch
     rows = bench.step_rows(tmp_path, True, torch.device("cpu"), variants, "gpu")
     assert [r["row"].split(": ", 1)[1] for r in rows] == ["plain loop", *variants]
     assert all(r["value"] > 0 and r["tflops"] > 0 for r in rows)
+
+
+def test_step_benchmark_runs_quick(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "dcgan_step.py"), "--quick", "--rounds", "1",
+                           "--steps", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ratio vs fp32 contiguous" in proc.stdout
+    rows = json.loads((tmp_path / "dcgan_step_cpu_quick.json").read_text())["rows"]
+    assert {(r["precision"], r["channels_last"]) for r in rows} == {("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)}

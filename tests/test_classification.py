@@ -1,4 +1,5 @@
-"""Classification, transfer learning, STL-10 AE pretraining and offline weight staging.
+"""Classification, transfer learning, STL-10 AE pretraining and offline weight staging (the
+dataset sources themselves: test_data_sources.py).
 
 Small files in the real on-disk formats (CIFAR-10 pickles, STL-10 binaries, Food-101 jpg +
 json, torch.hub weight files) go through the same staging, training and analysis code a user
@@ -11,10 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-
 from conftest import run_cli
 from formats.cifar import write_cifar10
 from formats.food101 import write_food101
@@ -82,50 +81,6 @@ def table_rows(group_dir: Path) -> list[str]:
     return [line for line in (group_dir / "results_table.md").read_text().splitlines() if line.startswith("| ")][1:]
 
 
-# --------------------------------------------------------------------------- sources
-
-def test_sources_read_real_layouts(tmp_path: Path) -> None:
-    from types import SimpleNamespace
-
-    from hpclab.data.sources import SOURCES, SourceMissing
-
-    cifar = write_cifar10(tmp_path / "c", n_train=23, n_test=7, seed=3)
-    staged = SOURCES["cifar10"].read(tmp_path / "c", None)
-    assert staged.class_names[7] == "horse"
-    for split in ("train", "test"):
-        assert np.array_equal(staged.splits[split]["images"], cifar[split][0])
-        assert np.array_equal(staged.splits[split]["labels"], cifar[split][1])
-    (tmp_path / "c" / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"\x80\x02cos\nsystem\nq\x00.")
-    with pytest.raises(ValueError, match="data_batch_3"):  # a foreign pickle is refused, not executed
-        SOURCES["cifar10"].read(tmp_path / "c", None)
-
-    stl = write_stl10(tmp_path / "s", n_train=5, n_test=4, n_unlabeled=6, seed=4)
-    labelled = SOURCES["stl10"].read(tmp_path / "s" / "stl10_binary", None)
-    unlabelled = SOURCES["stl10_unlabeled"].read(tmp_path / "s", None)
-    assert np.array_equal(labelled.splits["train"]["images"], stl["train"][0])
-    assert np.array_equal(labelled.splits["test"]["labels"], stl["test"][1])
-    assert np.array_equal(unlabelled.splits["train"]["images"], stl["unlabeled"][0])
-    assert labelled.class_names[2] == "car" and labelled.splits["train"]["images"].shape[1:] == (3, 96, 96)
-
-    listing = write_food101(tmp_path / "f", classes=3, per_class_train=2, per_class_test=1)
-    food = SOURCES["food101"].read(tmp_path / "f", SimpleNamespace(image_size=24, options={"num_classes": 2}))
-    assert food.class_names == ["apple_pie", "baby_back_ribs"]
-    assert food.splits["train"]["images"].shape == (4, 3, 24, 24)
-    assert food.splits["train"]["labels"].tolist() == [lab for _, lab in listing["train"] if lab < 2]
-    with pytest.raises(ValueError, match="data.image_size"):
-        SOURCES["food101"].read(tmp_path / "f", SimpleNamespace(image_size=None, options={}))
-    with pytest.raises(SourceMissing):
-        SOURCES["stl10"].read(tmp_path / "c", None)
-
-
-def test_missing_mirror_names_the_command(workdir: Path) -> None:
-    proc = run_cli("prepare_data.py", "data=stl10", f"data.mirrors=[{workdir}]", "data.download=false",
-                   cwd=workdir, check=False)
-    assert proc.returncode == 2
-    line = proc.stderr.strip().splitlines()[-1]
-    assert "cannot stage 'stl10'" in line and "python jobs/prepare_data.py data=stl10 data.mirrors=" in line
-
-
 # --------------------------------------------------------------------------- models
 
 def build(experiment: str, **extra) -> torch.nn.Module:
@@ -153,7 +108,7 @@ def test_cifar_models_within_budget(experiment: str) -> None:
 # frozen-encoder classifier and the same classifier from scratch) and Part 2 Task 3 (the
 # brain-tumour segmentation nets). Exempt: resnet_transfer / resnet_finetune, where the brief
 # prescribes the ImageNet-pretrained ResNet-18 (11.2M parameters; the frozen one trains 5,130).
-# fmnist_cnn (issue 16) is held to the same limit. Experiment -> (channels, image size) of its data.
+# fmnist_cnn (the CIFAR CNN recipe on Fashion-MNIST) is held to the same limit. Experiment -> (channels, image size) of its data.
 LIMITED = {
     "cifar_cnn": (3, 32), "cifar_multipath": (3, 32), "cifar_residual": (3, 32),
     "mnist_linear_ae": (1, 28), "mnist_linear_dae": (1, 28), "mnist_conv_ae": (1, 28), "mnist_conv_dae": (1, 28),
@@ -167,8 +122,8 @@ def test_every_model_of_the_lums_assignment_has_at_most_500k_parameters() -> Non
     """Each experiment's models as its task builds them, on data of its shape."""
     from hpclab.config import compose
     from hpclab.data.loader import DataInfo
-    from hpclab.tasks import TASKS
     from hpclab.registry import kwargs_of
+    from hpclab.tasks import TASKS
 
     counts = {}
     for experiment, (channels, size) in LIMITED.items():

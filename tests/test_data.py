@@ -120,7 +120,6 @@ def test_image_size_is_honoured_at_staging_for_sources_that_do_not_resize(workdi
     """IDX (and CIFAR-10) files hold one size; data.image_size resizes them once at staging, and a
     file staged at another size under the sized name is refused with the command that fixes it."""
     import h5py
-
     from formats.cifar import write_cifar10
 
     mirror = tmp_path / "idx"

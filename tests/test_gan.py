@@ -1,5 +1,4 @@
-"""DCGAN on Flowers-102: staging from the real file layout (1-based labels), the model spec,
-a 32 px smoke run through the CLI with its analyses (on the homework's category subset), FID
+"""DCGAN on Flowers-102 (its staging: test_data_sources.py): the model spec, a 32 px smoke run through the CLI with its analyses (on the homework's category subset), FID
 with a stand-in Inception; and the DCGAN on Fashion-MNIST resized to 32 px with the Fréchet
 distance in the features of the suite's own Fashion-MNIST classifier."""
 
@@ -7,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 from unittest import mock
 
@@ -16,25 +13,12 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_cli
-from formats.flowers102 import flower_image, write_flowers102
+from conftest import run_cli
+from formats.flowers102 import flower_image
 
-from hpclab.config import ConfigError, compose
-
-LABELS1 = [1, 2, 51, 77, 102]  # 1-based, as in imagelabels.mat: pink primrose ... blackberry lily
-PER_CLASS = 20
 SMOKE = ["experiment=dcgan_small", "preset=smoke", "data.image_size=32", "model.channels=32", "model.latent_dim=16",
          "train.batch_size=16", "train.max_steps=12", "train.eval_every=null", "train.log_every=1",
          "analysis=[gan_curves,gan_epoch_grids,gan_categories,gan_batch_vs_single,gan_favourites]"]
-
-
-@pytest.fixture(scope="module")
-def flowers(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A small Flowers-102 in torchvision's layout (non-square jpgs, shuffled 1-based labels)."""
-    root = tmp_path_factory.mktemp("flowers_mirror")
-    labels = np.repeat(LABELS1, PER_CLASS)
-    np.random.default_rng(1).shuffle(labels)
-    return {"root": root, **write_flowers102(root, labels)}
 
 
 @pytest.fixture(scope="module")
@@ -46,70 +30,6 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory, flowers: dict) -> dict:
             "data.download=false", cwd=work, env=env)
     proc = run_cli("launch.py", *SMOKE, cwd=work, env=env)
     return {"work": work, "env": env, "run_dir": work / "results" / "dcgan_small" / "default", "log": proc.stdout}
-
-
-# --------------------------------------------------------------------------- data
-
-def test_names_table_is_the_published_1_based_list():
-    import torchvision
-
-    from hpclab.data.sources.flowers102 import NAMES_FILE, category_names
-
-    table = json.loads(NAMES_FILE.read_text())
-    assert sorted(table, key=int) == [str(i) for i in range(1, 103)]
-    assert table["1"] == "pink primrose" and table["102"] == "blackberry lily"
-    assert list(category_names()) == torchvision.datasets.Flowers102.classes  # 0-based view
-
-
-def test_staging_keeps_every_image_and_shifts_labels_to_zero_based(workdir, flowers):
-    from hpclab.data import stage
-    from hpclab.data.sources.flowers102 import category_names
-
-    cfg = compose(["data=flowers102", "data.image_size=32", f"data.mirrors=[{flowers['root']}]", "data.download=false"])
-    path = stage(cfg)
-    assert path.name == "flowers102_32px.h5"
-    with h5py.File(path) as f:
-        images, labels = f["train/images"][()], f["train/labels"][()]
-        val_images, val_labels = f["val/images"][()], f["val/labels"][()]
-        class_names = json.loads(f.attrs["class_names"])
-        official = f["extra/official_split"][()]
-    n = len(flowers["labels1"])
-    assert images.shape == (n, 3, 32, 32) and images.dtype == np.uint8  # all splits, square crops
-    np.testing.assert_array_equal(labels, flowers["labels1"] - 1)
-    assert class_names == list(category_names()) and class_names[0] == "pink primrose"
-    np.testing.assert_array_equal(val_images, images[flowers["valid"] - 1])
-    np.testing.assert_array_equal(val_labels, labels[flowers["valid"] - 1])
-    assert sorted(np.bincount(official)) == sorted([len(flowers[k]) for k in ("trnid", "valid", "tstid")])
-    # image i is image_{i+1:05d}.jpg: its centre has the colour the writer gives its label
-    palette = {lab - 1: flower_image(lab - 1, np.random.default_rng(0), 9, 9)[4, 4].astype(float) for lab in LABELS1}
-    centre = images[:, :, 14:18, 14:18].mean((2, 3))
-    nearest = [min(palette, key=lambda k: np.abs(palette[k] - c).sum()) for c in centre]
-    np.testing.assert_array_equal(nearest, labels)
-
-
-def test_subset_by_category_name(workdir, flowers):
-    from hpclab.data import RunData, stage
-    from hpclab.data.sources.flowers102 import category_labels
-
-    overrides = ["data=flowers102", "data.image_size=32", f"data.mirrors=[{flowers['root']}]", "data.download=false"]
-    stage(compose(overrides))
-    data = RunData(compose(overrides + ["data.classes=['passion flower',petunia]"]), torch.device("cpu"))
-    assert data.info.class_names == ["passion flower", "petunia"] and data.info.num_classes == 2
-    with h5py.File(data.path) as f:
-        file_labels = f["train/labels"][()]
-    kept = file_labels[data.indices["train"]]
-    assert set(kept) == {76, 50} and len(kept) == 2 * PER_CLASS  # published 77 and 51
-    batch_labels = torch.cat([b["labels"] for b in data.batches("train", train=False).epoch(0)])
-    assert sorted(batch_labels.tolist()) == [0] * PER_CLASS + [1] * PER_CLASS
-
-    subset = compose(["data=flowers102_subset"]).data.classes
-    assert len(category_labels(subset)) == len(subset) == 10
-    # homework problem 5: the DCGAN trains on the ten-category subset; all 8,189 images are one override away
-    for experiment in ("dcgan", "dcgan_small"):
-        assert list(compose([f"experiment={experiment}"]).data.classes) == list(subset)
-        assert compose([f"experiment={experiment}", "data=flowers102"]).data.classes is None
-    with pytest.raises(ConfigError, match="did you mean: passion flower"):
-        category_labels(["pasion flower"])
 
 
 # --------------------------------------------------------------------------- model
@@ -390,12 +310,3 @@ def test_fid_on_grey_images_repeats_them_to_three_channels(fmnist_gan, standin_i
     shutil.copy(cache_dir(standin_inception) / name, cache_dir(cache) / name)
     result = analyze_run(run_dir, "fid", {"weights": "fid_inception_standin", "dims": 64, "num_images": 24, "split": "test"})
     assert result["real_images"] == result["generated_images"] == 24 and np.isfinite(result["fid"])
-
-
-def test_step_benchmark_runs_quick(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "dcgan_step.py"), "--quick", "--rounds", "1",
-                           "--steps", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "ratio vs fp32 contiguous" in proc.stdout
-    rows = json.loads((tmp_path / "dcgan_step_cpu_quick.json").read_text())["rows"]
-    assert {(r["precision"], r["channels_last"]) for r in rows} == {("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)}

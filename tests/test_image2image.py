@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import run_cli
 from formats.cifar import write_cifar10
 
@@ -46,7 +45,7 @@ def _summary(run_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def cifar_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """CIFAR-10 batches in the real pickle layout, staged by prepare_data, then every CIFAR
-    experiment of this issue for 2 steps in one launch (the experiment axis); denoise_ae and
+    image-to-image experiment for 2 steps in one launch (the experiment axis); denoise_ae and
     inpaint_ae default to Fashion-MNIST and run on CIFAR-10 through data=cifar10."""
     root = tmp_path_factory.mktemp("i2i_cifar")
     write_cifar10(root / "mirror", n_train=300, n_test=60, seed=0)
@@ -203,8 +202,8 @@ def test_tasks_reject_data_they_cannot_use():
 def test_residual_super_resolution_starts_at_its_input():
     from hpclab.config import compose
     from hpclab.data.loader import DataInfo
-    from hpclab.tasks import TASKS
     from hpclab.registry import kwargs_of
+    from hpclab.tasks import TASKS
 
     rgb = DataInfo(in_channels=3, image_size=32, num_classes=10, class_names=[], path=Path("cifar10.h5"))
     named = compose(["experiment=superres_cnn", "task=super_resolve_residual", "task.factor=4"]).task
@@ -225,8 +224,8 @@ def test_plain_super_resolution_cnn_sees_low_resolution_and_learns_the_upsamplin
     from hpclab.config import ConfigError, compose
     from hpclab.data.loader import DataInfo
     from hpclab.models.image2image import LearnedUpsampling
-    from hpclab.tasks import TASKS
     from hpclab.registry import kwargs_of
+    from hpclab.tasks import TASKS
 
     rgb = DataInfo(in_channels=3, image_size=32, num_classes=10, class_names=[], path=Path("cifar10.h5"))
     cfg = compose(["experiment=superres_cnn", f"task.factor={factor}"])
