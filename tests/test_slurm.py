@@ -380,24 +380,29 @@ def test_bad_override_fails_the_job_at_once_with_one_line_and_writes_nothing(clu
 
 @pytest.mark.slow
 def test_sweep_scale_quick_mode_and_resubmission_queues_only_unfinished_runs(tmp_path):
-    """benchmarks/sweep_scale.py at 6 runs split over 2 arrays: parallelism honoured, status
-    counts add up, the report has one row per finished run, and resubmitting the same sweep
-    after some finished queues exactly the others."""
+    """benchmarks/sweep_scale.py at 6 runs, 2 of them trained locally first, the other 4 split
+    over 2 arrays: only the 4 queued, the limit held over both arrays, status counts add up,
+    the report has one row per finished run, resubmitting the same sweep after some finished
+    queues exactly the others, and with all 6 finished the table equals their summaries."""
     problem = controller_problem()
     if problem:
         pytest.skip(problem)
     sys.path.insert(0, str(REPO / "benchmarks"))
     import sweep_scale
 
-    assert sweep_scale.main(["--runs", "6", "--execute", "2", "--max-array-size", "4", "--out", str(tmp_path)]) == 0
+    assert sweep_scale.main(["--runs", "6", "--execute", "2", "--max-array-size", "2", "--finished-locally", "2",
+                             "--finish-all", "--out", str(tmp_path)]) == 0
     row = json.loads((tmp_path / "sweep_scale.json").read_text())
-    assert len(row["arrays"]) == 2 and row["queued_tasks"] == 6, row
-    assert 1 <= row["max_running"] <= row["array_parallelism"] * len(row["arrays"]), row
+    assert len(row["arrays"]) == 2 and row["queued_tasks"] == 4, row
+    assert 1 <= row["max_running"] <= row["array_parallelism"], row
     after = row["status_after"]
-    assert sum(after.values()) == 6 and after.get("COMPLETED") == row["finished"] >= 2, row
+    assert sum(after.values()) == 6 and after.get("COMPLETED") == row["finished"] >= 4, row
     assert set(after) <= {"COMPLETED", "CANCELLED"}, row
     assert row["report_rows"] == row["finished"], row
     assert row["resubmitted_tasks"] == 6 - row["finished"], row
+    assert row["all_finished"] == row["report_all_rows"] == row["report_all_equal"] == 6, row
+    assert row["status_all"] == {"COMPLETED": 6}, row
+    assert "| report.py on 6 finished runs |" in (tmp_path / "sweep_scale.md").read_text()
 
 
 @pytest.mark.slow
