@@ -576,6 +576,7 @@ def test_array_parallelism_holds_over_all_arrays_of_a_sweep(cluster):
     finally:
         subprocess.run(["scancel", *ids], check=False, timeout=30)
     most = max(len(s) for s in seen)
+    print(f"{len(ids)} arrays, at most {most} of {runs} tasks running at once in {len(seen)} samples; limit {limit}")
     assert 1 <= most <= limit, [s for s in seen if len(s) > limit][:3]
     final = {task: state for job in ids for task, state in states(job).items()}
     assert len(final) == runs and set(final.values()) == {"COMPLETED"}, final
