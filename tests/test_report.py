@@ -58,3 +58,46 @@ def test_publish_and_report_errors_are_one_line(digits: Path):
     assert proc.returncode == 2 and "unknown generated block 'figure a.png figures/a.png wide'" in proc.stderr
     proc = run_cli("report.py", str(digits / "results" / "nothing"), cwd=digits, check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("error: no finished runs")
+
+
+def test_sweep_summary_lists_every_finished_run_in_natural_order_with_its_own_values(digits: Path):
+    """A seed axis of 11 runs (seed-10 after seed-9, not after seed-1); each row holds its run's
+    config values and summary.json metrics (rounded as the table rounds them); a run whose
+    config.yaml is damaged is listed as such and the others are still summarised."""
+    import csv
+    import json
+
+    run_cli("launch.py", "sweep=ae_latent", "preset=smoke", "data=digits", "model.latent_dim=2", "train.max_steps=2",
+            "train.eval_every=2", "train.batch_size=32", "analysis=[]", "sweep.subset=0", "seed=range(0,11)",
+            cwd=digits)
+    group = digits / "results" / "ae_latent"
+    (group / "latent_dim-2__seed-5" / "config.yaml").write_text("- not\n- a mapping\n")
+    proc = run_cli("report.py", str(group), cwd=digits)
+    assert "latent_dim-2__seed-5" in proc.stderr and "damaged" in proc.stderr
+    with open(group / "summary.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["run"] for r in rows] == [f"latent_dim-2__seed-{i}" for i in range(11) if i != 5]
+    for row in rows:
+        summary = json.loads((group / row["run"] / "summary.json").read_text())
+        assert row["model.latent_dim"] == "2"
+        assert float(row["test/mse"]) == round(summary["metrics"]["test/mse"], 6) > 0
+        assert int(row["parameters"]) == sum(summary["parameters"].values())
+    table = (group / "summary.md").read_text()
+    assert "10 finished run(s)" in table and "Skipped, damaged records: latent_dim-2__seed-5: ValueError" in table
+
+
+def test_report_does_not_load_torch(digits: Path):
+    """report.py is a table and a line plot: it reads YAML and JSON, and never imports torch
+    (a report over 1,000 runs spent 4 of its 13 s importing it for the figure helper)."""
+    import subprocess
+    import sys
+
+    run_cli("launch.py", "experiment=ae_latent", "data=digits", "train.max_steps=2", "train.eval_every=2",
+            "analysis=[]", "model.latent_dim=2", "sweep.name=one", cwd=digits)
+    script = Path(__file__).resolve().parent.parent / "jobs" / "report.py"
+    code = (f"import runpy, sys\nsys.argv = [{str(script)!r}, 'results/one']\n"
+            f"try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit as exc:\n"
+            f"    assert not exc.code, exc.code\nprint('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=digits, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (digits / "results" / "one" / "summary.csv").is_file() and proc.stdout.splitlines()[-1] == "False"

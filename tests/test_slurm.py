@@ -406,24 +406,29 @@ def test_bad_override_fails_the_job_at_once_with_one_line_and_writes_nothing(clu
 
 @pytest.mark.slow
 def test_sweep_scale_quick_mode_and_resubmission_queues_only_unfinished_runs(tmp_path):
-    """benchmarks/sweep_scale.py at 6 runs split over 2 arrays: parallelism honoured, status
-    counts add up, the report has one row per finished run, and resubmitting the same sweep
-    after some finished queues exactly the others."""
+    """benchmarks/sweep_scale.py at 6 runs, 2 of them trained locally first, the other 4 split
+    over 2 arrays: only the 4 queued, the limit held over both arrays, status counts add up,
+    the report has one row per finished run, resubmitting the same sweep after some finished
+    queues exactly the others, and with all 6 finished the table equals their summaries."""
     problem = controller_problem()
     if problem:
         pytest.skip(problem)
     sys.path.insert(0, str(REPO / "benchmarks"))
     import sweep_scale
 
-    assert sweep_scale.main(["--runs", "6", "--execute", "2", "--max-array-size", "4", "--out", str(tmp_path)]) == 0
+    assert sweep_scale.main(["--runs", "6", "--execute", "2", "--max-array-size", "2", "--finished-locally", "2",
+                             "--finish-all", "--out", str(tmp_path)]) == 0
     row = json.loads((tmp_path / "sweep_scale.json").read_text())
-    assert len(row["arrays"]) == 2 and row["queued_tasks"] == 6, row
-    assert 1 <= row["max_running"] <= row["array_parallelism"] * len(row["arrays"]), row
+    assert len(row["arrays"]) == 2 and row["queued_tasks"] == 4, row
+    assert 1 <= row["max_running"] <= row["array_parallelism"], row
     after = row["status_after"]
-    assert sum(after.values()) == 6 and after.get("COMPLETED") == row["finished"] >= 2, row
+    assert sum(after.values()) == 6 and after.get("COMPLETED") == row["finished"] >= 4, row
     assert set(after) <= {"COMPLETED", "CANCELLED"}, row
     assert row["report_rows"] == row["finished"], row
     assert row["resubmitted_tasks"] == 6 - row["finished"], row
+    assert row["all_finished"] == row["report_all_rows"] == row["report_all_equal"] == 6, row
+    assert row["status_all"] == {"COMPLETED": 6}, row
+    assert "| report.py on 6 finished runs |" in (tmp_path / "sweep_scale.md").read_text()
 
 
 @pytest.mark.slow
@@ -471,6 +476,176 @@ def test_more_nodes_than_the_partition_has_is_refused_in_one_line_and_leaves_not
                    "cluster.gpus_per_node=0", "cluster.mem_gb=null", f"cluster.nodes={nodes}",
                    cwd=cluster["dir"], env=cluster["env"], check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
-    assert line.startswith("error: sbatch refused the job array:") and "lower cluster.nodes" in line, line
+    # exactly one line: not also sbatch's own, which submitit prints when sbatch fails
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("error: sbatch refused the job array: Batch job submission failed: More processors "
+                           "requested than permitted;") and "lower cluster.nodes" in line, line
     assert not results.exists()  # the refused array's submitit files are gone too
+
+
+# --------------------------------------------------------------------------- (4) arrays share one limit
+
+def simulate(layout: list) -> tuple[int, int, int]:
+    """(most tasks at once, tasks run, rounds) of a layout under SLURM's rules, in rounds of
+    equal tasks: an array runs at most its own limit of tasks at a time, and starts only once
+    the array it depends on (afterany) has ended."""
+    left = [spec.tasks for spec in layout]
+    most = ran = rounds = 0
+    while any(left):
+        ended = [n == 0 for n in left]
+        now = [min(n, spec.parallelism) if spec.after is None or ended[spec.after] else 0
+               for n, spec in zip(left, layout)]
+        assert sum(now), "no array can start: a dependency that never ends"
+        most, ran, rounds = max(most, sum(now)), ran + sum(now), rounds + 1
+        left = [n - k for n, k in zip(left, now)]
+    return most, ran, rounds
+
+
+@pytest.mark.parametrize("tasks", [1, 5, 7, 999, 1001, 2500, 4001])
+@pytest.mark.parametrize("size", [1, 3, 400, 1000])
+@pytest.mark.parametrize("limit", [1, 2, 3, 64])
+def test_split_arrays_never_run_more_than_the_limit_together(tasks, size, limit):
+    """However a sweep is split (cluster.max_array_size, MaxArraySize), its arrays together run
+    at most cluster.array_parallelism tasks at once, every run is in exactly one array, no
+    array is larger than allowed, and no limit is left idle where a chain would use it."""
+    from hpclab.launch.executors import array_layout
+
+    layout = array_layout(tasks, size, limit)
+    assert [(s.start, s.stop) for s in layout] == [(a, min(a + size, tasks)) for a in range(0, tasks, size)]
+    assert all(s.after is None or s.after < i for i, s in enumerate(layout))  # on an array submitted earlier
+    most, ran, rounds = simulate(layout)
+    assert ran == tasks and most <= limit
+    # never slower than running the arrays one after the other with the whole limit each
+    assert rounds <= sum(-(-s.tasks // limit) for s in layout)
+
+
+def test_split_arrays_share_the_limit_or_run_one_after_the_other():
+    from hpclab.launch.executors import array_layout
+
+    def shape(tasks: int, size: int, limit: int) -> list:
+        return [(s.tasks, s.parallelism, s.after) for s in array_layout(tasks, size, limit)]
+
+    # a large limit: side by side, shares in proportion to their sizes, no chaining
+    assert shape(2500, 1000, 64) == [(1000, 26, None), (1000, 25, None), (500, 13, None)]
+    # fewer slots than arrays: one chain with the whole limit (two lanes of %1 would leave one idle)
+    assert shape(3000, 1000, 2) == [(1000, 2, None), (1000, 2, 0), (1000, 2, 1)]
+    assert shape(1001, 1000, 2) == [(1000, 2, None), (1, 2, 0)]
+    # one array: the limit itself (submitit writes min(tasks, limit))
+    assert shape(999, 1000, 64) == [(999, 64, None)]
+
+
+def test_dry_run_shows_the_arrays_and_how_they_share_the_limit(workdir):
+    proc = run_cli("launch.py", "sweep=ae_latent", "preset=smoke", "cluster=slurm", "cluster.max_array_size=1",
+                   "cluster.array_parallelism=1", "dry_run=true", cwd=workdir)
+    assert "# 2 task(s) in 2 array(s), at most 1 at once: #1 1%1, #2 1%1 after #1" in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("override, message", [
+    ("cluster.array_parallelism=0", "'cluster.array_parallelism': 0 must be >= 1"),
+    ("cluster.array_parallelism=-2", "'cluster.array_parallelism': -2 must be >= 1"),
+    ("cluster.max_array_size=0", "'cluster.max_array_size': 0 must be >= 1"),
+    ("cluster.array_parallelism=many", "'cluster.array_parallelism': Value 'many' of type 'str' could not be "
+                                       "converted to Integer"),
+    ("cluster.time_min=10,20", "cluster.time_min differs between the runs (10, 20), but one submission has one "
+                               "cluster setting: give cluster.time_min one value, not a sweep axis"),
+    ("cluster.array_parallelism=1,2", "cluster.array_parallelism differs between the runs (1, 2)"),
+    ("cluster=local,slurm", "cluster differs between the runs (local, slurm)"),
+])
+def test_bad_array_settings_are_refused_in_one_line_before_anything_is_submitted(workdir, override, message):
+    """Nothing reaches sbatch (so no controller is needed): a limit below 1, and a sweep axis over
+    cluster.* (each submission has one cluster setting; the axis would only duplicate runs)."""
+    for extra in (["dry_run=true"], []):
+        proc = run_cli("launch.py", "sweep=ae_latent", "preset=smoke", "cluster=slurm", "cluster.gpus_per_node=0",
+                       override, *extra, cwd=workdir, check=False)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
+    assert not (workdir / "results").exists()
+
+
+def running_tasks(ids: list[str]) -> set[str]:
+    out = subprocess.run(["squeue", "-h", "-r", "-t", "RUNNING", "-j", ",".join(ids), "-o", "%i"],
+                         capture_output=True, text=True, timeout=30)
+    return set(out.stdout.split())
+
+
+def launched_ids(proc: subprocess.CompletedProcess) -> list[str]:
+    match = re.search(r"submitted array job ([\d, ]+) \(", proc.stdout)
+    assert match, proc.stdout + proc.stderr
+    return [j.strip() for j in match.group(1).split(",")]
+
+
+@pytest.mark.slow
+def test_array_parallelism_holds_over_all_arrays_of_a_sweep(cluster):
+    """A sweep split into several arrays runs at most cluster.array_parallelism tasks at once
+    in all (squeue sampled while it runs), and every run finishes. The limit is below the
+    cluster's CPUs, so that running more would have been possible."""
+    cpus = int(subprocess.run(["sinfo", "-h", "-o", "%C"], capture_output=True, text=True,
+                              timeout=30).stdout.split()[0].split("/")[3])
+    if cpus < 2:
+        pytest.skip(f"{cpus} CPU: a limit below the CPUs cannot be tested")
+    limit = min(cpus - 1, 3)
+    size, runs = (3, 7) if limit == 1 else (2, 3 * limit - 1)
+    args = ["sweep=ae_latent", "sweep.name=shared_limit", *TINY, "sweep.subset=0", "model.latent_dim=2",
+            "train.max_steps=8", "train.eval_every=8", "seed=" + ",".join(str(i) for i in range(runs))]
+    proc = run_cli("launch.py", *args, "cluster=slurm", "cluster.gpus_per_node=0", "cluster.cpus_per_task=1",
+                   "cluster.mem_gb=null", "cluster.time_min=15", f"cluster.array_parallelism={limit}",
+                   f"cluster.max_array_size={size}", cwd=cluster["dir"], env=cluster["env"])
+    ids = launched_ids(proc)
+    assert len(ids) == -(-runs // size), proc.stdout
+    seen: list[set[str]] = []
+    try:
+        deadline = time.time() + 600
+        while any(set(states(job).values()) - DONE for job in ids):
+            assert time.time() < deadline, f"not done after 600 s: {[states(job) for job in ids]}"
+            seen.append(running_tasks(ids))
+            time.sleep(0.2)
+    finally:
+        subprocess.run(["scancel", *ids], check=False, timeout=30)
+    most = max(len(s) for s in seen)
+    print(f"{len(ids)} arrays, at most {most} of {runs} tasks running at once in {len(seen)} samples; limit {limit}")
+    assert 1 <= most <= limit, [s for s in seen if len(s) > limit][:3]
+    final = {task: state for job in ids for task, state in states(job).items()}
+    assert len(final) == runs and set(final.values()) == {"COMPLETED"}, final
+    group = cluster["results"] / "shared_limit"
+    assert sum(summary(group / f"latent_dim-2__seed-{i}")["steps"] == 8 for i in range(runs)) == runs
+
+
+def test_a_resubmission_leaves_out_runs_still_queued(cluster):
+    """Submitting a sweep again while its tasks are still queued submits only the runs that are
+    neither queued nor complete (they would run twice, and past the sweep's limit)."""
+    args = ["sweep=ae_latent", "sweep.name=queued_twice", *TINY, "cluster=slurm", "cluster.gpus_per_node=0",
+            "cluster.cpus_per_task=1", "cluster.mem_gb=null", "+cluster.extra.hold=true"]
+    first = launched_ids(run_cli("launch.py", *args, "model.latent_dim=2", cwd=cluster["dir"], env=cluster["env"]))
+    ids = list(first)
+    try:
+        again = run_cli("launch.py", *args, cwd=cluster["dir"], env=cluster["env"])  # latent 2 and 256
+        assert "1 run(s) are still queued or running under earlier submissions" in again.stderr, again.stderr
+        second = launched_ids(again)
+        ids += second
+        assert [sorted(states(job)) for job in second] == [[second[0]]]  # one run: latent 256
+        record = json.loads((cluster["results"] / "queued_twice" / "submissions.json").read_text())
+        assert {name: r["job_id"] for name, r in record.items()} == {"latent_dim-2": f"{first[0]}",
+                                                                    "latent_dim-256": second[0]}
+        third = run_cli("launch.py", *args, cwd=cluster["dir"], env=cluster["env"])
+        assert "submitted" not in third.stdout and "2 run(s) are still queued" in third.stderr, third.stdout
+    finally:
+        subprocess.run(["scancel", *ids], check=False, timeout=30)
+
+
+def test_a_sweep_the_controller_cannot_hold_is_refused_before_anything_is_queued(cluster, monkeypatch):
+    """Past MaxJobCount sbatch neither queues nor refuses: it retries for two minutes, then
+    fails in the middle of a split sweep. The launcher counts first (every array task is a job)."""
+    from hpclab.config import ConfigError
+    from hpclab.launch import executors
+    from hpclab.launch.sweep import plan
+
+    held = len(executors.squeue_jobs(everyone=True))
+    monkeypatch.setattr(executors, "max_job_count", lambda: held + 2)  # room for one more job only
+    for key in ("HPCLAB_DATA", "HPCLAB_RESULTS"):
+        monkeypatch.setenv(key, cluster["env"][key])
+    sweep = plan(["sweep=ae_latent", "sweep.name=too_many_jobs", *TINY, "cluster=slurm", "cluster.gpus_per_node=0",
+                  "cluster.mem_gb=null", "+cluster.extra.hold=true"])
+    with pytest.raises(ConfigError, match=rf"at most MaxJobCount={held + 2} jobs .* has {held} now: 2 more do not fit"):
+        executors.submit_slurm(sweep)
+    assert not (cluster["results"] / "too_many_jobs").exists()
+    assert not [j for j, info in executors.squeue_jobs().items() if info["name"] == "hpclab-too_many_jobs"]

@@ -5,10 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping
-
-from omegaconf import OmegaConf
 
 from hpclab.utils import atomic_write_text, read_json, read_jsonl
 
@@ -34,9 +33,41 @@ def run_records(group_dir: Path, relative: str) -> Iterator[tuple[str, Any]]:
             log.warning("skipping %s: damaged (%s)", path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
+def load_config(path: Path) -> dict[str, Any]:
+    """A run's config.yaml as plain data, for key lookups only. Runs write it resolved, so no
+    OmegaConf is needed; libyaml's loader reads it about 20 times faster than OmegaConf.load
+    (a report over 1,000 runs spent 9 of its 13 s there)."""
+    import yaml
+
+    with open(path) as fh:
+        cfg = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path.name} is not a mapping")
+    return cfg
+
+
+def select(cfg: Any, key: str) -> Any:
+    """The value at a dotted key (``model.latent_dim``) of a plain config; None when absent."""
+    value = cfg
+    for part in key.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+    return value
+
+
+def _run_order(name: str) -> list[Any]:
+    """Run names in natural order (seed-2 before seed-10)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
+
+
 def collect(group_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """One row per finished run under ``group_dir`` (its config and summary), and one line per
-    run folder whose records are damaged (skipped, so the others are still summarised)."""
+    """One row per finished run under ``group_dir`` (its config as plain data, and summary), and
+    one line per run folder whose records are damaged (skipped, so the others are still
+    summarised)."""
     rows, damaged = [], []
     for summary_path in sorted(group_dir.glob("*/summary.json")):
         run = summary_path.parent.name
@@ -48,7 +79,7 @@ def collect(group_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
                 raise ValueError("not a JSON object")
             if summary.get("status") != "completed":
                 continue
-            cfg = OmegaConf.load(summary_path.parent / "config.yaml")
+            cfg = load_config(summary_path.parent / "config.yaml")
         except Exception as exc:  # JSON/YAML errors of several kinds, unreadable files
             damaged.append(f"{run}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             log.warning("skipping %s in the summary: its records are damaged (%s)", summary_path.parent, damaged[-1])
@@ -100,7 +131,7 @@ def table(rows: list[dict[str, Any]], keys: list[str], metrics: list[str]) -> tu
         s = row["summary"]
         body.append([
             row["run"],
-            *[OmegaConf.select(row["cfg"], k) for k in keys],
+            *[select(row["cfg"], k) for k in keys],
             *[_number(metric_of(s, m)) for m in metrics],
             sum(s.get("parameters", {}).values()),
             s.get("epochs"),
@@ -157,20 +188,19 @@ def write_report(group_dir: Path | str, report: Mapping[str, Any] | None = None)
                                 + (f"; damaged: {'; '.join(damaged)}" if damaged else ""))
     report = dict(report or {})
     if not report:  # fall back to what the runs themselves recorded
-        report = dict(OmegaConf.to_container(rows[0]["cfg"].sweep.report, resolve=True) or {})
-    grid_keys = list(rows[0]["cfg"].sweep.grid.keys()) if rows[0]["cfg"].sweep.grid else []
+        report = dict(select(rows[0]["cfg"], "sweep.report") or {})
+    grid_keys = list(select(rows[0]["cfg"], "sweep.grid") or {})
     x = report.get("x") or (grid_keys[0] if grid_keys else None)
     keys = list(dict.fromkeys(([x] if x else []) + grid_keys))
     metrics = list(report.get("metrics") or sorted(rows[0]["summary"]["metrics"]))
-    if x:
-        rows.sort(key=lambda r: (_sortable(OmegaConf.select(r["cfg"], x)), r["run"]))
+    rows.sort(key=lambda r: (_sortable(select(r["cfg"], x)) if x else (0, 0), _run_order(r["run"])))
     header, body = table(rows, keys, metrics)
     out = {"csv": group_dir / "summary.csv", "md": group_dir / "summary.md"}
     atomic_write_text(out["csv"], to_csv(header, body))
     title = f"# {group_dir.name}\n\n{len(rows)} finished run(s); metrics on the final split(s) with the best weights.\n\n"
     notes = "".join(f"\nSkipped, damaged records: {line}\n" for line in damaged)
     atomic_write_text(out["md"], title + to_markdown(header, body) + notes)
-    numeric_x = x and all(isinstance(OmegaConf.select(r["cfg"], x), (int, float)) for r in rows)
+    numeric_x = x and all(isinstance(select(r["cfg"], x), (int, float)) for r in rows)
     if numeric_x and len(rows) > 1:
         out["png"] = plot(rows, x, metrics, group_dir / "summary.png", bool(report.get("logx")))
     log.info("sweep summary: %s", ", ".join(str(p) for p in out.values()))
@@ -187,9 +217,9 @@ def plot(rows: list[dict[str, Any]], x: str, metrics: list[str], path: Path, log
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hpclab.analysis.figures import save_figure
+    from hpclab.utils import atomic_path
 
-    xs = [OmegaConf.select(r["cfg"], x) for r in rows]
+    xs = [select(r["cfg"], x) for r in rows]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         ys = [metric_of(r["summary"], metric) for r in rows]
@@ -201,4 +231,8 @@ def plot(rows: list[dict[str, Any]], x: str, metrics: list[str], path: Path, log
         ax.grid(alpha=0.3)
     fig.suptitle(path.parent.name)
     fig.tight_layout()
-    return save_figure(fig, path)
+    # saved here rather than by figures.save_figure, whose module imports torch (4 s of a report)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -1,9 +1,14 @@
-"""Executors: run a plan locally, or submit it as one SLURM job array through submitit."""
+"""Executors: run a plan locally, or submit it as SLURM job arrays through submitit."""
 
 from __future__ import annotations
 
+import contextlib
+import heapq
+import io
 import logging
 import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,7 +24,7 @@ from hpclab.launch.job import (
     train_local_processes,
     train_run,
 )
-from hpclab.launch.slurm import max_array_tasks, read_record, requeue_on_usr2
+from hpclab.launch.slurm import _scontrol, max_array_tasks, read_record, requeue_on_usr2
 from hpclab.launch.sweep import Plan
 from hpclab.utils import read_json, write_json
 
@@ -97,6 +102,11 @@ def submitit_folder(plan: Plan) -> Path:
     return Path(folder) if folder else group_dir(plan) / ".submitit"
 
 
+def _extra_parameters(plan: Plan) -> dict[str, Any]:
+    """The sbatch options beyond submitit's own (requeue, cluster.extra) of this plan's arrays."""
+    return dict(slurm_parameters(plan.base.cluster, f"hpclab-{plan.group}")["slurm_additional_parameters"])
+
+
 def make_executor(plan: Plan):
     """A submitit AutoExecutor for SLURM configured from the plan's cluster section."""
     import submitit
@@ -110,55 +120,233 @@ def make_executor(plan: Plan):
     return executor
 
 
-def render_sbatch(plan: Plan) -> str:
-    """The sbatch script submitit would submit for this plan's array (for dry runs)."""
-    from submitit.slurm.slurm import _make_sbatch_string
+@dataclass(frozen=True)
+class ArraySpec:
+    """One job array of a submission: pending runs ``start:stop``, its own ``%`` limit, and the
+    array of the same lane it waits for (``--dependency=afterany``), if any."""
 
-    inner = make_executor(plan)._executor
-    count = min(len(plan), plan.base.cluster.max_array_size)
-    return _make_sbatch_string(command=inner._submitit_command_str, folder=inner.folder, map_count=count,
-                               **inner.parameters)
+    start: int
+    stop: int
+    parallelism: int
+    after: Optional[int] = None  # index into the layout
+
+    @property
+    def tasks(self) -> int:
+        return self.stop - self.start
 
 
-def submit_slurm(plan: Plan) -> list[str]:
-    """Submit the runs still to do as one job array (split at MaxArraySize); return job ids."""
-    from hpclab.data.loader import check_splits
+def array_layout(tasks: int, size: int, parallelism: int) -> list[ArraySpec]:
+    """Split ``tasks`` runs into arrays of at most ``size`` that together never run more than
+    ``parallelism`` tasks at once (SLURM's ``%P`` limit holds per array, not per sweep).
 
-    pending = [cfg for cfg in plan.runs if cfg.force or not is_complete(run_dir_of(cfg))]
-    if not pending:
-        log.info("all %d runs are complete; nothing to submit (force=true re-runs them)", len(plan))
+    The arrays are dealt to lanes: arrays of one lane run one after the other (afterany: the
+    next starts once the one before has ended, whatever its outcome), lanes run side by side
+    and share the limit. Every split of the arrays into 1..min(parallelism, arrays) lanes is
+    costed in rounds of equal tasks (sum over a lane's arrays of ceil(tasks / its share)) and
+    the one that ends soonest is taken; on a tie, the one with more lanes, since a lane never
+    waits for a slow or requeued task of another. So a few arrays under a large limit run side
+    by side with shares in proportion to their sizes (2500 runs, arrays of 1000, limit 64:
+    26 + 25 + 13), and a limit smaller than the arrays' count chains them (3000 runs, limit 2:
+    three arrays of %2, one after the other, where two lanes of %1 would leave a slot idle for
+    the last third).
+    """
+    sizes = [min(size, tasks - start) for start in range(0, tasks, size)]
+    if not sizes:
         return []
-    cluster = plan.base.cluster
-    for cfg in pending:  # fail before anything is queued
-        check_splits(cfg, cluster.nodes * max(cluster.gpus_per_node, 1))
-    container.check_image(plan.base.cluster)
-    executor = make_executor(plan)
-    size = plan.base.cluster.max_array_size
+    best: Optional[tuple[int, list[int], list[int]]] = None
+    for lanes in range(1, min(parallelism, len(sizes)) + 1):
+        lane_of, load = [], [0] * lanes
+        for n in sizes:  # each array to the lane with the fewest tasks so far, in order
+            lane = min(range(lanes), key=lambda i: (load[i], i))
+            lane_of.append(lane)
+            load[lane] += n
+        members = [[n for n, l in zip(sizes, lane_of) if l == lane] for lane in range(lanes)]
+        shares = _share_out(parallelism, members)
+        finish = max(sum(-(-n // share) for n in arrays) for arrays, share in zip(members, shares))
+        if best is None or finish <= best[0]:
+            best = (finish, lane_of, shares)
+    _, lane_of, shares = best
+    layout, last = [], [None] * len(shares)
+    start = 0
+    for index, (n, lane) in enumerate(zip(sizes, lane_of)):
+        layout.append(ArraySpec(start, start + n, shares[lane], last[lane]))
+        last[lane] = index
+        start += n
+    return layout
+
+
+def _share_out(parallelism: int, members: list[list[int]]) -> list[int]:
+    """Slots per lane (lanes of chained arrays of these sizes): one each, then one at a time
+    to the lane that would take the most rounds, never beyond its largest array."""
+    shares = [1] * len(members)
+    rounds = lambda lane: sum(-(-n // shares[lane]) for n in members[lane])  # noqa: E731
+    heap = [(-rounds(i), i) for i in range(len(members)) if shares[i] < max(members[i])]
+    heapq.heapify(heap)
+    for _ in range(parallelism - len(members)):
+        if not heap:
+            break
+        _, lane = heapq.heappop(heap)
+        shares[lane] += 1
+        if shares[lane] < max(members[lane]):
+            heapq.heappush(heap, (-rounds(lane), lane))
+    return shares
+
+
+def describe_layout(layout: list[ArraySpec], parallelism: int) -> str:
+    """One line: the arrays of a submission, their limits and chaining."""
+    parts = [f"{spec.tasks}%{spec.parallelism}" + (f" after #{spec.after + 1}" if spec.after is not None else "")
+             for spec in layout]
+    return (f"{sum(s.tasks for s in layout)} task(s) in {len(layout)} array(s), at most {parallelism} at once: "
+            + ", ".join(f"#{i + 1} {part}" for i, part in enumerate(parts)))
+
+
+def array_size(cluster: DictConfig, tasks: int) -> int:
+    """cluster.max_array_size, lowered to what this controller takes (MaxArraySize - 1)."""
+    size = cluster.max_array_size
     limit = max_array_tasks()
     if limit is not None and size > limit:  # sbatch would refuse the whole array
-        if len(pending) > limit:
+        if tasks > limit:
             log.info("cluster.max_array_size=%d is above this cluster's MaxArraySize - 1 = %d: arrays of %d tasks",
                      size, limit, limit)
         size = limit
+    return size
+
+
+def max_job_count() -> Optional[int]:
+    """The controller's MaxJobCount (every array task counts as one job); None when unknown."""
+    for line in (_scontrol("show", "config") or "").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "MaxJobCount" and value.strip().isdigit():
+            return int(value.strip())
+    return None
+
+
+def check_capacity(plan: Plan, tasks: int) -> None:
+    """Refuse, before anything is queued, a submission the controller cannot hold: past
+    MaxJobCount sbatch neither queues nor refuses, it retries for two minutes and then fails
+    in the middle of a split sweep."""
+    limit = max_job_count()
+    jobs = squeue_jobs(everyone=True)
+    if limit is None or jobs is None:
+        return
+    if len(jobs) + tasks >= limit:
+        raise ConfigError(f"the controller holds at most MaxJobCount={limit} jobs (each array task counts) and "
+                          f"has {len(jobs)} now: {tasks} more do not fit; submit the sweep in parts (e.g. a narrower "
+                          f"grid or seed range per submission: they all go to {group_dir(plan)}/) or when the "
+                          f"queue has emptied")
+
+
+def check_one_cluster_setting(plan: Plan, pending: list[DictConfig]) -> None:
+    """Every run of a submission is submitted with the base config's cluster section, so runs
+    whose own cluster sections differ (a sweep axis over cluster or cluster.*) are refused,
+    not ignored."""
+    base = OmegaConf.to_container(plan.base.cluster, resolve=True)
+    sections = [OmegaConf.to_container(cfg.cluster, resolve=True) for cfg in pending]
+    differ = sorted({key for own in sections for key in set(own) | set(base) if own.get(key) != base.get(key)})
+    if differ:
+        key = "name" if "name" in differ else differ[0]
+        seen = list(dict.fromkeys(str(own.get(key)) for own in sections))
+        what = "cluster" if key == "name" else f"cluster.{key}"
+        raise ConfigError(f"{what} differs between the runs ({', '.join(seen)}), but one submission has one "
+                          f"cluster setting: give {what} one value, not a sweep axis")
+
+
+def to_submit(plan: Plan) -> tuple[list[DictConfig], dict[str, str]]:
+    """The runs a submission queues: not complete (or force=true), and not queued or running
+    under an earlier submission (those run already: queueing them again would run them twice,
+    and past cluster.array_parallelism). Also the skipped runs: name -> job."""
+    active = active_jobs(plan)
+    pending = [cfg for cfg in plan.runs
+               if (cfg.force or not is_complete(run_dir_of(cfg))) and cfg.run_name not in active]
+    return pending, active
+
+
+def render_sbatch(plan: Plan) -> str:
+    """The arrays submitit would submit for this plan (for dry runs): their layout, then the
+    sbatch script of the first one."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    pending, active = to_submit(plan)
+    check_one_cluster_setting(plan, pending)
+    cluster = plan.base.cluster
+    layout = array_layout(len(pending), array_size(cluster, len(pending)), cluster.array_parallelism)
+    if not layout:
+        return "# nothing to submit: every run is complete" + (f" or queued ({len(active)})" if active else "")
+    executor = make_executor(plan)
+    _configure_array(executor, layout[0], _extra_parameters(plan), None)
+    inner = executor._executor
+    head = f"# {describe_layout(layout, cluster.array_parallelism)}\n"
+    if active:
+        head += f"# {len(active)} run(s) still queued or running under earlier submissions are left out\n"
+    return head + _make_sbatch_string(command=inner._submitit_command_str, folder=inner.folder,
+                                      map_count=layout[0].tasks, **inner.parameters)
+
+
+def _configure_array(executor: Any, spec: ArraySpec, extra: dict[str, Any], after: Optional[str]) -> None:
+    """Set ``executor`` up for one array: its own ``%`` limit, and afterany on the array before
+    it in its lane (``after``, already submitted), added to any dependency of cluster.extra."""
+    extra = dict(extra)
+    if after:
+        extra["dependency"] = ",".join(d for d in (extra.get("dependency"), f"afterany:{after}") if d)
+    executor.update_parameters(slurm_array_parallelism=spec.parallelism, slurm_additional_parameters=extra)
+
+
+def submit_slurm(plan: Plan) -> list[str]:
+    """Submit the runs still to do as job arrays (split at MaxArraySize, at most
+    cluster.array_parallelism tasks at once over all of them); return the array job ids."""
+    from hpclab.data.loader import check_splits
+
+    pending, active = to_submit(plan)
+    if active:
+        log.info("%d run(s) are still queued or running under earlier submissions (launch.py status): "
+                 "not submitted again", len(active))
+    if not pending:
+        if not active:
+            log.info("all %d runs are complete; nothing to submit (force=true re-runs them)", len(plan))
+        return []
+    cluster = plan.base.cluster
+    check_one_cluster_setting(plan, pending)
+    for cfg in pending:  # fail before anything is queued
+        check_splits(cfg, cluster.nodes * max(cluster.gpus_per_node, 1))
+    container.check_image(cluster)
+    layout = array_layout(len(pending), array_size(cluster, len(pending)), cluster.array_parallelism)
+    check_capacity(plan, len(pending))
+    if len(layout) > 1:
+        log.info("%s", describe_layout(layout, cluster.array_parallelism))
+    executor = make_executor(plan)
     record = _load_submissions(plan)
     folder = submitit_folder(plan)
-    ids = []
-    for start in range(0, len(pending), size):
-        chunk = pending[start : start + size]
+    extra = _extra_parameters(plan)
+    ids: list[str] = []
+    for spec in layout:
+        chunk = pending[spec.start : spec.stop]
+        _configure_array(executor, spec, extra, ids[spec.after] if spec.after is not None else None)
         written = set(folder.rglob("*")) if folder.is_dir() else set()
+        held = io.StringIO()
         try:
-            with executor.batch():  # one array; each task's callable keeps its checkpoint() method
+            # submitit prints sbatch's stderr itself when sbatch fails, in front of the one-line
+            # refusal below (which carries it): hold what is printed while submitting.
+            with contextlib.redirect_stderr(held), executor.batch():  # one array; tasks keep checkpoint()
                 jobs = [executor.submit(TrainJob(OmegaConf.to_yaml(cfg))) for cfg in chunk]
         except Exception as exc:  # submitit's FailedJobError carries sbatch's stderr
+            _pass_on(held.getvalue(), already_in=str(exc))
             _remove_new_files(folder, written)  # the refused array's pickles and script
             if ids:
                 write_json(group_dir(plan) / "submissions.json", record)  # keep what was queued
-            raise ConfigError(sbatch_refusal(str(exc), plan.base.cluster, ids)) from None
+            raise ConfigError(sbatch_refusal(str(exc), cluster, ids)) from None
+        _pass_on(held.getvalue())
         ids.append(jobs[0].job_id.split("_")[0])
         for job, cfg in zip(jobs, chunk):
             record[cfg.run_name] = {"job_id": job.job_id, "log": str(job.paths.stdout), "run_dir": str(run_dir_of(cfg))}
     write_json(group_dir(plan) / "submissions.json", record)
     return ids
+
+
+def _pass_on(text: str, already_in: str = "") -> None:
+    """Write the lines held from stderr during a submission, except those the error carries."""
+    for line in text.splitlines():
+        if line.strip() and line.strip() not in already_in:
+            print(line, file=sys.stderr)
 
 
 def _remove_new_files(folder: Path, before: set[Path]) -> None:
@@ -190,13 +378,22 @@ _SBATCH_HINTS = (
     ("Invalid qos", "name a QOS your account may use: cluster.qos=..."),
     ("time limit", "ask for less time: cluster.time_min=..."),
     ("No such file or directory: 'sbatch'", "no SLURM client here: submit from a login node, or use cluster=local"),
+    ("Resource temporarily unavailable",
+     "the controller's queue is full (MaxJobCount, every array task counts): submit the rest when it has emptied; "
+     "the same command skips what is queued or complete"),
+    ("job submit limit",
+     "your account or QOS may not queue that many jobs (MaxSubmitJobs, every array task counts): submit the sweep in "
+     "parts, e.g. a narrower grid or seed range per submission"),
 )
 
 
 def sbatch_refusal(error: str, cluster: DictConfig, queued: list[str]) -> str:
     """One line: why sbatch refused the array, the setting to change, what was queued before."""
     lines = [line.strip() for line in error.splitlines() if line.strip()]
-    reason = next((line for line in lines if "error" in line.lower()), lines[0] if lines else "no reason given")
+    # the last error line: sbatch says why it gave up after any "sleeping and retrying" lines
+    errors = [line for line in lines if "error" in line.lower()]
+    reason = errors[-1] if errors else lines[0] if lines else "no reason given"
+    reason = reason.removeprefix("sbatch: error: ")
     hint = next((fix for needle, fix in _SBATCH_HINTS if needle.lower() in error.lower()), None)
     if hint is None and cluster.gpus_per_node:
         hint = "on a cluster without GPUs, submit with cluster.gpus_per_node=0"
@@ -226,13 +423,15 @@ ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUE
           "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
 
 
-def squeue_jobs() -> Optional[dict[str, dict[str, str]]]:
-    """This user's jobs the controller knows (queued, running, recently ended; no accounting
-    needed): ``'123_4'`` / ``'125'`` -> state, reason, name. None when squeue does not answer."""
+def squeue_jobs(everyone: bool = False) -> Optional[dict[str, dict[str, str]]]:
+    """This user's jobs (``everyone``: all users') the controller knows, array tasks one by one
+    (queued, running, recently ended; no accounting needed): ``'123_4'`` / ``'125'`` -> state,
+    reason, name. None when squeue does not answer."""
     import getpass
 
+    who = ["-a"] if everyone else ["-u", getpass.getuser()]
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-u", getpass.getuser(), "-o", "%i|%T|%r|%j"],
+        out = subprocess.run(["squeue", "-h", "-r", "-t", "all", *who, "-o", "%i|%T|%r|%j"],
                              capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
@@ -306,6 +505,55 @@ def run_state(run_dir: Path, job: Optional[str], squeued: Optional[dict[str, str
     return "PARTIAL" if (run_dir / "checkpoints").is_dir() else "NOT-SUBMITTED"
 
 
+@dataclass
+class RunJob:
+    """Where a run stands in SLURM's terms: its newest job, log and task records."""
+
+    name: str
+    run_dir: Path
+    job: Optional[str]
+    log_path: Optional[str]
+    submitit_log: Optional[str]  # the log of the job submitit submitted, when that is the newest
+    starts: list[dict[str, Any]]
+
+
+def run_jobs(plan: Plan) -> tuple[list[RunJob], set[int]]:
+    """Each run's newest job from launch.py's record (submissions.json) or the tasks' own
+    (slurm.json, also under slurm/*.sh), and the array jobs launch.py submitted. No run's
+    config is composed."""
+    record = _load_submissions(plan)
+    runs = []
+    for index, name in enumerate(plan.run_names):
+        run_dir = plan.run_dir(index)
+        sub, rec = record.get(name, {}), read_record(run_dir)
+        # The newest submission wins: launch.py's record or the tasks' own record.
+        job, log_path, submitit_log = sub.get("job_id"), sub.get("log"), sub.get("log")
+        if rec.get("job") and _job_number(rec["job"]) >= _job_number(job):
+            job, log_path = rec["job"], rec.get("log") or log_path
+            submitit_log = log_path if rec["job"] == sub.get("job_id") else None
+        runs.append(RunJob(name, run_dir, job, log_path, submitit_log, rec.get("starts", [])))
+    return runs, {_job_number(r.get("job_id")) for r in record.values()}
+
+
+def _add_queued_by_sbatch(plan: Plan, runs: list[RunJob], submitit_jobs: set[int],
+                          jobs: dict[str, dict[str, str]]) -> None:
+    """Point runs at sbatch array tasks still queued for them (newer than what they record)."""
+    for index, queued in _queued_by_sbatch(plan, jobs, submitit_jobs).items():
+        run = runs[index]
+        if _job_number(queued) > _job_number(run.job) and ("_" in queued or not run.job):
+            run.job, run.log_path, run.submitit_log = queued, None, None
+
+
+def active_jobs(plan: Plan) -> dict[str, str]:
+    """Run name -> job, for the runs whose newest job squeue shows queued or running."""
+    runs, submitit_jobs = run_jobs(plan)
+    jobs = squeue_jobs()
+    if not jobs:
+        return {}
+    _add_queued_by_sbatch(plan, runs, submitit_jobs, jobs)
+    return {run.name: run.job for run in runs if run.job and jobs.get(run.job, {}).get("state") in ACTIVE}
+
+
 def status_lines(plan: Plan) -> list[str]:
     """One line per run: its state, SLURM job, last logged step and log file.
 
@@ -314,31 +562,19 @@ def status_lines(plan: Plan) -> list[str]:
     also under slurm/*.sh) or, for sbatch tasks still queued, the job name; the state from
     squeue while the controller remembers the job, then from the results folder.
     """
-    record = _load_submissions(plan)
-    runs = []
-    for index, name in enumerate(plan.run_names):  # no run's config is composed
-        run_dir = plan.run_dir(index)
-        sub, rec = record.get(name, {}), read_record(run_dir)
-        # The newest submission wins: launch.py's record or the tasks' own record.
-        job, log_path, submitit_log = sub.get("job_id"), sub.get("log"), sub.get("log")
-        if rec.get("job") and _job_number(rec["job"]) >= _job_number(job):
-            job, log_path = rec["job"], rec.get("log") or log_path
-            submitit_log = log_path if rec["job"] == sub.get("job_id") else None
-        runs.append((name, run_dir, job, log_path, submitit_log, rec.get("starts", [])))
+    runs, submitit_jobs = run_jobs(plan)
     # squeue after the records: a task that starts meanwhile then shows as RUNNING; asked first,
     # squeue would call it pending while its start is on record, which reads as REQUEUED.
     jobs = squeue_jobs()
-    submitit_jobs = {_job_number(r.get("job_id")) for r in record.values()}
-    queued = _queued_by_sbatch(plan, jobs, submitit_jobs) if jobs else {}
+    if jobs:
+        _add_queued_by_sbatch(plan, runs, submitit_jobs, jobs)
     lines = [f"{'run':<32} {'state':<20} {'job':<14} {'step':>8}  log"]
-    for index, (name, run_dir, job, log_path, submitit_log, starts) in enumerate(runs):
-        if index in queued and _job_number(queued[index]) > _job_number(job) and ("_" in queued[index] or not job):
-            job, log_path, submitit_log = queued[index], None, None
-        squeued = jobs.get(job) if jobs and job else None
-        state = run_state(run_dir, job, squeued, starts, submitit_log, submitit_folder(plan))
-        step = _last_step(run_dir)
-        lines.append(f"{name:<32} {state:<20} {job or '-':<14} {'-' if step is None else step:>8}  "
-                     f"{log_path or '-'}")
+    for run in runs:
+        squeued = jobs.get(run.job) if jobs and run.job else None
+        state = run_state(run.run_dir, run.job, squeued, run.starts, run.submitit_log, submitit_folder(plan))
+        step = _last_step(run.run_dir)
+        lines.append(f"{run.name:<32} {state:<20} {run.job or '-':<14} {'-' if step is None else step:>8}  "
+                     f"{run.log_path or '-'}")
     if jobs is None:
         lines.append("(squeue does not answer: states come from the results folder only)")
     return lines
