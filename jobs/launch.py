@@ -41,9 +41,11 @@ def main(argv: list[str]) -> int:
             print("\n# sbatch script submitit would submit:\n" + executors.render_sbatch(plan))
         return 0
     if cluster == "slurm":
-        ids = executors.submit_slurm(plan)
-        if ids:
-            print(f"submitted array job {', '.join(ids)} ({len(plan)} runs); "
+        arrays = executors.submit_slurm(plan)
+        if arrays:
+            queued = sum(arrays.values())
+            done = f"{len(plan) - queued} of the sweep's {len(plan)} complete or queued already; " if queued < len(plan) else ""
+            print(f"submitted array job {', '.join(arrays)} ({queued} runs); {done}"
                   f"results: {executors.group_dir(plan)}/; "
                   f"status: python jobs/launch.py status {shlex.join(overrides)}")
         return 0

@@ -101,3 +101,25 @@ def test_report_does_not_load_torch(digits: Path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=digits, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (digits / "results" / "one" / "summary.csv").is_file() and proc.stdout.splitlines()[-1] == "False"
+
+
+def test_tasks_finishing_together_share_the_summary_rebuild(digits: Path):
+    """A task that finds another rebuilding the sweep summary leaves a stale mark and goes; the
+    rebuilding one sees the mark and rebuilds again, so the last summary lists every run."""
+    from filelock import FileLock
+
+    from hpclab.launch.job import refresh_sweep_report
+    from hpclab.launch.sweep import plan
+
+    run_cli("launch.py", "sweep=ae_latent", "preset=smoke", "data=digits", "train.max_steps=4", "train.batch_size=32",
+            "analysis=[]", cwd=digits)
+    group = digits / "results" / "ae_latent"
+    (group / "summary.md").unlink()
+    cfg = plan(["sweep=ae_latent", "preset=smoke", "data=digits"]).run(0)
+    with FileLock(str(group / ".report.lock")):  # another task is rebuilding
+        refresh_sweep_report(cfg)
+        assert (group / ".report.stale").exists() and not (group / "summary.md").exists()
+    refresh_sweep_report(cfg)  # the holder's second look (or the next task): the mark is taken up
+    assert not (group / ".report.stale").exists()
+    rows = [line for line in (group / "summary.md").read_text().splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + 2  # header and the two runs

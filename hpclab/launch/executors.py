@@ -291,9 +291,10 @@ def _configure_array(executor: Any, spec: ArraySpec, extra: dict[str, Any], afte
     executor.update_parameters(slurm_array_parallelism=spec.parallelism, slurm_additional_parameters=extra)
 
 
-def submit_slurm(plan: Plan) -> list[str]:
+def submit_slurm(plan: Plan) -> dict[str, int]:
     """Submit the runs still to do as job arrays (split at MaxArraySize, at most
-    cluster.array_parallelism tasks at once over all of them); return the array job ids."""
+    cluster.array_parallelism tasks at once over all of them); return each array's job id with
+    its number of tasks (empty when nothing was left to submit)."""
     from hpclab.data.loader import check_splits
 
     pending, active = to_submit(plan)
@@ -303,7 +304,7 @@ def submit_slurm(plan: Plan) -> list[str]:
     if not pending:
         if not active:
             log.info("all %d runs are complete; nothing to submit (force=true re-runs them)", len(plan))
-        return []
+        return {}
     cluster = plan.base.cluster
     check_one_cluster_setting(plan, pending)
     for cfg in pending:  # fail before anything is queued
@@ -339,7 +340,7 @@ def submit_slurm(plan: Plan) -> list[str]:
         for job, cfg in zip(jobs, chunk):
             record[cfg.run_name] = {"job_id": job.job_id, "log": str(job.paths.stdout), "run_dir": str(run_dir_of(cfg))}
     write_json(group_dir(plan) / "submissions.json", record)
-    return ids
+    return {job: spec.tasks for job, spec in zip(ids, layout)}
 
 
 def _pass_on(text: str, already_in: str = "") -> None:

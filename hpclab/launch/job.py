@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
 from hpclab.config import read_run_config, save_yaml
@@ -279,8 +279,11 @@ def run_in_slurm_task(cfg: DictConfig) -> dict[str, Any]:
 def refresh_sweep_report(cfg: DictConfig) -> None:
     """Rebuild ``results/<sweep>/summary.*`` after an array task finished (rank 0).
 
-    Each task writes its own summary.json before taking the lock, and the report is read under
-    the lock, so the last task to finish writes a summary that lists every finished run.
+    Each task writes its own summary.json, then marks the summary stale and rebuilds it unless
+    another task is rebuilding: that one rebuilds again while it finds the mark, and looks for
+    it once more after letting go of the lock. So the summary ends up listing every finished
+    run, and tasks that finish together share rebuilds instead of each reading the whole sweep
+    in turn (at 10,000 runs a rebuild takes seconds, and the tasks would wait for one another).
     Failures only warn: ``python jobs/report.py results/<sweep>`` rebuilds it at any time.
     """
     if not cfg.sweep.name or int(os.environ.get("RANK", "0")) != 0:
@@ -288,9 +291,20 @@ def refresh_sweep_report(cfg: DictConfig) -> None:
     from hpclab.analysis.report import write_report
 
     group = Path(cfg.paths.results) / cfg.run_group
+    stale, lock = group / ".report.stale", FileLock(str(group / ".report.lock"))
     try:
-        with FileLock(str(group / ".report.lock")):
-            write_report(group, cfg.sweep.report)
+        stale.touch()
+        while stale.exists():
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                return  # the holder sees the mark
+            try:
+                while stale.exists():
+                    stale.unlink(missing_ok=True)
+                    write_report(group, cfg.sweep.report)
+            finally:
+                lock.release()
     except Exception as exc:  # the run itself succeeded; the summary can be rebuilt later
         log.warning("sweep summary not refreshed (%s: %s); run: python jobs/report.py %s",
                     type(exc).__name__, exc, group)
