@@ -66,14 +66,14 @@ def in_lab(lab: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
 
 
 def run_points(overrides: list[str], keep) -> list[dict]:
-    """Plan a sweep like ``jobs/launch.py`` does, then run the grid points ``keep`` selects."""
+    """SweepPlan a sweep like ``jobs/launch.py`` does, then run the grid points ``keep`` selects."""
     from hpclab.launch.executors import run_local
-    from hpclab.launch.sweep import Plan, plan
+    from hpclab.launch.sweep import SweepPlan, plan
 
     full = plan(overrides)
     kept = [i for i, cfg in enumerate(full.runs) if keep(cfg)]
     assert kept, "no grid point selected"
-    return run_local(Plan(group=full.group, run_overrides=[full.run_overrides[i] for i in kept], base=full.base,
+    return run_local(SweepPlan(group=full.group, run_overrides=[full.run_overrides[i] for i in kept], base=full.base,
                           run_names=[full.run_names[i] for i in kept]))
 
 

@@ -25,17 +25,17 @@ from hpclab.launch.job import (
     train_run,
 )
 from hpclab.launch.slurm import _scontrol, max_array_tasks, read_record, requeue_on_usr2
-from hpclab.launch.sweep import Plan
+from hpclab.launch.sweep import SweepPlan
 from hpclab.utils import read_json, write_json
 
 log = logging.getLogger("hpclab")
 
 
-def group_dir(plan: Plan) -> Path:
+def group_dir(plan: SweepPlan) -> Path:
     return Path(plan.base.paths.results) / plan.group
 
 
-def describe_plan(plan: Plan) -> str:
+def describe_plan(plan: SweepPlan) -> str:
     lines = [f"{len(plan)} run(s) -> {group_dir(plan)}/"]
     for cfg in plan.runs:
         state = "complete" if is_complete(run_dir_of(cfg)) else "to run"
@@ -46,7 +46,7 @@ def describe_plan(plan: Plan) -> str:
 
 # --------------------------------------------------------------------------- local
 
-def run_local(plan: Plan) -> list[dict[str, Any]]:
+def run_local(plan: SweepPlan) -> list[dict[str, Any]]:
     """Run every run of the plan in turn in this process (or N processes each), then report."""
     from hpclab.analysis.report import write_report
     from hpclab.data.loader import check_splits
@@ -96,18 +96,18 @@ def slurm_parameters(cluster: DictConfig, name: str) -> dict[str, Any]:
     return params
 
 
-def submitit_folder(plan: Plan) -> Path:
+def submitit_folder(plan: SweepPlan) -> Path:
     """Where submitit keeps pickles and logs: on shared storage, next to the results."""
     folder = plan.base.cluster.folder
     return Path(folder) if folder else group_dir(plan) / ".submitit"
 
 
-def _extra_parameters(plan: Plan) -> dict[str, Any]:
+def _extra_parameters(plan: SweepPlan) -> dict[str, Any]:
     """The sbatch options beyond submitit's own (requeue, cluster.extra) of this plan's arrays."""
     return dict(slurm_parameters(plan.base.cluster, f"hpclab-{plan.group}")["slurm_additional_parameters"])
 
 
-def make_executor(plan: Plan):
+def make_executor(plan: SweepPlan):
     """A submitit AutoExecutor for SLURM configured from the plan's cluster section."""
     import submitit
 
@@ -221,7 +221,7 @@ def max_job_count() -> Optional[int]:
     return None
 
 
-def check_capacity(plan: Plan, tasks: int) -> None:
+def check_capacity(plan: SweepPlan, tasks: int) -> None:
     """Refuse, before anything is queued, a submission the controller cannot hold: past
     MaxJobCount sbatch neither queues nor refuses, it retries for two minutes and then fails
     in the middle of a split sweep."""
@@ -236,7 +236,7 @@ def check_capacity(plan: Plan, tasks: int) -> None:
                           f"queue has emptied")
 
 
-def check_one_cluster_setting(plan: Plan, pending: list[DictConfig]) -> None:
+def check_one_cluster_setting(plan: SweepPlan, pending: list[DictConfig]) -> None:
     """Every run of a submission is submitted with the base config's cluster section, so runs
     whose own cluster sections differ (a sweep axis over cluster or cluster.*) are refused,
     not ignored."""
@@ -251,7 +251,7 @@ def check_one_cluster_setting(plan: Plan, pending: list[DictConfig]) -> None:
                           f"cluster setting: give {what} one value, not a sweep axis")
 
 
-def to_submit(plan: Plan) -> tuple[list[DictConfig], dict[str, str]]:
+def to_submit(plan: SweepPlan) -> tuple[list[DictConfig], dict[str, str]]:
     """The runs a submission queues: not complete (or force=true), and not queued or running
     under an earlier submission (those run already: queueing them again would run them twice,
     and past cluster.array_parallelism). Also the skipped runs: name -> job."""
@@ -261,7 +261,7 @@ def to_submit(plan: Plan) -> tuple[list[DictConfig], dict[str, str]]:
     return pending, active
 
 
-def render_sbatch(plan: Plan) -> str:
+def render_sbatch(plan: SweepPlan) -> str:
     """The arrays submitit would submit for this plan (for dry runs): their layout, then the
     sbatch script of the first one."""
     from submitit.slurm.slurm import _make_sbatch_string
@@ -291,7 +291,7 @@ def _configure_array(executor: Any, spec: ArraySpec, extra: dict[str, Any], afte
     executor.update_parameters(slurm_array_parallelism=spec.parallelism, slurm_additional_parameters=extra)
 
 
-def submit_slurm(plan: Plan) -> dict[str, int]:
+def submit_slurm(plan: SweepPlan) -> dict[str, int]:
     """Submit the runs still to do as job arrays (split at MaxArraySize, at most
     cluster.array_parallelism tasks at once over all of them); return each array's job id with
     its number of tasks (empty when nothing was left to submit)."""
@@ -402,7 +402,7 @@ def sbatch_refusal(error: str, cluster: DictConfig, queued: list[str]) -> str:
     return f"sbatch refused the job array: {reason}{'; ' + hint if hint else ''}{done}"
 
 
-def _load_submissions(plan: Plan) -> dict[str, Any]:
+def _load_submissions(plan: SweepPlan) -> dict[str, Any]:
     """run name -> job id, log and run folder of earlier submissions of this sweep. A damaged
     file stops with its name rather than being overwritten (it holds the only job ids)."""
     path = group_dir(plan) / "submissions.json"
@@ -454,7 +454,7 @@ def _job_number(job: Optional[str]) -> int:
         return -1
 
 
-def _queued_by_sbatch(plan: Plan, jobs: dict[str, dict[str, str]], submitit_jobs: set[int]) -> dict[int, str]:
+def _queued_by_sbatch(plan: SweepPlan, jobs: dict[str, dict[str, str]], submitit_jobs: set[int]) -> dict[int, str]:
     """Run index -> job, for tasks queued by slurm/*.sh that have not started (and so wrote
     nothing yet): jobs named ``hpclab-<group>`` that submitit did not submit; array task i
     runs run i, a plain job the only run of a single-run plan."""
@@ -518,7 +518,7 @@ class RunJob:
     starts: list[dict[str, Any]]
 
 
-def run_jobs(plan: Plan) -> tuple[list[RunJob], set[int]]:
+def run_jobs(plan: SweepPlan) -> tuple[list[RunJob], set[int]]:
     """Each run's newest job from launch.py's record (submissions.json) or the tasks' own
     (slurm.json, also under slurm/*.sh), and the array jobs launch.py submitted. No run's
     config is composed."""
@@ -536,7 +536,7 @@ def run_jobs(plan: Plan) -> tuple[list[RunJob], set[int]]:
     return runs, {_job_number(r.get("job_id")) for r in record.values()}
 
 
-def _add_queued_by_sbatch(plan: Plan, runs: list[RunJob], submitit_jobs: set[int],
+def _add_queued_by_sbatch(plan: SweepPlan, runs: list[RunJob], submitit_jobs: set[int],
                           jobs: dict[str, dict[str, str]]) -> None:
     """Point runs at sbatch array tasks still queued for them (newer than what they record)."""
     for index, queued in _queued_by_sbatch(plan, jobs, submitit_jobs).items():
@@ -545,7 +545,7 @@ def _add_queued_by_sbatch(plan: Plan, runs: list[RunJob], submitit_jobs: set[int
             run.job, run.log_path, run.submitit_log = queued, None, None
 
 
-def active_jobs(plan: Plan) -> dict[str, str]:
+def active_jobs(plan: SweepPlan) -> dict[str, str]:
     """Run name -> job, for the runs whose newest job squeue shows queued or running."""
     runs, submitit_jobs = run_jobs(plan)
     jobs = squeue_jobs()
@@ -555,7 +555,7 @@ def active_jobs(plan: Plan) -> dict[str, str]:
     return {run.name: run.job for run in runs if run.job and jobs.get(run.job, {}).get("state") in ACTIVE}
 
 
-def status_lines(plan: Plan) -> list[str]:
+def status_lines(plan: SweepPlan) -> list[str]:
     """One line per run: its state, SLURM job, last logged step and log file.
 
     Works without SLURM accounting: the job of a run comes from submissions.json (written by

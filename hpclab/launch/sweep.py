@@ -11,8 +11,8 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -22,7 +22,7 @@ from hpclab.utils import flatten
 
 
 @dataclass
-class Plan:
+class SweepPlan:
     """A sweep's runs, composed when first asked for (a SLURM task composes only its own)."""
 
     group: str  # results/<group>/
@@ -128,7 +128,7 @@ def run_names(points: list[dict[str, str]]) -> list[str]:
     return out
 
 
-def plan(overrides: list[str]) -> Plan:
+def plan(overrides: list[str]) -> SweepPlan:
     """Compose the base, expand the sweep grid (if any) into each run's overrides.
 
     A bad override or axis fails here; each run's own config is validated when first used."""
@@ -167,7 +167,7 @@ def plan(overrides: list[str]) -> Plan:
     identity = [[f"run_group={group}"] + ([] if explicit_name else [f"run_name={name}"]) for name in names]
     run_overrides = [experiment_overrides + plain + [f"{k}={v}" for k, v in point.items()] + ids
                      for point, ids in zip(points, identity)]
-    return Plan(group=group, run_overrides=run_overrides, base=base,
+    return SweepPlan(group=group, run_overrides=run_overrides, base=base,
                 run_names=[base.run_name] if explicit_name else names)
 
 
