@@ -66,7 +66,7 @@ def in_lab(lab: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
 
 
 def run_points(overrides: list[str], keep) -> list[dict]:
-    """SweepPlan a sweep like ``jobs/launch.py`` does, then run the grid points ``keep`` selects."""
+    """Plan a sweep like ``jobs/launch.py`` does, then run the grid points ``keep`` selects."""
     from hpclab.launch.executors import run_local
     from hpclab.launch.sweep import SweepPlan, plan
 

@@ -39,9 +39,11 @@ def network_input(run: TrainedRun, batch: dict[str, torch.Tensor]) -> torch.Tens
     return fn(batch, run.eval_generator()) if fn else to_float(batch["images"])
 
 
-def first_of_each_class(run: TrainedRun, split: str) -> tuple[dict[int, dict[str, torch.Tensor]], np.ndarray]:
-    """The first item of every class in ``split`` (a batch of one, by label) and how many items
-    each of the data's classes has there."""
+def first_of_each_class(run: TrainedRun, split: str, count: bool = True
+                        ) -> tuple[dict[int, dict[str, torch.Tensor]], Optional[np.ndarray]]:
+    """The first item of every class in ``split`` (a batch of one, by label) and, with ``count``,
+    how many items each of the data's classes has there (else None, and reading stops as soon
+    as every class is found)."""
     classes = len(run.data.info.class_names)
     first: dict[int, dict[str, torch.Tensor]] = {}
     counts = np.zeros(classes, dtype=np.int64)
@@ -51,4 +53,6 @@ def first_of_each_class(run: TrainedRun, split: str) -> tuple[dict[int, dict[str
         for i, label in enumerate(labels.tolist()):
             if label < classes and label not in first:
                 first[label] = {k: v[i : i + 1] for k, v in batch.items()}
-    return first, counts
+        if not count and len(first) == classes:
+            break
+    return first, counts if count else None

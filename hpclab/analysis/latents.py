@@ -213,7 +213,7 @@ def class_reconstructions(run: TrainedRun, out_dir: Path, split: str = "test") -
     """The first test image of every class next to its reconstruction (the task's rows:
     noisy input when denoising, output, target), with each image's MSE."""
     names = run.data.info.class_names
-    found, _ = first_of_each_class(run, split)
+    found, _ = first_of_each_class(run, split, count=False)
     classes = sorted(found)
     batch = {k: torch.cat([found[c][k] for c in classes]) for k in found[classes[0]]}
     with run.evaluating():

@@ -212,12 +212,7 @@ def _sortable(value: Any) -> tuple[int, Any]:
 
 
 def plot(rows: list[dict[str, Any]], x: str, metrics: list[str], path: Path, logx: bool) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from hpclab.utils import atomic_path
+    from hpclab.analysis.figures import plt, save_figure
 
     xs = [select(r["cfg"], x) for r in rows]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
@@ -231,8 +226,4 @@ def plot(rows: list[dict[str, Any]], x: str, metrics: list[str], path: Path, log
         ax.grid(alpha=0.3)
     fig.suptitle(path.parent.name)
     fig.tight_layout()
-    # saved here rather than by figures.save_figure, whose module imports torch (4 s of a report)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -48,7 +48,7 @@ class Stepper:
         """Backward, clip, optimizer and scheduler step for model ``name``."""
         opt = self.optimizers[name]
         if self.direct:
-            opt = getattr(opt, "optimizer", opt)  # the torch optimizer inside accelerate's wrapper
+            opt = opt.optimizer  # the torch optimizer inside accelerate's wrapper
         opt.zero_grad(set_to_none=True)
         if self.direct:
             loss.backward(retain_graph=retain_graph)

@@ -2,7 +2,7 @@
 ``imagelabels.mat`` (1-based category per image) and ``setid.mat`` (1-based image ids of the
 official train/valid/test splits).
 
-DatasetArrays for generative work: ALL 8,189 images go into ``train`` (resized so the shorter side is
+Staged for generative work: ALL 8,189 images go into ``train`` (resized so the shorter side is
 ``data.image_size``, 256 by default, then centre-cropped square, uint8). ``val`` is a copy of the
 official validation split (10 images per category): a class-balanced real reference for image
 logging and the discriminator's output on real images, not a held-out set.
