@@ -12,5 +12,5 @@ export HPCLAB_DATA="$work/data" HPCLAB_RESULTS="$work/results" HPCLAB_CACHE="$wo
 cd "$work"
 python "$home/jobs/prepare_data.py" data=digits
 python "$home/jobs/launch.py" experiment=ae_latent data=digits preset=smoke train.max_steps=20 train.eval_every=10 train.progress=log
-python -c "import json, math, sys; s, e = (json.load(open(f'{sys.argv[1]}/{n}.json')) for n in ('summary', 'environment')); assert s['status'] == 'completed' and math.isfinite(s['metrics']['test/mse']), s; print('smoke run: test/mse', round(s['metrics']['test/mse'], 4), '| torch', e['packages']['torch'], '| GPUs:', e['cuda_devices'] or 'none')" "$HPCLAB_RESULTS/ae_latent/default"
+python -c "import json, math, sys; s, e = (json.load(open(f'{sys.argv[1]}/{n}.json')) for n in ('summary', 'environment')); assert s['status'] == 'completed' and math.isfinite(s['metrics']['test/mse']), s; print('smoke run: test/mse', round(s['metrics']['test/mse'], 4), '| torch', e['packages']['torch'], '| GPUs:', e['cuda_devices'] or 'none')" "$HPCLAB_RESULTS/ae_latent-smoke/default"
 echo "hpclab image self-test passed"

@@ -17,7 +17,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from hpclab.errors import ConfigError, RunConflict
+from hpclab.errors import ConfigError
 from hpclab.registry import check_kwargs
 from hpclab.utils import one_line
 
@@ -148,6 +148,9 @@ class ClusterConfig:
 @dataclass
 class RunConfig:
     experiment: Optional[str] = None
+    # set by configs/preset/*.yaml: a preset's runs go to their own group, results/<group>-<preset>/,
+    # so a quick look never stands in for (or mixes with) the full runs
+    preset: Optional[str] = None
     run_group: str = "default"  # results/<run_group>/<run_name>
     run_name: str = "run"
     seed: int = 0
@@ -259,10 +262,29 @@ def _compose_raw(overrides: list[str]) -> DictConfig:
         GlobalHydra.instance().clear()
 
 
+def preset_group(name: str, *, _root_: DictConfig) -> str:
+    """``${group:NAME}`` in a config: the results folder of group NAME for this config's preset
+    (``NAME-smoke`` under preset=smoke), so a preset's runs find the other runs of that preset
+    (an encoder to load, a classifier for the FD) and never the full runs."""
+    preset = _root_.get("preset")
+    return f"{name}-{preset}" if preset else name
+
+
+OmegaConf.register_new_resolver("group", preset_group, replace=True)
+
+
 @functools.lru_cache(maxsize=1)
 def _schema() -> DictConfig:
     """The schema as a config, built once (OmegaConf.merge copies its first argument)."""
     return OmegaConf.structured(RunConfig)
+
+
+@functools.lru_cache(maxsize=1)
+def schema_defaults() -> dict[str, Any]:
+    """Every schema key's default, by dotted key (``train.optimizer.lr`` -> 0.001)."""
+    from hpclab.utils import flatten
+
+    return flatten(OmegaConf.to_container(_schema()))
 
 
 def validate(raw: DictConfig) -> DictConfig:
@@ -364,7 +386,25 @@ def monitor_direction(monitor: str) -> str:
     return "max" if metric.endswith(HIGHER_IS_BETTER) else "min"
 
 
+# Keys that name a folder under paths.results: one plain path component each (hpclab.rundir).
+_NAME_KEYS = ("run_name", "run_group", "sweep.name", "experiment", "preset")
+
+
+def _check_names(cfg: DictConfig) -> None:
+    from hpclab.rundir import name_problem
+
+    for key in _NAME_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if value is None and key not in ("run_name", "run_group"):
+            continue
+        problem = name_problem(value)
+        if problem:
+            raise ConfigError(f"config key '{key}': {value!r} {problem}; results stay inside paths.results "
+                              f"(set paths.results=... to write elsewhere)")
+
+
 def _check_choices(cfg: DictConfig) -> None:
+    _check_names(cfg)
     for key, allowed in _CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if str(value).lower() not in allowed:
@@ -396,24 +436,17 @@ def save_yaml(cfg: DictConfig, path: Path) -> None:
 
 
 def read_run_config(run_dir: Path) -> Optional[DictConfig]:
-    """The config a run folder was started with; None for a new folder; a one-line error for
-    a damaged file (it is the record of what the results are, so it is never overwritten)."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return None
-    try:
-        cfg = OmegaConf.load(path)
-    except Exception as exc:  # YAML errors of several kinds, unreadable file
-        raise RunConflict(f"{path} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                          f"move the run folder away, or pass force=true to start it over") from None
-    if not isinstance(cfg, DictConfig):
-        raise RunConflict(f"{path} is damaged (not a mapping); move the run folder away, or pass force=true")
-    return cfg
+    """The config a run folder was started with (never resolved: see
+    :func:`hpclab.rundir.read_config`); None for a new folder, one line for a damaged file."""
+    from hpclab.rundir import read_config
+
+    plain = read_config(run_dir)
+    return None if plain is None else OmegaConf.create(plain)
 
 
 def load_run_config(run_dir: Path) -> DictConfig:
     """The validated config of an existing run folder (one line when it is missing or damaged)."""
-    cfg = read_run_config(run_dir)
+    cfg = read_run_config(Path(run_dir))
     if cfg is None:
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml); give results/<group>/<run>")
     return validate(cfg)

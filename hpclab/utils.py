@@ -57,21 +57,6 @@ def read_json(path: Path | str) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
-    """The records of a JSON-lines log. Lines are appended, so a kill can cut the last one
-    short; an unreadable line is skipped with a warning instead of making the log unusable."""
-    records = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            logging.getLogger("hpclab").warning("%s:%d: skipping an unreadable line (cut short by a kill?)",
-                                                path, number)
-    return records
-
-
 def git_commit() -> str | None:
     """The checkout's commit; inside the Apptainer image (no .git, no git) the one it was built from."""
     try:
@@ -167,6 +152,30 @@ def can_set_signal_handlers() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel kill this process when its parent exits (Linux ``PR_SET_PDEATHSIG``), so
+    worker processes never outlive a launcher killed with ``kill -9``; where that cannot be
+    asked, or the parent is already gone, exit now."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent check below still catches a parent that died before us
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def job_ref() -> Optional[str]:
+    """The SLURM job this process runs in, as SLURM names it: ``<array job>_<task>`` in an
+    array, else the job id; None outside SLURM."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get("SLURM_JOB_ID")
 
 
 def under_slurm() -> bool:

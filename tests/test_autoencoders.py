@@ -135,7 +135,7 @@ def test_fmnist_ae3d_stops_at_the_threshold_and_writes_every_figure(ae_work):
     evaluation, so the run stops there, long before max_steps."""
     proc = run_cli("launch.py", "experiment=fmnist_ae3d", *smoke(60), "train.stop.threshold=0.9",
                    cwd=ae_work)
-    run = ae_work / "results" / "fmnist_ae3d" / "default"
+    run = ae_work / "results" / "fmnist_ae3d-smoke" / "default"
     summary = summary_of(run)
     assert summary["steps"] == 6 and "train/mse" in summary["stopped_early"]
     evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -159,7 +159,7 @@ def test_fmnist_ae3d_stops_at_the_threshold_and_writes_every_figure(ae_work):
 
 def test_mnist_comparison_table_of_both_models_for_both_tasks(ae_work):
     run_cli("launch.py", "sweep=mnist_ae_compare", *smoke(), "sweep.subset=null", cwd=ae_work)
-    group = ae_work / "results" / "mnist_ae_compare"
+    group = ae_work / "results" / "mnist_ae_compare-smoke"
     rows = {r["experiment"]: r for r in read_csv(group / "summary.csv")}
     assert set(rows) == {"mnist_linear_ae", "mnist_linear_dae", "mnist_conv_ae", "mnist_conv_dae"}
     assert rows["mnist_linear_ae"]["parameters"] == "223391" and rows["mnist_conv_dae"]["parameters"] == "34297"
@@ -176,7 +176,7 @@ def test_upsampling_study_compares_decoders_of_equal_size(ae_work):
     counts = {mode: params(MODELS.build("conv_ae", {"upsampling": mode})) for mode in ("transpose3", "bilinear", "transpose")}
     assert counts == {"transpose3": 327_617, "bilinear": 327_617, "transpose": 406_465}
     run_cli("launch.py", "sweep=ae_upsampling", *smoke(), cwd=ae_work)
-    group = ae_work / "results" / "ae_upsampling"
+    group = ae_work / "results" / "ae_upsampling-smoke"
     rows = {r["model.upsampling"]: r for r in read_csv(group / "summary.csv")}
     assert set(rows) == {"transpose3", "bilinear"}
     assert rows["transpose3"]["parameters"] == rows["bilinear"]["parameters"] == "327617"
@@ -191,7 +191,7 @@ def test_mnist_family_runs_on_fashion_mnist_with_one_override(ae_work):
         assert plan([f"experiment={name}", "data=fashion_mnist"]).runs[0].data.name == "fashion_mnist", name
     run_cli("launch.py", "sweep=mnist_ae_compare", "data=fashion_mnist", "sweep.name=fmnist_ae_compare", *smoke(),
             "sweep.subset=null", cwd=ae_work)
-    group = ae_work / "results" / "fmnist_ae_compare"
+    group = ae_work / "results" / "fmnist_ae_compare-smoke"
     rows = {r["experiment"]: r for r in read_csv(group / "summary.csv")}
     assert set(rows) == {"mnist_linear_ae", "mnist_linear_dae", "mnist_conv_ae", "mnist_conv_dae"}
     assert rows["mnist_linear_ae"]["parameters"] == "223391" and rows["mnist_conv_dae"]["parameters"] == "34297"
@@ -199,14 +199,14 @@ def test_mnist_family_runs_on_fashion_mnist_with_one_override(ae_work):
     assert "T-shirt/top" in summary["analyses"]["class_reconstructions"]["mse"]
     assert "name: fashion_mnist" in (group / "experiment-mnist_conv_dae" / "config.yaml").read_text()
     run_cli("launch.py", "experiment=notmnist_conv_dae", "data=fashion_mnist", *smoke(), cwd=ae_work)
-    dae = summary_of(ae_work / "results" / "notmnist_conv_dae" / "default")
+    dae = summary_of(ae_work / "results" / "notmnist_conv_dae-smoke" / "default")
     assert set(dae["analyses"]["class_reconstructions"]["mse"]) == {
         "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"}
 
 
 def test_notmnist_dense_ae_svm_on_codes_vs_pixels(ae_work):
     run_cli("launch.py", "experiment=notmnist_dense_ae", *smoke(), cwd=ae_work)
-    run = ae_work / "results" / "notmnist_dense_ae" / "default"
+    run = ae_work / "results" / "notmnist_dense_ae-smoke" / "default"
     summary = summary_of(run)
     rows = read_csv(run / "figures" / "svm_codes.csv")
     assert [(r["features"], r["dim"]) for r in rows] == [("encodings", "32"), ("raw pixels", "784")]
@@ -219,7 +219,7 @@ def test_notmnist_dense_ae_svm_on_codes_vs_pixels(ae_work):
 def test_notmnist_conv_dae_prints_its_layer_summary(ae_work):
     proc = run_cli("launch.py", "experiment=notmnist_conv_dae", *smoke(), cwd=ae_work)
     assert "Total params: 314,625" in proc.stdout and "Upsample" in proc.stdout and "MaxPool2d" in proc.stdout
-    run = ae_work / "results" / "notmnist_conv_dae" / "default"
+    run = ae_work / "results" / "notmnist_conv_dae-smoke" / "default"
     summary = summary_of(run)
     assert "noise_std: 0.5" in (run / "config.yaml").read_text()
     assert is_png(run / "figures" / "examples_test.png") and is_png(run / "figures" / "class_reconstructions_test.png")
@@ -234,7 +234,7 @@ def test_notmnist_conv_dae_prints_its_layer_summary(ae_work):
 def test_ae_probe_sweep_tables_per_latent_size_and_embeddings(ae_work):
     run_cli("launch.py", "sweep=ae_probe", *smoke(), "model.channels=[8,16]",
             "analysis=[{name:latent_probe,epochs:3},{name:latent_scatter,embed_points:150}]", cwd=ae_work)
-    group = ae_work / "results" / "ae_probe"
+    group = ae_work / "results" / "ae_probe-smoke"
     rows = read_csv(group / "latent_probe.csv")
     assert [r["latent_dim"] for r in rows] == ["2", "128"]
     assert all(0 <= float(r[k]) <= 1 for r in rows for k in ("linear_test_acc", "mlp_test_acc"))
@@ -253,10 +253,11 @@ def test_pretraining_sweep_loads_the_autoencoder_encoder(ae_work):
     proc = run_cli("launch.py", "experiment=ae_pretrain_clf", "model.pretrained=true", *smoke(), cwd=ae_work, check=False)
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2 and last.startswith("error: model.encoder_from:") and "does not exist" in last
-    assert not (ae_work / "results" / "ae_pretrain_clf" / "default" / "checkpoints").exists()
+    assert not (ae_work / "results" / "ae_pretrain_clf-smoke" / "default" / "checkpoints").exists()
 
-    run_cli("launch.py", "experiment=ae_latent", "run_group=ae_latent", "run_name=latent_dim-32", *smoke(), cwd=ae_work)
-    weights = ae_work / "results" / "ae_latent" / "latent_dim-32" / "checkpoints" / "best_model.safetensors"
+    # the smoke preset's autoencoder, where the smoke preset's classifiers look for it (${group:ae_latent})
+    run_cli("launch.py", "experiment=ae_latent", "run_name=latent_dim-32", *smoke(), cwd=ae_work)
+    weights = ae_work / "results" / "ae_latent-smoke" / "latent_dim-32" / "checkpoints" / "best_model.safetensors"
     from safetensors.torch import load_file
 
     from hpclab.config import ConfigError
@@ -276,7 +277,7 @@ def test_pretraining_sweep_loads_the_autoencoder_encoder(ae_work):
                                                "encoder_from": str(weights)})
 
     run_cli("launch.py", "sweep=ae_pretrain_fractions", *smoke(), cwd=ae_work)
-    rows = read_csv(ae_work / "results" / "ae_pretrain_fractions" / "summary.csv")
+    rows = read_csv(ae_work / "results" / "ae_pretrain_fractions-smoke" / "summary.csv")
     assert sorted((r["model.pretrained"], r["data.train_fraction"]) for r in rows) == [
         ("False", "0.01"), ("False", "1.0"), ("True", "0.01"), ("True", "1.0")]
     assert all(0 <= float(r["test/acc"]) <= 1 for r in rows)

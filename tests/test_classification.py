@@ -238,7 +238,7 @@ def test_transfer_without_staged_weights_fails_in_one_line(lab: dict) -> None:
 
 def test_cifar_arch_sweep_writes_the_brief_table(lab: dict) -> None:
     run_cli("launch.py", "sweep=cifar_arch", *FAST, "sweep.subset=3", cwd=lab["root"], env=lab["env"])
-    group = Path(lab["env"]["HPCLAB_RESULTS"]) / "cifar_arch"
+    group = Path(lab["env"]["HPCLAB_RESULTS"]) / "cifar_arch-smoke"
     rows = table_rows(group)
     assert len(rows) == 3
     assert any("block=multipath" in r and "{" in r.split("|")[4] for r in rows)  # parallel branches shown
@@ -262,14 +262,14 @@ def test_cifar_arch_sweep_writes_the_brief_table(lab: dict) -> None:
 def test_stl_autoencoder_pretraining_then_frozen_and_scratch(lab: dict, in_lab: dict) -> None:
     run_cli("launch.py", "experiment=ae_pretrain", *FAST, cwd=lab["root"], env=lab["env"])
     results = Path(lab["env"]["HPCLAB_RESULTS"])
-    ae_run = results / "ae_pretrain" / "default"
+    ae_run = results / "ae_pretrain-smoke" / "default"
     summary = json.loads((ae_run / "summary.json").read_text())
     assert "test/mse" in summary["metrics"] and abs(summary["parameters"]["model"] - 200_000) <= 20_000
     grid = summary["analyses"]["reconstruction_grid"]
     assert Path(grid["figure"]).is_file() and len(grid["indices"]) == 9
 
     run_points(["sweep=stl_pretrain", *FAST, TABLE_ONLY], lambda cfg: cfg.data.train_fraction == 1.0)
-    group = results / "stl_pretrain"
+    group = results / "stl_pretrain-smoke"
     frozen = group / "experiment-stl_ae_classifier_frozen__train_fraction-1.0"
     scratch = group / "experiment-stl_scratch__train_fraction-1.0"
     from safetensors.torch import load_file
@@ -290,7 +290,7 @@ def test_stl_autoencoder_pretraining_then_frozen_and_scratch(lab: dict, in_lab: 
 
 def test_stl_cnn_experiment(in_lab: dict) -> None:
     run_points(["experiment=stl_cnn", *FAST, "analysis=[{name: curves, metrics: [loss, acc]}]"], lambda cfg: True)
-    run = Path(in_lab["env"]["HPCLAB_RESULTS"]) / "stl_cnn" / "default"
+    run = Path(in_lab["env"]["HPCLAB_RESULTS"]) / "stl_cnn-smoke" / "default"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and "test/acc" in summary["metrics"]
     assert (run / "figures" / "curves.png").is_file()  # the accuracy history
@@ -301,7 +301,7 @@ def test_best_checkpoint_by_test_accuracy_is_one_override(lab: dict) -> None:
     with the highest test accuracy, and the results table says which rule picked them."""
     run_cli("launch.py", "experiment=cifar_cnn", *FAST, "train.max_steps=6", "train.eval_every=1", "train.monitor=test/acc",
             "data.val_fraction=0", "run_name=by_test", TABLE_ONLY, cwd=lab["root"], env=lab["env"])
-    run = Path(lab["env"]["HPCLAB_RESULTS"]) / "cifar_cnn" / "by_test"
+    run = Path(lab["env"]["HPCLAB_RESULTS"]) / "cifar_cnn-smoke" / "by_test"
     summary = json.loads((run / "summary.json").read_text())
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     tests = [r for r in records if r["split"] == "test"]
@@ -322,7 +322,7 @@ def test_resnet_transfer_frozen_vs_finetuned(in_lab: dict) -> None:
     run_points(overrides, lambda cfg: cfg.train.optimizer.lr == 1e-3 and cfg.data.train_fraction == 1.0)
     from safetensors.torch import load_file
 
-    group = Path(in_lab["env"]["HPCLAB_RESULTS"]) / "resnet_transfer"
+    group = Path(in_lab["env"]["HPCLAB_RESULTS"]) / "resnet_transfer-smoke"
     loaded = standin_state_dict("resnet18")
     trained = {e: load_file(str(group / f"experiment-resnet_{e}__lr-0.001__train_fraction-1.0" / "checkpoints"
                                 / "best_model.safetensors")) for e in ("transfer", "finetune")}
@@ -340,7 +340,7 @@ def test_food101_transfer_two_backbones_and_heads(in_lab: dict) -> None:
                  "model.weights=${model.backbone}_standin"]
     picks = {("resnet18", (), True), ("efficientnet_b0", (512, 256), False)}
     run_points(overrides, lambda cfg: (cfg.model.backbone, tuple(cfg.model.hidden), cfg.model.freeze) in picks)
-    group = Path(in_lab["env"]["HPCLAB_RESULTS"]) / "food101_transfer"
+    group = Path(in_lab["env"]["HPCLAB_RESULTS"]) / "food101_transfer-smoke"
     rows = table_rows(group)
     assert len(rows) == 2
     effnet = next(r for r in rows if "efficientnet_b0" in r)

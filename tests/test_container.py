@@ -403,7 +403,7 @@ def test_bad_container_settings_fail_before_submitting_with_one_line(fmnist_data
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith(expected), (
             overrides, proc.stdout, proc.stderr)
         assert proc.stderr.startswith(expected), (overrides, proc.stderr)
-        assert not (fmnist_data / "results" / "ae_latent" / "submissions.json").exists()
+        assert not (fmnist_data / "results" / "ae_latent-smoke" / "submissions.json").exists()
     assert "(an OCI image? set cluster.container=podman)" in run_cli(
         "launch.py", *base, "cluster.image=localhost/hpclab:1", cwd=fmnist_data, check=False).stderr
 

@@ -167,7 +167,7 @@ def test_a_podman_image_that_does_not_exist_stops_the_submission(fmnist_data):
         f"error: config key 'cluster.image': podman on {socket.gethostname()} has no image "
         "'localhost/hpclab:no-such-tag' (build it: "
         "containers/build.sh --engine podman; list the images: podman images)"]
-    assert not (fmnist_data / "results" / "ae_latent").exists()
+    assert not (fmnist_data / "results" / "ae_latent-smoke").exists()
 
 
 # --------------------------------------------------------------------------- SLURM, inside the image
@@ -218,7 +218,7 @@ def test_smoke_sweep_array_inside_the_image_requeued_mid_run_equals_the_runs_out
     outside = subprocess.Popen([sys.executable, str(REPO / "jobs" / "launch.py"), *sweep], cwd=tmp_path,
                                env={**env, "HPCLAB_RESULTS": str(tmp_path / "outside")},
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    inside = tmp_path / "inside" / "ae_latent"
+    inside = tmp_path / "inside" / "ae_latent-smoke"
     requeued, seen = f"{job}_0", 0
     deadline = time.time() + 900
     while not seen:  # requeue task 0 once it has trained 40 steps (of 200)
@@ -249,7 +249,7 @@ def test_smoke_sweep_array_inside_the_image_requeued_mid_run_equals_the_runs_out
 
     host_python = f"{sys.version_info[0]}.{sys.version_info[1]}.{sys.version_info[2]}"
     for name in ("latent_dim-2", "latent_dim-256"):
-        run_in, run_out = inside / name, tmp_path / "outside" / "ae_latent" / name
+        run_in, run_out = inside / name, tmp_path / "outside" / "ae_latent-smoke" / name
         environment = json.loads((run_in / "environment.json").read_text())
         assert environment["container"] == {"engine": "podman", "image": image}
         assert json.loads((run_out / "environment.json").read_text())["container"] is None

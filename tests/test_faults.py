@@ -240,7 +240,7 @@ def test_sweep_summary_skips_moved_aside_and_damaged_runs(home, results):
     sweep = ["sweep=ae_latent", "preset=smoke", "data=digits", "train.max_steps=20", "train.batch_size=32"]
     launch(*sweep, cwd=home)
     launch(*sweep, "force=true", cwd=home)
-    group = results / "ae_latent"
+    group = results / "ae_latent-smoke"
     assert len(list(group.glob("*.old-*"))) == 2
     table = (group / "summary.md").read_text()
     assert table.count("| latent_dim-") == 2 and ".old-" not in table
@@ -348,7 +348,7 @@ def test_two_launches_of_one_run_never_both_train(home, results):
 
 def test_a_sweep_with_one_run_name_is_refused(home, results):
     proc = launch("sweep=ae_latent", "preset=smoke", "data=digits", "run_name=foo", cwd=home, check=False)
-    assert proc.returncode == 2 and "run_name names one run, but 'ae_latent' has 2" in error_line(proc)
+    assert proc.returncode == 2 and "run_name names one run, but 'ae_latent-smoke' has 2" in error_line(proc)
     assert not results.exists()
 
 

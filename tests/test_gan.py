@@ -29,7 +29,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory, flowers: dict) -> dict:
     run_cli("prepare_data.py", "experiment=dcgan_small", "data.image_size=32", f"data.mirrors=[{flowers['root']}]",
             "data.download=false", cwd=work, env=env)
     proc = run_cli("launch.py", *SMOKE, cwd=work, env=env)
-    return {"work": work, "env": env, "run_dir": work / "results" / "dcgan_small" / "default", "log": proc.stdout}
+    return {"work": work, "env": env, "run_dir": work / "results" / "dcgan_small-smoke" / "default", "log": proc.stdout}
 
 
 # --------------------------------------------------------------------------- model
@@ -231,7 +231,7 @@ def fmnist_gan(tmp_path_factory: pytest.TempPathFactory, fmnist_mirror: Path) ->
     run_cli("launch.py", "experiment=fmnist_cnn", "preset=smoke", "train.max_steps=30", "train.eval_every=15",
             "train.batch_size=32", "train.progress=log", cwd=work, env=env)
     second = run_cli("launch.py", *FMNIST_GAN, cwd=work, env=env)
-    return {"work": work, "run_dir": work / "results" / "dcgan_fmnist" / "default", "at_28": at_28, "first": first,
+    return {"work": work, "run_dir": work / "results" / "dcgan_fmnist-smoke" / "default", "at_28": at_28, "first": first,
             "second": second}
 
 
@@ -263,7 +263,7 @@ def test_fd_in_the_suites_own_classifier_features(fmnist_gan):
     assert line.startswith("error: fd_classifier: no trained classifier at") and "experiment=fmnist_cnn" in line
     assert "resumed from" in fmnist_gan["second"].stdout and "step 54" in fmnist_gan["second"].stdout
     fd = json.loads((fmnist_gan["run_dir"] / "figures" / "fd_classifier.json").read_text())
-    assert fd["metric"] == "FD (Fashion-MNIST CNN features)" and fd["classifier"].endswith("fmnist_cnn/default")
+    assert fd["metric"] == "FD (Fashion-MNIST CNN features)" and fd["classifier"].endswith("fmnist_cnn-smoke/default")
     assert fd["reference_images"] == 600 and fd["images_per_set"] == 200
     assert list(fd["by_epoch"]) == ["1.0", "2.0", "3.0"]
     assert 0 <= fd["floor_real"] < min(fd["by_epoch"].values()) and max(fd["by_epoch"].values()) < fd["noise"]
@@ -278,7 +278,7 @@ def test_classifier_features_are_the_penultimate_layer(fmnist_gan):
     from hpclab.analysis.fid import ClassifierFeatures, frechet
     from hpclab.data.hdf5 import H5Split
 
-    net = ClassifierFeatures(fmnist_gan["work"] / "results" / "fmnist_cnn" / "default")
+    net = ClassifierFeatures(fmnist_gan["work"] / "results" / "fmnist_cnn-smoke" / "default")
     assert (net.channels, net.size, net.label) == (1, 28, "FD (Fashion-MNIST CNN features)")
     images = H5Split(fmnist_gan["work"] / "data" / "fashion_mnist.h5", "test").load()["images"][:64]
     features = net(images)

@@ -251,7 +251,7 @@ def test_plain_super_resolution_cnn_sees_low_resolution_and_learns_the_upsamplin
 # --------------------------------------------------------------------------- CIFAR experiments
 
 def test_cifar_experiments_smoke(cifar_runs: Path):
-    group = cifar_runs / "results" / "default"
+    group = cifar_runs / "results" / "default-smoke"
     expect = {
         "colourize_cnn": ["test/grey_psnr"], "colourize_classes": ["test/acc", "test/palette_psnr"],
         "colourize_unet": ["test/acc"], "superres_cnn": ["test/bilinear_psnr"], "superres_unet": ["test/bilinear_psnr"],
@@ -293,7 +293,7 @@ def test_palette_saved_with_the_data_and_reused(cifar_runs: Path):
     assert sidecar.name == "cifar10.h5.palette24-horse.npy" and sidecar.is_file()
     saved = np.load(sidecar)
     assert saved.shape == (24, 3) and saved.min() >= 0 and saved.max() <= 1
-    group = cifar_runs / "results" / "default"
+    group = cifar_runs / "results" / "default-smoke"
     assert "saved a 24-colour k-means palette" in (group / "experiment-colourize_classes" / "run.log").read_text()
     assert "saved a 24-colour" not in (group / "experiment-colourize_unet" / "run.log").read_text()  # reused
     mtime = sidecar.stat().st_mtime_ns
@@ -310,7 +310,7 @@ def test_palette_saved_with_the_data_and_reused(cifar_runs: Path):
 
 def test_autoencoder_trained_at_32_runs_at_other_sizes(cifar_runs: Path):
     for name in ("denoise_ae", "inpaint_ae"):
-        run = cifar_runs / "results" / "default" / f"experiment-{name}"
+        run = cifar_runs / "results" / "default-smoke" / f"experiment-{name}"
         assert "name: cifar10" in (run / "config.yaml").read_text()
         sizes = _summary(run)["analyses"]["other_sizes"]["sizes"]
         assert set(sizes) == {"32", "14", "42", "56"}
@@ -321,13 +321,13 @@ def test_autoencoder_trained_at_32_runs_at_other_sizes(cifar_runs: Path):
 def test_denoising_and_inpainting_on_fashion_mnist(fmnist_runs: Path):
     """denoise_ae / inpaint_ae / denoise_skips as shipped: grey 28 px Fashion-MNIST, 1-channel
     network, evaluated at 28 px and at the other sizes too."""
-    group = fmnist_runs / "results" / "denoise_skips"
+    group = fmnist_runs / "results" / "denoise_skips-smoke"
     with open(group / "summary.csv") as fh:
         rows = {r["model.skips"]: r for r in csv.DictReader(fh)}
     assert set(rows) == {"none", "add", "concat"}
     assert all(float(r["test/psnr"]) > 0 and float(r["test/noisy_psnr"]) > 0 for r in rows.values())
     runs = [group / f"skips-{skips}" for skips in ("none", "add", "concat")]
-    runs.append(fmnist_runs / "results" / "inpaint_ae" / "default")
+    runs.append(fmnist_runs / "results" / "inpaint_ae-smoke" / "default")
     for run in runs:
         summary = _summary(run)
         assert "name: fashion_mnist" in (run / "config.yaml").read_text()
@@ -342,11 +342,11 @@ def test_denoising_and_inpainting_on_fashion_mnist(fmnist_runs: Path):
 
 def test_activations_and_compare_commands(cifar_runs: Path):
     env = _env(cifar_runs)
-    run = cifar_runs / "results" / "default" / "experiment-colourize_unet"
+    run = cifar_runs / "results" / "default-smoke" / "experiment-colourize_unet"
     out = run_cli("activations.py", str(run), "--count", "2", "--out", str(cifar_runs / "acts"), cwd=cifar_runs, env=env)
     assert "6 layer grids (downconv1, downconv2, rfconv, upconv1, upconv2, finalconv)" in out.stdout
     assert len(list((cifar_runs / "acts" / "activations").glob("*.png"))) == 6
-    other = cifar_runs / "results" / "default" / "experiment-colourize_classes"
+    other = cifar_runs / "results" / "default-smoke" / "experiment-colourize_classes"
     out = run_cli("compare_runs.py", str(other), str(run), "--metrics", "loss,val/acc", cwd=cifar_runs, env=env)
     assert Path(out.stdout.strip()).name == "compare.png" and Path(out.stdout.strip()).is_file()
     bad = run_cli("activations.py", str(cifar_runs / "nowhere"), cwd=cifar_runs, env=env, check=False)
@@ -363,7 +363,7 @@ def test_super_resolution_factor_4_from_config(cifar_runs: Path, monkeypatch: py
     summary = train_run(cfg)
     assert summary["status"] == "completed" and cfg.task.factor == 4
     # 8x8 inputs: bilinear loses more than at factor 2
-    x2 = _summary(cifar_runs / "results" / "default" / "experiment-superres_unet")["metrics"]["test/bilinear_psnr"]
+    x2 = _summary(cifar_runs / "results" / "default-smoke" / "experiment-superres_unet")["metrics"]["test/bilinear_psnr"]
     assert summary["metrics"]["test/bilinear_psnr"] < x2
     # the residual design, trained from config the same way: same bilinear baseline on the same images
     residual = train_run(compose(["experiment=superres_unet", "task=super_resolve_residual", "task.factor=4",
@@ -383,7 +383,7 @@ def test_brain_segmentation_experiments_smoke(seg_runs: Path):
         np.testing.assert_array_equal(labels, masks.reshape(len(masks), -1).max(1))
     losses = {}
     for name in SEG_EXPERIMENTS:
-        run = seg_runs / "results" / "default" / f"experiment-{name}"
+        run = seg_runs / "results" / "default-smoke" / f"experiment-{name}"
         summary = _summary(run)
         m = summary["metrics"]
         assert 0 <= m["test/dice"] <= 1 and 0 <= m["test/iou"] <= m["test/dice"] + 1e-6

@@ -15,6 +15,7 @@ from conftest import REPO
 LAYERS = [
     "hpclab.errors",  # the exceptions every layer raises
     "hpclab.utils",  # atomic writes, JSON, environment facts
+    "hpclab.rundir",  # the run folder: its layout, validated readers, the run lock
     "hpclab.registry",  # name -> class registries and their signature checks
     "hpclab.weights",  # staged pretrained weights
     "hpclab.data",  # sources, HDF5 staging, loaders

@@ -27,8 +27,8 @@ kept until it exists
 
 
 def test_publish_quotes_the_generated_summaries(digits: Path):
-    run_cli("launch.py", "sweep=ae_latent", "preset=smoke", "data=digits", "train.max_steps=10",
-            "train.batch_size=32", "analysis=[]", cwd=digits)
+    run_cli("launch.py", "sweep=ae_latent", "preset=smoke", "run_group=ae_latent", "data=digits", "train.max_steps=10",
+            "train.batch_size=32", "analysis=[]", cwd=digits)  # an explicit group: the folder the document quotes
     doc = digits / "docs" / "results.md"
     doc.parent.mkdir()
     doc.write_text(DOC)
@@ -70,7 +70,7 @@ def test_sweep_summary_lists_every_finished_run_in_natural_order_with_its_own_va
     run_cli("launch.py", "sweep=ae_latent", "preset=smoke", "data=digits", "model.latent_dim=2", "train.max_steps=2",
             "train.eval_every=2", "train.batch_size=32", "analysis=[]", "sweep.subset=0", "seed=range(0,11)",
             cwd=digits)
-    group = digits / "results" / "ae_latent"
+    group = digits / "results" / "ae_latent-smoke"
     (group / "latent_dim-2__seed-5" / "config.yaml").write_text("- not\n- a mapping\n")
     proc = run_cli("report.py", str(group), cwd=digits)
     assert "latent_dim-2__seed-5" in proc.stderr and "damaged" in proc.stderr
@@ -113,7 +113,7 @@ def test_tasks_finishing_together_share_the_summary_rebuild(digits: Path):
 
     run_cli("launch.py", "sweep=ae_latent", "preset=smoke", "data=digits", "train.max_steps=4", "train.batch_size=32",
             "analysis=[]", cwd=digits)
-    group = digits / "results" / "ae_latent"
+    group = digits / "results" / "ae_latent-smoke"
     (group / "summary.md").unlink()
     cfg = plan(["sweep=ae_latent", "preset=smoke", "data=digits"]).run(0)
     with FileLock(str(group / ".report.lock")):  # another task is rebuilding

@@ -24,7 +24,9 @@ from conftest import REPO, controller_problem, path_without, run_cli
 pytestmark = pytest.mark.slurm  # the tests that run jobs are also marked slow
 
 SLURM_OPTS = ["--gpus-per-node=0", "--cpus-per-task=1", "--mem=2G", "--time=15"]
-TINY = ["preset=smoke", "model.channels=[4,8,8]", "train.batch_size=16", "data.limit=256",
+# preset=smoke's settings spelled out, so the runs keep their sweeps' own group folders
+TINY = ["train.epochs=null", "train.max_steps=200", "train.eval_every=100", "train.log_every=20", "sweep.subset=2",
+        "train.eval_batch_size=256", "model.channels=[4,8,8]", "train.batch_size=16", "data.limit=256",
         "analysis=[]"]
 DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
         "DEADLINE"}
@@ -628,6 +630,30 @@ def test_a_resubmission_leaves_out_runs_still_queued(cluster):
                                                                     "latent_dim-256": second[0]}
         third = run_cli("launch.py", *args, cwd=cluster["dir"], env=cluster["env"])
         assert "submitted" not in third.stdout and "2 run(s) are still queued" in third.stderr, third.stdout
+    finally:
+        subprocess.run(["scancel", *ids], check=False, timeout=30)
+
+
+def test_the_same_sweep_from_another_results_folder_is_its_own(cluster, tmp_path):
+    """Jobs are matched by the results folder they write to (a tag in the job comment), not by
+    name alone: the same sweep submitted with another HPCLAB_RESULTS while the first array is
+    queued is submitted, and each folder's status shows its own jobs."""
+    args = ["sweep=ae_latent", "sweep.name=two_folders", *TINY, "cluster=slurm", "cluster.gpus_per_node=0",
+            "cluster.cpus_per_task=1", "cluster.mem_gb=null", "+cluster.extra.hold=true"]
+    other = {**cluster["env"], "HPCLAB_RESULTS": str(tmp_path / "other results")}
+    ids = launched_ids(run_cli("launch.py", *args, cwd=cluster["dir"], env=cluster["env"]))
+    try:
+        again = run_cli("launch.py", *args, cwd=cluster["dir"], env=other)
+        assert "still queued" not in again.stderr, again.stderr
+        second = launched_ids(again)
+        ids += second
+        assert second and set(second).isdisjoint(ids[: len(ids) - len(second)])
+        mine = run_cli("launch.py", "status", *args, cwd=cluster["dir"], env=cluster["env"]).stdout
+        theirs = run_cli("launch.py", "status", *args, cwd=cluster["dir"], env=other).stdout
+        shows = lambda text, job: re.search(rf"\s{job}_\d+\s", text) is not None  # noqa: E731
+        first = ids[: len(ids) - len(second)]
+        assert all(shows(mine, job) and not shows(theirs, job) for job in first), (mine, theirs)
+        assert all(shows(theirs, job) and not shows(mine, job) for job in second), (mine, theirs)
     finally:
         subprocess.run(["scancel", *ids], check=False, timeout=30)
 

@@ -9,7 +9,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from hpclab.analysis import ANALYSES
 from hpclab.analysis.figures import plt, save_figure
-from hpclab.analysis.report import read_metrics
+from hpclab.rundir import read_metrics
 from hpclab.engine.evaluation import TrainedRun
 
 

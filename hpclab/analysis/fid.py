@@ -29,8 +29,10 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from hpclab.analysis import ANALYSES
+from hpclab.analysis import ANALYSES, requires
 from hpclab.engine.evaluation import TrainedRun
+from hpclab.errors import ConfigError
+from hpclab.rundir import read_weights
 from hpclab.utils import write_json
 from hpclab.weights import WeightsMissing, weight_path
 
@@ -107,7 +109,12 @@ def split_images(run: TrainedRun, split: str, limit: Optional[int], size: int) -
                 return
 
 
+def _weights_staged(cfg: Any, weights: str = "fid_inception", **_: Any) -> None:
+    weight_path(weights, cfg.paths.cache)
+
+
 @ANALYSES.register("fid")
+@requires(_weights_staged)
 def fid(run: TrainedRun, out_dir: Path, split: str = "train", num_images: Optional[int] = None, batch_size: int = 100,
         dims: int = 2048, weights: str = "fid_inception", seed: int = 99) -> dict[str, Any]:
     """FID of generated images (eval mode, seeded latents) against the real images of ``split``
@@ -151,8 +158,6 @@ class ClassifierFeatures:
     of its last linear layer (the penultimate activations) as the features."""
 
     def __init__(self, run: str | Path, device: torch.device | str = "cpu") -> None:
-        from safetensors.torch import load_file
-
         from hpclab.config import load_run_config
         from hpclab.data.hdf5 import describe
         from hpclab.data.loader import DataInfo
@@ -171,7 +176,7 @@ class ClassifierFeatures:
         cfg = load_run_config(run_dir)
         self.task = TASKS.build(cfg.task.name, kwargs_of(cfg.task))
         if not hasattr(self.task, "inputs"):
-            raise ValueError(f"fd_classifier: {run_dir} is a '{cfg.task.name}' run, not a classification run")
+            raise ConfigError(f"fd_classifier: {run_dir} is a '{cfg.task.name}' run, not a classification run")
         data_file = hdf5_path(cfg)
         if not data_file.is_file():
             raise WeightsMissing(f"fd_classifier: the classifier's data {data_file} is missing (its image size comes "
@@ -182,11 +187,16 @@ class ClassifierFeatures:
         data_info = DataInfo(in_channels=channels, image_size=size, num_classes=len(classes), class_names=classes,
                              path=data_file)
         model = self.task.build_models(OmegaConf.to_container(cfg.model, resolve=True), data_info)["model"]
-        model.load_state_dict(load_file(str(weights)))
+        state = read_weights(weights)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:  # keys or shapes of another model
+            raise ConfigError(f"fd_classifier: {weights} does not fit the model of {run_dir} "
+                              f"({str(exc).splitlines()[0][:160]})") from None
         self.model = model.eval().to(device)
         linears = [m for m in self.model.modules() if isinstance(m, torch.nn.Linear)]
         if not linears:
-            raise ValueError(f"fd_classifier: the model of {run_dir} has no linear layer to take features from")
+            raise ConfigError(f"fd_classifier: the model of {run_dir} has no linear layer to take features from")
         self.last = linears[-1]
         self.channels, self.size, self.device = channels, size, device
         self.run_dir, self.data_name = run_dir, cfg.data.name
@@ -213,7 +223,18 @@ class ClassifierFeatures:
         return np.concatenate([self(b) for b in batches])
 
 
+def _classifier_trained(cfg: Any, classifier: str = "", **_: Any) -> None:
+    ClassifierFeatures(_classifier_run(classifier))
+
+
+def _classifier_run(classifier: str) -> str:
+    if not classifier:
+        raise ConfigError("fd_classifier needs classifier=results/<group>/<run> (a finished classification run)")
+    return classifier
+
+
 @ANALYSES.register("fd_classifier")
+@requires(_classifier_trained)
 def fd_classifier(run: TrainedRun, out_dir: Path, classifier: str = "", reference: str = "train", real: str = "test",
                   num_images: int = 10000, batch_size: int = 500, epochs: Optional[list[float]] = None,
                   seed: int = 99) -> dict[str, Any]:
@@ -231,11 +252,9 @@ def fd_classifier(run: TrainedRun, out_dir: Path, classifier: str = "", referenc
     from hpclab.engine.checkpoints import checkpoints
     from hpclab.tasks.gan import to_unit
 
-    if not classifier:
-        raise ValueError("fd_classifier needs classifier=results/<group>/<run> (a finished classification run)")
     task = gan_task(run)
     device = run.device
-    net = ClassifierFeatures(classifier, device)
+    net = ClassifierFeatures(_classifier_run(classifier), device)
 
     ref = gaussian(net.of_batches(split_images(run, reference, None, batch_size)))
     real_features = net.of_batches(split_images(run, real, num_images, batch_size))

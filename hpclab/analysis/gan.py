@@ -17,7 +17,7 @@ from hpclab.analysis import ANALYSES
 from hpclab.analysis.curves import Line, Panel, plot_panels, series
 from hpclab.analysis.grids import captioned_grid, full_resolution_grid, image_rows, image_strips
 from hpclab.analysis.inputs import first_of_each_class
-from hpclab.analysis.report import read_metrics
+from hpclab.rundir import read_metrics
 from hpclab.data.transforms import to_float
 from hpclab.engine.evaluation import TrainedRun
 from hpclab.tasks.gan import to_unit

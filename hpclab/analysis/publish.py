@@ -21,7 +21,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from hpclab.analysis.report import is_run_folder_name, run_records
+from hpclab.analysis.report import run_records
+from hpclab.rundir import ENVIRONMENT, SUMMARY, is_run_folder_name, summary_problem
 from hpclab.errors import ConfigError
 from hpclab.utils import atomic_path, atomic_write_text
 
@@ -44,23 +45,26 @@ def _table(path: Path) -> str:
     return "\n".join(lines[start:]).strip() + "\n"
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _runs(group: Path) -> str:
-    summaries = dict(run_records(group, "summary.json"))
-    done = {run: s for run, s in summaries.items() if isinstance(s, dict) and s.get("status") == "completed"}
+    summaries = dict(run_records(group, SUMMARY))
+    done = {run: s for run, s in summaries.items() if summary_problem(s) is None and s.get("status") == "completed"}
     if not done:
         raise SourceNotReady(str(group))
-    envs = dict(run_records(group, "environment.json"))
+    envs = dict(run_records(group, ENVIRONMENT))
     hosts, commits, versions, cpus = set(), set(), set(), set()
     for run in done:
-        env: dict[str, Any] = envs.get(run) or {}
-        hosts.add(env.get("hostname") or "?")
-        commits.add((env.get("git_commit") or "?")[:10])
-        packages = env.get("packages") or {}
-        versions.add(f"torch {packages.get('torch')}, Python {env.get('python')}")
-        cpu = env.get("cpu") or {}
+        env = _mapping(envs.get(run))  # an untrusted record: wrong shapes read as absent
+        hosts.add(str(env.get("hostname") or "?"))
+        commits.add(str(env.get("git_commit") or "?")[:10])
+        versions.add(f"torch {_mapping(env.get('packages')).get('torch')}, Python {env.get('python')}")
+        cpu = _mapping(env.get("cpu"))
         cpus.add(f"{cpu.get('model')}, {cpu.get('usable')} usable core(s)" if cpu else "not recorded")
-        if env.get("cuda_devices"):
-            cpus.add("GPU " + ", ".join(env["cuda_devices"]))
+        if isinstance(env.get("cuda_devices"), list) and env["cuda_devices"]:
+            cpus.add("GPU " + ", ".join(map(str, env["cuda_devices"])))
     wall = sum(float(s.get("wall_time_s") or 0) for s in done.values())
     total = sum(1 for p in group.iterdir() if p.is_dir() and is_run_folder_name(p.name))
     return (f"- runs: {len(done)} finished of {total}; training and analyses took {wall / 3600:.2f} h in all "

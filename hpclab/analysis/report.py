@@ -9,15 +9,10 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from hpclab.utils import atomic_write_text, read_json, read_jsonl
+from hpclab.rundir import CONFIG, SUMMARY, is_run_folder_name, read_config, read_metrics, summary_problem
+from hpclab.utils import atomic_write_text, read_json
 
 log = logging.getLogger("hpclab")
-
-
-def is_run_folder_name(name: str) -> bool:
-    """Run folders of a sweep, not the results moved aside by force=true (``<run>.old-<time>``)
-    nor hidden folders (``.submitit``)."""
-    return not name.startswith(".") and ".old-" not in name
 
 
 def run_records(group_dir: Path, relative: str) -> Iterator[tuple[str, Any]]:
@@ -31,19 +26,6 @@ def run_records(group_dir: Path, relative: str) -> Iterator[tuple[str, Any]]:
             yield run, read_json(path)
         except (OSError, ValueError) as exc:
             log.warning("skipping %s: damaged (%s)", path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-
-
-def load_config(path: Path) -> dict[str, Any]:
-    """A run's config.yaml as plain data, for key lookups only. Runs write it resolved, so no
-    OmegaConf is needed; libyaml's loader reads it about 20 times faster than OmegaConf.load
-    (a report over 1,000 runs spent 9 of its 13 s there)."""
-    import yaml
-
-    with open(path) as fh:
-        cfg = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path.name} is not a mapping")
-    return cfg
 
 
 def select(cfg: Any, key: str) -> Any:
@@ -69,23 +51,36 @@ def collect(group_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     one line per run folder whose records are damaged (skipped, so the others are still
     summarised)."""
     rows, damaged = [], []
-    for summary_path in sorted(group_dir.glob("*/summary.json")):
-        run = summary_path.parent.name
-        if not is_run_folder_name(run):
+    for summary_path in sorted(group_dir.glob(f"*/{SUMMARY}")):
+        run_dir = summary_path.parent
+        if not is_run_folder_name(run_dir.name):
             continue
         try:
             summary = read_json(summary_path)
-            if not isinstance(summary, dict):
-                raise ValueError("not a JSON object")
+            problem = summary_problem(summary)
+            if problem:
+                raise ValueError(f"{SUMMARY} {problem}")
             if summary.get("status") != "completed":
                 continue
-            cfg = load_config(summary_path.parent / "config.yaml")
-        except Exception as exc:  # JSON/YAML errors of several kinds, unreadable files
-            damaged.append(f"{run}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-            log.warning("skipping %s in the summary: its records are damaged (%s)", summary_path.parent, damaged[-1])
+            cfg = read_config(run_dir)
+            if cfg is None:
+                raise ValueError(f"no {CONFIG}")
+        except Exception as exc:  # JSON/YAML errors of several kinds, unreadable files, wrong shapes
+            damaged.append(f"{run_dir.name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            log.warning("skipping %s in the summary: its records are damaged (%s)", run_dir, damaged[-1])
             continue
-        rows.append({"run": run, "cfg": cfg, "summary": summary})
+        rows.append({"run": run_dir.name, "cfg": cfg, "summary": summary})
     return rows, damaged
+
+
+def sweep_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows of a sweep's runs, and the names of the others in its folder (runs started
+    without the sweep, e.g. ``experiment=ae_latent`` beside ``sweep=ae_latent``, whose configs
+    have no sweep name). A folder of runs none of which belongs to a sweep keeps them all."""
+    swept = [r for r in rows if select(r["cfg"], "sweep.name")]
+    if not swept:
+        return rows, []
+    return swept, [r["run"] for r in rows if not select(r["cfg"], "sweep.name")]
 
 
 def metric_of(summary: dict[str, Any], name: str) -> Any:
@@ -101,19 +96,11 @@ def metric_of(summary: dict[str, Any], name: str) -> Any:
     return value
 
 
-def read_metrics(run_dir: Path | str) -> list[dict[str, Any]]:
-    """The records of a run's metrics.jsonl: training logs, evaluations, final evaluations."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} missing (is {run_dir} a run folder?)")
-    return read_jsonl(path)
-
-
 def final_metrics(run_dir: Path | str) -> dict[str, float]:
     """``{split/metric: value}`` of the engine's final evaluations (best weights) in
     metrics.jsonl, so analyses need no second pass over the data; {} before there are any."""
     out: dict[str, float] = {}
-    for record in read_metrics(run_dir) if (Path(run_dir) / "metrics.jsonl").is_file() else []:
+    for record in read_metrics(Path(run_dir)):
         split = record["split"]
         if split.startswith("final_"):
             out.update({f"{split[len('final_'):]}/{k}": v for k, v in record.items() if k not in ("step", "epoch", "split")})
@@ -183,6 +170,7 @@ def write_report(group_dir: Path | str, report: Mapping[str, Any] | None = None)
     """Rebuild ``summary.csv``, ``summary.md`` and ``summary.png`` of a sweep folder."""
     group_dir = Path(group_dir)
     rows, damaged = collect(group_dir)
+    rows, others = sweep_rows(rows)
     if not rows:
         raise FileNotFoundError(f"no finished runs (summary.json with status completed) under {group_dir}"
                                 + (f"; damaged: {'; '.join(damaged)}" if damaged else ""))
@@ -199,10 +187,15 @@ def write_report(group_dir: Path | str, report: Mapping[str, Any] | None = None)
     atomic_write_text(out["csv"], to_csv(header, body))
     title = f"# {group_dir.name}\n\n{len(rows)} finished run(s); metrics on the final split(s) with the best weights.\n\n"
     notes = "".join(f"\nSkipped, damaged records: {line}\n" for line in damaged)
+    if others:
+        notes += (f"\nLeft out, not runs of the sweep (e.g. single runs of the experiment in this folder): "
+                  f"{', '.join(others)}\n")
     atomic_write_text(out["md"], title + to_markdown(header, body) + notes)
     numeric_x = x and all(isinstance(select(r["cfg"], x), (int, float)) for r in rows)
     if numeric_x and len(rows) > 1:
         out["png"] = plot(rows, x, metrics, group_dir / "summary.png", bool(report.get("logx")))
+    else:  # a plot of earlier runs would no longer match the table
+        (group_dir / "summary.png").unlink(missing_ok=True)
     log.info("sweep summary: %s", ", ".join(str(p) for p in out.values()))
     return out
 

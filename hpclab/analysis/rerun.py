@@ -15,29 +15,35 @@ from typing import Any, Iterator
 from hpclab.analysis import ANALYSES
 from hpclab.config import ConfigError, load_run_config
 from hpclab.engine import TrainedRun, load_trained
-from hpclab.utils import read_json, setup_logging, write_json
+from hpclab.rundir import FIGURES, SUMMARY, read_summary
+from hpclab.utils import setup_logging, write_json
 
 
 @contextmanager
 def trained(run_dir: Path | str) -> Iterator[TrainedRun]:
-    """The run in ``run_dir`` with its weights as after training (see :func:`load_trained`)."""
+    """The run in ``run_dir`` with its weights as after training (see :func:`load_trained`),
+    holding the run's lock throughout, so a re-run of it (force=true) cannot replace its
+    weights or results under an analysis."""
+    from hpclab.rundir.lock import run_lock
+
+    run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)  # a missing or damaged config: one line
     setup_logging()
-    with load_trained(cfg, run_dir) as run:
+    with run_lock(run_dir), load_trained(cfg, run_dir) as run:
         yield run
 
 
 def analyze_run(run_dir: Path | str, name: str, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run analysis ``name`` on the run in ``run_dir`` and merge its result into summary.json."""
     run_dir = Path(run_dir)
     analysis = ANALYSES[name]  # an unknown name: one line, before the run is loaded
     with trained(run_dir) as run:
+        summary = read_summary(run_dir, strict=True)  # damaged: one line, before any work
         try:
-            result = analysis(run, run_dir / "figures", **(kwargs or {}))
+            result = analysis(run, run_dir / FIGURES, **(kwargs or {}))
         except (TypeError, ValueError) as exc:  # bad argument names or values
             raise ConfigError(f"analysis {name}: {str(exc).splitlines()[0]}") from None
-    summary_path = run_dir / "summary.json"
-    if summary_path.is_file():
-        summary = read_json(summary_path)
-        summary.setdefault("analyses", {})[name] = result
-        write_json(summary_path, summary)
+        if summary is not None:
+            summary.setdefault("analyses", {})[name] = result
+            write_json(run_dir / SUMMARY, summary)
     return result

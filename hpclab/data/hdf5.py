@@ -7,12 +7,13 @@ Layout: ``/<split>/images`` (uint8, N x C x H x W), ``/<split>/labels`` (int64, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -45,6 +46,7 @@ def write_hdf5(path: Path, staged: DatasetArrays) -> None:
             raise ValueError(f"split {split}: images must be uint8 N x C x H x W, got {images.dtype} {images.shape}")
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
+            f.attrs[CONTENT_ATTR] = content_digest(staged)
             for split, arrays in staged.splits.items():
                 group = f.create_group(split)
                 for key, array in arrays.items():
@@ -58,6 +60,69 @@ def write_hdf5(path: Path, staged: DatasetArrays) -> None:
             f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             for key, value in staged.attrs.items():
                 f.attrs[key] = json.dumps(value)
+
+
+CONTENT_ATTR = "content_sha256"  # digest of every array written, computed at staging
+HASHED_BYTES_LIMIT = 2 << 30  # files up to this size are hashed whole at every check of their identity
+
+
+class _ArrayDigest:
+    """sha256 over arrays fed in name order: each one's name, dtype, shape, then its bytes."""
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+
+    def add(self, name: str, dtype: np.dtype, shape: tuple[int, ...], blocks: Iterator[np.ndarray]) -> None:
+        self.digest.update(f"{name}:{np.dtype(dtype).str}:{tuple(shape)}".encode())
+        for block in blocks:
+            self.digest.update(memoryview(np.ascontiguousarray(block)).cast("B"))
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest()
+
+
+def content_digest(staged: DatasetArrays) -> str:
+    """The digest (:class:`_ArrayDigest`) of the arrays about to be written."""
+    arrays = {f"{split}/{key}": a for split, group in staged.splits.items() for key, a in group.items()}
+    arrays.update({f"extra/{key}": a for key, a in staged.extra.items()})
+    digest = _ArrayDigest()
+    for name in sorted(arrays):
+        digest.add(name, arrays[name].dtype, arrays[name].shape, iter([arrays[name]]))
+    return digest.hexdigest()
+
+
+def file_content_digest(path: Path | str, rows: int = 8192) -> str:
+    """The same digest of the arrays a file holds now, read in blocks of ``rows``."""
+    with h5py.File(path, "r", locking=False) as f:
+        names: list[str] = []
+        f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+        digest = _ArrayDigest()
+        for name in sorted(names):
+            ds = f[name]
+            blocks = (ds[i : i + rows] for i in range(0, len(ds), rows)) if ds.ndim else iter([ds[()]])
+            digest.add(name, ds.dtype, ds.shape, blocks)
+        return digest.hexdigest()
+
+
+_IDENTITIES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> identity, per process
+
+
+def data_identity(path: Path | str) -> str:
+    """What a run records of its data, to refuse resuming on other data: a digest of the arrays
+    the file holds (the same for a copy, or the same data staged again). Files over
+    HASHED_BYTES_LIMIT are not read whole at every start: the digest the suite stored when it
+    staged them stands for their content (re-stage rather than edit such a file in place).
+    Computed once per version of the file in a process."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _IDENTITIES:
+        stored = None
+        if stat.st_size > HASHED_BYTES_LIMIT:
+            with h5py.File(path, "r", locking=False) as f:
+                stored = f.attrs.get(CONTENT_ATTR)
+        _IDENTITIES[key] = stored if isinstance(stored, str) else file_content_digest(path)
+    return _IDENTITIES[key]
 
 
 def describe(path: Path) -> dict[str, Any]:
@@ -98,9 +163,21 @@ def file_problems(path: Path | str) -> list[str]:
             class_names = json.loads(f.attrs.get("class_names", "[]"))
         except (TypeError, ValueError):
             class_names, problems = [], ["attribute class_names is not JSON"]
+        if not isinstance(class_names, list) or not all(isinstance(n, str) for n in class_names):
+            problems.append(f"attribute class_names is a JSON {type(class_names).__name__}, not a list of names")
+            class_names = []
         splits = [name for name in f if name != "extra"]
         if not splits:
             problems.append("holds no split")
+        elif "train" not in splits:
+            problems.append(f"has no train split (it has {', '.join(splits)})")
+        shapes = {name: f[name]["images"].shape[1:] for name in splits
+                  if isinstance(f[name], h5py.Group) and "images" in f[name] and f[name]["images"].ndim == 4}
+        first = shapes.get("train") or next(iter(shapes.values()), None)
+        for split, shape in shapes.items():
+            if shape != first:
+                problems.append(f"/{split}/images are {'x'.join(map(str, shape))} (C x H x W), the train images "
+                                f"{'x'.join(map(str, first))}: every split must hold images of one size")
         for split in splits:
             group = f[split]
             if not isinstance(group, h5py.Group) or "images" not in group:
@@ -120,9 +197,12 @@ def file_problems(path: Path | str) -> list[str]:
                 labels = group["labels"]
                 if labels.ndim != 1 or labels.dtype.kind not in "iu":
                     problems.append(f"/{split}/labels is {labels.dtype} of shape {labels.shape}, not integer class indices")
-                elif len(labels) and class_names:
+                elif len(labels):
                     values = labels[()]  # -1: an unlabelled image (STL-10's unlabelled split)
-                    if values.min() < -1 or values.max() >= len(class_names):
+                    if not class_names and values.max() >= 0:
+                        problems.append(f"/{split}/labels hold class indices but the file has no class_names "
+                                        f"attribute to say how many classes there are")
+                    elif values.min() < -1 or values.max() >= max(len(class_names), 1):
                         problems.append(f"/{split}/labels run from {values.min()} to {values.max()}, "
                                         f"outside the {len(class_names)} classes")
             if "masks" in group:

@@ -190,6 +190,24 @@ class RunData:
     def has(self, split: str) -> bool:
         return split in self.indices and len(self.indices[split]) > 0
 
+    def sample(self, name: str, count: int = 2) -> dict[str, torch.Tensor]:
+        """The first ``count`` items of split ``name`` as one batch on this data's device, labels
+        mapped like a training batch's, without loading the split (checks before a run starts)."""
+        split = self.split(name)
+        batch = split[np.arange(min(count, len(split)))]
+        if self.label_map is not None and "labels" in batch:
+            batch["labels"] = self.label_map[batch["labels"]]
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def labels(self, name: str) -> Optional[np.ndarray]:
+        """Every label of split ``name`` (mapped like a batch's), or None when it has none."""
+        split = self.split(name)
+        with h5py.File(self.path, "r", locking=False) as f:
+            if "labels" not in f[split.split]:
+                return None
+            labels = f[split.split]["labels"][()][split.indices]
+        return labels if self.label_map is None else self.label_map.numpy()[labels]
+
     def split(self, name: str) -> H5Split:
         file_split = "train" if name == "val" and name not in _file_splits(self.path) else name
         return H5Split(self.path, file_split, self.indices[name])

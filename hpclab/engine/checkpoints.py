@@ -26,8 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from hpclab.data.hdf5 import data_identity
 from hpclab.engine.build import RunParts
-from hpclab.errors import CheckpointWriteError
+from hpclab.errors import CheckpointWriteError, RunConflict
+from hpclab.rundir import RunRecordError, read_weights
 from hpclab.utils import atomic_path, one_line
 
 log = logging.getLogger("hpclab")
@@ -253,7 +255,26 @@ class Checkpointer:
             "stopped": self.state.stopped,
             # a stop between two log lines must not lose the sums the next line averages
             "running": {k: v.detach().cpu() for k, v in self.state.running.items()},
+            "data": self.data_record(),  # a resume on other data is refused
         }
+
+    def data_record(self) -> dict[str, str]:
+        """The run's data file and its identity (:func:`hpclab.data.hdf5.data_identity`)."""
+        path = self.parts.data.path
+        return {"file": str(path), "identity": data_identity(path)}
+
+    def check_same_data(self, saved: dict[str, Any], path: Path) -> None:
+        """Refuse a checkpoint trained on other data than the run's file holds now (checkpoints
+        written before data was recorded carry no record and are accepted)."""
+        record = saved.get("data")
+        if not isinstance(record, dict) or not isinstance(record.get("identity"), str):
+            return
+        now = self.data_record()
+        if record["identity"] != now["identity"]:
+            raise RunConflict(
+                f"{path.name} was trained on other data than {now['file']} holds now ({record['identity'][:20]} in "
+                f"{record.get('file')}, now {now['identity'][:20]}): put the original data back to resume, or pass "
+                f"force=true to start over on this data")
 
     def save(self) -> None:
         """Write ``step<N>.pt`` atomically (rank 0) and keep the newest ``keep`` of them; a full
@@ -287,20 +308,31 @@ class Checkpointer:
 
         for name, path in self.best_files().items():
             state = {k: v.contiguous() for k, v in self.parts.unwrap(name).state_dict().items()}
-            with atomic_path(path) as tmp:
-                save_file(state, str(tmp), metadata={"step": str(self.state.step)})
+            try:
+                with atomic_path(path) as tmp:
+                    save_file(state, str(tmp), metadata={"step": str(self.state.step)})
+            except Exception as exc:  # OSError, or safetensors' own error on a full disk
+                raise CheckpointWriteError(
+                    f"could not write {path} ({one_line(exc)}); disk full or not writable? the previous best weights "
+                    f"and the newest checkpoint are kept: free space and run the same command to resume") from None
 
     def load_best(self) -> bool:
         """Load the best weights into the models; False when the run kept none."""
-        from safetensors.torch import load_file
-
         files = self.best_files()
         if not all(f.is_file() for f in files.values()):
             return False
         device = self.parts.device
         where = "cpu" if device.type == "cpu" else str(device)  # safetensors rejects "cpu:0"
-        for name, path in files.items():
-            self.parts.unwrap(name).load_state_dict(load_file(str(path), device=where))
+        fix = "remove it to use the last weights, or pass force=true to train the run again"
+        loaded = {}
+        for name, path in files.items():  # every file checked before any is loaded
+            state = read_weights(path, where, fix)
+            problems = _tensor_dict_problems(state, self.parts.unwrap(name).state_dict())
+            if problems:
+                raise RunRecordError(f"{path} does not fit the run's model ({'; '.join(problems[:2])}); {fix}")
+            loaded[name] = state
+        for name, state in loaded.items():
+            self.parts.unwrap(name).load_state_dict(state)
         return True
 
     @staticmethod
@@ -334,6 +366,7 @@ class Checkpointer:
             except Exception as exc:  # truncated zip, bad pickle opcode, refused global
                 problems = [one_line(exc)]
             if self._everyone(not problems):  # all ranks resume from the same state, or none does
+                self.check_same_data(saved, path)
                 if fresh is None:
                     fresh = copy.deepcopy({section: {n: o.state_dict() for n, o in objects.items()}
                                            for section, objects in live.items()})

@@ -13,11 +13,10 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from hpclab.utils import atomic_write_text, flatten, read_jsonl, under_slurm
+from hpclab.rundir import METRICS, TENSORBOARD, read_metrics
+from hpclab.utils import atomic_write_text, flatten, under_slurm
 
 log = logging.getLogger("hpclab")
-
-METRICS_FILE = "metrics.jsonl"
 
 
 def format_values(values: dict[str, Any]) -> str:
@@ -30,7 +29,7 @@ class RunLog:
 
     def __init__(self, run_dir: Path, is_main: bool, steps_per_epoch: int) -> None:
         self.run_dir, self.is_main, self.steps_per_epoch = run_dir, is_main, steps_per_epoch
-        self.metrics_file = run_dir / METRICS_FILE
+        self.metrics_file = run_dir / METRICS
         self._writer: Any = None
         self._purge_step: Optional[int] = None
 
@@ -42,8 +41,7 @@ class RunLog:
         self._purge_step = step
         if not self.is_main or not self.metrics_file.is_file():
             return
-        kept = [r for r in read_jsonl(self.metrics_file)
-                if r.get("step", 0) <= step and not str(r.get("split", "")).startswith("final_")]
+        kept = [r for r in read_metrics(self.run_dir) if r["step"] <= step and not r["split"].startswith("final_")]
         atomic_write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in kept))
 
     @property
@@ -52,7 +50,7 @@ class RunLog:
         if self._writer is None and self.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self._purge_step)
+            self._writer = SummaryWriter(str(self.run_dir / TENSORBOARD), purge_step=self._purge_step)
         return self._writer
 
     def metrics(self, step: int, split: str, values: dict[str, float]) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -31,7 +32,8 @@ class StopSignals:
     SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
     SYNC_EVERY = 10  # steps between the cross-rank checks of data-parallel runs (one all-reduce)
 
-    def __init__(self) -> None:
+    def __init__(self, resume_hint: str = "the same command resumes from there") -> None:
+        self.resume_hint = resume_hint  # what the user types to resume (force=true would start over)
         self.received: Optional[int] = None
         self.previous: dict[int, Any] = {}
         self.handed_over = False
@@ -83,10 +85,36 @@ class StopSignals:
         self.handed_over = True
         self.restore()
         self._deliver(signum, previous)
-        raise Preempted(f"{signal.Signals(signum).name}: checkpointed at step {step}; "
-                        f"the same command resumes from there")
+        raise Preempted(f"{signal.Signals(signum).name}: checkpointed at step {step}; {self.resume_hint}")
 
     @staticmethod
     def _deliver(signum: int, previous: Any) -> None:
         if callable(previous):
             previous(signum, None)  # submitit, JobSignals or requeue_on_usr2: requeue and/or exit
+
+
+@contextlib.contextmanager
+def stop_at_once(what: str) -> Iterator[None]:
+    """While in the block (work after training, such as the analyses, that has no step
+    boundary to wait for): SIGTERM or SIGUSR2 first goes to the handler installed before (a
+    SLURM job's requeue), then stops the block with :class:`Preempted` and ``what`` as the
+    message, so the command ends with one line and its exit code instead of being killed
+    mid-way with the run locked. Elsewhere than the main thread nothing changes."""
+    if not can_set_signal_handlers():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in StopSignals.SIGNALS}
+
+    def stop(signum: int, frame: Any) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        StopSignals._deliver(signum, previous.get(signum))
+        raise Preempted(f"{signal.Signals(signum).name} {what}")
+
+    for sig in StopSignals.SIGNALS:
+        signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -42,7 +42,9 @@ class Trainer:
         self.stepper = Stepper(p.accelerator, p.models, p.optimizers, p.schedulers, t.mixed_precision, t.grad_clip,
                                t.channels_last)
         self.checkpoints = Checkpointer(self.run.ckpt_dir, p, self.state, t.keep_checkpoints)
-        self.signals = StopSignals()
+        starts_over = bool(cfg.force) or t.resume == "never"
+        self.signals = StopSignals("run the same command without force=true (and without train.resume=never) to "
+                                   "resume from there" if starts_over else "the same command resumes from there")
         self.eval_every = t.eval_every or p.steps_per_epoch
         self.ckpt_every = t.checkpoint_every or self.eval_every
         self.image_every = t.image_every or self.eval_every
@@ -149,6 +151,7 @@ class Trainer:
                 values.update({f"{split}/{k}": v for k, v in result.items()})
         if values:
             log.info("step %d eval: %s", state.step, format_values(values))
+        check_finite(values, f"evaluation at step {state.step}", self.run.ckpt_dir)
         current = values.get(t.monitor)
         if current is not None and (state.best["value"] is None or (
                 current < state.best["value"] if t.monitor_mode == "min" else current > state.best["value"])):
@@ -169,6 +172,7 @@ class Trainer:
                 result = self.run.evaluate(split, sharded=True)
                 self.log.metrics(self.state.step, f"final_{split}", result)
                 final.update({f"{split}/{k}": v for k, v in result.items()})
+        check_finite(final, f"final evaluation ({'best' if used_best else 'last'} weights)", self.run.ckpt_dir)
         self.log.hparams(self.cfg, final)
         log.info("final (%s weights): %s", "best" if used_best else "last", format_values(final))
         return {
@@ -188,16 +192,26 @@ class Trainer:
 def finite_means(running: dict[str, torch.Tensor], step: int, ckpt_dir: Path) -> dict[str, float]:
     """The running metric sums as means; a clear error (before any checkpoint) if non-finite."""
     values = mean_of_sums(running)
-    if not all(math.isfinite(v) for v in values.values()):
-        raise NonFiniteLoss(f"non-finite training metrics at step {step}: {values}; "
-                            f"the last good checkpoint is kept in {ckpt_dir}")
+    check_finite(values, f"training metrics at step {step}", ckpt_dir)
     return values
+
+
+def check_finite(values: dict[str, float], what: str, ckpt_dir: Path) -> None:
+    """Stop with one line when a metric is NaN or infinite: a diverged run is never checkpointed,
+    kept as best or reported as completed."""
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        kept = checkpoints(ckpt_dir)
+        raise NonFiniteLoss(f"non-finite {what}: {format_values(bad)}; "
+                            + (f"the last good checkpoint {kept[0].name} is kept" if kept else "no checkpoint was written")
+                            + " (lower train.optimizer.lr or set train.grad_clip, then run again with force=true)")
 
 
 # What torch.distributed's backends say when a peer is gone (gloo: the socket closed, a timeout;
 # NCCL: a watchdog timeout or a remote error); DistError is their base class in torch >= 2.2.
-_PEER_ERRORS = ("Connection closed by peer", "Connection reset by peer", "Timed out", "timed out", "Broken pipe",
-                "NCCL communicator was aborted", "remote process exited", "Socket Timeout")
+_PEER_ERRORS = ("Connection closed by peer", "Connection reset by peer", "Connection refused", "Timed out", "timed out",
+                "Broken pipe", "NCCL communicator was aborted", "remote process exited", "Socket Timeout",
+                "pair closure", "Application timeout", "ProcessGroupGloo", "ProcessGroupNCCL", "gloo", "NCCL error")
 
 
 def lost_peer(exc: BaseException) -> bool:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import heapq
 import io
 import logging
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -19,14 +21,16 @@ from hpclab.launch import container
 from hpclab.launch.batch import job_lines
 from hpclab.launch.job import (
     TrainJob,
-    is_complete,
+    check_run,
+    completed_with,
     run_dir_of,
     train_local_processes,
     train_run,
 )
-from hpclab.launch.slurm import _scontrol, max_array_tasks, read_record, requeue_on_usr2
+from hpclab.launch.slurm import _scontrol, max_array_tasks, requeue_on_usr2
 from hpclab.launch.sweep import SweepPlan
-from hpclab.utils import read_json, write_json
+from hpclab.rundir import SUBMISSIONS, checkpoint_dir, completed_summary, last_step, read_slurm_record, read_submissions
+from hpclab.utils import write_json
 
 log = logging.getLogger("hpclab")
 
@@ -38,7 +42,7 @@ def group_dir(plan: SweepPlan) -> Path:
 def describe_plan(plan: SweepPlan) -> str:
     lines = [f"{len(plan)} run(s) -> {group_dir(plan)}/"]
     for cfg in plan.runs:
-        state = "complete" if is_complete(run_dir_of(cfg)) else "to run"
+        state = "complete" if completed_with(run_dir_of(cfg), cfg) else "to run"
         lines.append(f"  {cfg.run_name:<32} {state:<9} model={cfg.model.name} data={cfg.data.name} "
                      f"task={cfg.task.name} steps={cfg.train.max_steps or str(cfg.train.epochs) + ' epochs'}")
     return "\n".join(lines)
@@ -49,15 +53,15 @@ def describe_plan(plan: SweepPlan) -> str:
 def run_local(plan: SweepPlan) -> list[dict[str, Any]]:
     """Run every run of the plan in turn in this process (or N processes each), then report."""
     from hpclab.analysis.report import write_report
-    from hpclab.data.loader import check_splits
     from hpclab.data.prepare import hdf5_path, stage
 
     # Stage each dataset first (a no-op when prepared; local mirrors, then the downloader), so
     # a missing dataset fails before the first run starts, not in the middle of a sweep.
     for cfg in {hdf5_path(c): c for c in plan.runs}.values():
         stage(cfg)
-    for cfg in plan.runs:  # and every run's splits hold data, before the first run starts
-        check_splits(cfg, cfg.cluster.processes)
+    for cfg in plan.runs:  # and every run still to do is checked, before the first run starts
+        if cfg.force or cfg.train.resume == "never" or not completed_with(run_dir_of(cfg), cfg):
+            check_run(cfg, cfg.cluster.processes)
     summaries = []
     with requeue_on_usr2():
         for i, cfg in enumerate(plan.runs, 1):
@@ -102,9 +106,21 @@ def submitit_folder(plan: SweepPlan) -> Path:
     return Path(folder) if folder else group_dir(plan) / ".submitit"
 
 
+def submission_tag(plan: SweepPlan) -> str:
+    """The comment the launcher's jobs carry: which results folder they write to (a digest of
+    the group folder, so a sweep submitted from two results folders is never confused)."""
+    return "hpclab:" + hashlib.sha256(str(group_dir(plan).resolve()).encode()).hexdigest()[:16]
+
+
+TAG = re.compile(r"hpclab:[0-9a-f]{16}")
+
+
 def _extra_parameters(plan: SweepPlan) -> dict[str, Any]:
-    """The sbatch options beyond submitit's own (requeue, cluster.extra) of this plan's arrays."""
-    return dict(slurm_parameters(plan.base.cluster, f"hpclab-{plan.group}")["slurm_additional_parameters"])
+    """The sbatch options beyond submitit's own (requeue, cluster.extra, the results-folder
+    tag in the comment) of this plan's arrays."""
+    extra = dict(slurm_parameters(plan.base.cluster, f"hpclab-{plan.group}")["slurm_additional_parameters"])
+    extra["comment"] = ";".join(str(c) for c in (extra.get("comment"), submission_tag(plan)) if c)
+    return extra
 
 
 def make_executor(plan: SweepPlan):
@@ -257,7 +273,7 @@ def to_submit(plan: SweepPlan) -> tuple[list[DictConfig], dict[str, str]]:
     and past cluster.array_parallelism). Also the skipped runs: name -> job."""
     active = active_jobs(plan)
     pending = [cfg for cfg in plan.runs
-               if (cfg.force or not is_complete(run_dir_of(cfg))) and cfg.run_name not in active]
+               if (cfg.force or not completed_with(run_dir_of(cfg), cfg)) and cfg.run_name not in active]
     return pending, active
 
 
@@ -295,8 +311,6 @@ def submit_slurm(plan: SweepPlan) -> dict[str, int]:
     """Submit the runs still to do as job arrays (split at MaxArraySize, at most
     cluster.array_parallelism tasks at once over all of them); return each array's job id with
     its number of tasks (empty when nothing was left to submit)."""
-    from hpclab.data.loader import check_splits
-
     pending, active = to_submit(plan)
     if active:
         log.info("%d run(s) are still queued or running under earlier submissions (launch.py status): "
@@ -308,7 +322,7 @@ def submit_slurm(plan: SweepPlan) -> dict[str, int]:
     cluster = plan.base.cluster
     check_one_cluster_setting(plan, pending)
     for cfg in pending:  # fail before anything is queued
-        check_splits(cfg, cluster.nodes * max(cluster.gpus_per_node, 1))
+        check_run(cfg, cluster.nodes * max(cluster.gpus_per_node, 1))
     container.check_image(cluster)
     layout = array_layout(len(pending), array_size(cluster, len(pending)), cluster.array_parallelism)
     check_capacity(plan, len(pending))
@@ -333,13 +347,13 @@ def submit_slurm(plan: SweepPlan) -> dict[str, int]:
             _pass_on(held.getvalue(), already_in=str(exc))
             _remove_new_files(folder, written)  # the refused array's pickles and script
             if ids:
-                write_json(group_dir(plan) / "submissions.json", record)  # keep what was queued
+                write_json(group_dir(plan) / SUBMISSIONS, record)  # keep what was queued
             raise ConfigError(sbatch_refusal(str(exc), cluster, ids)) from None
         _pass_on(held.getvalue())
         ids.append(jobs[0].job_id.split("_")[0])
         for job, cfg in zip(jobs, chunk):
             record[cfg.run_name] = {"job_id": job.job_id, "log": str(job.paths.stdout), "run_dir": str(run_dir_of(cfg))}
-    write_json(group_dir(plan) / "submissions.json", record)
+    write_json(group_dir(plan) / SUBMISSIONS, record)
     return {job: spec.tasks for job, spec in zip(ids, layout)}
 
 
@@ -402,19 +416,10 @@ def sbatch_refusal(error: str, cluster: DictConfig, queued: list[str]) -> str:
     return f"sbatch refused the job array: {reason}{'; ' + hint if hint else ''}{done}"
 
 
-def _load_submissions(plan: SweepPlan) -> dict[str, Any]:
-    """run name -> job id, log and run folder of earlier submissions of this sweep. A damaged
-    file stops with its name rather than being overwritten (it holds the only job ids)."""
-    path = group_dir(plan) / "submissions.json"
-    if not path.is_file():
-        return {}
-    try:
-        record = read_json(path)
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not readable JSON ({exc}); repair it or move it away") from None
-    if not isinstance(record, dict):
-        raise ConfigError(f"{path} should hold a JSON object of run name -> job; repair it or move it away")
-    return record
+def _load_submissions(plan: SweepPlan, strict: bool = True) -> dict[str, Any]:
+    """run name -> job id, log and run folder of earlier submissions of this sweep (see
+    :func:`hpclab.rundir.read_submissions`: a damaged file is refused, or in views ignored)."""
+    return read_submissions(group_dir(plan), strict)
 
 
 # --------------------------------------------------------------------------- status
@@ -432,7 +437,7 @@ def squeue_jobs(everyone: bool = False) -> Optional[dict[str, dict[str, str]]]:
 
     who = ["-a"] if everyone else ["-u", getpass.getuser()]
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-t", "all", *who, "-o", "%i|%T|%r|%j"],
+        out = subprocess.run(["squeue", "-h", "-r", "-t", "all", *who, "-o", "%i|%T|%r|%k|%j"],
                              capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
@@ -440,9 +445,9 @@ def squeue_jobs(everyone: bool = False) -> Optional[dict[str, dict[str, str]]]:
         return None
     jobs = {}
     for line in out.stdout.splitlines():
-        parts = line.strip().split("|", 3)
-        if len(parts) == 4:
-            jobs[parts[0]] = {"state": parts[1], "reason": parts[2], "name": parts[3]}
+        parts = line.strip().split("|", 4)
+        if len(parts) == 5:
+            jobs[parts[0]] = {"state": parts[1], "reason": parts[2], "comment": parts[3], "name": parts[4]}
     return jobs
 
 
@@ -456,11 +461,13 @@ def _job_number(job: Optional[str]) -> int:
 
 def _queued_by_sbatch(plan: SweepPlan, jobs: dict[str, dict[str, str]], submitit_jobs: set[int]) -> dict[int, str]:
     """Run index -> job, for tasks queued by slurm/*.sh that have not started (and so wrote
-    nothing yet): jobs named ``hpclab-<group>`` that submitit did not submit; array task i
-    runs run i, a plain job the only run of a single-run plan."""
+    nothing yet): jobs named ``hpclab-<group>`` that the launcher did not submit (its jobs carry
+    a results-folder tag: those of this folder are in submissions.json, those of another folder
+    are not this sweep's); array task i runs run i, a plain job the only run of a single-run plan."""
     found: dict[int, str] = {}
     for job, info in jobs.items():
-        if info["name"] != f"hpclab-{plan.group}" or _job_number(job) in submitit_jobs:
+        if (info["name"] != f"hpclab-{plan.group}" or _job_number(job) in submitit_jobs
+                or TAG.search(info.get("comment", ""))):
             continue
         index = int(job.split("_")[1]) if "_" in job else 0 if len(plan) == 1 else None
         if index is not None and index < len(plan) and _job_number(job) > _job_number(found.get(index)):
@@ -468,42 +475,29 @@ def _queued_by_sbatch(plan: SweepPlan, jobs: dict[str, dict[str, str]], submitit
     return found
 
 
-def _last_step(run_dir: Path) -> Optional[int]:
-    """The last step logged in metrics.jsonl (progress, and whether a resume kept it); a last
-    line cut short by a kill is passed over for the one before it."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    import json
-
-    for line in reversed(path.read_text().splitlines()):
-        try:
-            return int(json.loads(line)["step"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return None
-
-
-def run_state(run_dir: Path, job: Optional[str], squeued: Optional[dict[str, str]], starts: list[dict[str, Any]],
-              submitit_log: Optional[str], submitit_dir: Path) -> str:
+def run_state(run_dir: Path, cfg: DictConfig, job: Optional[str], squeued: Optional[dict[str, str]],
+              starts: list[dict[str, Any]], submitit_log: Optional[str], submitit_dir: Path) -> str:
     """One run's state from squeue (if it still knows the job), the results folder and the
-    task records: PENDING, REQUEUED (pending again after a requeue), RUNNING, COMPLETED,
-    FAILED, CANCELLED, TIMEOUT, ..., INCOMPLETE (ended without results), NOT-SUBMITTED."""
+    task records: PENDING, REQUEUED (pending again after a requeue), RUNNING, COMPLETED (with
+    this config), OTHER-CONFIG (the folder holds a finished run of another config), FAILED,
+    CANCELLED, TIMEOUT, ..., INCOMPLETE (ended without results), NOT-SUBMITTED."""
     restarts = sum(1 for s in starts if s.get("job") == job) - 1 if job else -1
     if squeued and squeued["state"] in ACTIVE:
         state = squeued["state"]
         if state == "PENDING" and restarts >= 0:
             return "REQUEUED"
         return f"{state} (restart {restarts})" if state == "RUNNING" and restarts > 0 else state
-    if is_complete(run_dir):
+    if completed_with(run_dir, cfg):
         return "COMPLETED"
+    if completed_summary(run_dir):
+        return "OTHER-CONFIG"
     if squeued:  # ended without a completed summary
         return "FAILED" if squeued["state"] == "COMPLETED" else squeued["state"]
     if submitit_log and _submitit_error(submitit_log, submitit_dir):
         return "FAILED"
     if job:
         return "INCOMPLETE"
-    return "PARTIAL" if (run_dir / "checkpoints").is_dir() else "NOT-SUBMITTED"
+    return "PARTIAL" if checkpoint_dir(run_dir).is_dir() else "NOT-SUBMITTED"
 
 
 @dataclass
@@ -522,11 +516,11 @@ def run_jobs(plan: SweepPlan) -> tuple[list[RunJob], set[int]]:
     """Each run's newest job from launch.py's record (submissions.json) or the tasks' own
     (slurm.json, also under slurm/*.sh), and the array jobs launch.py submitted. No run's
     config is composed."""
-    record = _load_submissions(plan)
+    record = _load_submissions(plan, strict=False)
     runs = []
     for index, name in enumerate(plan.run_names):
         run_dir = plan.run_dir(index)
-        sub, rec = record.get(name, {}), read_record(run_dir)
+        sub, rec = record.get(name, {}), read_slurm_record(run_dir)
         # The newest submission wins: launch.py's record or the tasks' own record.
         job, log_path, submitit_log = sub.get("job_id"), sub.get("log"), sub.get("log")
         if rec.get("job") and _job_number(rec["job"]) >= _job_number(job):
@@ -570,10 +564,10 @@ def status_lines(plan: SweepPlan) -> list[str]:
     if jobs:
         _add_queued_by_sbatch(plan, runs, submitit_jobs, jobs)
     lines = [f"{'run':<32} {'state':<20} {'job':<14} {'step':>8}  log"]
-    for run in runs:
+    for run, cfg in zip(runs, plan.runs):
         squeued = jobs.get(run.job) if jobs and run.job else None
-        state = run_state(run.run_dir, run.job, squeued, run.starts, run.submitit_log, submitit_folder(plan))
-        step = _last_step(run.run_dir)
+        state = run_state(run.run_dir, cfg, run.job, squeued, run.starts, run.submitit_log, submitit_folder(plan))
+        step = last_step(run.run_dir)
         lines.append(f"{run.name:<32} {state:<20} {run.job or '-':<14} {'-' if step is None else step:>8}  "
                      f"{run.log_path or '-'}")
     if jobs is None:

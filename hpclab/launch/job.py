@@ -8,21 +8,24 @@ the same code path as starting.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
-from hpclab.config import read_run_config, save_yaml
-from hpclab.errors import Preempted, RunConflict, RunFolderError
-from hpclab.launch.lock import LOCK_NAME, TOKEN_ENV, run_lock, unwritable
-from hpclab.launch.slurm import JobSignals, export_rank_env, job_ref, record_task, restart_count
-from hpclab.utils import environment_record, read_json, setup_logging, under_slurm, write_json
+from hpclab.config import save_yaml
+from hpclab.errors import Preempted, RankLost, RunConflict, RunFolderError
+from hpclab.rundir.lock import TOKEN_ENV, add_writers, run_lock, unwritable
+from hpclab.launch.slurm import JobSignals, export_rank_env, record_task, restart_count
+from hpclab.rundir import (ATTEMPTS, CONFIG, ENVIRONMENT, LOCK, RUN_LOG, SUMMARY, RunRecordError, completed_summary,
+                           has_progress, read_attempts, read_config)
+from hpclab.utils import die_with_parent, environment_record, job_ref, one_line, setup_logging, under_slurm, write_json
 
 log = logging.getLogger("hpclab")
 
@@ -31,14 +34,19 @@ def run_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.paths.results) / cfg.run_group / cfg.run_name
 
 
-def is_complete(run_dir: Path) -> bool:
-    summary = run_dir / "summary.json"
-    if not summary.is_file():
-        return False
+def completed_with(run_dir: Path, cfg: DictConfig) -> Optional[dict[str, Any]]:
+    """The summary of ``run_dir`` when it completed with ``cfg``'s config (the keys that say what
+    it trains: a smoke run, or a run of other overrides, is not complete for this config); else None."""
+    from hpclab.launch.sweep import config_diff
+
+    summary = completed_summary(run_dir)
+    if summary is None:
+        return None
     try:
-        return read_json(summary).get("status") == "completed"
-    except ValueError:
-        return False
+        old = read_config(run_dir)
+    except RunRecordError:
+        return None
+    return summary if old is not None and not config_diff(old, cfg) else None
 
 
 def check_writable(*directories: Path) -> None:
@@ -58,70 +66,105 @@ def _starts_over(cfg: DictConfig) -> bool:
     return bool(cfg.force) or cfg.train.resume == "never"
 
 
-def train_run(cfg: DictConfig, folder_ready: bool = False) -> dict[str, Any]:
-    """Train and analyse one run; return its summary. Skips finished runs unless ``force``.
+_CHECKED: set[str] = set()  # runs' check keys already checked in this process
 
-    Rank 0 owns the run folder for the whole run (``run.lock``): a second process for the same
-    run stops with a line naming the holder. ``folder_ready``: the caller (the parent of local
-    data-parallel processes) already holds the lock and has moved old results aside.
-    """
+
+def _check_key(cfg: DictConfig) -> str:
+    """What decides the outcome of :func:`check_run` (not the seed, name or training length)."""
+    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "task", "data", "analysis", "paths")}
+    parts["train"] = {k: OmegaConf.to_container(cfg.train, resolve=True)[k]
+                      for k in ("eval_splits", "final_splits", "monitor", "stop")}
+    return json.dumps(parts, sort_keys=True, default=str)
+
+
+def check_run(cfg: DictConfig, world: int = 1) -> None:
+    """Everything a run needs, checked before its folder is written (one line each): the data
+    and its splits, the model on a real batch, the monitored metrics, the analyses and what
+    they need (weights, other runs). Runs alike in all that are checked once per process."""
+    from hpclab.analysis import check_analyses
     from hpclab.data.loader import check_splits
+    from hpclab.engine.preflight import preflight
+    from hpclab.weights import use_cache
+
+    check_splits(cfg, world)
+    key = _check_key(cfg)
+    if key in _CHECKED:
+        return
+    use_cache(cfg.paths.cache)
+    check_analyses(cfg, preflight(cfg))
+    _CHECKED.add(key)
+
+
+def train_run(cfg: DictConfig, folder_ready: bool = False) -> dict[str, Any]:
+    """Train and analyse one run; return its summary. Skips runs complete with this config
+    unless ``force``.
+
+    Rank 0 checks the run (:func:`check_run`) and owns its folder for the whole run
+    (``run.lock``): a second process for the same run stops with a line naming the holder.
+    ``folder_ready``: the caller (the parent of local data-parallel processes) has checked the
+    run, holds the lock and has prepared the folder.
+    """
     from hpclab.weights import use_cache
 
     run_dir = run_dir_of(cfg)
     rank = int(os.environ.get("RANK", "0"))
-    check_splits(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # fail before anything is written
+    done = None if _starts_over(cfg) else completed_with(run_dir, cfg)
+    if done is not None:
+        log.info("run %s is complete; skipping (force=true re-runs it)", run_dir)
+        return done
+    if rank == 0 and not folder_ready:
+        check_run(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # fail before anything is written
     use_cache(cfg.paths.cache)  # pretrained weights resolve from the staged cache, never the network
-    if rank != 0:
-        return _check_and_train(cfg, run_dir, rank, folder_ready=True)
+    if rank != 0 or folder_ready:
+        return _train(cfg, run_dir, rank)
     with run_lock(run_dir):
-        return _check_and_train(cfg, run_dir, rank, folder_ready)
+        done = prepare_folder(cfg, run_dir)
+        return done if done is not None else _train(cfg, run_dir, rank)
 
 
-def _check_and_train(cfg: DictConfig, run_dir: Path, rank: int, folder_ready: bool) -> dict[str, Any]:
+def prepare_folder(cfg: DictConfig, run_dir: Path) -> Optional[dict[str, Any]]:
+    """Under the run's lock: the summary when the run is complete with this config (nothing to
+    do, None otherwise), after readying the folder: another config's results are refused (or,
+    when its start never reached a checkpoint, moved aside), force=true moves old results
+    aside, stale temporary files go."""
     from hpclab.engine.checkpoints import clean_temporaries
     from hpclab.launch.sweep import config_diff
 
-    old = read_run_config(run_dir)
+    old = read_config(run_dir)  # a damaged record: one line, never overwritten
     if old is not None and not _starts_over(cfg):
         changed = config_diff(old, cfg)
-        if changed:
+        if changed and has_progress(run_dir):
             raise RunConflict(f"{run_dir} holds a run with another config ({'; '.join(changed[:3])}); "
                               f"choose another run_name=... or pass force=true to replace it")
-    if is_complete(run_dir) and not _starts_over(cfg):
-        log.info("run %s is complete; skipping (force=true re-runs it)", run_dir)
-        return read_json(run_dir / "summary.json")
-    if rank == 0:
-        if not folder_ready and _starts_over(cfg):
+        if changed:
+            log.info("%s: its earlier start had another config (%s) and never reached a checkpoint; starting "
+                     "over with this one", run_dir, "; ".join(changed[:3]))
             _clear_run(run_dir)
-        check_writable(run_dir)
-        for tmp in clean_temporaries(run_dir):
-            log.info("removed %s, left by a write that a kill cut short", tmp)
-    return _train(cfg, run_dir, rank)
+    done = None if _starts_over(cfg) else completed_with(run_dir, cfg)
+    if done is not None:
+        log.info("run %s is complete; skipping (force=true re-runs it)", run_dir)
+        return done
+    if _starts_over(cfg):
+        _clear_run(run_dir)
+    check_writable(run_dir)
+    for tmp in clean_temporaries(run_dir):
+        log.info("removed %s, left by a write that a kill cut short", tmp)
+    return None
 
 
 def _train(cfg: DictConfig, run_dir: Path, rank: int) -> dict[str, Any]:
-    from hpclab.analysis import ANALYSES
-    from hpclab.engine import Trainer
-
     attempts = start_attempt(run_dir) if rank == 0 else []
     setup_logging(run_dir, rank)
     if rank == 0:
-        save_yaml(cfg, run_dir / "config.yaml")
-        write_json(run_dir / "environment.json", environment_record())
+        save_yaml(cfg, run_dir / CONFIG)
+        write_json(run_dir / ENVIRONMENT, environment_record())
         record_task(run_dir)
     log.info("run %s on %s", run_dir, socket.gethostname())
-    trainer = Trainer(cfg, run_dir)
+    trainer = _make_trainer(cfg, run_dir)
     try:
         try:
             result = trainer.fit()
-            analyses: dict[str, Any] = {}
-            if trainer.parts.is_main:
-                for item in cfg.analysis:  # "name" or {name: ..., **kwargs}
-                    kwargs = {"name": item} if isinstance(item, str) else OmegaConf.to_container(item, resolve=True)
-                    name = kwargs.pop("name")
-                    log.info("analysis %s", name)
-                    analyses[name] = ANALYSES[name](trainer.run, run_dir / "figures", **kwargs)
+            analyses = _analyse(trainer, cfg, run_dir) if trainer.parts.is_main else {}
         except (Preempted, SystemExit):  # a stop signal: each rank says where it stopped (they agree)
             log.warning("rank %d of %d stopped at step %d", trainer.parts.accelerator.process_index,
                         trainer.parts.world, trainer.state.step)
@@ -139,41 +182,65 @@ def _train(cfg: DictConfig, run_dir: Path, rank: int) -> dict[str, Any]:
             "group": cfg.run_group,
             "experiment": cfg.experiment,
             "parameters": {n: sum(p.numel() for p in trainer.parts.unwrap(n).parameters()) for n in trainer.parts.models},
-            "wall_time_s": round(sum(a.get("wall_time_s", 0) for a in attempts), 2),
+            "wall_time_s": round(sum(a.get("wall_time_s") or 0 for a in attempts), 2),
             "attempts": len(attempts),
+            "data": trainer.checkpoints.data_record(),
             **result,
             "analyses": analyses,
         }
         if trainer.parts.is_main:
-            write_json(run_dir / "summary.json", summary)
+            write_json(run_dir / SUMMARY, summary)
         return summary
     finally:
         trainer.close()
         setup_logging(None, rank)  # detach run.log: what follows belongs to the next run
 
 
-ATTEMPTS = "attempts.json"  # per run: every start of its training, its wall time and last step
+def _make_trainer(cfg: DictConfig, run_dir: Path) -> Any:
+    """The run's Trainer; data-parallel ranks that cannot reach each other at the start stop
+    with RankLost's one line, as they do during training."""
+    from hpclab.engine import Trainer
+    from hpclab.engine.trainer import lost_peer
+
+    try:
+        return Trainer(cfg, run_dir)
+    except RuntimeError as exc:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1 or not lost_peer(exc):
+            raise
+        raise RankLost(f"rank {os.environ.get('RANK', '0')} of {world} could not reach the other ranks at the start "
+                       f"({one_line(exc)[:200]}); resubmit the job") from None
+
+
+def _analyse(trainer: Any, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """The run's analyses, after training (main process). A stop signal meanwhile ends the
+    command with one line; the run stays unfinished and the same command runs them again."""
+    from hpclab.analysis import ANALYSES, analysis_items
+    from hpclab.engine.signals import stop_at_once
+
+    analyses: dict[str, Any] = {}
+    what = (f"during the analyses: training is complete (checkpointed at step {trainer.state.step}); run the same "
+            f"command{' without force=true' if cfg.force else ''} to run the analyses again")
+    with stop_at_once(what):
+        for name, kwargs in analysis_items(cfg.analysis):
+            log.info("analysis %s", name)
+            analyses[name] = ANALYSES[name](trainer.run, run_dir / "figures", **kwargs)
+    return analyses
 
 
 def start_attempt(run_dir: Path) -> list[dict[str, Any]]:
     """Record a new start in ``attempts.json``. An earlier start that never recorded its end
     (killed, preempted, requeued) is closed at the last write to its ``run.log``, so the run's
     wall time counts every attempt, not only the last."""
-    path = run_dir / ATTEMPTS
-    try:
-        attempts = read_json(path) if path.is_file() else []
-    except ValueError:
-        log.warning("%s is damaged; earlier attempts are left out of the run's wall time", path)
-        attempts = []
-    attempts = [a for a in attempts if isinstance(a, dict)] if isinstance(attempts, list) else []
-    run_log = run_dir / "run.log"
+    attempts = read_attempts(run_dir)
+    run_log = run_dir / RUN_LOG
     for entry in attempts:
-        if "wall_time_s" not in entry and "start_ts" in entry:
+        if entry.get("wall_time_s") is None and entry.get("start_ts") is not None:
             last = run_log.stat().st_mtime if run_log.is_file() else entry["start_ts"]
             entry.update(wall_time_s=round(max(last - entry["start_ts"], 0.0), 2), ended="killed")
     attempts.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "start_ts": time.time(),
                      "host": socket.gethostname(), "job": job_ref()})
-    write_json(path, attempts)
+    write_json(run_dir / ATTEMPTS, attempts)
     return attempts
 
 
@@ -188,7 +255,7 @@ def end_attempt(run_dir: Path, attempts: list[dict[str, Any]], step: int) -> lis
 def _clear_run(run_dir: Path) -> None:
     """``force=true`` / ``train.resume=never``: move the old results aside (never delete them
     silently). The folder itself stays, with its lock, so the owner keeps it throughout."""
-    entries = [p for p in run_dir.iterdir() if p.name != LOCK_NAME] if run_dir.is_dir() else []
+    entries = [p for p in run_dir.iterdir() if p.name != LOCK] if run_dir.is_dir() else []
     if not entries:
         return
     backup = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -198,7 +265,8 @@ def _clear_run(run_dir: Path) -> None:
     log.info("moved previous results to %s", backup)
 
 
-def _spawned(rank: int, cfg_yaml: str, world: int, port: int, token: str) -> None:
+def _spawned(rank: int, cfg_yaml: str, world: int, port: int, token: str, parent: int) -> None:
+    die_with_parent(parent)  # a killed launcher leaves no rank training on in its run folder
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **{TOKEN_ENV: token})
     train_run(OmegaConf.create(cfg_yaml), folder_ready=True)
@@ -206,22 +274,32 @@ def _spawned(rank: int, cfg_yaml: str, world: int, port: int, token: str) -> Non
 
 def train_local_processes(cfg: DictConfig, processes: int) -> dict[str, Any]:
     """Data-parallel training in ``processes`` local processes (gloo on CPU, nccl on GPUs).
-    This process holds the run's lock for them and moves old results aside first."""
+    This process checks the run, holds its lock for them (naming them as its writers) and
+    prepares the folder first; they die with it."""
     import torch.multiprocessing as mp
 
-    from hpclab.data.loader import check_splits
-
-    check_splits(cfg, processes)  # here, not in each spawned process
     run_dir = run_dir_of(cfg)
+    done = None if _starts_over(cfg) else completed_with(run_dir, cfg)
+    if done is not None:
+        log.info("run %s is complete; skipping (force=true re-runs it)", run_dir)
+        return done
+    check_run(cfg, processes)  # here, not in each spawned process
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with run_lock(run_dir) as me:
-        if _starts_over(cfg):
-            _clear_run(run_dir)
-        mp.start_processes(_spawned, args=(OmegaConf.to_yaml(cfg), processes, port, me["token"]), nprocs=processes,
-                           start_method="spawn", join=True)
-    return read_json(run_dir / "summary.json")
+        done = prepare_folder(cfg, run_dir)
+        if done is not None:
+            return done
+        context = mp.start_processes(_spawned, args=(OmegaConf.to_yaml(cfg), processes, port, me["token"], os.getpid()),
+                                     nprocs=processes, start_method="spawn", join=False)
+        add_writers(run_dir, me, [p.pid for p in context.processes])
+        while not context.join():
+            pass
+    summary = completed_summary(run_dir)
+    if summary is None:
+        raise RunRecordError(f"{run_dir / SUMMARY} is missing or damaged after training; run the same command again")
+    return summary
 
 
 class TrainJob:

@@ -70,8 +70,7 @@ def main(argv: list[str]) -> int:
         return 0
     overrides, index, check = parse_args(argv)
 
-    from hpclab.data.loader import check_splits
-    from hpclab.launch.job import run_dir_of, run_in_slurm_task
+    from hpclab.launch.job import check_run, run_dir_of, run_in_slurm_task
     from hpclab.launch.sweep import plan as make_plan
 
     plan = make_plan(overrides)
@@ -82,7 +81,7 @@ def main(argv: list[str]) -> int:
         print(f"task index {index}: '{plan.group}' has only {n} run(s); nothing to do")
         return 0
     cfg = plan.run(index)  # this task's run alone
-    check_splits(cfg, int(os.environ.get("SLURM_NTASKS") or 1))  # fail before anything is written
+    check_run(cfg, int(os.environ.get("SLURM_NTASKS") or 1))  # fail before anything is written
     if check:
         print(f"run {index + 1}/{n} of '{plan.group}': {cfg.run_name} -> {run_dir_of(cfg)}")
         if warning:

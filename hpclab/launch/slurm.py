@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,24 +20,16 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from hpclab.utils import can_set_signal_handlers, read_json, under_slurm, write_json
+from hpclab.rundir import SLURM_RECORD, read_slurm_record
+from hpclab.utils import can_set_signal_handlers, job_ref, under_slurm, write_json
 
 log = logging.getLogger("hpclab")
 
-RECORD = "slurm.json"  # per run: every SLURM task that worked on it (job ids, log, restarts)
 
 
 def rank() -> int:
     """This process's global rank (RANK, else SLURM_PROCID, else 0)."""
     return int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0)
-
-
-def job_ref() -> Optional[str]:
-    """The job as SLURM names it: ``<array job>_<task>`` in an array, else the job id."""
-    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    if array and task:
-        return f"{array}_{task}"
-    return os.environ.get("SLURM_JOB_ID")
 
 
 def restart_count() -> int:
@@ -198,18 +191,21 @@ def slurm_log_path() -> Optional[str]:
         out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    for field in out.split():
-        if field.startswith("StdOut="):
-            return field.split("=", 1)[1]
-    return None
+    return scontrol_field(out, "StdOut")
+
+
+def scontrol_field(line: str, key: str) -> Optional[str]:
+    """The value of ``key`` in one ``scontrol show ... -o`` line; values may hold spaces (a path
+    under "My results/"), so a value runs up to the next `` Key=``, not the next space."""
+    match = re.search(rf"(?:^|\s){re.escape(key)}=(.*?)(?=\s+[A-Za-z][A-Za-z0-9:/_]*=|\s*$)", line)
+    return match.group(1) if match and match.group(1) else None
 
 
 def record_task(run_dir: Path) -> None:
     """Append this SLURM task to ``<run>/slurm.json`` (rank 0; a no-op outside SLURM)."""
     if not under_slurm() or rank() != 0:
         return
-    path = run_dir / RECORD
-    record: dict[str, Any] = read_json(path) if path.is_file() else {"starts": []}
+    record = read_slurm_record(run_dir)  # a damaged record is replaced, with a warning: it is a view of the past
     entry = {
         "job": job_ref(),
         "job_id": os.environ.get("SLURM_JOB_ID"),
@@ -223,12 +219,4 @@ def record_task(run_dir: Path) -> None:
     }
     record["starts"].append(entry)
     record.update({k: entry[k] for k in ("job", "job_id", "log")})
-    write_json(path, record)
-
-
-def read_record(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / RECORD
-    try:
-        return read_json(path) if path.is_file() else {}
-    except ValueError:
-        return {}
+    write_json(run_dir / SLURM_RECORD, record)

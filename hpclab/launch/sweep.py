@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from hpclab.config import ConfigError, compose, compose_many
+from hpclab.config import ConfigError, compose, compose_many, schema_defaults
 from hpclab.utils import flatten
 
 
@@ -128,6 +128,13 @@ def run_names(points: list[dict[str, str]]) -> list[str]:
     return out
 
 
+def group_name(cfg: DictConfig) -> str:
+    """results/<group>/: the sweep's name, else the experiment's; a preset's runs (preset=smoke)
+    get their own group, ``<group>-<preset>``, so they never count as (or mix with) the full runs."""
+    group = cfg.sweep.name or cfg.experiment or "default"
+    return f"{group}-{cfg.preset}" if cfg.preset else group
+
+
 def plan(overrides: list[str]) -> SweepPlan:
     """Compose the base, expand the sweep grid (if any) into each run's overrides.
 
@@ -141,10 +148,8 @@ def plan(overrides: list[str]) -> SweepPlan:
         sweep_experiment = compose(selection).sweep.experiment
         experiment_overrides = [f"experiment={sweep_experiment}"] if sweep_experiment else []
     base = compose(experiment_overrides + plain)
-    if base.sweep.name:
-        group = base.sweep.name
-    else:
-        group = base.experiment or "default"
+    # an explicit run_group=... names the folder as given; else the sweep's or experiment's name
+    group = base.run_group if any(o.startswith("run_group=") for o in plain) else group_name(base)
     axes: dict[str, list[str]] = {k: [_value_text(v) for v in vals] for k, vals in base.sweep.grid.items()}
     # A plain override of a key the grid sweeps (sweep=ae_latent model.latent_dim=8) narrows that
     # axis to the one value, instead of being overwritten by every grid point.
@@ -178,10 +183,16 @@ def plan(overrides: list[str]) -> SweepPlan:
 EXECUTION_KEYS = ("force", "dry_run", "cluster", "notes", "paths", "analysis", "train.resume", "train.progress")
 
 
-def config_diff(old: DictConfig, new: DictConfig, ignore: tuple[str, ...] = EXECUTION_KEYS) -> list[str]:
-    """Keys whose values differ between two run configs (for 'this folder holds another run')."""
-    a = flatten(OmegaConf.to_container(old, resolve=True))
-    b = flatten(OmegaConf.to_container(new, resolve=True))
+def config_diff(old: Any, new: Any, ignore: tuple[str, ...] = EXECUTION_KEYS) -> list[str]:
+    """Keys whose values differ between two run configs (for 'this folder holds another run').
+
+    ``old`` is usually a run folder's config as plain data (never resolved: see
+    :func:`hpclab.rundir.read_config`). A key it lacks counts as the schema's default, so a
+    run made before a key was added still matches a config that leaves that key at its default."""
+    a = flatten(old if isinstance(old, dict) else OmegaConf.to_container(old, resolve=False))
+    b = flatten(new if isinstance(new, dict) else OmegaConf.to_container(new, resolve=True))
+    defaults = schema_defaults()
     keys = sorted(set(a) | set(b))
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys
-            if a.get(k) != b.get(k) and not any(k == i or k.startswith(i + ".") for i in ignore)]
+    return [f"{k}: {a.get(k, defaults.get(k))!r} -> {b.get(k, defaults.get(k))!r}" for k in keys
+            if a.get(k, defaults.get(k)) != b.get(k, defaults.get(k))
+            and not any(k == i or k.startswith(i + ".") for i in ignore)]

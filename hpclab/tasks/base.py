@@ -28,6 +28,8 @@ class Task:
     the engine can add them up on the device and divide once per logging interval.
     """
 
+    uses_labels = False  # learns from (or is scored on) class labels: they are checked before a run
+
     def build_models(self, model_cfg: dict[str, Any], info: "DataInfo") -> dict[str, nn.Module]:
         name = model_cfg.pop("name")
         return {"model": MODELS.build(name, model_cfg, in_channels=info.in_channels,
@@ -108,6 +110,8 @@ class Reconstruct(Task):
 @TASKS.register("classify")
 class Classify(Task):
     """Cross-entropy classification with optional on-device crop/flip augmentation."""
+
+    uses_labels = True
 
     def __init__(self, augment: bool = False, crop_padding: int = 4, label_smoothing: float = 0.0,
                  normalize: bool = True) -> None:

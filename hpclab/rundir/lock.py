@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from hpclab.errors import RunFolderError, RunLocked
-from hpclab.launch.slurm import job_ref
+from hpclab.rundir import LOCK as LOCK_NAME
+from hpclab.utils import job_ref
 
-LOCK_NAME = "run.lock"
 TOKEN_ENV = "HPCLAB_RUN_LOCK"  # set for child processes that work under their parent's lock
 
 
@@ -58,14 +58,25 @@ def _slurm_job_running(job: str) -> Optional[bool]:
     return any(state in ("RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED") for state in out.stdout.split())
 
 
+def _gone(pid: Any, start: Any) -> bool:
+    """Whether process ``pid`` (started at ``start``, clock ticks since boot) no longer runs here."""
+    if not isinstance(pid, int):
+        return True
+    started = _start_time(pid)
+    return started is None or (start is not None and started != start)
+
+
 def is_stale(holder: dict[str, Any]) -> bool:
-    """Whether the process that wrote ``holder`` is certainly gone (see the module doc)."""
+    """Whether the processes that hold ``holder`` are certainly gone (see the module doc): the
+    holder and every writer it named (local data-parallel ranks)."""
     if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
-        pid = holder["pid"]
-        if pid == os.getpid():
+        writers = holder.get("writers") if isinstance(holder.get("writers"), list) else []
+        if any(isinstance(w, dict) and w.get("pid") != os.getpid() and not _gone(w.get("pid"), w.get("start"))
+               for w in writers):
+            return False  # a rank of a killed launcher still writes
+        if holder["pid"] == os.getpid():
             return True  # our own leftover
-        started = _start_time(pid)
-        return started is None or (holder.get("start") is not None and started != holder["start"])
+        return _gone(holder["pid"], holder.get("start"))
     if holder.get("job") and holder["job"] == job_ref():
         return True  # this job again on another node, after a requeue: its earlier start is gone
     if holder.get("job"):
@@ -148,6 +159,17 @@ def unwritable(directory: Path, exc: OSError) -> str:
     """The one-line message for a run folder that cannot be written."""
     return (f"cannot write to {directory} ({exc.strerror or type(exc).__name__}); fix its permissions or free "
             f"space, or choose another paths.results=...")
+
+
+def add_writers(run_dir: Path, me: dict[str, Any], pids: list[int]) -> None:
+    """Name the processes that write the run under our lock (local data-parallel ranks), so the
+    lock counts as held while any of them lives, even when we are gone."""
+    from hpclab.utils import atomic_write_text
+
+    me["writers"] = [{"pid": pid, "start": _start_time(pid)} for pid in pids]
+    holder, _ = _read(run_dir / LOCK_NAME)
+    if holder and holder.get("token") == me["token"]:
+        atomic_write_text(run_dir / LOCK_NAME, json.dumps(me))
 
 
 def release(run_dir: Path, me: dict[str, Any]) -> None:
