@@ -7,7 +7,7 @@ import io
 import logging
 import re
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from hpclab.utils import atomic_write_text, read_json, read_jsonl
 
@@ -227,8 +227,23 @@ def _sortable(value: Any) -> tuple[int, Any]:
 SEED_AXIS = "seed"  # repeats of one setting: averaged in the summary plot, not a line of their own
 
 
+def _line(points: dict[Any, list[dict[str, Any]]], metric: str) -> tuple[list[Any], list[float], list[list[float]]]:
+    """x values, the mean of ``metric`` over the runs at each, and the distance from the mean to
+    their lowest and highest value (an error bar); x values without the metric are left out."""
+    xs, means, low, high = [], [], [], []
+    for x in sorted(points):
+        values = [v for v in (metric_of(s, metric) for s in points[x]) if isinstance(v, (int, float))]
+        if values:
+            mean = sum(values) / len(values)
+            xs.append(x)
+            means.append(mean)
+            low.append(mean - min(values))
+            high.append(max(values) - mean)
+    return xs, means, [low, high]
+
+
 def plot(rows: list[dict[str, Any]], x: str, metrics: list[str], path: Path, logx: bool,
-         series: list[str] = ()) -> Path:
+         series: Sequence[str] = ()) -> Path:
     """Each metric over ``x``: one line per combination of the ``series`` axes' values, each point
     the mean over the runs that share it (seeds), with their range as an error bar."""
     from hpclab.analysis.figures import plt, save_figure
@@ -237,19 +252,13 @@ def plot(rows: list[dict[str, Any]], x: str, metrics: list[str], path: Path, log
     for row in rows:
         label = tuple(axis_value(row, k) for k in series)
         lines.setdefault(label, {}).setdefault(axis_value(row, x), []).append(row["summary"])
+    repeated = any(len(runs) > 1 for points in lines.values() for runs in points.values())
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for label, points in lines.items():
-            xs = sorted(points)
-            values = [[v for v in (metric_of(s, metric) for s in points[p]) if isinstance(v, (int, float))] for p in xs]
-            xs, values = [p for p, v in zip(xs, values) if v], [v for v in values if v]
-            if not xs:
-                continue
-            means = [sum(v) / len(v) for v in values]
-            spread = [[m - min(v) for m, v in zip(means, values)], [max(v) - m for m, v in zip(means, values)]]
+            xs, means, spread = _line(points, metric)
             name = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(series, label)) or None
-            ax.errorbar(xs, means, yerr=spread if any(len(v) > 1 for v in values) else None, marker="o",
-                        capsize=3, label=name)
+            ax.errorbar(xs, means, yerr=spread if repeated else None, marker="o", capsize=3, label=name)
         ax.set_xlabel(x)
         ax.set_ylabel(metric)
         if logx:
