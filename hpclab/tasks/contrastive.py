@@ -16,7 +16,9 @@ from the engine's per-batch seeded generator, so every evaluation sees the same 
 
 Metrics: ``loss`` (NT-Xent) and ``pair_acc``, the fraction of views whose most similar other
 view of the batch is their partner (chance: 1 in 2N - 1, so it depends on the batch size:
-evaluations use ``train.eval_batch_size``).
+evaluations use ``train.eval_batch_size``). Under data parallelism each rank contrasts its own
+batch (negatives are not gathered across ranks, as SimCLR does on TPUs): the number of negatives
+is set by the per-rank batch size.
 """
 
 from __future__ import annotations
