@@ -123,3 +123,30 @@ def test_tasks_finishing_together_share_the_summary_rebuild(digits: Path):
     assert not (group / ".report.stale").exists()
     rows = [line for line in (group / "summary.md").read_text().splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + 2  # header and the two runs
+
+
+def test_an_axis_that_picks_a_config_group_shows_its_option(tmp_path: Path):
+    """``encoder: [scratch, simclr]`` leaves no key in the runs' configs: the summary takes each
+    run's option from its name; the plot draws one line per option, seeds averaged."""
+    import csv
+    import json
+
+    import yaml
+
+    group = tmp_path / "pretrain_compare"
+    grid = {"encoder": ["scratch", "simclr"], "data.train_fraction": [0.1, 1.0], "seed": [0, 1]}
+    for encoder, fraction, seed in [(e, f, s) for e in grid["encoder"] for f in (0.1, 1.0) for s in (0, 1)]:
+        run = group / f"encoder-{encoder}__train_fraction-{fraction}__seed-{seed}"
+        run.mkdir(parents=True)
+        cfg = {"seed": seed, "data": {"train_fraction": fraction},
+               "sweep": {"grid": grid, "report": {"x": "data.train_fraction", "metrics": ["test/acc"]}}}
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        acc = 0.8 + 0.1 * fraction + (0.02 if encoder == "simclr" else 0) + 0.001 * seed
+        (run / "summary.json").write_text(json.dumps({"status": "completed", "metrics": {"test/acc": acc}}))
+    run_cli("report.py", str(group), cwd=tmp_path)
+    with open(group / "summary.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0])[:5] == ["run", "data.train_fraction", "encoder", "seed", "test/acc"]
+    assert {(r["encoder"], r["seed"]) for r in rows} == {(e, s) for e in ("scratch", "simclr") for s in ("0", "1")}
+    assert all(r["run"].startswith(f"encoder-{r['encoder']}__") for r in rows)
+    assert (group / "summary.png").read_bytes()[:4] == b"\x89PNG"

@@ -7,7 +7,7 @@ import io
 import logging
 import re
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from hpclab.rundir import CONFIG, SUMMARY, is_run_folder_name, read_config, read_metrics, summary_problem
 from hpclab.utils import atomic_write_text, read_json
@@ -111,6 +111,18 @@ def _number(value: Any) -> Any:
     return round(value, 6) if isinstance(value, float) else value
 
 
+def axis_value(row: dict[str, Any], key: str) -> Any:
+    """A sweep axis' value for one run: from its config, or, for an axis that picks a config
+    group (``encoder: [scratch, ae, simclr]``, which leaves no key of that name in the config),
+    the option its run name records (``encoder-ae__train_fraction-0.1``: the launcher names runs
+    after their grid points)."""
+    value = select(row["cfg"], key)
+    if value is not None or "." in key or key in row["cfg"]:
+        return value
+    prefix = f"{key}-"
+    return next((part[len(prefix):] for part in row["run"].split("__") if part.startswith(prefix)), None)
+
+
 def table(rows: list[dict[str, Any]], keys: list[str], metrics: list[str]) -> tuple[list[str], list[list[Any]]]:
     header = ["run", *keys, *metrics, "parameters", "epochs", "wall_time_s"]
     body = []
@@ -118,7 +130,7 @@ def table(rows: list[dict[str, Any]], keys: list[str], metrics: list[str]) -> tu
         s = row["summary"]
         body.append([
             row["run"],
-            *[select(row["cfg"], k) for k in keys],
+            *[axis_value(row, k) for k in keys],
             *[_number(metric_of(s, m)) for m in metrics],
             sum(s.get("parameters", {}).values()),
             s.get("epochs"),
@@ -181,7 +193,7 @@ def write_report(group_dir: Path | str, report: Mapping[str, Any] | None = None)
     x = report.get("x") or (grid_keys[0] if grid_keys else None)
     keys = list(dict.fromkeys(([x] if x else []) + grid_keys))
     metrics = list(report.get("metrics") or sorted(rows[0]["summary"]["metrics"]))
-    rows.sort(key=lambda r: (_sortable(select(r["cfg"], x)) if x else (0, 0), _run_order(r["run"])))
+    rows.sort(key=lambda r: (_sortable(axis_value(r, x)) if x else (0, 0), _run_order(r["run"])))
     header, body = table(rows, keys, metrics)
     out = {"csv": group_dir / "summary.csv", "md": group_dir / "summary.md"}
     atomic_write_text(out["csv"], to_csv(header, body))
@@ -191,9 +203,10 @@ def write_report(group_dir: Path | str, report: Mapping[str, Any] | None = None)
         notes += (f"\nLeft out, not runs of the sweep (e.g. single runs of the experiment in this folder): "
                   f"{', '.join(others)}\n")
     atomic_write_text(out["md"], title + to_markdown(header, body) + notes)
-    numeric_x = x and all(isinstance(select(r["cfg"], x), (int, float)) for r in rows)
+    numeric_x = x and all(isinstance(axis_value(r, x), (int, float)) for r in rows)
     if numeric_x and len(rows) > 1:
-        out["png"] = plot(rows, x, metrics, group_dir / "summary.png", bool(report.get("logx")))
+        series = [k for k in grid_keys if k not in (x, SEED_AXIS)]
+        out["png"] = plot(rows, x, metrics, group_dir / "summary.png", bool(report.get("logx")), series)
     else:  # a plot of earlier runs would no longer match the table
         (group_dir / "summary.png").unlink(missing_ok=True)
     log.info("sweep summary: %s", ", ".join(str(p) for p in out.values()))
@@ -204,19 +217,48 @@ def _sortable(value: Any) -> tuple[int, Any]:
     return (0, value) if isinstance(value, (int, float)) else (1, str(value))
 
 
-def plot(rows: list[dict[str, Any]], x: str, metrics: list[str], path: Path, logx: bool) -> Path:
+SEED_AXIS = "seed"  # repeats of one setting: averaged in the summary plot, not a line of their own
+
+
+def _line(points: dict[Any, list[dict[str, Any]]], metric: str) -> tuple[list[Any], list[float], list[list[float]]]:
+    """x values, the mean of ``metric`` over the runs at each, and the distance from the mean to
+    their lowest and highest value (an error bar); x values without the metric are left out."""
+    xs, means, low, high = [], [], [], []
+    for x in sorted(points):
+        values = [v for v in (metric_of(s, metric) for s in points[x]) if isinstance(v, (int, float))]
+        if values:
+            mean = sum(values) / len(values)
+            xs.append(x)
+            means.append(mean)
+            low.append(mean - min(values))
+            high.append(max(values) - mean)
+    return xs, means, [low, high]
+
+
+def plot(rows: list[dict[str, Any]], x: str, metrics: list[str], path: Path, logx: bool,
+         series: Sequence[str] = ()) -> Path:
+    """Each metric over ``x``: one line per combination of the ``series`` axes' values, each point
+    the mean over the runs that share it (seeds), with their range as an error bar."""
     from hpclab.analysis.figures import plt, save_figure
 
-    xs = [select(r["cfg"], x) for r in rows]
+    lines: dict[tuple, dict[Any, list[dict[str, Any]]]] = {}
+    for row in rows:
+        label = tuple(axis_value(row, k) for k in series)
+        lines.setdefault(label, {}).setdefault(axis_value(row, x), []).append(row["summary"])
+    repeated = any(len(runs) > 1 for points in lines.values() for runs in points.values())
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        ys = [metric_of(r["summary"], metric) for r in rows]
-        ax.plot(xs, ys, marker="o")
+        for label, points in lines.items():
+            xs, means, spread = _line(points, metric)
+            name = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(series, label)) or None
+            ax.errorbar(xs, means, yerr=spread if repeated else None, marker="o", capsize=3, label=name)
         ax.set_xlabel(x)
         ax.set_ylabel(metric)
         if logx:
             ax.set_xscale("log", base=2)
         ax.grid(alpha=0.3)
+        if series:
+            ax.legend(fontsize=7)
     fig.suptitle(path.parent.name)
     fig.tight_layout()
     return save_figure(fig, path)

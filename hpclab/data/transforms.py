@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -59,3 +60,40 @@ def centre_mask(x: torch.Tensor, fraction: float = 0.25) -> tuple[torch.Tensor, 
     mask = torch.zeros(1, 1, h, w, device=x.device, dtype=x.dtype)
     mask[..., top : top + mh, left : left + mw] = 1
     return x * (1 - mask), mask
+
+
+def random_resized_crop(x: torch.Tensor, scale: Sequence[float] = (0.3, 1.0),
+                        ratio: Sequence[float] = (3 / 4, 4 / 3), flip: bool = True,
+                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Per image: a random crop of area fraction uniform in ``scale`` and aspect ratio
+    log-uniform in ``ratio`` (torchvision's RandomResizedCrop draws), mirrored left-right with
+    probability 0.5 when ``flip``, resized back to the image size (bilinear). One affine
+    resampling of the whole batch (``affine_grid``/``grid_sample``); a side longer than the
+    image is cut to the image (where torchvision would draw again)."""
+    n = len(x)
+    u = torch.rand(n, 5, generator=generator, device=x.device)
+    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[:, 1])
+    width, height = (area * aspect).sqrt().clamp(max=1.0), (area / aspect).sqrt().clamp(max=1.0)
+    mirror = torch.where((u[:, 4] < 0.5) & flip, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3, device=x.device)
+    # output coordinates in [-1, 1] map to a window of half-size (width, height) inside the image
+    theta[:, 0, 0], theta[:, 0, 2] = width * mirror, (2 * u[:, 2] - 1) * (1 - width)
+    theta[:, 1, 1], theta[:, 1, 2] = height, (2 * u[:, 3] - 1) * (1 - height)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def jitter_brightness_contrast(x: torch.Tensor, strength: float = 0.4, p: float = 0.8,
+                               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Per image, with probability ``p``: brightness then contrast scaled by factors uniform in
+    [1 - strength, 1 + strength], as torchvision's ColorJitter applies them (brightness: x * b;
+    contrast: blend with the image's mean, (x - m) * c + m), each clamped to [0, 1]."""
+    u = torch.rand(len(x), 3, generator=generator, device=x.device)
+    apply = (u[:, 2] < p)[:, None, None, None]
+    brightness = torch.where(apply, 1 + strength * (2 * u[:, 0] - 1)[:, None, None, None], 1.0).to(x.dtype)
+    contrast = torch.where(apply, 1 + strength * (2 * u[:, 1] - 1)[:, None, None, None], 1.0).to(x.dtype)
+    x = (x * brightness).clamp(0.0, 1.0)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - mean) * contrast + mean).clamp(0.0, 1.0)

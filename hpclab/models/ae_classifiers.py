@@ -7,7 +7,9 @@ autoencoder run's own model config, hence the same parameter names), keeps the p
 true`` the encoder starts from the trained run ``encoder_from`` (its folder, or its
 ``checkpoints/best_model.safetensors``; safetensors only, no pickle) and may stay frozen
 (``freeze``); with ``pretrained: false`` the same network starts from scratch, so the two arms
-of a study differ only in the initialisation.
+of a study differ only in the initialisation. That run is an autoencoder run, or any run whose
+model is this class on the same autoencoder (``task=contrastive`` pretraining trains one, with
+its projection head as the head): only the encoder's weights are taken.
 """
 
 from __future__ import annotations
@@ -54,27 +56,37 @@ class AutoEncoderFeatures(nn.Module):
         return self.pool(self.autoencoder.encode(x))
 
 
+# where a model built on an autoencoder's encoder (this module's classifier, the contrastive
+# task's network) keeps the autoencoder's own parameters
+NESTED_ENCODER = "features.autoencoder."
+
+
 def trained_weights(encoder_from: Optional[str]) -> Path:
-    """The best weights of the autoencoder run ``encoder_from`` (its folder, or the file itself)."""
+    """The best weights of the pretraining run ``encoder_from`` (its folder, or the file itself)."""
     if not encoder_from:
-        raise ConfigError("model.encoder_from: set it to a finished autoencoder run (results/<group>/<run>) "
-                          "when model.pretrained=true")
+        raise ConfigError("model.encoder_from: set it to a finished autoencoder or contrastive run "
+                          "(results/<group>/<run>) when model.pretrained=true")
     path = Path(encoder_from)
     weights = path if path.suffix == ".safetensors" else path / "checkpoints" / "best_model.safetensors"
     if not weights.is_file():
         run_dir = weights.parent.parent
-        raise WeightsMissing(f"model.encoder_from: {weights} does not exist; train the autoencoder run first "
-                             f"(python jobs/launch.py experiment=<the autoencoder's experiment> run_group={run_dir.parent.name} "
-                             f"run_name={run_dir.name}) or point model.encoder_from at a finished autoencoder run")
+        raise WeightsMissing(f"model.encoder_from: {weights} does not exist; train the pretraining run first "
+                             f"(python jobs/launch.py experiment=<its experiment> run_group={run_dir.parent.name} "
+                             f"run_name={run_dir.name}) or point model.encoder_from at a finished autoencoder or "
+                             f"contrastive run")
     return weights
 
 
 def load_encoder(features: AutoEncoderFeatures, weights: Path) -> None:
     """Load a trained autoencoder's safetensors file into ``features``: every key of the kept
-    encoder must be there with its shape (the decoder's keys are not used)."""
+    encoder must be there with its shape (the decoder's keys are not used). The file may also hold
+    the weights of a model built on that encoder (under ``features.autoencoder.``; its head is
+    not used): a contrastive run's, or a classifier's."""
     from safetensors.torch import load_file
 
     state = load_file(str(weights))
+    nested = {k.removeprefix(NESTED_ENCODER): v for k, v in state.items() if k.startswith(NESTED_ENCODER)}
+    state = nested or state
     own = features.autoencoder.state_dict()
     missing = sorted(set(own) - set(state))
     mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
