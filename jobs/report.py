@@ -3,7 +3,7 @@
 refresh the generated tables, run records and figures of a results document.
 
 usage: python jobs/report.py results/<sweep> [--x KEY] [--metrics M1,M2] [--logx]
-       python jobs/report.py --publish docs/results.md [--results results]
+       python jobs/report.py --publish docs/results.md [--results results] [--only GROUP,GROUP]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--logx", action="store_true", help="log-2 x axis")
     parser.add_argument("--publish", metavar="DOC", help="refresh the '<!-- generated: ... -->' blocks of DOC")
     parser.add_argument("--results", default=None, help="results folder for --publish (default: $HPCLAB_RESULTS or results)")
+    parser.add_argument("--only", help="with --publish: refresh only the blocks of these results groups (comma-separated)")
     args = parser.parse_args(argv)
     from hpclab.analysis.publish import publish
     from hpclab.analysis.report import write_report
@@ -32,7 +33,8 @@ def main(argv: list[str]) -> int:
         if not Path(args.publish).is_file():
             raise ConfigError(f"--publish: {args.publish} is not a file")
         results = args.results or os.environ.get("HPCLAB_RESULTS", "results")
-        refreshed, missing = publish(args.publish, results)
+        only = {g for g in args.only.split(",") if g} if args.only else None
+        refreshed, missing = publish(args.publish, results, only)
         print(f"{args.publish}: {refreshed} generated block(s) refreshed from {results}")
         for source in missing:
             print(f"  not generated yet: {source}")

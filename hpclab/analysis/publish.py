@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from hpclab.analysis.report import run_records
 from hpclab.rundir import ENVIRONMENT, SUMMARY, is_run_folder_name, summary_problem
@@ -103,14 +103,23 @@ def render(spec: str, results: Path, doc: Path) -> str:
     raise ConfigError(f"{doc}: unknown generated block '{spec}' (table FILE | runs GROUP | figure FILE DEST [WIDTH])")
 
 
-def publish(doc: Path | str, results: Path | str) -> tuple[int, list[str]]:
-    """Refresh every block of ``doc`` whose source exists; (blocks refreshed, sources missing)."""
+def block_group(spec: str) -> str:
+    """The results group a block quotes (the first component of its source)."""
+    parts = spec.split()
+    return parts[1].split("/", 1)[0] if len(parts) > 1 else ""
+
+
+def publish(doc: Path | str, results: Path | str, only: Optional[set[str]] = None) -> tuple[int, list[str]]:
+    """Refresh every block of ``doc`` whose source exists (with ``only``: of those groups, so one
+    study's section is refreshed without touching the others); (blocks refreshed, sources missing)."""
     doc, results = Path(doc), Path(results)
     missing: list[str] = []
     refreshed = 0
 
     def replace(match: re.Match) -> str:
         nonlocal refreshed
+        if only is not None and block_group(match["spec"]) not in only:
+            return match.group(0)
         try:
             body = render(match["spec"], results, doc)
         except SourceNotReady as exc:
