@@ -31,8 +31,8 @@ from hpclab.tasks.pix2pix import Pix2Pix
                                                        (256, 3, 30, 70)])  # the last: the paper's 70x70
 def test_patch_discriminator_gives_one_logit_per_patch(size, layers, grid, field):
     net = MODELS.build("patchgan", {"layers": layers}, in_channels=2, image_size=size)
-    out = net(torch.rand(3, 2, size, size))
-    assert out.shape == (3, 1, grid, grid) and out.dtype == torch.float32
+    out = net(torch.rand(2, 2, size, size))
+    assert out.shape == (2, 1, grid, grid) and out.dtype == torch.float32
     assert net.receptive_field == field
     convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.stride[0] for c in convs] == [2] * layers + [1, 1] and {c.kernel_size for c in convs} == {(4, 4)}
@@ -236,7 +236,8 @@ def test_pix2pix_run_and_its_comparison_with_the_l2_run(fmnist_pair):
 
 @pytest.mark.slow
 def test_comparison_refuses_a_run_with_other_inputs(fmnist_pair):
-    """Another mask size in the other run: one line, not a figure of incomparable outputs."""
+    """Another mask size in the other run, or no run there: one line, not a figure of
+    incomparable outputs."""
     env = fmnist_pair["env"]
     run_cli("launch.py", "experiment=inpaint_ae", *TINY, "task.fraction=0.5", "run_name=half", cwd=fmnist_pair["work"],
             env=env)
@@ -246,3 +247,7 @@ def test_comparison_refuses_a_run_with_other_inputs(fmnist_pair):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: analysis compare_examples: ")
     assert "makes other network inputs from the same images" in proc.stderr
+    missing = run_cli("analyze.py", str(fmnist_pair["gan"]), "compare_examples",
+                      f"other={fmnist_pair['results'] / 'inpaint_ae' / 'nothing'}", cwd=fmnist_pair["work"], env=env,
+                      check=False)
+    assert missing.returncode == 2 and "no run at" in missing.stderr.strip().splitlines()[-1]

@@ -298,11 +298,14 @@ def compare_examples(run: TrainedRun, out_dir: Path, other: str = "", split: str
         raise ValueError("compare_examples needs other=results/<group>/<run> (a finished image-to-image run)")
     if run.parts.world > 1:
         raise ValueError("compare_examples builds a second run: run it in one process (python jobs/analyze.py)")
+    other_dir = Path(other)
+    if not (other_dir / "config.yaml").is_file():
+        raise ValueError(f"no run at {other_dir} (no config.yaml): train the run to compare with first (the "
+                         f"experiment's config names its command), or pass other=results/<group>/<run>")
     split = available_split(run, split)
     batch = first_batch(run, split, count)
     ours = _rows_of(run, batch)
     in_name, out_name, target_name = image_task(run).row_names
-    other_dir = Path(other)
     with load_trained(load_run_config(other_dir), other_dir) as theirs:
         their_images = first_batch(theirs, split, count)["images"]
         if not torch.equal(their_images.to(batch["images"].device), batch["images"]):
