@@ -132,7 +132,8 @@ def test_pix2pix_experiments_keep_the_l2_runs_data_network_masks_and_budget():
 # --------------------------------------------------------------------------- training, stop and resume
 
 DIGITS_PIX2PIX = ["experiment=pix2pix_inpaint", "data=digits", "model.channels=[8,16]", "task.discriminator.channels=8",
-                  "train.epochs=null", "train.batch_size=64", "train.progress=log", "train.max_steps=12", "train.eval_every=6", "train.checkpoint_every=2", "train.log_every=1",
+                  "train.epochs=null", "train.batch_size=64", "train.progress=log", "train.max_steps=12",
+                  "train.eval_every=6", "train.checkpoint_every=2", "train.log_every=1",
                   "analysis=[]"]
 
 
@@ -195,8 +196,7 @@ def fmnist_pair(tmp_path_factory: pytest.TempPathFactory, fmnist_mirror: Path) -
 def test_fd_of_outputs_on_the_pix2pix_and_the_l2_run(fmnist_pair):
     """The same analysis on both runs: the same real reference and baseline (same images, same
     masks), each its own network's FD; the classifier's features, never called FID."""
-    records = {name: json.loads((fmnist_pair[name] / "figures" / "fd_outputs.json").read_text()) for name in ("l2", "gan")}
-    l2, gan = records["l2"], records["gan"]
+    l2, gan = (json.loads((fmnist_pair[name] / "figures" / "fd_outputs.json").read_text()) for name in ("l2", "gan"))
     for record in (l2, gan):
         assert record["metric"] == "FD (Fashion-MNIST CNN features)" and record["images"] == 200
         assert record["classifier"].endswith("fmnist_cnn/default") and record["split"] == "test"

@@ -227,8 +227,8 @@ def fd_outputs(run: TrainedRun, out_dir: Path, classifier: str = "", split: str 
     files = write_table(["images", net.label], [[name, round(v, 4)] for name, v in rows], Path(out_dir) / "fd_outputs",
                         title)
     result = {"metric": net.label, "classifier": str(net.run_dir), "split": split, "images": n, "fd": fd,
-              "baseline_name": task.baseline_name, "baseline": base_fd, "floor_split": floor_split if floor is not None else None,
-              "floor": floor, **files}
+              "baseline_name": task.baseline_name, "baseline": base_fd,
+              "floor_split": floor_split if floor is not None else None, "floor": floor, **files}
     write_json(Path(out_dir) / "fd_outputs.json", result)
     log.info("%s, %d %s images: network %.4f, %s input %s, real floor %s", net.label, n, split, fd, task.baseline_name,
              f"{base_fd:.4f}" if base_fd is not None else "-", f"{floor:.4f}" if floor is not None else "-")

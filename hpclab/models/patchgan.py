@@ -58,7 +58,8 @@ class PatchDiscriminator(nn.Module):
         self.features = nn.Sequential(*body)
         self.head = wrap(convs[-1])
         if image_size is not None and self.grid(image_size) < 1:
-            raise ValueError(f"discriminator layers={layers} leave no patch of a {image_size} px image; use fewer layers")
+            raise ValueError(f"discriminator layers={layers} leave no patch of a {image_size} px image; "
+                             f"use fewer layers")
         init_dcgan_weights(self, init_std)
 
     def grid(self, image_size: int) -> int:
