@@ -100,7 +100,7 @@ def summary(run_dir: Path) -> dict:
 # --------------------------------------------------------------------------- the scripts themselves
 
 SCRIPTS = {"dcgan.sh": "experiment=dcgan", "ae_pretrain.sh": "experiment=ae_pretrain",
-           "resnet_transfer.sh": "sweep=resnet_transfer"}
+           "resnet_transfer.sh": "sweep=resnet_transfer", "pix2pix.sh": "experiment=pix2pix_colourize"}
 
 
 def sbatch_header(script: str) -> dict[str, str]:

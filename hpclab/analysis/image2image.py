@@ -7,6 +7,15 @@
 * ``other_sizes``: the trained network evaluated (and shown) on the split resized to other
   sizes than it was trained on (the fully convolutional nets handle any size).
 * ``seg_overlays``: scan / truth overlay / prediction overlay rows with per-image Dice.
+* ``fd_outputs``: the Fréchet distance of the network's output images (in-painted, colourized,
+  ...) to the real images, in the features of a classifier the suite trained (``fid``'s
+  ``ClassifierFeatures``), with the no-learning baseline and a real-image floor.
+* ``compare_examples``: the same images and inputs through this run and another run (e.g. an
+  L2 network and its pix2pix version): input / other output / this output / target, and a
+  table of both runs' metrics and FD.
+
+Every analysis of outputs sees the inputs the metrics saw: evaluation batch i of a split,
+corrupted with the generator seeded for it (``TrainedRun.eval_batches``).
 
 Training and validation curves are the generic ``curves`` analysis (``hpclab.analysis.curves``).
 The image rows of colourization (grey input / prediction / ground truth) and
@@ -16,9 +25,11 @@ analysis, whose rows are the task's ``images``.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -29,6 +40,9 @@ from hpclab.analysis.layers import run_layer_rows, write_layer_table
 from hpclab.analysis.report import final_metrics, write_table
 from hpclab.data.transforms import to_float
 from hpclab.engine.evaluation import TrainedRun
+from hpclab.utils import read_json, write_json
+
+log = logging.getLogger("hpclab")
 
 # --------------------------------------------------------------------------- layer table
 
@@ -137,3 +151,175 @@ def seg_overlays(run: TrainedRun, out_dir: Path, split: str = "test", count: int
                       f"{run.cfg.run_name}: scan / truth / prediction ({split})",
                       [f"Dice {d:.3f}  IoU {i:.3f}" for d, i in zip(dice, iou)], inches=2.0)
     return {"figure": str(path), "dice": [round(float(v), 4) for v in dice], "iou": [round(float(v), 4) for v in iou]}
+
+
+# --------------------------------------------------------------------------- outputs, FD, two runs
+
+def image_task(run: TrainedRun) -> Any:
+    """The run's task when it maps an input image to an output image (inpaint, colourize,
+    super_resolve, denoise and their pix2pix versions): ``make_input``, ``predict``, ``baseline``."""
+    if not all(callable(getattr(run.task, m, None)) for m in ("make_input", "predict", "baseline", "images")):
+        raise ValueError(f"this analysis needs an image-to-image task (inpaint, colourize, pix2pix, ...); the run "
+                         f"uses {run.cfg.task.name!r}")
+    return run.task
+
+
+@torch.no_grad()
+def output_batches(run: TrainedRun, split: str, max_images: int
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(target, network input, output clamped to [0, 1]) of the first ``max_images`` images of
+    ``split``, batch by batch, with the inputs the engine's evaluation makes (same seeds, same
+    cut of the last batch as ``evaluate(max_images=...)``), models in evaluation mode."""
+    task, model, seen = image_task(run), run.models["model"], 0
+    with run.evaluating(), run.autocast():
+        for batch, gen in run.eval_batches(split):
+            x = to_float(batch["images"][: max_images - seen])
+            inp = task.make_input(x, gen)
+            yield x, inp, task.predict(model, inp).float().clamp(0, 1)
+            seen += len(x)
+            if seen >= max_images:
+                return
+
+
+def run_label(run: TrainedRun) -> str:
+    """``group`` (or ``group/run`` when the run is not ``default``): how tables and rows name a run."""
+    cfg = run.cfg
+    return cfg.run_group if cfg.run_name == "default" else f"{cfg.run_group}/{cfg.run_name}"
+
+
+@ANALYSES.register("fd_outputs")
+def fd_outputs(run: TrainedRun, out_dir: Path, classifier: str = "", split: str = "test", floor_split: str = "train",
+               num_images: int = 10000) -> dict[str, Any]:
+    """Fréchet distance, in the features of ``classifier`` (a finished classification run, as
+    ``fd_classifier`` uses), between the real images of ``split`` (the first ``num_images``) and:
+    the network's outputs for them (the filled, colourized ... images, from the inputs the
+    metrics saw), the task's no-learning baseline on the same inputs (masked input, grey as RGB,
+    ...) and, as the floor, as many real images of ``floor_split``. Reported as "FD (<data> CNN
+    features)", not FID. Writes fd_outputs.{json,md,csv,png}."""
+    from hpclab.analysis.fid import ClassifierFeatures, frechet_to, gaussian, split_images
+
+    if not classifier:
+        raise ValueError("fd_outputs needs classifier=results/<group>/<run> (a finished classification run)")
+    task = image_task(run)
+    split = available_split(run, split)
+    net = ClassifierFeatures(classifier, run.device)
+    real, outputs, baseline = [], [], []
+    for x, inp, out in output_batches(run, split, num_images):
+        real.append(net(x))
+        outputs.append(net(out))
+        base = task.baseline(x, inp)
+        if base is not None:
+            baseline.append(net(base.float().clamp(0, 1)))
+    ref = gaussian(np.concatenate(real))
+    n = sum(len(f) for f in real)
+    rows: list[tuple[str, float]] = []
+    floor = None
+    if floor_split != split and run.data.has(floor_split):
+        floor = frechet_to(ref, net.of_batches(split_images(run, floor_split, n, 500)))
+        rows.append((f"real {floor_split} images (floor)", floor))
+    base_fd = frechet_to(ref, np.concatenate(baseline)) if baseline else None
+    if base_fd is not None:
+        rows.append((f"{task.baseline_name} input (no learning)", base_fd))
+    fd = frechet_to(ref, np.concatenate(outputs))
+    rows.append((f"network output ({run_label(run)})", fd))
+    title = (f"{net.label} of {n} {split} images against the same real images; classifier {net.run_dir} "
+             f"(not FID: comparable only within this classifier's features)")
+    files = write_table(["images", net.label], [[name, round(v, 4)] for name, v in rows], Path(out_dir) / "fd_outputs",
+                        title)
+    result = {"metric": net.label, "classifier": str(net.run_dir), "split": split, "images": n, "fd": fd,
+              "baseline_name": task.baseline_name, "baseline": base_fd,
+              "floor_split": floor_split if floor is not None else None, "floor": floor, **files}
+    write_json(Path(out_dir) / "fd_outputs.json", result)
+    log.info("%s, %d %s images: network %.4f, %s input %s, real floor %s", net.label, n, split, fd, task.baseline_name,
+             f"{base_fd:.4f}" if base_fd is not None else "-", f"{floor:.4f}" if floor is not None else "-")
+    return result
+
+
+def _rows_of(run: TrainedRun, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The task's named image rows of ``batch`` (input, output, target), seeded as evaluation."""
+    task = image_task(run)
+    with run.evaluating():
+        return task.images(run.models, batch, run.eval_generator())
+
+
+def _fd_record(run_dir: Path) -> Optional[dict[str, Any]]:
+    """A run's ``fd_outputs`` record when it has a readable one with numeric values."""
+    path = run_dir / "figures" / "fd_outputs.json"
+    if not path.is_file():
+        return None
+    try:
+        record = read_json(path)
+    except (OSError, ValueError):
+        record = None
+    if not (isinstance(record, dict) and isinstance(record.get("fd"), (int, float))
+            and isinstance(record.get("baseline"), (int, float, type(None)))
+            and all(isinstance(record.get(k), str) for k in ("metric", "classifier", "split"))):
+        log.warning("compare_examples: %s is not an fd_outputs record; its FD is left out", path)
+        return None
+    return record
+
+
+def comparison_table(runs: dict[str, Path], split: str, baseline: Optional[str], base: Path) -> dict[str, str]:
+    """One row per run (its final ``split`` metrics and its ``fd_outputs`` FD) and one for the
+    task's baseline, with the metrics every run has: mse, psnr and the hole's where in-painting."""
+    metrics = {label: {k.split("/", 1)[1]: v for k, v in final_metrics(d).items() if k.startswith(f"{split}/")}
+               for label, d in runs.items()}
+    columns = [c for c in ("mse", "psnr", "hole_mse", "hole_psnr") if all(c in m for m in metrics.values())]
+    records = {label: _fd_record(d) for label, d in runs.items()}
+    classifiers = {(r["classifier"], r["split"]) for r in records.values() if r is not None}
+    fd_label = next((r["metric"] for r in records.values() if r is not None), "FD")
+    if len(classifiers) > 1:
+        log.warning("compare_examples: the runs' fd_outputs used other classifiers or splits %s: FD left out",
+                    sorted(classifiers))
+        records = {label: None for label in records}
+    first = next(iter(runs))
+    body = []
+    if baseline:
+        record = records[first]
+        body.append([f"{baseline} input (no learning)", *[metrics[first].get(f"{baseline}_{c}") for c in columns],
+                     record.get("baseline") if record else None])
+    body += [[label, *[metrics[label][c] for c in columns], r["fd"] if r else None] for label, r in records.items()]
+    title = f"{split} split; {fd_label} from each run's fd_outputs (empty: not computed)"
+    return write_table(["method", *columns, fd_label], body, base, title)
+
+
+@ANALYSES.register("compare_examples")
+def compare_examples(run: TrainedRun, out_dir: Path, other: str = "", split: str = "test", count: int = 10
+                     ) -> dict[str, Any]:
+    """The first ``count`` images of ``split`` through ``other`` (a finished image-to-image run
+    folder, loaded with its own config and weights: ``hpclab.engine.load_trained``) and through
+    this run, from the same inputs (the same seeded masks, checked): rows input / other's output
+    / this run's output / target (compare_<split>.png), and a table of both runs' final metrics
+    and fd_outputs FD (compare_metrics_<split>.md). One process only (it builds a second run)."""
+    from hpclab.config import load_run_config
+    from hpclab.engine import load_trained
+
+    if not other:
+        raise ValueError("compare_examples needs other=results/<group>/<run> (a finished image-to-image run)")
+    if run.parts.world > 1:
+        raise ValueError("compare_examples builds a second run: run it in one process (python jobs/analyze.py)")
+    other_dir = Path(other)
+    if not (other_dir / "config.yaml").is_file():
+        raise ValueError(f"no run at {other_dir} (no config.yaml): train the run to compare with first (the "
+                         f"experiment's config names its command), or pass other=results/<group>/<run>")
+    split = available_split(run, split)
+    batch = first_batch(run, split, count)
+    ours = _rows_of(run, batch)
+    in_name, out_name, target_name = image_task(run).row_names
+    with load_trained(load_run_config(other_dir), other_dir) as theirs:
+        their_images = first_batch(theirs, split, count)["images"]
+        if not torch.equal(their_images.to(batch["images"].device), batch["images"]):
+            raise ValueError(f"{other_dir} has other {split} images than this run (other data or split)")
+        rows = _rows_of(theirs, batch)
+        their_in, their_out, _ = image_task(theirs).row_names
+        label = run_label(theirs)
+    if not torch.equal(rows[their_in], ours[in_name]):
+        raise ValueError(f"{other_dir} makes other network inputs from the same images (its task: "
+                         f"{theirs.cfg.task.name}); the outputs would not compare")
+    shown = {in_name.replace("_", " "): ours[in_name], label: rows[their_out], run_label(run): ours[out_name],
+             target_name.replace("_", " "): ours[target_name]}
+    figure = image_rows(shown, Path(out_dir) / f"compare_{split}.png",
+                        title=f"{split} images: {' | '.join(shown)} (the runs' outputs from the same inputs)")
+    files = comparison_table({label: other_dir, run_label(run): run.run_dir}, split,
+                             getattr(run.task, "baseline_name", None), Path(out_dir) / f"compare_metrics_{split}")
+    return {"figure": str(figure), "other": str(other_dir), "images": len(batch["images"]), **files}
