@@ -185,11 +185,11 @@ def fmnist_pair(tmp_path_factory: pytest.TempPathFactory, fmnist_mirror: Path) -
             "train.batch_size=32", "train.progress=log", cwd=work, env=env)
     run_cli("launch.py", "experiment=inpaint_ae", *TINY, cwd=work, env=env)
     results = work / "results"
-    analyzed = run_cli("analyze.py", str(results / "inpaint_ae" / "default"), "fd_outputs",
-                       f"classifier={results / 'fmnist_cnn' / 'default'}", cwd=work, env=env)
+    analyzed = run_cli("analyze.py", str(results / "inpaint_ae-smoke" / "default"), "fd_outputs",
+                       f"classifier={results / 'fmnist_cnn-smoke' / 'default'}", cwd=work, env=env)
     run_cli("launch.py", "experiment=pix2pix_inpaint", *TINY, "task.discriminator.channels=8", cwd=work, env=env)
-    return {"work": work, "env": env, "results": results, "l2": results / "inpaint_ae" / "default",
-            "gan": results / "pix2pix_inpaint" / "default", "analyzed": analyzed.stdout}
+    return {"work": work, "env": env, "results": results, "l2": results / "inpaint_ae-smoke" / "default",
+            "gan": results / "pix2pix_inpaint-smoke" / "default", "analyzed": analyzed.stdout}
 
 
 @pytest.mark.slow
@@ -199,7 +199,7 @@ def test_fd_of_outputs_on_the_pix2pix_and_the_l2_run(fmnist_pair):
     l2, gan = (json.loads((fmnist_pair[name] / "figures" / "fd_outputs.json").read_text()) for name in ("l2", "gan"))
     for record in (l2, gan):
         assert record["metric"] == "FD (Fashion-MNIST CNN features)" and record["images"] == 200
-        assert record["classifier"].endswith("fmnist_cnn/default") and record["split"] == "test"
+        assert record["classifier"].endswith("fmnist_cnn-smoke/default") and record["split"] == "test"
         assert record["floor_split"] == "train" and record["baseline_name"] == "masked"
         assert all(np.isfinite(record[k]) and record[k] >= 0 for k in ("fd", "baseline", "floor"))
     assert gan["baseline"] == pytest.approx(l2["baseline"]) and gan["floor"] == pytest.approx(l2["floor"])
@@ -220,7 +220,7 @@ def test_pix2pix_run_and_its_comparison_with_the_l2_run(fmnist_pair):
     for name in ("examples_test.png", "compare_test.png", "compare_metrics_test.png", "curves.png", "metrics_test.md"):
         assert (figures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" or name.endswith(".md"), name
     compare = summary["analyses"]["compare_examples"]
-    assert compare["images"] == 10 and compare["other"].endswith("inpaint_ae/default")
+    assert compare["images"] == 10 and compare["other"].endswith("inpaint_ae-smoke/default")
     assert compare["figure"] == str(figures / "compare_test.png") != compare["png"]
     lines = (figures / "compare_metrics_test.md").read_text().splitlines()
     rows = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ")}
@@ -242,12 +242,12 @@ def test_comparison_refuses_a_run_with_other_inputs(fmnist_pair):
     run_cli("launch.py", "experiment=inpaint_ae", *TINY, "task.fraction=0.5", "run_name=half", cwd=fmnist_pair["work"],
             env=env)
     proc = run_cli("analyze.py", str(fmnist_pair["gan"]), "compare_examples",
-                   f"other={fmnist_pair['results'] / 'inpaint_ae' / 'half'}", cwd=fmnist_pair["work"], env=env,
+                   f"other={fmnist_pair['results'] / 'inpaint_ae-smoke' / 'half'}", cwd=fmnist_pair["work"], env=env,
                    check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: analysis compare_examples: ")
     assert "makes other network inputs from the same images" in proc.stderr
     missing = run_cli("analyze.py", str(fmnist_pair["gan"]), "compare_examples",
-                      f"other={fmnist_pair['results'] / 'inpaint_ae' / 'nothing'}", cwd=fmnist_pair["work"], env=env,
+                      f"other={fmnist_pair['results'] / 'inpaint_ae-smoke' / 'nothing'}", cwd=fmnist_pair["work"], env=env,
                       check=False)
     assert missing.returncode == 2 and "no run at" in missing.stderr.strip().splitlines()[-1]

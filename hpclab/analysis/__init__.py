@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable  # noqa: E402
 
 from hpclab.errors import USER_ERRORS, ConfigError  # noqa: E402
 
-SPLIT_ARGUMENTS = ("split", "reference", "real")  # arguments that name a split of the run's data
+SPLIT_ARGUMENTS = ("split", "reference", "real", "floor_split")  # arguments that name a split of the run's data
 
 
 def requires(check: Callable[..., None]) -> Callable[[Callable], Callable]:

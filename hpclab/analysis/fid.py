@@ -223,18 +223,20 @@ class ClassifierFeatures:
         return np.concatenate([self(b) for b in batches])
 
 
-def _classifier_trained(cfg: Any, classifier: str = "", **_: Any) -> None:
+def classifier_trained(cfg: Any, classifier: str = "", **_: Any) -> None:
+    """The prerequisite of the analyses that measure an FD in a classifier's features: the
+    classification run ``classifier`` is finished and loads (before the run starts)."""
     ClassifierFeatures(_classifier_run(classifier))
 
 
 def _classifier_run(classifier: str) -> str:
     if not classifier:
-        raise ConfigError("fd_classifier needs classifier=results/<group>/<run> (a finished classification run)")
+        raise ConfigError("the FD needs classifier=results/<group>/<run> (a finished classification run)")
     return classifier
 
 
 @ANALYSES.register("fd_classifier")
-@requires(_classifier_trained)
+@requires(classifier_trained)
 def fd_classifier(run: TrainedRun, out_dir: Path, classifier: str = "", reference: str = "train", real: str = "test",
                   num_images: int = 10000, batch_size: int = 500, epochs: Optional[list[float]] = None,
                   seed: int = 99) -> dict[str, Any]:

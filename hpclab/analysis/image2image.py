@@ -33,13 +33,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hpclab.analysis import ANALYSES
+from hpclab.analysis import ANALYSES, requires
 from hpclab.analysis.grids import image_rows, image_strips
 from hpclab.analysis.inputs import available_split, first_batch
 from hpclab.analysis.layers import run_layer_rows, write_layer_table
 from hpclab.analysis.report import final_metrics, write_table
 from hpclab.data.transforms import to_float
 from hpclab.engine.evaluation import TrainedRun
+from hpclab.errors import ConfigError, WeightsMissing
 from hpclab.utils import read_json, write_json
 
 log = logging.getLogger("hpclab")
@@ -187,7 +188,14 @@ def run_label(run: TrainedRun) -> str:
     return cfg.run_group if cfg.run_name == "default" else f"{cfg.run_group}/{cfg.run_name}"
 
 
+def _fd_classifier_trained(cfg: Any, classifier: str = "", **_: Any) -> None:
+    from hpclab.analysis.fid import classifier_trained
+
+    classifier_trained(cfg, classifier)
+
+
 @ANALYSES.register("fd_outputs")
+@requires(_fd_classifier_trained)
 def fd_outputs(run: TrainedRun, out_dir: Path, classifier: str = "", split: str = "test", floor_split: str = "train",
                num_images: int = 10000) -> dict[str, Any]:
     """Fréchet distance, in the features of ``classifier`` (a finished classification run, as
@@ -283,7 +291,21 @@ def comparison_table(runs: dict[str, Path], split: str, baseline: Optional[str],
     return write_table(["method", *columns, fd_label], body, base, title)
 
 
+def _other_trained(cfg: Any, other: str = "", **_: Any) -> None:
+    """``other`` is a run folder with a config and trained weights (before this run starts)."""
+    from hpclab.config import load_run_config
+    from hpclab.rundir import best_weights, checkpoint_dir
+
+    if not other:
+        raise ConfigError("compare_examples needs other=results/<group>/<run> (a finished image-to-image run)")
+    other_cfg = load_run_config(Path(other))  # not a run folder, or a damaged config: one line
+    if not best_weights(Path(other)).is_file() and not any(checkpoint_dir(Path(other)).glob("step*.pt")):
+        raise WeightsMissing(f"{other} has no trained weights yet; train it first: "
+                             f"python jobs/launch.py experiment={other_cfg.experiment}")
+
+
 @ANALYSES.register("compare_examples")
+@requires(_other_trained)
 def compare_examples(run: TrainedRun, out_dir: Path, other: str = "", split: str = "test", count: int = 10
                      ) -> dict[str, Any]:
     """The first ``count`` images of ``split`` through ``other`` (a finished image-to-image run
