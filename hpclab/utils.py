@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import logging
@@ -14,7 +15,7 @@ import tempfile
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -159,6 +160,23 @@ def one_line(exc: BaseException, named: bool = True) -> str:
     if not text:
         return type(exc).__name__
     return f"{type(exc).__name__}: {text[0]}" if named else text[0]
+
+
+def did_you_mean(key: str, candidates: Iterable[str], n: int = 3) -> str:
+    """``; did you mean a, b or c?`` for an unknown dotted ``key``: keys with the same last part
+    first (``train.lr`` -> ``train.optimizer.lr``), then the closest spellings (difflib) of the
+    last part beside it (``train.epoch`` -> ``train.epochs``) and of the whole key at its depth
+    (``trian`` -> ``train``); "" when nothing is near."""
+    candidates = [c for c in dict.fromkeys(candidates) if c != key]
+    parent, _, leaf = key.rpartition(".")
+    same_leaf = [c for c in candidates if c.rpartition(".")[2] == leaf]
+    siblings = {c.rpartition(".")[2]: c for c in candidates if c.rpartition(".")[0] == parent}
+    others = [c for c in candidates if c.count(".") == key.count(".") and c.rpartition(".")[0] != parent]
+    near = list(dict.fromkeys(same_leaf + [siblings[k] for k in difflib.get_close_matches(leaf, siblings, n, 0.7)]
+                              + difflib.get_close_matches(key, others, n, 0.8)))[:n]
+    if not near:
+        return ""
+    return f"; did you mean {near[0] if len(near) == 1 else ', '.join(near[:-1]) + ' or ' + near[-1]}?"
 
 
 def can_set_signal_handlers() -> bool:
