@@ -22,7 +22,7 @@ from hpclab.config import read_run_config, save_yaml
 from hpclab.errors import Preempted, RunConflict, RunFolderError
 from hpclab.launch.lock import LOCK_NAME, TOKEN_ENV, run_lock, unwritable
 from hpclab.launch.slurm import JobSignals, export_rank_env, job_ref, record_task, restart_count
-from hpclab.utils import environment_record, read_json, setup_logging, under_slurm, write_json
+from hpclab.utils import environment_record, read_json, setup_logging, under_slurm, use_threads, write_json
 
 log = logging.getLogger("hpclab")
 
@@ -70,6 +70,7 @@ def train_run(cfg: DictConfig, folder_ready: bool = False) -> dict[str, Any]:
 
     run_dir = run_dir_of(cfg)
     rank = int(os.environ.get("RANK", "0"))
+    use_threads(cfg.cluster.threads)  # the same count here, in each rank and in every SLURM task
     check_splits(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # fail before anything is written
     use_cache(cfg.paths.cache)  # pretrained weights resolve from the staged cache, never the network
     if rank != 0:
