@@ -51,7 +51,11 @@ def main(argv: list[str]) -> int:
     if plan.base.dry_run:
         print(executors.describe_plan(plan))
         if cluster == "slurm":
-            print("\n# sbatch script submitit would submit:\n" + executors.render_sbatch(plan))
+            from hpclab.launch.fit import fit_problem
+
+            problem = fit_problem(plan.base.cluster)
+            print("\n# sbatch script submitit would submit:\n" + executors.render_sbatch(plan)
+                  + (f"\n# warning: {problem}" if problem else ""))
         return 0
     if cluster == "slurm":
         arrays = executors.submit_slurm(plan)

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from hpclab.config import ConfigError
 from hpclab.launch import container
 from hpclab.launch.batch import job_lines
+from hpclab.launch.fit import check_fit
 from hpclab.launch.job import (
     TrainJob,
     is_complete,
@@ -307,6 +308,7 @@ def submit_slurm(plan: SweepPlan) -> dict[str, int]:
         return {}
     cluster = plan.base.cluster
     check_one_cluster_setting(plan, pending)
+    check_fit(cluster)  # every setting the cluster cannot give, in one line
     for cfg in pending:  # fail before anything is queued
         check_splits(cfg, cluster.nodes * max(cluster.gpus_per_node, 1))
     container.check_image(cluster)
