@@ -49,7 +49,10 @@ def _thread_write_errors(args: threading.ExceptHookArgs) -> None:
 
 def main_guard(main: Callable[[list[str]], int]) -> None:
     """Run ``main(argv)``; expected failures print one line on stderr and exit non-zero."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    # the suite's own INFO lines; other libraries (TensorBoard's event reader, accelerate, ...) only
+    # from WARNING on, so run logs stay the run's
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("hpclab").setLevel(logging.INFO)
     threading.excepthook = _thread_write_errors
     try:
         code = main(sys.argv[1:])

@@ -51,12 +51,8 @@ def run_local(plan: SweepPlan) -> list[dict[str, Any]]:
     """Run every run of the plan in turn in this process (or N processes each), then report."""
     from hpclab.analysis.report import write_report
     from hpclab.data.loader import check_splits
-    from hpclab.data.prepare import hdf5_path, stage
 
-    # Stage each dataset first (a no-op when prepared; local mirrors, then the downloader), so
-    # a missing dataset fails before the first run starts, not in the middle of a sweep.
-    for cfg in {hdf5_path(c): c for c in plan.runs}.values():
-        stage(cfg)
+    stage_datasets(plan.runs)
     for cfg in plan.runs:  # and every run's splits hold data, before the first run starts
         check_splits(cfg, cfg.cluster.processes)
     summaries = []
@@ -68,6 +64,15 @@ def run_local(plan: SweepPlan) -> list[dict[str, Any]]:
     if plan.base.sweep.name:
         write_report(group_dir(plan), plan.base.sweep.report)
     return summaries
+
+
+def stage_datasets(runs: list[DictConfig]) -> None:
+    """Stage each dataset of these runs (a no-op when prepared; local mirrors, then the
+    downloader), so a missing dataset fails before the first run starts or is queued."""
+    from hpclab.data.prepare import hdf5_path, stage
+
+    for cfg in {hdf5_path(c): c for c in runs}.values():
+        stage(cfg)
 
 
 # --------------------------------------------------------------------------- SLURM
@@ -309,6 +314,7 @@ def submit_slurm(plan: SweepPlan) -> dict[str, int]:
     cluster = plan.base.cluster
     check_one_cluster_setting(plan, pending)
     check_fit(cluster)  # every setting the cluster cannot give, in one line
+    stage_datasets(pending)  # here, on the submitting node, as a local launch does
     for cfg in pending:  # fail before anything is queued
         check_splits(cfg, cluster.nodes * max(cluster.gpus_per_node, 1))
     container.check_image(cluster)

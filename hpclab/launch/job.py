@@ -242,6 +242,8 @@ class TrainJob:
         export_rank_env()
         summary = train_run(resumable(self.cfg))
         refresh_sweep_report(self.cfg)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(results_line(self.cfg), flush=True)  # the task log ends saying where they are
         return summary
 
     def checkpoint(self, *args: Any, **kwargs: Any):
@@ -250,6 +252,14 @@ class TrainJob:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self)  # the restart resumes: see resumable()
+
+
+def results_line(cfg: DictConfig) -> str:
+    """The last line of a SLURM task's log: where its run's results (and its sweep's summary) are."""
+    line = f"results: {run_dir_of(cfg)}/"
+    if cfg.sweep.name:
+        line += f" (sweep summary: {run_dir_of(cfg).parent}/summary.md)"
+    return line
 
 
 def resumable(cfg: DictConfig) -> DictConfig:
