@@ -18,6 +18,7 @@ from hpclab.config import ConfigError
 from hpclab.launch import container
 from hpclab.launch.batch import job_lines
 from hpclab.launch.fit import check_fit
+from hpclab.launch.progress import progress_cells
 from hpclab.launch.job import (
     TrainJob,
     is_complete,
@@ -476,22 +477,6 @@ def _queued_by_sbatch(plan: SweepPlan, jobs: dict[str, dict[str, str]], submitit
     return found
 
 
-def _last_step(run_dir: Path) -> Optional[int]:
-    """The last step logged in metrics.jsonl (progress, and whether a resume kept it); a last
-    line cut short by a kill is passed over for the one before it."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    import json
-
-    for line in reversed(path.read_text().splitlines()):
-        try:
-            return int(json.loads(line)["step"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return None
-
-
 def run_state(run_dir: Path, job: Optional[str], squeued: Optional[dict[str, str]], starts: list[dict[str, Any]],
               submitit_log: Optional[str], submitit_dir: Path) -> str:
     """One run's state from squeue (if it still knows the job), the results folder and the
@@ -577,13 +562,12 @@ def status_lines(plan: SweepPlan) -> list[str]:
     jobs = squeue_jobs()
     if jobs:
         _add_queued_by_sbatch(plan, runs, submitit_jobs, jobs)
-    lines = [f"{'run':<32} {'state':<20} {'job':<14} {'step':>8}  log"]
+    lines = [f"{'run':<32} {'state':<20} {'job':<14} {'step':>13} {'rate':>12}  log"]
     for run in runs:
         squeued = jobs.get(run.job) if jobs and run.job else None
         state = run_state(run.run_dir, run.job, squeued, run.starts, run.submitit_log, submitit_folder(plan))
-        step = _last_step(run.run_dir)
-        lines.append(f"{run.name:<32} {state:<20} {run.job or '-':<14} {'-' if step is None else step:>8}  "
-                     f"{run.log_path or '-'}")
+        step, rate = progress_cells(run.run_dir)
+        lines.append(f"{run.name:<32} {state:<20} {run.job or '-':<14} {step:>13} {rate:>12}  {run.log_path or '-'}")
     if jobs is None:
         lines.append("(squeue does not answer: states come from the results folder only)")
     return lines
