@@ -34,6 +34,19 @@ def clock_time(seconds: float) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
+# The order of TensorBoard's HParams columns after the swept keys: what the run is, then how it
+# trained; where and how it ran (paths, cluster, sweep) last.
+HPARAM_SECTIONS = ("experiment", "seed", "model", "task", "data", "train")
+
+
+def hparam_rank(key: str, swept: list[str]) -> tuple[int, int]:
+    """Sort key of a config key among the HParams columns: the sweep's keys first, in its order."""
+    if key in swept:
+        return (0, swept.index(key))
+    section = key.split(".", 1)[0]
+    return (1, HPARAM_SECTIONS.index(section)) if section in HPARAM_SECTIONS else (2, 0)
+
+
 class RunLog:
     """One run's metric record and TensorBoard events; every method is a no-op off rank 0."""
 
@@ -105,8 +118,9 @@ class RunLog:
         """The run's scalar config values beside its final metrics (TensorBoard's HParams tab)."""
         if self._writer is None:
             return
-        hparams = {k: v for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()
-                   if isinstance(v, (int, float, str, bool))}
+        values = {k: v for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()
+                  if isinstance(v, (int, float, str, bool))}
+        hparams = dict(sorted(values.items(), key=lambda item: hparam_rank(item[0], list(cfg.sweep.grid))))
         self._writer.add_hparams(hparams, {f"hparam/{k}": v for k, v in final.items()}, run_name="hparams")
         self._writer.flush()
 

@@ -25,9 +25,11 @@ def groups_help() -> str:
 
 
 def doc_parser(doc: str) -> argparse.ArgumentParser:
-    """An argument parser whose help is a script's docstring: the first line as description,
-    the rest (usage examples) verbatim after the options."""
-    return argparse.ArgumentParser(description=doc.splitlines()[0], epilog=doc.split("\n\n", 1)[1],
+    """An argument parser whose help is a script's docstring: the first paragraph (a sentence
+    may run over several lines) as description, the rest (usage examples) verbatim after the
+    options."""
+    first, _, rest = doc.strip().partition("\n\n")
+    return argparse.ArgumentParser(description=" ".join(first.split()), epilog=rest,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
