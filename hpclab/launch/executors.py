@@ -314,11 +314,11 @@ def submit_slurm(plan: SweepPlan) -> dict[str, int]:
         return {}
     cluster = plan.base.cluster
     check_one_cluster_setting(plan, pending)
+    container.check_image(cluster)
     check_fit(cluster)  # every setting the cluster cannot give, in one line
     stage_datasets(pending)  # here, on the submitting node, as a local launch does
     for cfg in pending:  # fail before anything is queued
         check_splits(cfg, cluster.nodes * max(cluster.gpus_per_node, 1))
-    container.check_image(cluster)
     layout = array_layout(len(pending), array_size(cluster, len(pending)), cluster.array_parallelism)
     check_capacity(plan, len(pending))
     if len(layout) > 1:
