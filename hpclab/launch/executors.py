@@ -384,6 +384,8 @@ _SBATCH_HINTS = (
      "no node has what the job asks for: lower cluster.gpus_per_node (0 without GPUs), cluster.cpus_per_task, "
      "cluster.mem_gb or cluster.nodes"),
     ("Invalid partition", "name a partition that exists (sinfo lists them): cluster.partition=..."),
+    ("Invalid feature specification",
+     "no node has that feature: fix cluster.extra.constraint (sinfo -o '%P %f' lists the features)"),
     ("Invalid account", "name an account you may use (sacctmgr show assoc user=$USER): cluster.account=..."),
     ("Invalid qos", "name a QOS your account may use: cluster.qos=..."),
     ("time limit", "ask for less time: cluster.time_min=..."),
