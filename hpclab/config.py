@@ -9,17 +9,19 @@ sections are free-form in the schema and validated against the registered class 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hpclab.errors import ConfigError
-from hpclab.registry import check_kwargs
-from hpclab.utils import one_line
+from hpclab.registry import CONTEXT_PARAMETERS, check_kwargs
+from hpclab.utils import did_you_mean, one_line
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -137,6 +139,11 @@ class ClusterConfig:
     # data parallel: a rank that waits this long for the others in a collective (one died or
     # hangs) stops the job with an error instead of hanging until the time limit
     collective_timeout_s: int = 600
+    # torch/OpenMP/BLAS threads per process, everywhere (here, each local data-parallel rank, each
+    # SLURM task): results are bit-identical between machines only at equal thread counts, so the
+    # default does not follow the machine's cores or cpus_per_task. 1: tiny models ran fastest on
+    # one thread here, and GPU runs hardly use CPU threads. Raise it with cpus_per_task on CPU nodes.
+    threads: int = 1
     folder: Optional[str] = None  # submitit's folder; default <results>/<sweep>/.submitit
     image: Optional[str] = None  # run tasks in this image (SIF file or podman image); default $HPCLAB_IMAGE
     container: Optional[str] = None  # apptainer | singularity | podman; default $HPCLAB_CONTAINER, else apptainer
@@ -168,12 +175,15 @@ class RunConfig:
     notes: str = ""
 
 
-def _compose_error(exc: BaseException) -> str:
-    """One line that names the bad key (from OmegaConf's cause) or the missing option."""
+def _compose_error(exc: BaseException, overrides: list[str]) -> str:
+    """One line that names the bad key (from OmegaConf's cause) or the missing option, with the
+    nearest valid keys when the key is unknown."""
     cause = exc.__cause__
     key = getattr(cause, "full_key", None)
     if key:
-        return f"config key '{key}': {one_line(cause, named=False)}"
+        reason = one_line(cause, named=False)
+        hint = _unknown_key_hint(key, overrides) if _is_unknown_key(reason) else ""
+        return f"config key '{key}': {reason}{hint}"
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     if lines and "Could not find" in lines[0] and "Available options" in str(exc):
         start = next(i for i, line in enumerate(lines) if line.startswith("Available")) + 1
@@ -181,6 +191,108 @@ def _compose_error(exc: BaseException) -> str:
         what = lines[0].replace("In 'config': ", "")
         return f"{what} (available: {', '.join(options)})"
     return f"bad override: {lines[0] if lines else type(exc).__name__}"
+
+
+def _is_unknown_key(reason: str) -> bool:
+    return "not in struct" in reason or re.search(r"Key '.*' not in '", reason) is not None
+
+
+def schema_sections(node: Any = None, prefix: str = "") -> list[tuple[str, list[str]]]:
+    """``(section prefix, its keys)`` of the schema, top level first (``("train.optimizer.",
+    ["name", "lr", ...])``), for ``--help``; ``model``/``task`` are the chosen class's parameters."""
+    node = RunConfig() if node is None else node
+    keys, nested = [], []
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            nested += schema_sections(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(f.name)
+    return [(prefix, keys), *nested]
+
+
+def schema_keys(node: Any = None, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema, sections included (``train``, ``train.optimizer.lr``)."""
+    node = OmegaConf.to_container(_schema()) if node is None else node
+    keys = []
+    for key, value in node.items():
+        keys.append(prefix + key)
+        if isinstance(value, dict):
+            keys += schema_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def _unknown_key_hint(key: str, overrides: list[str]) -> str:
+    """The nearest keys to an unknown ``key``: of the schema, or for ``model.*``/``task.*`` the
+    parameters of the class the other overrides choose (composed again without the bad one)."""
+    section = key.split(".", 1)[0]
+    if section not in ("model", "task"):
+        return did_you_mean(key, schema_keys())
+    rest = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != key]
+    try:
+        node = _compose_raw(rest)[section]
+        return did_you_mean(key, [f"{section}.{p}" for p in class_parameters(section, node.get("name"))])
+    except Exception:  # noqa: BLE001 - a hint is a courtesy: the error line stands without it
+        return ""
+
+
+def class_parameters(section: str, name: Optional[str]) -> list[str]:
+    """The constructor parameters a ``model``/``task`` section may set for class ``name``."""
+    import inspect
+
+    from hpclab.models import MODELS
+    from hpclab.tasks import TASKS
+
+    registry = {"model": MODELS, "task": TASKS}[section]
+    if name not in registry:
+        return []
+    return [k for k in inspect.signature(registry[name]).parameters if k not in CONTEXT_PARAMETERS]
+
+
+# Hydra habits: flags and keys this suite does not use, each with what it uses instead.
+_HYDRA_FLAGS = {
+    ("-m", "--multirun"): "a sweep needs no flag here: sweep=NAME or a comma list (model.latent_dim=2,16) runs "
+                          "every combination, locally or with cluster=slurm as one job array",
+    ("--cfg", "-c", "--info", "-i", "--resolve", "-p", "--package"):
+        "print the composed config with: python jobs/launch.py show <the same overrides> [KEY]",
+    ("-cn", "--config-name"): "choose what runs with experiment=NAME or sweep=NAME (python jobs/launch.py --help "
+                              "lists them)",
+    ("-cp", "--config-path", "-cd", "--config-dir"):
+        "configs come from configs/ of this checkout; a site's settings go in configs/local/default.yaml "
+        "(start from configs/local/default.yaml.example)",
+    ("--hydra-help", "-hh", "--shell-completion", "-sc"): "python jobs/launch.py --help lists groups and keys",
+}
+_HYDRA_KEYS = {
+    "hydra.run.dir": "a run is written to paths.results/<experiment>/<run_name>/: set paths.results=DIR (or "
+                     "HPCLAB_RESULTS=DIR) and run_name=NAME",
+    "hydra.sweep.dir": "a sweep is written to paths.results/<sweep.name>/<run>/: set paths.results=DIR (or "
+                       "HPCLAB_RESULTS=DIR) and sweep.name=NAME",
+    "hydra.sweep.subdir": "each run of a sweep is named after its grid point (latent_dim-8); run_name=NAME names "
+                          "a single run",
+    "hydra.launcher": "SLURM submission is cluster=slurm here (cluster=slurm_cpu without GPUs), set up with "
+                      "cluster.* keys (python jobs/launch.py show cluster=slurm cluster)",
+    "hydra.sweeper": "sweeps are sweep=NAME files or comma lists (key=a,b,c); sweep.subset=N keeps N values per axis",
+    "hydra.job_logging": "each run logs to its run.log and stdout",
+    "hydra.verbose": "each run logs to its run.log and stdout",
+}
+
+
+def refuse_hydra_habits(overrides: Iterable[str]) -> None:
+    """One line for a Hydra flag or ``hydra.*`` key, saying what this suite uses instead (Hydra
+    would give a token error for the flags and silently ignore the keys)."""
+    for text in overrides:
+        if text.startswith("-"):
+            flag = text.split("=", 1)[0]
+            fix = next((fix for flags, fix in _HYDRA_FLAGS.items() if flag in flags), None)
+            if fix is None:
+                raise ConfigError(f"unknown option {flag}: arguments are key=value overrides "
+                                  f"(python jobs/launch.py --help lists groups and keys)")
+            raise ConfigError(f"{flag} is Hydra's; {fix}")
+        key = text.lstrip("+~").split("=", 1)[0].replace("/", ".")
+        if key == "hydra" or key.startswith("hydra."):
+            fix = next((fix for k, fix in _HYDRA_KEYS.items() if key == k or key.startswith(k + ".")),
+                       "Hydra's own settings are not used here (results go to paths.results, logs to each run's run.log)")
+            raise ConfigError(f"{key} is not used here: {fix}")
 
 
 def compose(overrides: list[str]) -> DictConfig:
@@ -200,6 +312,7 @@ def compose_many(override_lists: list[list[str]]) -> list[DictConfig]:
     composed: dict[tuple[str, ...], DictConfig] = {}
     out = []
     for overrides in override_lists:
+        refuse_hydra_habits(overrides)
         structural, values = _split_value_overrides(overrides)
         if structural not in composed:
             composed[structural] = _compose_raw(list(structural))
@@ -257,7 +370,7 @@ def _compose_raw(overrides: list[str]) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             return hydra_compose(config_name="config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(_compose_error(exc)) from None
+        raise ConfigError(_compose_error(exc, overrides)) from None
     finally:
         GlobalHydra.instance().clear()
 
@@ -300,7 +413,8 @@ def validate(raw: DictConfig) -> DictConfig:
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
         reason = one_line(exc, named=False)
-        raise ConfigError(f"config key '{key}': {reason}" if key else reason) from None
+        hint = did_you_mean(key, schema_keys()) if key and _is_unknown_key(reason) else ""
+        raise ConfigError(f"config key '{key}': {reason}{hint}" if key else reason) from None
     _check_choices(cfg)
     from hpclab.models import MODELS
     from hpclab.tasks import TASKS
@@ -348,7 +462,7 @@ _RANGES: dict[str, tuple[Any, Any, bool, bool]] = {
     "cluster.gpus_per_node": _NON_NEGATIVE, "cluster.cpus_per_task": _AT_LEAST_1, "cluster.mem_gb": _POSITIVE,
     "cluster.array_parallelism": _AT_LEAST_1, "cluster.max_array_size": _AT_LEAST_1,
     "cluster.signal_delay_s": _NON_NEGATIVE, "cluster.max_requeues": _NON_NEGATIVE,
-    "cluster.collective_timeout_s": _AT_LEAST_1,
+    "cluster.collective_timeout_s": _AT_LEAST_1, "cluster.threads": _AT_LEAST_1,
 }
 # The same for constructor arguments of models and tasks that share a meaning across classes.
 _KWARG_RANGES: dict[str, tuple[Any, Any, bool, bool]] = {

@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator, Optional, TypeVar
 from omegaconf import DictConfig, OmegaConf
 
 from hpclab.errors import ConfigError
+from hpclab.utils import did_you_mean
 
 T = TypeVar("T")
 
@@ -55,7 +56,7 @@ class Registry(dict):
     def __getitem__(self, name: str) -> Any:
         self.load_all()
         if not dict.__contains__(self, name):
-            raise UnknownName(f"unknown {self.kind} '{name}' (known: {', '.join(sorted(self))})")
+            raise UnknownName(f"unknown {self.kind} '{name}'{did_you_mean(str(name), self)} (known: {', '.join(sorted(self))})")
         return dict.__getitem__(self, name)
 
     # every read loads first, so `name in MODELS` or `sorted(SOURCES)` never sees a partial registry
@@ -88,6 +89,9 @@ class Registry(dict):
         return cls(**kwargs, **extra)
 
 
+CONTEXT_PARAMETERS = ("self", "in_channels", "image_size", "num_classes")  # filled in from the data set
+
+
 def check_kwargs(section: str, node: DictConfig, registry: Registry) -> None:
     """``node`` is ``{name: ..., **kwargs}``; the kwargs must match the registered class."""
     name = node.get("name")
@@ -99,12 +103,12 @@ def check_kwargs(section: str, node: DictConfig, registry: Registry) -> None:
         raise UnknownName(f"config key '{section}.name': {exc}") from None
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return
+    settable = [k for k in params if k not in CONTEXT_PARAMETERS]
     for key in node:
         if key != "name" and key not in params:
-            raise ConfigError(
-                f"config key '{section}.{key}': not a parameter of {section} '{name}' "
-                f"(parameters: {', '.join(k for k in params if k not in ('self', 'in_channels', 'image_size', 'num_classes'))})"
-            )
+            raise ConfigError(f"config key '{section}.{key}': not a parameter of {section} '{name}'"
+                              f"{did_you_mean(f'{section}.{key}', [f'{section}.{k}' for k in settable])} "
+                              f"(parameters: {', '.join(settable)})")
 
 
 def kwargs_of(node: DictConfig) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import logging
@@ -14,7 +15,7 @@ import tempfile
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,12 +94,50 @@ def environment_record() -> dict[str, Any]:
                 "usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()},
         "packages": versions,
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "threads": thread_counts(),
         "slurm": {k: v for k, v in os.environ.items() if k.startswith("SLURM_") and k in SLURM_KEYS},
         "apptainer_image": os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER"),
         # set by the launcher and slurm/common.sh for tasks in the image (hpclab/launch/container.py)
         "container": {"engine": os.environ["HPCLAB_CONTAINER_ENGINE"], "image": os.environ.get("HPCLAB_CONTAINER_IMAGE")}
         if os.environ.get("HPCLAB_CONTAINER_ENGINE") else None,
     }
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def use_threads(threads: int) -> None:
+    """Run torch, OpenMP and the BLAS libraries on ``threads`` threads in this process, and pass
+    the count on to the processes it starts (local data-parallel ranks, DataLoader workers).
+
+    Results are bit-identical between two machines only at equal thread counts (reductions are
+    split differently), so every path of a run (here, each rank, a SLURM task) calls this with
+    ``cluster.threads`` instead of following the machine's cores or SLURM's cpus-per-task."""
+    import torch
+
+    os.environ.update({name: str(threads) for name in THREAD_VARIABLES})
+    torch.set_num_threads(threads)
+    try:  # BLAS already loaded (numpy's OpenBLAS, MKL): they read the variables only when loaded
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # scikit-learn's dependency; without it BLAS keeps its own count
+        return
+    threadpool_limits(threads)
+
+
+def thread_counts() -> dict[str, Any]:
+    """The thread counts this process computes with (environment.json): torch's intra- and
+    inter-op threads, each loaded OpenMP/BLAS library's, and the variables that set them."""
+    import torch
+
+    counts: dict[str, Any] = {"torch": torch.get_num_threads(), "torch_interop": torch.get_num_interop_threads()}
+    try:
+        from threadpoolctl import threadpool_info
+
+        counts["libraries"] = {f"{i['user_api']}:{i['internal_api']}": i["num_threads"] for i in threadpool_info()}
+    except ImportError:
+        pass
+    counts["env"] = {name: os.environ.get(name) for name in (*THREAD_VARIABLES, "SLURM_CPUS_PER_TASK")}
+    return counts
 
 
 def cpu_model() -> str | None:
@@ -144,6 +183,23 @@ def one_line(exc: BaseException, named: bool = True) -> str:
     if not text:
         return type(exc).__name__
     return f"{type(exc).__name__}: {text[0]}" if named else text[0]
+
+
+def did_you_mean(key: str, candidates: Iterable[str], n: int = 3) -> str:
+    """``; did you mean a, b or c?`` for an unknown dotted ``key``: keys with the same last part
+    first (``train.lr`` -> ``train.optimizer.lr``), then the closest spellings (difflib) of the
+    last part beside it (``train.epoch`` -> ``train.epochs``) and of the whole key at its depth
+    (``trian`` -> ``train``); "" when nothing is near."""
+    candidates = [c for c in dict.fromkeys(candidates) if c != key]
+    parent, _, leaf = key.rpartition(".")
+    same_leaf = [c for c in candidates if c.rpartition(".")[2] == leaf]
+    siblings = {c.rpartition(".")[2]: c for c in candidates if c.rpartition(".")[0] == parent}
+    others = [c for c in candidates if c.count(".") == key.count(".") and c.rpartition(".")[0] != parent]
+    near = list(dict.fromkeys(same_leaf + [siblings[k] for k in difflib.get_close_matches(leaf, siblings, n, 0.7)]
+                              + difflib.get_close_matches(key, others, n, 0.8)))[:n]
+    if not near:
+        return ""
+    return f"; did you mean {near[0] if len(near) == 1 else ', '.join(near[:-1]) + ' or ' + near[-1]}?"
 
 
 def can_set_signal_handlers() -> bool:

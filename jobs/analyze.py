@@ -25,14 +25,16 @@ def main(argv: list[str]) -> int:
         return 0 if argv else 2
     from omegaconf import OmegaConf
 
-    from hpclab.config import ConfigError
     from hpclab.analysis.rerun import analyze_run
+    from hpclab.config import ConfigError, load_run_config
+    from hpclab.utils import use_threads
 
     run_dir, name, pairs = argv[0], argv[1], argv[2:]
     bad = [p for p in pairs if "=" not in p]
     if bad:
         raise ConfigError(f"arguments must be key=value, got {bad[0]!r}")
     kwargs = OmegaConf.to_container(OmegaConf.from_dotlist(pairs)) if pairs else {}
+    use_threads(load_run_config(run_dir).cluster.threads)  # the numbers of the run's own analyses
     result = analyze_run(run_dir, name, kwargs)
     print(json.dumps(result, indent=2, default=str))
     return 0

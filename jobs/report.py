@@ -4,19 +4,25 @@ refresh the generated tables, run records and figures of a results document.
 
 usage: python jobs/report.py results/<sweep> [--x KEY] [--metrics M1,M2] [--logx]
        python jobs/report.py --publish docs/results.md [--results results] [--only GROUP,GROUP]
+
+  python jobs/report.py results/ae_latent                       # summary.{md,csv,png}, as the sweep's config says
+  python jobs/report.py results/ae_latent --metrics test/mse    # another view: summary-test_mse.{md,csv,png}
+
+With --x, --metrics or --logx the view is written beside the summary (summary-<view>.*), which
+stays as the sweep's config describes it. A baseline of the sweep's report.baselines is drawn on
+the axes of the metric it anchors.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
-from hpclab.launch.cli import main_guard
+from hpclab.launch.cli import doc_parser, main_guard
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = doc_parser(__doc__)
     parser.add_argument("folder", nargs="?", help="a sweep's results folder, e.g. results/ae_latent")
     parser.add_argument("--x", help="swept key on the x axis (default: the sweep's report.x)")
     parser.add_argument("--metrics", help="comma-separated metrics (default: the sweep's report.metrics)")
@@ -26,7 +32,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--only", help="with --publish: refresh only the blocks of these results groups (comma-separated)")
     args = parser.parse_args(argv)
     from hpclab.analysis.publish import publish
-    from hpclab.analysis.report import write_report
+    from hpclab.analysis.report import view_name, write_report
     from hpclab.errors import ConfigError
 
     if args.publish:
@@ -44,7 +50,7 @@ def main(argv: list[str]) -> int:
     report = {k: v for k, v in {"x": args.x, "metrics": args.metrics.split(",") if args.metrics else None,
                                 "logx": args.logx or None}.items() if v}
     try:
-        out = write_report(args.folder, report)
+        out = write_report(args.folder, report, name=view_name(report))
     except FileNotFoundError as exc:  # no finished runs there: a one-line error via main_guard
         raise ConfigError(str(exc)) from None
     for path in out.values():

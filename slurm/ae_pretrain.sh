@@ -9,8 +9,14 @@
 #   HPCLAB_IMAGE=/shared/hpclab.sif sbatch slurm/ae_pretrain.sh
 #   HPCLAB_EXPERIMENT=stl_ae_classifier_frozen sbatch slurm/ae_pretrain.sh   # the next stage
 #
-# Stage the data first: python jobs/prepare_data.py experiment=ae_pretrain
-# Results: results/ae_pretrain/default/; the log: hpclab-ae_pretrain-<jobid>.out here.
+# A small or CPU-only partition (no GPUs): 200 steps on 1,024 images, a quick look:
+#   sbatch --gpus-per-node=0 --cpus-per-task=1 --mem=4G --time=30 slurm/ae_pretrain.sh preset=smoke
+# Any experiment on the Fashion-MNIST or digits data runs as well (the job stages those itself):
+#   sbatch --gpus-per-node=0 --cpus-per-task=1 --mem=4G --time=30 slurm/ae_pretrain.sh experiment=ae_latent preset=smoke
+#
+# Stage STL-10 first on a node with internet: python jobs/prepare_data.py experiment=ae_pretrain
+# Results: results/ae_pretrain/default/; the log, hpclab-ae_pretrain-<jobid>.out here, ends with
+# a line "results: <run folder>/".
 # Before the time limit SLURM sends USR2: the run checkpoints and the job requeues itself;
 # the restarted job resumes from that checkpoint (also after scontrol requeue or preemption).
 #SBATCH --job-name=hpclab-ae_pretrain

@@ -4,7 +4,7 @@
 # What it does, in order:
 #   1. the job's setup, rendered by `python -m hpclab.launch.batch` (hpclab/launch/batch.py, the
 #      same code that sets up the launcher's arrays) and evaluated here: HDF5 without file locks
-#      (Lustre/GPFS/NFS), threads = CPUs per task, unbuffered Python, the rendezvous address and
+#      (Lustre/GPFS/NFS), unbuffered Python, the rendezvous address and
 #      port of multi-GPU/multi-node runs, absolute data/results/cache folders, and HPCLAB_PY, the
 #      command that runs a task: inside the image when HPCLAB_IMAGE is set (apptainer exec --nv,
 #      or podman run with HPCLAB_CONTAINER=podman; folders bound at their own paths; checked

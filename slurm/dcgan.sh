@@ -11,8 +11,14 @@
 #   HPCLAB_IMAGE=/shared/hpclab.sif sbatch slurm/dcgan.sh   # inside the Apptainer image
 #   HPCLAB_EXPERIMENT=dcgan_small sbatch slurm/dcgan.sh     # another experiment, same resources
 #
-# Stage the data first on a node with internet: python jobs/prepare_data.py experiment=dcgan
-# Results: results/dcgan/default/ (or run_name=...); the log: hpclab-dcgan-<jobid>.out here.
+# A small or CPU-only partition (no GPUs): the 32 px Fashion-MNIST DCGAN for 200 steps, a few minutes:
+#   sbatch --gpus-per-node=0 --cpus-per-task=1 --mem=4G --time=30 slurm/dcgan.sh experiment=dcgan_fmnist preset=smoke analysis=[gan_curves,gan_epoch_grids]
+#
+# Data: the job stages the datasets that need no download itself (Fashion-MNIST from Debian's
+# dataset-fashion-mnist files or data.mirrors, scikit-learn's digits); stage the others first on a
+# node with internet: python jobs/prepare_data.py experiment=dcgan
+# Results: results/dcgan/default/ (or run_name=...); the log, hpclab-dcgan-<jobid>.out here, ends
+# with a line "results: <run folder>/".
 # Before the time limit SLURM sends USR2: the run checkpoints and the job requeues itself;
 # the restarted job resumes from that checkpoint (also after scontrol requeue or preemption).
 #SBATCH --job-name=hpclab-dcgan

@@ -11,11 +11,17 @@
 #   HPCLAB_SWEEP=ae_latent sbatch --array=0-7 slurm/resnet_transfer.sh
 #   HPCLAB_IMAGE=/shared/hpclab.sif sbatch slurm/resnet_transfer.sh
 #
-# Stage first: python jobs/prepare_data.py experiment=resnet_transfer weights=[resnet18]
+# A small or CPU-only partition (no GPUs): the smoke sweep, 8 runs of 200 steps, one CPU each:
+#   sbatch --gpus-per-node=0 --cpus-per-task=1 --mem=4G --time=30 --array=0-7%2 slurm/resnet_transfer.sh preset=smoke
+# or the latent-size study's quick look on Fashion-MNIST, which the tasks stage themselves:
+#   sbatch --gpus-per-node=0 --cpus-per-task=1 --mem=4G --time=30 --array=0-1 --job-name=hpclab-ae_latent slurm/resnet_transfer.sh sweep=ae_latent preset=smoke
+#
+# Stage first on a node with internet: python jobs/prepare_data.py experiment=resnet_transfer weights=[resnet18]
+# (datasets that need no download, Fashion-MNIST from Debian's files and the digits, the tasks stage themselves).
 # Results: results/resnet_transfer/<run>/ and the table results/resnet_transfer/summary.md
 # (refreshed by every finished task; python jobs/report.py results/resnet_transfer rebuilds it).
 # State of every task: python jobs/launch.py status sweep=resnet_transfer
-# Logs: hpclab-resnet_transfer-<array job>_<task>.out here.
+# Logs: hpclab-resnet_transfer-<array job>_<task>.out here, each ending with a "results:" line.
 #SBATCH --job-name=hpclab-resnet_transfer
 #SBATCH --array=0-11%6
 #SBATCH --time=01:00:00

@@ -198,3 +198,106 @@ def test_add_an_experiment_section_works_as_written(tmp_path):
     assert summary["parameters"]["model"] == 64 * 128 + 128 + 128 * 10 + 10  # 8x8 digits, hidden 128
     bad = run(["jobs/launch.py", "experiment=tiny_mlp", "model.hiden=3", "dry_run=true"])
     assert bad.returncode == 2 and bad.stderr.startswith("error: config key 'model.hiden':")
+
+
+# --------------------------------------------------------------------------- a newcomer's first commands
+
+def test_show_prints_the_composed_config_of_a_run_or_of_a_sweeps_first_run(workdir):
+    """Hydra's ``--cfg job``: ``launch.py show`` prints the validated config (valid YAML), a
+    section or one value; ``--help`` says which sections of keys exist; Hydra's flag gets one line."""
+    proc = run_cli("launch.py", "show", "sweep=ae_latent", "preset=smoke", cwd=workdir)
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("# run 1 of 2 of sweep 'ae_latent' (latent_dim-2) -> ") and "model.latent_dim" in lines[1]
+    cfg = OmegaConf.create(proc.stdout)
+    assert cfg.model.latent_dim == 2 and cfg.train.max_steps == 200 and cfg.run_name == "latent_dim-2"
+    value = run_cli("launch.py", "show", "experiment=ae_latent", "train.optimizer.lr=0.01", "train.optimizer.lr",
+                    cwd=workdir)
+    assert value.stdout == "0.01\n"
+    section = OmegaConf.create(run_cli("launch.py", "show", "experiment=ae_latent", "train.optimizer", cwd=workdir).stdout)
+    assert set(section) == {"name", "lr", "weight_decay", "momentum", "betas"}
+    typo = run_cli("launch.py", "show", "experiment=ae_latent", "train.lr", cwd=workdir, check=False)
+    assert typo.returncode == 2 and typo.stderr.splitlines() == [
+        "error: show: no key 'train.lr' in this config; did you mean train.optimizer.lr?"]
+    usage = " ".join(run_cli("launch.py", "--help", cwd=workdir).stdout.split())
+    assert "python jobs/launch.py show experiment=ae_latent" in usage
+    assert "train.optimizer. name, lr, weight_decay, momentum, betas" in usage and "cluster. name, processes," in usage
+    hydra = run_cli("launch.py", "--cfg", "job", "experiment=ae_latent", cwd=workdir, check=False)
+    assert hydra.returncode == 2 and hydra.stderr.splitlines() == [
+        "error: --cfg is Hydra's; print the composed config with: python jobs/launch.py show <the same overrides> [KEY]"]
+    assert not (workdir / "results").exists()
+
+
+NO_MULTIRUN = ("a sweep needs no flag here: sweep=NAME or a comma list (model.latent_dim=2,16) runs every "
+               "combination, locally or with cluster=slurm as one job array")
+RUN_DIR = ("error: hydra.run.dir is not used here: a run is written to paths.results/<experiment>/<run_name>/: set "
+           "paths.results=DIR (or HPCLAB_RESULTS=DIR) and run_name=NAME")
+
+
+@pytest.mark.parametrize("script, args, line", [
+    ("launch.py", ["train.lr=0.1"],
+     "error: config key 'train.lr': Key 'lr' not in 'TrainConfig'; did you mean train.optimizer.lr?"),
+    ("launch.py", ["model.laten_dim=4"],
+     "error: config key 'model.laten_dim': Key 'laten_dim' is not in struct; did you mean model.latent_dim?"),
+    ("launch.py", ["+model.laten_dim=4"],
+     "error: config key 'model.laten_dim': not a parameter of model 'conv_ae'; did you mean model.latent_dim? "
+     "(parameters: latent_dim, channels, upsampling)"),
+    ("launch.py", ["train.epoch=3"], "error: config key 'train.epoch': Key 'epoch' not in 'TrainConfig'; did you mean "
+                                     "train.epochs?"),
+    ("launch.py", ["batch_size=32"], "error: config key 'batch_size': Key 'batch_size' not in 'RunConfig'; did you "
+                                     "mean train.batch_size?"),
+    ("launch.py", ["-m"], f"error: -m is Hydra's; {NO_MULTIRUN}"),
+    ("run.py", ["--multirun"], f"error: --multirun is Hydra's; {NO_MULTIRUN}"),
+    ("launch.py", ["hydra.run.dir=out"], RUN_DIR),
+    ("launch.py", ["hydra.sweep.dir=out"], "error: hydra.sweep.dir is not used here: a sweep is written to "
+                                           "paths.results/<sweep.name>/<run>/: set paths.results=DIR (or "
+                                           "HPCLAB_RESULTS=DIR) and sweep.name=NAME"),
+    ("prepare_data.py", ["hydra.run.dir=out"], RUN_DIR),
+])
+def test_typos_and_hydra_habits_get_one_line_with_what_to_type_instead(workdir, script, args, line):
+    """An unknown key names the nearest valid ones; Hydra's -m/--multirun and hydra.*.dir (a
+    token error and silence before) say what this suite uses instead. Nothing is written."""
+    proc = run_cli(script, "experiment=ae_latent", *args, "dry_run=true", cwd=workdir, check=False)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [line], proc.stderr
+    assert not (workdir / "results").exists() and not (workdir / "out").exists()
+
+
+def test_a_site_file_sets_cluster_settings_once_and_is_ignored_by_git(tmp_path):
+    """lightning-hydra-template's ``optional local``: configs/local/default.yaml (from its
+    committed .example) is read by every command, the command line still wins, and git keeps
+    it out of commits."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    site = REPO / "configs" / "local" / "default.yaml"
+    ignored = subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", str(site)], timeout=30)
+    assert ignored.returncode == 0, "configs/local/default.yaml must be ignored by git"
+    project = tmp_path / "project"
+    for part in ("hpclab", "configs", "jobs"):
+        shutil.copytree(REPO / part, project / part, ignore=shutil.ignore_patterns("__pycache__", "default.yaml"))
+    example = (project / "configs" / "local" / "default.yaml.example").read_text()
+    (project / "configs" / "local" / "default.yaml").write_text(example.replace("partition: gpu", "partition: cpu_long"))
+    env = {**os.environ, "PYTHONPATH": str(project), "HPCLAB_RESULTS": str(tmp_path / "results")}
+
+    def show(*args: str) -> str:
+        proc = subprocess.run([sys.executable, "jobs/launch.py", "show", *args], cwd=project, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    assert show("cluster=slurm", "cluster.partition") == "cpu_long" and show("cluster=slurm", "cluster.account") == "myproj"
+    assert show("cluster=slurm_cpu", "cluster.partition=debug", "cluster.partition") == "debug"
+    assert show("cluster=slurm_cpu", "cluster.gpus_per_node") == "0"
+
+
+def test_readme_states_times_only_as_measured():
+    """A time in a README command's comment (``# ... (about 1 minute)``) says what was measured
+    and on what; the quick look took 49-283 s depending on the machine's load."""
+    import re
+
+    text = (REPO / "README.md").read_text()
+    claims = re.findall(r"#[^\n]*\b\d[\d.,]*\s*(?:s|min|minutes?|h|hours?)\b[^\n]*", text)
+    assert claims, "the quick look's command should say how long it took"
+    for claim in claims:
+        assert "measured" in claim, claim

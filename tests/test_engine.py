@@ -233,3 +233,21 @@ def test_loading_weights_for_analysis_refuses_a_run_without_any(digits):
     with pytest.raises(ConfigError, match="no trained weights"):
         with load_trained(cfg, run_dir_of(cfg)):
             pass
+
+
+def test_line_logs_say_elapsed_and_eta_and_status_shows_step_of_total_with_the_rate(digits):
+    """Under SLURM or piped, each training line ends with the time since this start and the time
+    left; ``launch.py status`` shows the last step of the total and the run's rate."""
+    import re
+
+    run = [*DIGITS_RUN, "model.latent_dim=4", "train.max_steps=30", "train.eval_every=10", "analysis=[]",
+           "run_name=progress"]
+    proc = run_cli("launch.py", *run, cwd=digits)
+    lines = [line for line in proc.stdout.splitlines() if re.search(r"\] step \d+/30 ", line)]
+    assert len(lines) == 3, proc.stdout
+    assert all(re.search(r" elapsed=\d+:\d\d:\d\d eta=\d+:\d\d:\d\d$", line) for line in lines), lines
+    assert lines[-1].endswith(" eta=0:00:00")
+    status = run_cli("launch.py", "status", *run, cwd=digits).stdout.splitlines()
+    assert status[0].split()[:6] == ["run", "state", "job", "step", "rate", "log"]
+    row = next(line for line in status if line.startswith("progress "))
+    assert re.search(r" 30/30 +\d[\d.]* (step/s|s/step) ", row), status

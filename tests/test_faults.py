@@ -474,13 +474,19 @@ def test_status_reads_past_a_torn_last_metrics_line(home, results):
         fh.write('{"step": 85, "spl')
     proc = run_cli("launch.py", "status", *RUN, cwd=home)
     line = next(x for x in proc.stdout.splitlines() if x.startswith("default"))
-    assert line.split()[1] == "COMPLETED" and line.split()[3] == "80"
+    assert line.split()[1] == "COMPLETED" and line.split()[3] == "80/80"
 
 
 @pytest.mark.slurm
-def test_sbatch_refusing_the_array_is_one_line_naming_the_setting(home, results, slurm_cluster):
-    proc = launch(*RUN, "cluster=slurm", "cluster.gpus_per_node=1", "cluster.cpus_per_task=1", "cluster.mem_gb=null",
-                  cwd=home, check=False)
-    line = error_line(proc)
-    assert proc.returncode == 2 and line.startswith("error: sbatch refused the job array:")
-    assert "cluster.gpus_per_node=0" in line
+def test_a_submission_the_cluster_refuses_is_one_line_naming_the_setting(home, results, slurm_cluster):
+    """What sinfo tells (no GPUs here) is refused before sbatch; what only sbatch knows (a node
+    feature) is sbatch's reason in one line, with the setting to change."""
+    no_gpus = launch(*RUN, "cluster=slurm", "cluster.gpus_per_node=1", "cluster.cpus_per_task=1", "cluster.mem_gb=null",
+                     cwd=home, check=False)
+    line = error_line(no_gpus)
+    assert no_gpus.returncode == 2 and line.startswith("error: the job does not fit partition")
+    assert "These fit: cluster.gpus_per_node=0" in line
+    feature = launch(*RUN, "cluster=slurm_cpu", "+cluster.extra.constraint=no_such_feature", cwd=home, check=False)
+    line = error_line(feature)
+    assert feature.returncode == 2 and line.startswith("error: sbatch refused the job array:")
+    assert "Invalid feature specification" in line and "cluster.extra.constraint" in line

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import run_cli
 
 DOC = """# Results
@@ -150,3 +151,56 @@ def test_an_axis_that_picks_a_config_group_shows_its_option(tmp_path: Path):
     assert {(r["encoder"], r["seed"]) for r in rows} == {(e, s) for e in ("scratch", "simclr") for s in ("0", "1")}
     assert all(r["run"].startswith(f"encoder-{r['encoder']}__") for r in rows)
     assert (group / "summary.png").read_bytes()[:4] == b"\x89PNG"
+def test_each_baseline_is_drawn_on_the_axes_of_its_metric_in_words(digits: Path):
+    """ae_latent's PCA baseline anchors test/mse and test/psnr (report.baselines): two panels,
+    each with its baseline, labelled in words; the table keeps the baseline columns; TensorBoard's
+    HParams start with the swept key; a reduced view goes beside summary.md, not over it."""
+    import csv
+
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from hpclab.analysis.report import baselines_of, collect, select, summary_panels
+
+    run_cli("launch.py", "sweep=ae_latent", "preset=smoke", "data=digits", "model.channels=[8,16]", "train.max_steps=10",
+            "train.batch_size=32", "analysis=[pca_baseline]", cwd=digits)
+    group = digits / "results" / "ae_latent-smoke"
+    with open(group / "summary.csv", newline="") as fh:
+        header = next(csv.reader(fh))
+    assert header[2:6] == ["test/mse", "test/psnr", "analyses.pca_baseline.test_mse", "analyses.pca_baseline.test_psnr"]
+    rows, _ = collect(group)
+    report = select(rows[0]["cfg"], "sweep.report")
+    metrics = list(report["metrics"])
+    panels = summary_panels(rows, report["x"], metrics, baselines_of(report, metrics), report["logx"])
+    assert [(p.xlabel, p.ylabel) for p in panels] == [("latent size l", "test MSE"), ("latent size l", "test PSNR (dB)")]
+    for panel, metric in zip(panels, metrics):
+        model, pca = panel.lines
+        assert (model.label, pca.label) == (panel.ylabel, "PCA, as many components") and panel.log_x_base == 2
+        assert pca.y == [r["summary"]["analyses"]["pca_baseline"][metric.replace("/", "_")] for r in rows]
+        assert model.y == [r["summary"]["metrics"][metric] for r in rows]
+    assert (group / "summary.png").is_file()
+
+    event = next((group / "latent_dim-2" / "tb" / "hparams").glob("events.*"))
+    names = [[h.name for h in data.experiment.hparam_infos]
+             for e in EventFileLoader(str(event)).Load() for v in e.summary.value
+             if v.metadata.plugin_data.plugin_name == "hparams"
+             for data in [plugin_data_pb2.HParamsPluginData.FromString(v.metadata.plugin_data.content)]
+             if data.HasField("experiment")]
+    assert names and names[0][:2] == ["model.latent_dim", "experiment"], names
+
+    summary = (group / "summary.md").read_text()
+    proc = run_cli("report.py", str(group), "--metrics", "test/mse", cwd=digits)
+    assert (group / "summary.md").read_text() == summary
+    view = (group / "summary-test_mse.md").read_text()
+    assert "| test/mse | analyses.pca_baseline.test_mse |" in view and str(group / "summary-test_mse.md") in proc.stdout
+
+
+@pytest.mark.parametrize("script", ["report.py", "make_phantoms.py", "compare_runs.py", "activations.py"])
+def test_help_says_the_whole_first_sentence(script: str, tmp_path: Path):
+    """``--help`` gives a script's first paragraph whole (it used to stop at the first line break)."""
+    import runpy
+
+    doc = runpy.run_path(str(Path(__file__).resolve().parent.parent / "jobs" / script))["__doc__"]
+    first = " ".join(doc.strip().split("\n\n")[0].split())
+    proc = run_cli(script, "--help", cwd=tmp_path)
+    assert first in " ".join(proc.stdout.split()), proc.stdout

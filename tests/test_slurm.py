@@ -78,14 +78,17 @@ def wait_done(job: str, count: int = 1, timeout: float = 240, log: Optional[Path
     return states(job)
 
 
+STATUS_ROW = re.compile(r"(\S+)\s+(.+?)\s{2,}(\S+)\s+(\S+)\s+(-|\S+ step/s|\S+ s/step)\s+(\S+)$")
+
+
 def status(cluster: dict, *overrides: str) -> dict[str, list[str]]:
-    """``jobs/launch.py status``: run name -> [state, job, step, log]."""
+    """``jobs/launch.py status``: run name -> [state, job, step, log] (the step without its total)."""
     proc = run_cli("launch.py", "status", *overrides, cwd=cluster["dir"], env=cluster["env"])
     rows = {}
     for line in proc.stdout.splitlines()[1:]:
-        m = re.match(r"(\S+)\s+(.+?)\s{2,}(\S+)\s+(\S+)\s+(\S+)$", line)
+        m = STATUS_ROW.match(line)
         if m:
-            rows[m.group(1)] = [m.group(2).strip(), m.group(3), m.group(4), m.group(5)]
+            rows[m.group(1)] = [m.group(2).strip(), m.group(3), m.group(4).split("/")[0], m.group(6)]
     return rows
 
 
@@ -478,11 +481,10 @@ def test_more_nodes_than_the_partition_has_is_refused_in_one_line_and_leaves_not
                    "cluster.gpus_per_node=0", "cluster.mem_gb=null", f"cluster.nodes={nodes}",
                    cwd=cluster["dir"], env=cluster["env"], check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    # exactly one line: not also sbatch's own, which submitit prints when sbatch fails
-    (line,) = proc.stderr.splitlines()
-    assert line.startswith("error: sbatch refused the job array: Batch job submission failed: More processors "
-                           "requested than permitted;") and "lower cluster.nodes" in line, line
-    assert not results.exists()  # the refused array's submitit files are gone too
+    (line,) = proc.stderr.splitlines()  # one line for every misfit (before: sbatch's, one at a time)
+    assert line.startswith("error: the job does not fit partition '") and f"cluster.nodes={nodes} (" in line, line
+    assert f"These fit: cluster.nodes={nodes - 1} " in line, line
+    assert not results.exists()  # nothing was written or submitted
 
 
 # --------------------------------------------------------------------------- (4) arrays share one limit
@@ -669,9 +671,144 @@ def test_a_sweep_the_controller_cannot_hold_is_refused_before_anything_is_queued
     monkeypatch.setattr(executors, "max_job_count", lambda: held + 2)  # room for one more job only
     for key in ("HPCLAB_DATA", "HPCLAB_RESULTS"):
         monkeypatch.setenv(key, cluster["env"][key])
-    sweep = plan(["sweep=ae_latent", "sweep.name=too_many_jobs", *TINY, "cluster=slurm", "cluster.gpus_per_node=0",
-                  "cluster.mem_gb=null", "+cluster.extra.hold=true"])
+    sweep = plan(["sweep=ae_latent", "sweep.name=too_many_jobs", *TINY, "cluster=slurm_cpu", "+cluster.extra.hold=true"])
     with pytest.raises(ConfigError, match=rf"at most MaxJobCount={held + 2} jobs .* has {held} now: 2 more do not fit"):
         executors.submit_slurm(sweep)
     assert not (cluster["results"] / "too_many_jobs").exists()
     assert not [j for j, info in executors.squeue_jobs().items() if info["name"] == "hpclab-too_many_jobs"]
+
+
+# --------------------------------------------------------------------------- (5) a newcomer's first hour
+
+def default_partition():
+    """The default partition as the launcher's fit check sees it (sinfo)."""
+    from hpclab.launch.fit import partitions
+
+    return next(p for p in partitions().values() if p.default)
+
+
+def test_a_request_that_does_not_fit_is_refused_once_naming_every_misfit_and_what_fits(cluster):
+    """GPUs, CPUs and memory beyond the nodes: one line naming all three with the overrides that
+    fit (sbatch refused them one at a time, a round trip each); those overrides, and the
+    CPU-only profile, are then accepted. A dry run says the same as a warning."""
+    part = default_partition()
+    too_big = [f"cluster.gpus_per_node={part.gpus + 1}", f"cluster.cpus_per_task={part.cpus + 1}",
+               f"cluster.mem_gb={part.mem_mb // 1024 + 2}"]
+    args = [*TINY, "cluster=slurm", *too_big, "+cluster.extra.hold=true"]
+    run = lambda *more, check=True: run_cli("launch.py", "sweep=ae_latent", *more, cwd=cluster["dir"],  # noqa: E731
+                                            env=cluster["env"], check=check)
+    proc = run("sweep.name=misfit", *args, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"error: the job does not fit partition '{part.name}' ("), line
+    assert all(f"{setting} (" in line for setting in too_big), line
+    fits = re.search(r"These fit: (.+?)(, or cluster=slurm_cpu)? \(set them once", line)
+    assert [f.split("=")[0] for f in fits[1].split()] == ["cluster.gpus_per_node", "cluster.cpus_per_task",
+                                                         "cluster.mem_gb"], line
+    assert not (cluster["results"] / "misfit").exists()
+    assert "# warning: the job does not fit" in run("sweep.name=misfit", *args, "dry_run=true").stdout
+    ids: list[str] = []
+    try:
+        ids += launched_ids(run("sweep.name=misfit", *args, *fits[1].split()))
+        if part.gpus == 0:
+            assert fits[2], line  # the CPU-only profile fits a cluster without GPUs
+            ids += launched_ids(run("sweep.name=misfit_cpu", *TINY, "cluster=slurm_cpu", "+cluster.extra.hold=true"))
+    finally:
+        subprocess.run(["scancel", *ids], check=False, timeout=30)
+
+
+@pytest.mark.slow
+def test_the_dcgan_scripts_small_partition_recipe_stages_its_data_and_its_log_ends_with_the_results(
+        tmp_path, fmnist_mirror):
+    """The CPU recipe of slurm/dcgan.sh's header, as written (shorter), on a fresh data folder:
+    the job stages Fashion-MNIST itself (from Debian's files, else data.mirrors), its log holds no
+    other library's INFO lines (TensorBoard's event reader runs in gan_epoch_grids) and ends
+    saying where the results are."""
+    import shlex
+
+    problem = controller_problem()
+    if problem:
+        pytest.skip(problem)
+    header = (REPO / "slurm" / "dcgan.sh").read_text()
+    args = shlex.split(re.search(r"^#   (sbatch --gpus-per-node=0 .*slurm/dcgan\.sh .*)$", header, re.M)[1])
+    args[args.index("slurm/dcgan.sh")] = str(REPO / "slurm" / "dcgan.sh")
+    args += ["train.max_steps=40", "train.eval_every=20"]
+    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        args.append(f"data.mirrors=[{fmnist_mirror}]")
+    env = {**os.environ, "HPCLAB_DATA": str(tmp_path / "data"), "HPCLAB_RESULTS": str(tmp_path / "results"),
+           "HPCLAB_PYTHON": sys.executable, "PYTHONUNBUFFERED": "1"}
+    out = subprocess.run([args[0], "--parsable", *args[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    job = out.stdout.strip().split(";")[0]
+    log = tmp_path / f"hpclab-dcgan-{job}.out"
+    final = wait_done(job, timeout=900, log=log)
+    text = log.read_text()
+    assert final == {job: "COMPLETED"}, text[-3000:]
+    run_dir = tmp_path / "results" / "dcgan_fmnist" / "default"
+    assert text.splitlines()[-1] == f"results: {run_dir}/", text[-2000:]
+    assert (tmp_path / "data" / "fashion_mnist_32px.h5").is_file() and " INFO wrote " in text
+    assert list((run_dir / "figures" / "epochs").glob("*.png"))  # the grids read back from TensorBoard
+    assert "No path found" not in text and "tensorboard" not in text.lower(), text[-3000:]
+
+
+def metric_rows(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without its timing column."""
+    return [{k: v for k, v in row.items() if k != "images_per_s"} for row in metric_lines(run_dir)]
+
+
+@pytest.mark.slow
+def test_local_and_slurm_runs_compute_with_the_same_threads_and_give_the_same_numbers(cluster):
+    """A tiny digits run here (torch would take every core), as an sbatch task with 2 CPUs and
+    as a launcher task with 1: cluster.threads (1) everywhere, recorded in environment.json, and
+    every logged value equal (before, local 2 threads vs SLURM's cpus-per-task differed)."""
+    env = {k: v for k, v in cluster["env"].items() if k != "OMP_NUM_THREADS"}
+    run_cli("prepare_data.py", "data=digits", cwd=cluster["dir"], env=env)
+    run = ["experiment=ae_latent", "data=digits", "model.latent_dim=8", "model.channels=[8,16]", "train.epochs=null",
+           "train.batch_size=64", "train.max_steps=40", "train.eval_every=20", "train.log_every=10",
+           "analysis=[pca_baseline]", "sweep.name=threads"]
+    run_cli("launch.py", *run, "run_name=local", cwd=cluster["dir"], env=env)
+    sbatch_job = sbatch(cluster, "ae_pretrain.sh", *run, "run_name=sbatch", opts=("--cpus-per-task=2",))
+    (array,) = launched_ids(run_cli("launch.py", *run, "run_name=submitit", "cluster=slurm_cpu", "cluster.time_min=15",
+                                    cwd=cluster["dir"], env=env))
+    assert wait_done(sbatch_job) == {sbatch_job: "COMPLETED"}
+    assert set(wait_done(array).values()) == {"COMPLETED"}
+    group = cluster["results"] / "threads"
+    reference = metric_rows(group / "local")
+    assert len(reference) > 5
+    for name, cpus in (("local", None), ("sbatch", "2"), ("submitit", "1")):
+        threads = json.loads((group / name / "environment.json").read_text())["threads"]
+        assert threads["torch"] == 1 and threads["env"]["OMP_NUM_THREADS"] == "1", (name, threads)
+        assert set(threads.get("libraries", {}).values()) <= {1} and threads["env"]["SLURM_CPUS_PER_TASK"] == cpus
+        assert metric_rows(group / name) == reference, name
+        assert summary(group / name)["analyses"] == summary(group / "local")["analyses"], name
+
+
+@pytest.mark.slow
+def test_the_readme_slurm_walk_through_runs_as_written(cluster):
+    """README "Running on a SLURM cluster", its first block, command by command, with the one
+    documented change on a cluster without GPUs (cluster=slurm_cpu); then every run completed,
+    status shows step/total, and the report is of the folder the submission named."""
+    import shlex
+
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("\n## Running on a SLURM cluster\n"):]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)[1]
+    commands = [shlex.split(line.split("  #")[0]) for line in block.splitlines() if line.strip()]
+    assert [c[:2] for c in commands] == [["python", "jobs/launch.py"]] * 3 + [["python", "jobs/report.py"]], commands
+    no_gpus = default_partition().gpus == 0
+    submitted = None
+    for command in commands:
+        args = [("cluster=slurm_cpu" if no_gpus and a == "cluster=slurm" else a) for a in command[2:]]
+        proc = run_cli(Path(command[1]).name, *args, cwd=cluster["dir"], env=cluster["env"])
+        if "submitted array job" in proc.stdout:
+            submitted = re.search(r"results: (\S+)/;", proc.stdout)[1]
+            for job in launched_ids(proc):
+                assert set(wait_done(job, count=2, timeout=900).values()) == {"COMPLETED"}
+        elif command[1] == "jobs/launch.py" and args[0] == "status":
+            rows = [line.split() for line in proc.stdout.splitlines()[1:]]
+            assert rows and all(row[1] == "COMPLETED" and row[3] == "200/200" for row in rows), proc.stdout
+        elif command[1] == "jobs/report.py":
+            assert Path(cluster["dir"], args[0]).resolve() == Path(submitted).resolve()
+            assert (Path(submitted) / "summary.png").is_file()
+    assert submitted, "the walk-through submits the sweep"

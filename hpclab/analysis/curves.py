@@ -3,75 +3,13 @@ metrics.jsonl, and the generic ``curves`` analysis (also ``jobs/compare_runs.py`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 from hpclab.analysis import ANALYSES
-from hpclab.analysis.figures import plt, save_figure
+from hpclab.analysis.figures import Line, Panel, plot_panels
 from hpclab.rundir import read_metrics
 from hpclab.engine.evaluation import TrainedRun
-
-
-@dataclass
-class Line:
-    """One curve; ``style`` is a matplotlib format string (``"--"``, ``"o-"``, ``".-"``)."""
-
-    x: Sequence[float]
-    y: Sequence[float]
-    label: str
-    style: str = "-"
-    width: Optional[float] = None
-    marker_size: Optional[float] = None
-
-
-@dataclass
-class Level:
-    """A horizontal reference line across a panel (a floor, a baseline)."""
-
-    y: float
-    label: str
-    style: str = "--"
-    colour: Optional[str] = None
-
-
-@dataclass
-class Panel:
-    """One plot: its curves, reference levels and axes."""
-
-    lines: list[Line]
-    xlabel: str
-    ylabel: str = ""
-    title: str = ""
-    levels: list[Level] = field(default_factory=list)
-    ylim: Optional[tuple[float, float]] = None
-    log_y: bool = False
-
-
-def plot_panels(panels: Sequence[Panel], path: Path, title: str = "",
-                panel_size: tuple[float, float] = (4.4, 3.4)) -> Path:
-    """The panels side by side, each with a grid and a legend, saved as one PNG."""
-    width, height = panel_size
-    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), height), squeeze=False)
-    for ax, panel in zip(axes[0], panels):
-        for line in panel.lines:
-            ax.plot(line.x, line.y, line.style, label=line.label, linewidth=line.width, markersize=line.marker_size)
-        for level in panel.levels:
-            ax.axhline(level.y, color=level.colour, linestyle=level.style, label=level.label)
-        if panel.log_y:
-            ax.set_yscale("log")
-        if panel.ylim:
-            ax.set_ylim(*panel.ylim)
-        ax.set_xlabel(panel.xlabel)
-        ax.set_ylabel(panel.ylabel)
-        if panel.title:
-            ax.set_title(panel.title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return save_figure(fig, path)
 
 
 def series(records: Sequence[Mapping[str, Any]], split: str, name: str, x: str = "epoch") -> tuple[list, list]:

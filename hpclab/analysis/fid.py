@@ -248,7 +248,7 @@ def fd_classifier(run: TrainedRun, out_dir: Path, classifier: str = "", referenc
     same resizing to the classifier's size. Writes fd_classifier.{json,md,png}."""
     import copy
 
-    from hpclab.analysis.curves import Level, Line, Panel, plot_panels
+    from hpclab.analysis.figures import Level, Line, Panel, plot_panels
     from hpclab.analysis.gan import gan_task
     from hpclab.analysis.report import write_table
     from hpclab.engine.checkpoints import checkpoints

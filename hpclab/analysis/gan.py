@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from hpclab.analysis import ANALYSES
-from hpclab.analysis.curves import Line, Panel, plot_panels, series
+from hpclab.analysis.curves import series
+from hpclab.analysis.figures import Line, Panel, plot_panels
 from hpclab.analysis.grids import captioned_grid, full_resolution_grid, image_rows, image_strips
 from hpclab.analysis.inputs import first_of_each_class
 from hpclab.rundir import read_metrics

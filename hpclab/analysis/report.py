@@ -178,24 +178,27 @@ def write_table(header: list[str], body: list[list[Any]], base: Path, title: str
     return {k: str(v) for k, v in files.items()}
 
 
-def write_report(group_dir: Path | str, report: Mapping[str, Any] | None = None) -> dict[str, Path]:
-    """Rebuild ``summary.csv``, ``summary.md`` and ``summary.png`` of a sweep folder."""
+def write_report(group_dir: Path | str, report: Mapping[str, Any] | None = None,
+                 name: str = "summary") -> dict[str, Path]:
+    """Rebuild ``summary.csv``, ``summary.md`` and ``summary.png`` of a sweep folder (``name``:
+    another view of the same runs beside them, e.g. fewer metrics, leaving the summary alone)."""
     group_dir = Path(group_dir)
     rows, damaged = collect(group_dir)
     rows, others = sweep_rows(rows)
     if not rows:
         raise FileNotFoundError(f"no finished runs (summary.json with status completed) under {group_dir}"
                                 + (f"; damaged: {'; '.join(damaged)}" if damaged else ""))
-    report = dict(report or {})
-    if not report:  # fall back to what the runs themselves recorded
-        report = dict(select(rows[0]["cfg"], "sweep.report") or {})
+    recorded = dict(select(rows[0]["cfg"], "sweep.report") or {})  # what the runs themselves recorded
+    report = {**recorded, **dict(report or {})}
     grid_keys = list(select(rows[0]["cfg"], "sweep.grid") or {})
     x = report.get("x") or (grid_keys[0] if grid_keys else None)
     keys = list(dict.fromkeys(([x] if x else []) + grid_keys))
     metrics = list(report.get("metrics") or sorted(rows[0]["summary"]["metrics"]))
+    baselines = baselines_of(report, metrics)
+    columns = list(dict.fromkeys(metrics + [b for anchored in baselines.values() for b in anchored]))
     rows.sort(key=lambda r: (_sortable(axis_value(r, x)) if x else (0, 0), _run_order(r["run"])))
-    header, body = table(rows, keys, metrics)
-    out = {"csv": group_dir / "summary.csv", "md": group_dir / "summary.md"}
+    header, body = table(rows, keys, columns)
+    out = {"csv": group_dir / f"{name}.csv", "md": group_dir / f"{name}.md"}
     atomic_write_text(out["csv"], to_csv(header, body))
     title = f"# {group_dir.name}\n\n{len(rows)} finished run(s); metrics on the final split(s) with the best weights.\n\n"
     notes = "".join(f"\nSkipped, damaged records: {line}\n" for line in damaged)
@@ -206,59 +209,118 @@ def write_report(group_dir: Path | str, report: Mapping[str, Any] | None = None)
     numeric_x = x and all(isinstance(axis_value(r, x), (int, float)) for r in rows)
     if numeric_x and len(rows) > 1:
         series = [k for k in grid_keys if k not in (x, SEED_AXIS)]
-        out["png"] = plot(rows, x, metrics, group_dir / "summary.png", bool(report.get("logx")), series)
+        panels = summary_panels(rows, x, metrics, baselines, bool(report.get("logx")), series)
+        from hpclab.analysis.figures import plot_panels
+
+        out["png"] = plot_panels(panels, group_dir / f"{name}.png", title=group_dir.name)
     else:  # a plot of earlier runs would no longer match the table
-        (group_dir / "summary.png").unlink(missing_ok=True)
+        (group_dir / f"{name}.png").unlink(missing_ok=True)
     log.info("sweep summary: %s", ", ".join(str(p) for p in out.values()))
     return out
+
+
+def view_name(report: Mapping[str, Any]) -> str:
+    """The file name (without suffix) of a view of a sweep that differs from its summary:
+    ``summary-test_mse+test_psnr``, ``summary-test_acc-by-model.latent_dim-logx``."""
+    parts = []
+    if report.get("metrics"):
+        parts.append("+".join(m.replace("/", "_") for m in report["metrics"]))
+    if report.get("x"):
+        parts.append(f"by-{report['x']}")
+    if report.get("logx"):
+        parts.append("logx")
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", "-".join(["summary", *parts]))
 
 
 def _sortable(value: Any) -> tuple[int, Any]:
     return (0, value) if isinstance(value, (int, float)) else (1, str(value))
 
 
+def baselines_of(report: Mapping[str, Any], metrics: list[str]) -> dict[str, list[str]]:
+    """metric -> the baselines drawn on its axes, from the sweep's ``report.baselines``
+    (``{test/mse: analyses.pca_baseline.test_mse}``, a value may be a list), for the metrics
+    shown. A baseline that is also listed as a metric gets no panel of its own."""
+    found: dict[str, list[str]] = {}
+    for metric, anchored in dict(report.get("baselines") or {}).items():
+        if metric in metrics:
+            found[metric] = [anchored] if isinstance(anchored, str) else list(anchored)
+    return found
+
+
+# Names in words for figures (tables keep the keys, which scripts read): a key's own entry,
+# else "<split> <metric>" for final metrics, else the last part of a dotted key, else the key.
+DISPLAY_NAMES = {
+    "model.latent_dim": "latent size l",
+    "task.noise_std": "noise standard deviation",
+    "data.train_fraction": "fraction of the training labels",
+    "train.batch_size": "batch size",
+    "train.epochs": "epochs",
+    "task.factor": "upscaling factor",
+    "analyses.pca_baseline.test_mse": "PCA, as many components",
+    "analyses.pca_baseline.test_psnr": "PCA, as many components",
+    "analyses.noisy_input.test_mse": "the noisy input itself",
+    "analyses.noisy_input.test_psnr": "the noisy input itself",
+    "test/bilinear_mse": "bilinear upsampling",
+    "test/bilinear_psnr": "bilinear upsampling",
+    "test/noisy_psnr": "the noisy input itself",
+}
+METRIC_NAMES = {"mse": "MSE", "psnr": "PSNR (dB)", "acc": "accuracy", "loss": "loss", "dice": "Dice", "iou": "IoU",
+                "dice_loss": "Dice loss", "bce": "binary cross-entropy", "ssim": "SSIM"}
+SPLIT_NAMES = {"test": "test", "val": "validation", "train": "training"}
+
+
+def display_name(key: str) -> str:
+    """A metric or config key in words (``test/psnr`` -> ``test PSNR (dB)``)."""
+    if key in DISPLAY_NAMES:
+        return DISPLAY_NAMES[key]
+    split, slash, metric = key.partition("/")
+    if slash and split in SPLIT_NAMES:
+        return f"{SPLIT_NAMES[split]} {METRIC_NAMES.get(metric, metric.replace('_', ' '))}"
+    if "." in key and not key.startswith("analyses."):
+        return key.rsplit(".", 1)[1].replace("_", " ")
+    return key
+
+
 SEED_AXIS = "seed"  # repeats of one setting: averaged in the summary plot, not a line of their own
 
 
-def _line(points: dict[Any, list[dict[str, Any]]], metric: str) -> tuple[list[Any], list[float], list[list[float]]]:
-    """x values, the mean of ``metric`` over the runs at each, and the distance from the mean to
-    their lowest and highest value (an error bar); x values without the metric are left out."""
+def _mean_line(points: dict[Any, list[dict[str, Any]]], key: str, label: str, style: str) -> Any:
+    """A Line of ``key`` over x: at each x the mean over the runs there (seeds), with their
+    range as an error bar when there are repeats; x values without the value are left out."""
+    from hpclab.analysis.figures import Line
+
     xs, means, low, high = [], [], [], []
-    for x in sorted(points):
-        values = [v for v in (metric_of(s, metric) for s in points[x]) if isinstance(v, (int, float))]
+    for x in sorted(points, key=_sortable):
+        values = [v for v in (metric_of(s, key) for s in points[x]) if isinstance(v, (int, float))]
         if values:
             mean = sum(values) / len(values)
             xs.append(x)
             means.append(mean)
             low.append(mean - min(values))
             high.append(max(values) - mean)
-    return xs, means, [low, high]
+    repeated = any(len(runs) > 1 for runs in points.values())
+    return Line(xs, means, label, style, spread=[low, high] if repeated else None)
 
 
-def plot(rows: list[dict[str, Any]], x: str, metrics: list[str], path: Path, logx: bool,
-         series: Sequence[str] = ()) -> Path:
-    """Each metric over ``x``: one line per combination of the ``series`` axes' values, each point
-    the mean over the runs that share it (seeds), with their range as an error bar."""
-    from hpclab.analysis.figures import plt, save_figure
+def summary_panels(rows: list[dict[str, Any]], x: str, metrics: list[str], baselines: Mapping[str, list[str]],
+                   logx: bool, series: Sequence[str] = ()) -> list:
+    """One panel per metric against ``x``: one line per combination of the ``series`` axes'
+    values, each point the mean over the runs that share it (seeds) with their range, and each
+    baseline drawn dashed on the axes of the metric it anchors; axes and legends in words."""
+    from hpclab.analysis.figures import Panel
 
-    lines: dict[tuple, dict[Any, list[dict[str, Any]]]] = {}
+    groups: dict[tuple, dict[Any, list[dict[str, Any]]]] = {}
     for row in rows:
         label = tuple(axis_value(row, k) for k in series)
-        lines.setdefault(label, {}).setdefault(axis_value(row, x), []).append(row["summary"])
-    repeated = any(len(runs) > 1 for points in lines.values() for runs in points.values())
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        for label, points in lines.items():
-            xs, means, spread = _line(points, metric)
-            name = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(series, label)) or None
-            ax.errorbar(xs, means, yerr=spread if repeated else None, marker="o", capsize=3, label=name)
-        ax.set_xlabel(x)
-        ax.set_ylabel(metric)
-        if logx:
-            ax.set_xscale("log", base=2)
-        ax.grid(alpha=0.3)
-        if series:
-            ax.legend(fontsize=7)
-    fig.suptitle(path.parent.name)
-    fig.tight_layout()
-    return save_figure(fig, path)
+        groups.setdefault(label, {}).setdefault(axis_value(row, x), []).append(row["summary"])
+    anchored = {b for group in baselines.values() for b in group}
+    panels = []
+    for metric in [m for m in metrics if m not in anchored]:
+        lines = []
+        for label, points in groups.items():
+            name = ", ".join(f"{display_name(k)} {v}" for k, v in zip(series, label))
+            lines.append(_mean_line(points, metric, name or display_name(metric), "o-"))
+            lines += [_mean_line(points, b, f"{display_name(b)}{', ' + name if name else ''}", "s--")
+                      for b in baselines.get(metric, [])]
+        panels.append(Panel(lines, display_name(x), display_name(metric), log_x_base=2 if logx else None))
+    return panels

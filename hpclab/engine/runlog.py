@@ -1,20 +1,22 @@
 """Where a run's numbers and pictures go (rank 0 only): ``metrics.jsonl`` (the record that
-reports, status and analyses read), TensorBoard scalars, image grids and hparams, and a
-progress bar in interactive runs or plain log lines under SLURM."""
+reports, status and analyses read), ``progress.json`` (the run's total steps, for status),
+TensorBoard scalars, image grids and hparams, and a progress bar in interactive runs or plain
+log lines (with elapsed time and ETA) under SLURM or when piped."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from hpclab.rundir import METRICS, TENSORBOARD, read_metrics
-from hpclab.utils import atomic_write_text, flatten, under_slurm
+from hpclab.rundir import METRICS, PROGRESS, TENSORBOARD, read_metrics
+from hpclab.utils import atomic_write_text, flatten, under_slurm, write_json
 
 log = logging.getLogger("hpclab")
 
@@ -24,14 +26,36 @@ def format_values(values: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
 
 
+def clock_time(seconds: float) -> str:
+    """``h:mm:ss`` of a duration."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+# The order of TensorBoard's HParams columns after the swept keys: what the run is, then how it
+# trained; where and how it ran (paths, cluster, sweep) last.
+HPARAM_SECTIONS = ("experiment", "seed", "model", "task", "data", "train")
+
+
+def hparam_rank(key: str, swept: list[str]) -> tuple[int, int]:
+    """Sort key of a config key among the HParams columns: the sweep's keys first, in its order."""
+    if key in swept:
+        return (0, swept.index(key))
+    section = key.split(".", 1)[0]
+    return (1, HPARAM_SECTIONS.index(section)) if section in HPARAM_SECTIONS else (2, 0)
+
+
 class RunLog:
     """One run's metric record and TensorBoard events; every method is a no-op off rank 0."""
 
-    def __init__(self, run_dir: Path, is_main: bool, steps_per_epoch: int) -> None:
+    def __init__(self, run_dir: Path, is_main: bool, steps_per_epoch: int, total_steps: Optional[int] = None,
+                 batch_per_rank: Optional[int] = None) -> None:
         self.run_dir, self.is_main, self.steps_per_epoch = run_dir, is_main, steps_per_epoch
+        self.total_steps, self.batch_per_rank = total_steps, batch_per_rank
         self.metrics_file = run_dir / METRICS
         self._writer: Any = None
         self._purge_step: Optional[int] = None
+        self._started = (time.monotonic(), 0)  # (clock, step) of this start: elapsed and ETA
 
     def start(self, step: int) -> None:
         """Start (or resume) logging at ``step``: keep only the lines the state we start from
@@ -39,10 +63,24 @@ class RunLog:
         killed before its next checkpoint wrote are about to be written again. TensorBoard drops
         its events past ``step`` the same way."""
         self._purge_step = step
+        self._started = (time.monotonic(), step)
+        if self.is_main and self.total_steps:
+            write_json(self.run_dir / PROGRESS, {"total_steps": self.total_steps, "batch_per_rank": self.batch_per_rank,
+                                                      "steps_per_epoch": self.steps_per_epoch})
         if not self.is_main or not self.metrics_file.is_file():
             return
         kept = [r for r in read_metrics(self.run_dir) if r["step"] <= step and not r["split"].startswith("final_")]
         atomic_write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def timing(self, step: int) -> str:
+        """``elapsed=0:01:05 eta=0:02:10`` for a log line: time since this start, and the time
+        left at this start's rate so far (evaluations included)."""
+        clock, first = self._started
+        elapsed = time.monotonic() - clock
+        text = f"elapsed={clock_time(elapsed)}"
+        if self.total_steps and step > first:
+            text += f" eta={clock_time(elapsed / (step - first) * max(self.total_steps - step, 0))}"
+        return text
 
     @property
     def writer(self) -> Any:
@@ -77,8 +115,9 @@ class RunLog:
         """The run's scalar config values beside its final metrics (TensorBoard's HParams tab)."""
         if self._writer is None:
             return
-        hparams = {k: v for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()
-                   if isinstance(v, (int, float, str, bool))}
+        values = {k: v for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()
+                  if isinstance(v, (int, float, str, bool))}
+        hparams = dict(sorted(values.items(), key=lambda item: hparam_rank(item[0], list(cfg.sweep.grid))))
         self._writer.add_hparams(hparams, {f"hparam/{k}": v for k, v in final.items()}, run_name="hparams")
         self._writer.flush()
 

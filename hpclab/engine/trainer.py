@@ -37,7 +37,7 @@ class Trainer:
         self.parts = p = build_run(cfg)
         t = cfg.train
         self.state = RunState()
-        self.log = RunLog(self.run_dir, p.is_main, p.steps_per_epoch)
+        self.log = RunLog(self.run_dir, p.is_main, p.steps_per_epoch, p.total_steps, rank_batch_size(cfg, p.world))
         self.run = TrainedRun(p, self.run_dir, self.state, self.log)
         self.stepper = Stepper(p.accelerator, p.models, p.optimizers, p.schedulers, t.mixed_precision, t.grad_clip,
                                t.channels_last)
@@ -132,7 +132,8 @@ class Trainer:
         if bar is not None:
             bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4g}")
         else:
-            log.info("step %d/%d %s", self.state.step, self.parts.total_steps, format_values(values))
+            log.info("step %d/%d %s %s", self.state.step, self.parts.total_steps, format_values(values),
+                     self.log.timing(self.state.step))
 
     def _log_images(self) -> None:
         split = "val" if self.parts.data.has("val") else "test"

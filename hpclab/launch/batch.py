@@ -3,12 +3,14 @@ ways in. The launcher puts :func:`job_lines` into submitit's sbatch script, and 
 scripts of ``slurm/`` evaluate what ``python -m hpclab.launch.batch`` prints (:func:`main`), so a
 change is made here only.
 
-Every job: no HDF5 file locks (Lustre/GPFS/NFS), torch threads = CPUs per task, unbuffered
-Python, srun steps that keep --cpus-per-task (SLURM >= 22.05 no longer passes it on), gloo on
-the CPU when no GPU is allocated, a warning when GPUs would sit idle, the rendezvous of
+Every job: no HDF5 file locks (Lustre/GPFS/NFS), unbuffered Python, srun steps that keep
+--cpus-per-task (SLURM >= 22.05 no longer passes it on), gloo on the CPU when no GPU is allocated, a warning when GPUs would sit idle, the rendezvous of
 multi-task jobs (the first node at the address SLURM reaches it, a port from the job id) and
 where SLURM writes the job's log. The sbatch scripts also get their folders, the container
 command with its checks (``HPCLAB_IMAGE`` ...) and the Python that runs each task.
+
+Threads are not set here: each run sets ``cluster.threads`` itself, as it does outside SLURM
+(not SLURM's CPUs per task, which would make a run's numbers depend on where it ran).
 
 Imports only the standard library and hpclab's standard-library modules: where the suite lives
 only in its image, the cluster's own python3 renders this.
@@ -34,7 +36,6 @@ def job_lines() -> list[str]:
     return [
         "export HDF5_USE_FILE_LOCKING=FALSE",
         "export PYTHONUNBUFFERED=1",
-        "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-${OMP_NUM_THREADS:-1}}",
         "export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-1}",
         'if [ "${SLURM_GPUS_ON_NODE:-0}" = 0 ] && [ "${SLURM_NTASKS:-1}" -gt 1 ]; then export ACCELERATE_USE_CPU=true; fi',
         "hpclab_tasks_per_node=$(( ${SLURM_NTASKS:-1} / ${SLURM_NNODES:-1} ))",

@@ -25,9 +25,11 @@ def groups_help() -> str:
 
 
 def doc_parser(doc: str) -> argparse.ArgumentParser:
-    """An argument parser whose help is a script's docstring: the first line as description,
-    the rest (usage examples) verbatim after the options."""
-    return argparse.ArgumentParser(description=doc.splitlines()[0], epilog=doc.split("\n\n", 1)[1],
+    """An argument parser whose help is a script's docstring: the first paragraph (a sentence
+    may run over several lines) as description, the rest (usage examples) verbatim after the
+    options."""
+    first, _, rest = doc.strip().partition("\n\n")
+    return argparse.ArgumentParser(description=" ".join(first.split()), epilog=rest,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
@@ -49,7 +51,10 @@ def _thread_write_errors(args: threading.ExceptHookArgs) -> None:
 
 def main_guard(main: Callable[[list[str]], int]) -> None:
     """Run ``main(argv)``; expected failures print one line on stderr and exit non-zero."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    # the suite's own INFO lines; other libraries (TensorBoard's event reader, accelerate, ...) only
+    # from WARNING on, so run logs stay the run's
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("hpclab").setLevel(logging.INFO)
     threading.excepthook = _thread_write_errors
     try:
         code = main(sys.argv[1:])

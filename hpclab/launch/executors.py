@@ -19,6 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from hpclab.config import ConfigError
 from hpclab.launch import container
 from hpclab.launch.batch import job_lines
+from hpclab.launch.fit import check_fit
+from hpclab.launch.progress import progress_cells
 from hpclab.launch.job import (
     TrainJob,
     check_run,
@@ -29,7 +31,7 @@ from hpclab.launch.job import (
 )
 from hpclab.launch.slurm import _scontrol, max_array_tasks, requeue_on_usr2
 from hpclab.launch.sweep import SweepPlan
-from hpclab.rundir import SUBMISSIONS, checkpoint_dir, completed_summary, last_step, read_slurm_record, read_submissions
+from hpclab.rundir import SUBMISSIONS, checkpoint_dir, completed_summary, read_slurm_record, read_submissions
 from hpclab.utils import write_json
 
 log = logging.getLogger("hpclab")
@@ -53,12 +55,7 @@ def describe_plan(plan: SweepPlan) -> str:
 def run_local(plan: SweepPlan) -> list[dict[str, Any]]:
     """Run every run of the plan in turn in this process (or N processes each), then report."""
     from hpclab.analysis.report import write_report
-    from hpclab.data.prepare import hdf5_path, stage
-
-    # Stage each dataset first (a no-op when prepared; local mirrors, then the downloader), so
-    # a missing dataset fails before the first run starts, not in the middle of a sweep.
-    for cfg in {hdf5_path(c): c for c in plan.runs}.values():
-        stage(cfg)
+    stage_datasets(plan.runs)
     for cfg in plan.runs:  # and every run still to do is checked, before the first run starts
         if cfg.force or cfg.train.resume == "never" or not completed_with(run_dir_of(cfg), cfg):
             check_run(cfg, cfg.cluster.processes)
@@ -71,6 +68,15 @@ def run_local(plan: SweepPlan) -> list[dict[str, Any]]:
     if plan.base.sweep.name:
         write_report(group_dir(plan), plan.base.sweep.report)
     return summaries
+
+
+def stage_datasets(runs: list[DictConfig]) -> None:
+    """Stage each dataset of these runs (a no-op when prepared; local mirrors, then the
+    downloader), so a missing dataset fails before the first run starts or is queued."""
+    from hpclab.data.prepare import hdf5_path, stage
+
+    for cfg in {hdf5_path(c): c for c in runs}.values():
+        stage(cfg)
 
 
 # --------------------------------------------------------------------------- SLURM
@@ -321,9 +327,11 @@ def submit_slurm(plan: SweepPlan) -> dict[str, int]:
         return {}
     cluster = plan.base.cluster
     check_one_cluster_setting(plan, pending)
+    container.check_image(cluster)
+    check_fit(cluster)  # every setting the cluster cannot give, in one line
+    stage_datasets(pending)  # here, on the submitting node, as a local launch does
     for cfg in pending:  # fail before anything is queued
         check_run(cfg, cluster.nodes * max(cluster.gpus_per_node, 1))
-    container.check_image(cluster)
     layout = array_layout(len(pending), array_size(cluster, len(pending)), cluster.array_parallelism)
     check_capacity(plan, len(pending))
     if len(layout) > 1:
@@ -389,6 +397,8 @@ _SBATCH_HINTS = (
      "no node has what the job asks for: lower cluster.gpus_per_node (0 without GPUs), cluster.cpus_per_task, "
      "cluster.mem_gb or cluster.nodes"),
     ("Invalid partition", "name a partition that exists (sinfo lists them): cluster.partition=..."),
+    ("Invalid feature specification",
+     "no node has that feature: fix cluster.extra.constraint (sinfo -o '%P %f' lists the features)"),
     ("Invalid account", "name an account you may use (sacctmgr show assoc user=$USER): cluster.account=..."),
     ("Invalid qos", "name a QOS your account may use: cluster.qos=..."),
     ("time limit", "ask for less time: cluster.time_min=..."),
@@ -563,13 +573,12 @@ def status_lines(plan: SweepPlan) -> list[str]:
     jobs = squeue_jobs()
     if jobs:
         _add_queued_by_sbatch(plan, runs, submitit_jobs, jobs)
-    lines = [f"{'run':<32} {'state':<20} {'job':<14} {'step':>8}  log"]
+    lines = [f"{'run':<32} {'state':<20} {'job':<14} {'step':>13} {'rate':>12}  log"]
     for run, cfg in zip(runs, plan.runs):
         squeued = jobs.get(run.job) if jobs and run.job else None
         state = run_state(run.run_dir, cfg, run.job, squeued, run.starts, run.submitit_log, submitit_folder(plan))
-        step = last_step(run.run_dir)
-        lines.append(f"{run.name:<32} {state:<20} {run.job or '-':<14} {'-' if step is None else step:>8}  "
-                     f"{run.log_path or '-'}")
+        step, rate = progress_cells(run.run_dir)
+        lines.append(f"{run.name:<32} {state:<20} {run.job or '-':<14} {step:>13} {rate:>12}  {run.log_path or '-'}")
     if jobs is None:
         lines.append("(squeue does not answer: states come from the results folder only)")
     return lines

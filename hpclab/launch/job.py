@@ -25,7 +25,8 @@ from hpclab.rundir.lock import TOKEN_ENV, add_writers, run_lock, unwritable
 from hpclab.launch.slurm import JobSignals, export_rank_env, record_task, restart_count
 from hpclab.rundir import (ATTEMPTS, CONFIG, ENVIRONMENT, LOCK, RUN_LOG, SUMMARY, RunRecordError, completed_summary,
                            has_progress, read_attempts, read_config)
-from hpclab.utils import die_with_parent, environment_record, job_ref, one_line, setup_logging, under_slurm, write_json
+from hpclab.utils import (die_with_parent, environment_record, job_ref, one_line, setup_logging, under_slurm, use_threads,
+                          write_json)
 
 log = logging.getLogger("hpclab")
 
@@ -108,6 +109,7 @@ def train_run(cfg: DictConfig, folder_ready: bool = False) -> dict[str, Any]:
 
     run_dir = run_dir_of(cfg)
     rank = int(os.environ.get("RANK", "0"))
+    use_threads(cfg.cluster.threads)  # the same count here, in each rank and in every SLURM task
     done = None if _starts_over(cfg) else completed_with(run_dir, cfg)
     if done is not None:
         log.info("run %s is complete; skipping (force=true re-runs it)", run_dir)
@@ -319,6 +321,8 @@ class TrainJob:
         export_rank_env()
         summary = train_run(resumable(self.cfg))
         refresh_sweep_report(self.cfg)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(results_line(self.cfg), flush=True)  # the task log ends saying where they are
         return summary
 
     def checkpoint(self, *args: Any, **kwargs: Any):
@@ -327,6 +331,14 @@ class TrainJob:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self)  # the restart resumes: see resumable()
+
+
+def results_line(cfg: DictConfig) -> str:
+    """The last line of a SLURM task's log: where its run's results (and its sweep's summary) are."""
+    line = f"results: {run_dir_of(cfg)}/"
+    if cfg.sweep.name:
+        line += f" (sweep summary: {run_dir_of(cfg).parent}/summary.md)"
+    return line
 
 
 def resumable(cfg: DictConfig) -> DictConfig:

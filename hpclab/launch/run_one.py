@@ -21,6 +21,8 @@ import os
 import re
 from typing import Optional
 
+from omegaconf import DictConfig, OmegaConf
+
 from hpclab.config import ConfigError
 
 USAGE = __doc__
@@ -70,7 +72,7 @@ def main(argv: list[str]) -> int:
         return 0
     overrides, index, check = parse_args(argv)
 
-    from hpclab.launch.job import check_run, run_dir_of, run_in_slurm_task
+    from hpclab.launch.job import check_run, results_line, run_dir_of, run_in_slurm_task
     from hpclab.launch.sweep import plan as make_plan
 
     plan = make_plan(overrides)
@@ -81,14 +83,33 @@ def main(argv: list[str]) -> int:
         print(f"task index {index}: '{plan.group}' has only {n} run(s); nothing to do")
         return 0
     cfg = plan.run(index)  # this task's run alone
-    check_run(cfg, int(os.environ.get("SLURM_NTASKS") or 1))  # fail before anything is written
+    tasks = int(os.environ.get("SLURM_NTASKS") or 1)
+    if check or tasks == 1:  # the batch shell's check, once per job (not in each of several ranks)
+        stage_offline(cfg)
+    check_run(cfg, tasks)  # fail before anything is written
     if check:
         print(f"run {index + 1}/{n} of '{plan.group}': {cfg.run_name} -> {run_dir_of(cfg)}")
         if warning:
             print(f"warning: {warning}")
         return 0
     run_in_slurm_task(cfg)  # a stop signal ends in main_guard: "stopped: ...", exit 3
+    if int(os.environ.get("RANK") or 0) == 0:
+        print(results_line(cfg), flush=True)
     return 0
+
+
+def stage_offline(cfg: DictConfig) -> None:
+    """Stage the run's dataset from files on this machine when it is not prepared yet, as the
+    launcher stages it (scikit-learn's digits; Fashion-MNIST from Debian's package or
+    data.mirrors), but never downloading: compute nodes are usually offline. Anything else
+    fails here with the line naming python jobs/prepare_data.py."""
+    from hpclab.data.prepare import stage
+    from hpclab.errors import DataMissing
+
+    try:
+        stage(OmegaConf.merge(cfg, {"data": {"download": False}}))
+    except DataMissing:
+        pass  # check_splits names the dataset and the command that stages it
 
 
 if __name__ == "__main__":

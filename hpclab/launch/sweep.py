@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from hpclab.config import ConfigError, compose, compose_many, schema_defaults
+from hpclab.config import ConfigError, compose, compose_many, refuse_hydra_habits, schema_defaults
 from hpclab.utils import flatten
 
 
@@ -139,6 +139,7 @@ def plan(overrides: list[str]) -> SweepPlan:
     """Compose the base, expand the sweep grid (if any) into each run's overrides.
 
     A bad override or axis fails here; each run's own config is validated when first used."""
+    refuse_hydra_habits(overrides)
     plain, cli_axes = split_sweep_overrides(overrides)
     # The sweep names its experiment, and the other overrides may only be valid on top of that
     # experiment (model keys of its model), so read the sweep alone first.

@@ -26,6 +26,7 @@ CONFIG = "config.yaml"  # the resolved config the run was started with
 ENVIRONMENT = "environment.json"  # commit, host, packages, threads, SLURM ids
 METRICS = "metrics.jsonl"  # every logged metric, one JSON record per line
 SUMMARY = "summary.json"  # final metrics, steps, wall time, analyses; written last
+PROGRESS = "progress.json"  # total steps and batch per rank, written at each start (status: step/total, rate)
 ATTEMPTS = "attempts.json"  # every start of the run: when, where, seconds, last step
 SLURM_RECORD = "slurm.json"  # every SLURM task that worked on the run
 LOCK = "run.lock"  # while a process owns the run
@@ -263,22 +264,46 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
-def last_step(run_dir: Path) -> Optional[int]:
-    """The last step logged in metrics.jsonl, read from the end (a long log is not parsed whole)."""
+def last_records(run_dir: Path) -> tuple[Optional[int], Optional[dict[str, Any]]]:
+    """(the last step logged, the last training record) of metrics.jsonl, read from the end (a
+    long log is not parsed whole); lines that are not records (one a kill cut short) are passed over."""
     path = Path(run_dir) / METRICS
     if not path.is_file():
-        return None
+        return None, None
     with open(path, "rb") as fh:
         fh.seek(max(path.stat().st_size - (1 << 16), 0))
         lines = fh.read().decode(errors="replace").splitlines()
+    step, fit = None, None
     for line in reversed(lines):
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        if is_metric_record(record):
-            return record["step"]
-    return None
+        if not is_metric_record(record):
+            continue
+        step = record["step"] if step is None else step
+        if record["split"] == "fit":
+            fit = record
+            break
+    return step, fit
+
+
+def last_step(run_dir: Path) -> Optional[int]:
+    """The last step logged in metrics.jsonl."""
+    return last_records(run_dir)[0]
+
+
+def read_progress(run_dir: Path) -> tuple[Optional[int], Optional[int]]:
+    """(total steps, batch per rank) from progress.json; (None, None) where absent or damaged."""
+    path = Path(run_dir) / PROGRESS
+    try:
+        record = _load(path) if path.is_file() else {}
+    except ValueError:
+        record = {}
+    record = record if isinstance(record, dict) else {}
+    total, batch = record.get("total_steps"), record.get("batch_per_rank")
+    valid = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0  # noqa: E731
+    return (total if valid(total) else None), (batch if valid(batch) else None)
 
 
 def has_progress(run_dir: Path) -> bool:
