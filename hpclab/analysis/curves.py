@@ -46,6 +46,7 @@ class Panel:
     levels: list[Level] = field(default_factory=list)
     ylim: Optional[tuple[float, float]] = None
     log_y: bool = False
+    log_x: bool = False
 
 
 def plot_panels(panels: Sequence[Panel], path: Path, title: str = "",
@@ -60,6 +61,8 @@ def plot_panels(panels: Sequence[Panel], path: Path, title: str = "",
             ax.axhline(level.y, color=level.colour, linestyle=level.style, label=level.label)
         if panel.log_y:
             ax.set_yscale("log")
+        if panel.log_x:
+            ax.set_xscale("log")
         if panel.ylim:
             ax.set_ylim(*panel.ylim)
         ax.set_xlabel(panel.xlabel)
