@@ -80,6 +80,17 @@ def test_the_ema_copy_follows_the_trained_weights_and_has_no_optimizer():
     task, models = tiny_diffusion()
     assert set(task.optimizer_configs(OmegaConf.create({"lr": 1.0}), list(models))) == {"model"}
     assert task.sampling_models == ("ema",) and not any(p.requires_grad for p in models["ema"].parameters())
+    # diffusers' warm-up: the n-th update keeps min(decay, (1 + n) / (10 + n)) of the average
+    trained = models["model"]
+    for step in range(3):
+        with torch.no_grad():
+            for p in trained.parameters():
+                p.add_(1.0)
+        before = [p.clone() for p in models["ema"].module.parameters()]
+        models["ema"].update_parameters(trained)
+        keep = 0.0 if step == 0 else min(task.ema_decay, (1 + step) / (10 + step))  # the first update copies
+        for p, old, new in zip(models["ema"].module.parameters(), before, trained.parameters()):
+            torch.testing.assert_close(p, keep * old + (1 - keep) * new)
     plain, _ = tiny_diffusion(ema_decay=None)
     assert plain.sampling_models == ("model",)
     with pytest.raises(ValueError, match="task.schedule"):
@@ -197,15 +208,16 @@ def test_the_flowers_config_smoke_run_in_bf16_at_64px(tmp_path: Path, flowers: d
     env = {"HPCLAB_DATA": str(tmp_path / "data"), "HPCLAB_RESULTS": str(tmp_path / "results")}
     run_cli("prepare_data.py", "experiment=ddpm_flowers", f"data.mirrors=[{flowers['root']}]", "data.download=false",
             cwd=tmp_path, env=env)
-    proc = run_cli("launch.py", "experiment=ddpm_flowers", "preset=smoke", *TINY, "train.batch_size=16",
-                   "train.max_steps=4", "train.eval_every=2", "analysis=[curves,sample_grids]", cwd=tmp_path, env=env)
+    proc = run_cli("launch.py", "experiment=ddpm_flowers", "preset=smoke", *TINY, "model.attention=[false,false]",
+                   "train.batch_size=8", "train.max_steps=2", "train.eval_every=1", "analysis=[curves,sample_grids]",
+                   cwd=tmp_path, env=env)
     run_dir = tmp_path / "results" / "ddpm_flowers" / "default"
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["steps"] == 4
+    assert summary["status"] == "completed" and summary["steps"] == 2
     assert "mixed precision bf16" in (run_dir / "run.log").read_text() and "val/loss" in proc.stdout
     assert np.isfinite(summary["metrics"]["val/loss"])
     from PIL import Image
 
     with Image.open(run_dir / "figures" / "samples_final.png") as grid:  # 16 RGB samples of 64 px, 8 a row
         assert grid.mode == "RGB" and grid.size == (8 * 66 + 2, 2 * 66 + 2)
-    assert sorted(p.name for p in (run_dir / "figures" / "epochs").iterdir())[:1] == ["step_0000002.png"]
+    assert sorted(p.name for p in (run_dir / "figures" / "epochs").iterdir()) == ["step_0000001.png", "step_0000002.png"]

@@ -8,8 +8,8 @@ and the DDIM update (``DDIMScheduler.step`` on the same betas, ``set_timesteps``
 of timesteps). Written here: the training objective (a uniform timestep and Gaussian noise per
 image, MSE between the true and the predicted noise: Ho et al.'s L_simple), the evaluation at
 seeded timesteps and noise, an exponential moving average of the weights kept as a second model
-(``ema``, a ``torch.optim.swa_utils.AveragedModel``, so checkpoints, resumes and best weights
-carry it like any model), and :func:`ddim_sample`, the one sampling loop that TensorBoard
+(``ema``, a ``torch.optim.swa_utils.AveragedModel`` with the decay warm-up of diffusers'
+``EMAModel``, so checkpoints, resumes and best weights carry it like any model), and :func:`ddim_sample`, the one sampling loop that TensorBoard
 images, sample grids and the FD analyses all use. diffusers' ``DDIMPipeline`` draws its own
 initial noise; the loop here starts from given noise, so every grid and score is reproducible
 row by row.
@@ -21,7 +21,7 @@ metrics; evaluation draws from the engine's per-batch seeded generator.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,19 @@ def ddim_sample(model: nn.Module, noise: torch.Tensor, scheduler: Any, steps: in
         eps = model(x, t).float()
         x = scheduler.step(eps, t, x, eta=eta, generator=generator).prev_sample
     return to_unit(x)
+
+
+def ema_with_warmup(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
+    """The update of an ``AveragedModel``: at its n-th update the average moves towards the
+    trained weights with decay min(``decay``, (1 + n) / (10 + n)), the warm-up of diffusers'
+    ``EMAModel``, so the average of a short run is not held back by its random initialisation.
+    All on the device: no host sync."""
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        step_decay = ((1 + n) / (10 + n)).clamp(max=decay)
+        torch._foreach_lerp_(averaged, current, (1 - step_decay).to(averaged[0].dtype))
+
+    return update
 
 
 @TASKS.register("diffusion")
@@ -90,9 +103,9 @@ class Diffusion(GenerativeTask):
         models = Task.build_models(self, model_cfg, info)
         self.shape = (info.in_channels, info.image_size, info.image_size)
         if self.ema_decay:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+            from torch.optim.swa_utils import AveragedModel
 
-            ema = AveragedModel(models["model"], multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay), use_buffers=True)
+            ema = AveragedModel(models["model"], multi_avg_fn=ema_with_warmup(self.ema_decay), use_buffers=True)
             models["ema"] = ema.requires_grad_(False)  # no optimizer, no gradients, never DDP-wrapped
         return models
 
