@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 from unittest import mock
 
 import numpy as np
@@ -36,6 +36,9 @@ from hpclab.analysis import ANALYSES
 from hpclab.engine.evaluation import TrainedRun
 from hpclab.utils import write_json
 from hpclab.weights import WeightsMissing, weight_path
+
+if TYPE_CHECKING:
+    from hpclab.analysis.curves import Panel
 
 log = logging.getLogger("hpclab")
 
@@ -253,7 +256,8 @@ class FrechetTable:
                            generator=torch.Generator().manual_seed(self.seed))
         return {"images": "uniform noise", "fd": frechet_to(self.ref, self.net.of_batches(_chunks(noise, self.batch_size)))}
 
-    def write(self, out_dir: Path, name: str, rows: list[dict[str, Any]], keys: list[str], panel: Any) -> dict[str, Any]:
+    def write(self, out_dir: Path, name: str, rows: list[dict[str, Any]], keys: list[str], panel: "Panel"
+              ) -> dict[str, Any]:
         """``name``.{md,csv} (columns: images, ``keys``, FD), the curve ``panel`` (with the floor and
         the ceiling drawn as levels) as ``name``.png, and the fields every FD record has."""
         from hpclab.analysis.curves import Level, plot_panels
@@ -287,15 +291,18 @@ def fd_classifier(run: TrainedRun, out_dir: Path, classifier: str = "", referenc
     from hpclab.analysis.samples import models_over_training
 
     table = FrechetTable(run, classifier, reference, real, num_images, batch_size, seed)
-    options = {} if sample_steps is None else {"steps": sample_steps}
+    steps = sample_steps or getattr(table.task, "sample_steps", None)  # a diffusion model's; a GAN has none
+    options = {} if steps is None else {"steps": steps}
+    keys = ["epoch", "step"] + (["DDIM steps"] if steps else [])
     rows: list[dict[str, Any]] = [{**table.floor, "epoch": None, "step": None}]
     for what, step, epoch, models in models_over_training(run, epochs):
-        rows.append({"images": what, "epoch": epoch, "step": step, "fd": table.of_models(models, **options)})
+        rows.append({"images": what, "epoch": epoch, "step": step, "DDIM steps": steps,
+                     "fd": table.of_models(models, **options)})
     rows.append({**table.ceiling(), "epoch": None, "step": None})
     gen = [r for r in rows if r["images"].startswith("generated")]
     panel = Panel([Line([r["epoch"] for r in gen], [r["fd"] for r in gen], "generated", "o-")], "epoch", table.label,
                   log_y=True)
-    result = table.write(Path(out_dir), "fd_classifier", rows, ["epoch", "step"], panel)
+    result = table.write(Path(out_dir), "fd_classifier", rows, keys, panel)
     result.update(final=gen[-1]["fd"], by_epoch={str(r["epoch"]): r["fd"] for r in gen}, **options)
     write_json(Path(out_dir) / "fd_classifier.json", result)
     log.info("%s: real %s %.3f, final generator %.3f, noise %.3f", table.label, real, result["floor_real"],

@@ -59,7 +59,7 @@ def ema_with_warmup(decay: float) -> Callable[[list[torch.Tensor], list[torch.Te
     """The update of an ``AveragedModel``: at its n-th update the average moves towards the
     trained weights with decay min(``decay``, (1 + n) / (10 + n)), the warm-up of diffusers'
     ``EMAModel``, so the average of a short run is not held back by its random initialisation.
-    All on the device: no host sync."""
+    Computed on the device (the update adds no host sync to AveragedModel's own)."""
 
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
         step_decay = ((1 + n) / (10 + n)).clamp(max=decay)
