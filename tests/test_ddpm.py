@@ -128,6 +128,7 @@ def test_tiny_fashion_mnist_ddpm_trains_and_draws_its_grids(fmnist_ddpm):
     assert len(losses) == 36 and all(np.isfinite(losses))
     assert np.mean(losses[-6:]) < 0.7 * np.mean(losses[:6])  # noise MSE starts near 1 and falls
     assert np.isfinite(summary["metrics"]["test/loss"])
+    assert summary["analyses"]["sample_grids"]["shown"] == [1.0, 2.0]  # every epoch's grid in the overview
     figures = run_dir / "figures"
     for name in ("curves.png", "epochs/epoch_001.png", "epochs/epoch_002.png", "samples_by_epoch.png",
                  "samples_final.png", "fd_classifier.png", "fd_sampling_steps.png", "samples_by_steps.png"):

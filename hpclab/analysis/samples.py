@@ -94,7 +94,8 @@ def sample_grids(run: TrainedRun, out_dir: Path, rows: int = 8) -> dict[str, Any
     final = full_resolution_grid(generate(run, task.fixed_inputs(run.device)), out_dir / "samples_final.png")
     result: dict[str, Any] = {"epochs": len(files), "final": str(final)}
     if files:
-        picks = sorted({round(i * (len(files) - 1) / max(rows - 1, 1)) for i in range(min(rows, len(files)))})
+        count = min(rows, len(files))  # evenly spaced, the first and the last always among them
+        picks = sorted({round(i * (len(files) - 1) / max(count - 1, 1)) for i in range(count)})
         grids = {}
         for i in picks:
             with Image.open(files[i][1]) as img:
@@ -102,7 +103,7 @@ def sample_grids(run: TrainedRun, out_dir: Path, rows: int = 8) -> dict[str, Any
             grids[f"epoch {files[i][0]:.3g}"] = pixels.permute(2, 0, 1)[None].float() / 255
         overview = image_strips(grids, out_dir / "samples_by_epoch.png", width=10,
                                 title=f"the same {task.inputs_name} through training")
-        result["overview"] = str(overview)
+        result.update(overview=str(overview), shown=[round(files[i][0], 6) for i in picks])
     return result
 
 
