@@ -193,7 +193,7 @@ def test_add_an_experiment_section_works_as_written(tmp_path):
     assert run(["jobs/prepare_data.py", "data=digits"]).returncode == 0
     proc = run(command.split()[1:])
     assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = json.loads((tmp_path / "results" / "tiny_mlp" / "default" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "results" / "tiny_mlp-smoke" / "default" / "summary.json").read_text())
     assert summary["status"] == "completed" and 0 <= summary["metrics"]["test/acc"] <= 1
     assert summary["parameters"]["model"] == 64 * 128 + 128 + 128 * 10 + 10  # 8x8 digits, hidden 128
     bad = run(["jobs/launch.py", "experiment=tiny_mlp", "model.hiden=3", "dry_run=true"])

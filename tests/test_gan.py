@@ -255,13 +255,16 @@ def test_fashion_mnist_dcgan_at_32px_with_its_figures(fmnist_gan):
 
 
 def test_fd_in_the_suites_own_classifier_features(fmnist_gan):
-    """Without the classifier the run stops at the analysis with one line naming the command; the
-    same command after training it resumes at the last step and only runs the analyses. FD: the
-    real test set against the training set is the floor, noise is far above, every epoch is scored."""
+    """Without the classifier the run stops before step 0 with one line naming the command (and
+    the way out without the analysis); after training the classifier the same command trains
+    the DCGAN and runs its analyses. FD: the real test set against the training set is the
+    floor, noise is far above, every epoch is scored."""
     line = fmnist_gan["first"].stderr.strip().splitlines()[-1]
-    assert fmnist_gan["first"].returncode == 2
-    assert line.startswith("error: fd_classifier: no trained classifier at") and "experiment=fmnist_cnn" in line
-    assert "resumed from" in fmnist_gan["second"].stdout and "step 54" in fmnist_gan["second"].stdout
+    assert fmnist_gan["first"].returncode == 2 and "Traceback" not in fmnist_gan["first"].stderr
+    assert line.startswith("error: analysis 'fd_classifier': fd_classifier: no trained classifier at")
+    assert "experiment=fmnist_cnn" in line and "or run without it: analysis=[gan_curves," in line
+    assert not (fmnist_gan["run_dir"] / "checkpoints").exists() or "resumed from" in fmnist_gan["second"].stdout
+    assert "step 54" in fmnist_gan["second"].stdout
     fd = json.loads((fmnist_gan["run_dir"] / "figures" / "fd_classifier.json").read_text())
     assert fd["metric"] == "FD (Fashion-MNIST CNN features)" and fd["classifier"].endswith("fmnist_cnn-smoke/default")
     assert fd["reference_images"] == 600 and fd["images_per_set"] == 200

@@ -84,7 +84,7 @@ def test_sweep_summary_lists_every_finished_run_in_natural_order_with_its_own_va
         assert float(row["test/mse"]) == round(summary["metrics"]["test/mse"], 6) > 0
         assert int(row["parameters"]) == sum(summary["parameters"].values())
     table = (group / "summary.md").read_text()
-    assert "10 finished run(s)" in table and "Skipped, damaged records: latent_dim-2__seed-5: ValueError" in table
+    assert "10 finished run(s)" in table and "Skipped, damaged records: latent_dim-2__seed-5: RunRecordError" in table
 
 
 def test_report_does_not_load_torch(digits: Path):

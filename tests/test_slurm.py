@@ -102,7 +102,7 @@ def summary(run_dir: Path) -> dict:
 
 # --------------------------------------------------------------------------- the scripts themselves
 
-SCRIPTS = {"dcgan.sh": "experiment=dcgan", "ae_pretrain.sh": "experiment=ae_pretrain",
+SCRIPTS = {"dcgan.sh": "experiment=dcgan", "ddpm.sh": "experiment=ddpm_flowers", "ae_pretrain.sh": "experiment=ae_pretrain",
            "resnet_transfer.sh": "sweep=resnet_transfer", "pix2pix.sh": "experiment=pix2pix_colourize"}
 
 

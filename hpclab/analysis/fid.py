@@ -14,14 +14,17 @@ itself (e.g. experiment=fmnist_cnn), the usual practice for MNIST-like data wher
 features mean little and its weights may not be at hand. It is reported as "FD (<data> CNN
 features)", never as FID: the numbers are not comparable with published FIDs, only with each
 other (same classifier, same sample counts). The table holds the real test set (the floor),
-the GAN at every kept checkpoint (epoch), and uniform noise.
+the generative model (GAN or diffusion) at every kept checkpoint (epoch), and uniform noise.
+``fd_sampling_steps``: the same table for a diffusion model's final weights sampled with each
+number of DDIM steps. Both are built by :class:`FrechetTable`, so their floor and ceiling rows
+are the same numbers as every other run's with the same classifier, data and image count.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 from unittest import mock
 
 import numpy as np
@@ -35,6 +38,9 @@ from hpclab.errors import ConfigError
 from hpclab.rundir import read_weights
 from hpclab.utils import write_json
 from hpclab.weights import WeightsMissing, weight_path
+
+if TYPE_CHECKING:
+    from hpclab.analysis.figures import Panel
 
 log = logging.getLogger("hpclab")
 
@@ -117,19 +123,20 @@ def _weights_staged(cfg: Any, weights: str = "fid_inception", **_: Any) -> None:
 @requires(_weights_staged)
 def fid(run: TrainedRun, out_dir: Path, split: str = "train", num_images: Optional[int] = None, batch_size: int = 100,
         dims: int = 2048, weights: str = "fid_inception", seed: int = 99) -> dict[str, Any]:
-    """FID of generated images (eval mode, seeded latents) against the real images of ``split``
+    """FID of generated images (eval mode, the task's seeded inputs: GAN latents, or a diffusion
+    model's initial noise sampled with its DDIM steps) against the real images of ``split``
     (all of them unless ``num_images``; as many generated as real). ``weights`` names the staged
     Inception file: the real pytorch-fid weights in production, a stand-in in tests."""
-    from hpclab.analysis.gan import gan_task, generate
+    from hpclab.analysis.samples import generate, generative_task
     from hpclab.data.transforms import to_float
 
-    task = gan_task(run)
+    task = generative_task(run)
     device = run.device
     model = inception(dims, run.cfg.paths.cache, weights, device)
 
     real = activations(model, (to_float(c) for c in split_images(run, split, num_images, batch_size)), device)
     n = len(real)
-    z = task.fixed_latents(torch.device("cpu"), n=n, seed=seed)
+    z = task.fixed_inputs(torch.device("cpu"), n=n, seed=seed)
 
     def fake_batches() -> Iterable[torch.Tensor]:
         for chunk in _chunks(z, batch_size):
@@ -233,76 +240,133 @@ def _classifier_run(classifier: str) -> str:
     if not classifier:
         raise ConfigError("the FD needs classifier=results/<group>/<run> (a finished classification run)")
     return classifier
+class FrechetTable:
+    """What every FD table of a generative run shares, so the rows of different models and
+    studies compare: ``classifier``'s features, the Gaussian of the real ``reference`` images
+    (all of them), ``num_images`` per row, the floor row (the real ``real`` images) and the
+    ceiling row (as many uniform-noise images). Generated images come from the task's seeded
+    inputs (``seed``) and go through the same resizing to the classifier's size."""
+
+    def __init__(self, run: TrainedRun, classifier: str, reference: str, real: str, num_images: int,
+                 batch_size: int, seed: int) -> None:
+        from hpclab.analysis.samples import generative_task
+
+        self.task = generative_task(run)
+        self.run, self.reference, self.real, self.batch_size, self.seed = run, reference, real, batch_size, seed
+        self.net = ClassifierFeatures(_classifier_run(classifier), run.device)
+        self.label = self.net.label
+        self.ref = gaussian(self.net.of_batches(split_images(run, reference, None, batch_size)))
+        real_features = self.net.of_batches(split_images(run, real, num_images, batch_size))
+        self.n = len(real_features)
+        self.floor = {"images": f"real {real} set", "fd": frechet_to(self.ref, real_features)}
+
+    def of_models(self, models: dict[str, torch.nn.Module], **options: Any) -> float:
+        """FD of the ``n`` images the task generates with ``models`` from its seeded inputs."""
+        inputs = self.task.fixed_inputs(torch.device("cpu"), n=self.n, seed=self.seed)
+        generator = torch.Generator(self.run.device).manual_seed(self.seed)  # a stochastic sampler's draws
+        with torch.no_grad():
+            batches = (self.task.generate(models, chunk.to(self.run.device), generator=generator, **options)
+                       for chunk in _chunks(inputs, self.batch_size))
+            return frechet_to(self.ref, self.net.of_batches(batches))
+
+    def ceiling(self) -> dict[str, Any]:
+        noise = torch.rand((self.n, *self.run.data.split(self.reference).item_shape),
+                           generator=torch.Generator().manual_seed(self.seed))
+        return {"images": "uniform noise", "fd": frechet_to(self.ref, self.net.of_batches(_chunks(noise, self.batch_size)))}
+
+    def write(self, out_dir: Path, name: str, rows: list[dict[str, Any]], keys: list[str], panel: "Panel"
+              ) -> dict[str, Any]:
+        """``name``.{md,csv} (columns: images, ``keys``, FD), the curve ``panel`` (with the floor and
+        the ceiling drawn as levels) as ``name``.png, and the fields every FD record has."""
+        from hpclab.analysis.figures import Level, plot_panels
+        from hpclab.analysis.report import write_table
+
+        out_dir = Path(out_dir)
+        body = [[r["images"], *(r.get(k) for k in keys), round(r["fd"], 4)] for r in rows]
+        title = (f"{self.label} against the {len(self.run.data.indices[self.reference])} real {self.reference} images; "
+                 f"{self.n} images per row; classifier {self.net.run_dir}")
+        files = write_table(["images", *keys, self.label], body, out_dir / name, title)
+        panel.levels = [Level(rows[0]["fd"], f"real {self.real} set (floor)", "--", "green"),
+                        Level(rows[-1]["fd"], "uniform noise", ":", "red")]
+        plot_panels([panel], out_dir / f"{name}.png", panel_size=(6, 3.6))
+        return {"metric": self.label, "classifier": str(self.net.run_dir), "reference": self.reference,
+                "reference_images": len(self.run.data.indices[self.reference]), "images_per_set": self.n,
+                "seed": self.seed, "floor_real": rows[0]["fd"], "noise": rows[-1]["fd"],
+                "figure": str(out_dir / f"{name}.png"), **files}
 
 
 @ANALYSES.register("fd_classifier")
 @requires(classifier_trained)
 def fd_classifier(run: TrainedRun, out_dir: Path, classifier: str = "", reference: str = "train", real: str = "test",
                   num_images: int = 10000, batch_size: int = 500, epochs: Optional[list[float]] = None,
-                  seed: int = 99) -> dict[str, Any]:
+                  seed: int = 99, sample_steps: Optional[int] = None) -> dict[str, Any]:
     """FD in ``classifier``'s feature space (a classification run folder or its
     best_model.safetensors) against the real images of ``reference`` (all of them), for: the
-    real images of ``real`` (the floor), ``num_images`` samples of the generator at every kept
-    checkpoint (``epochs`` picks some; train.keep_checkpoints sets how many are kept) and at the
-    final weights, and as many uniform-noise images. Generated and real images go through the
-    same resizing to the classifier's size. Writes fd_classifier.{json,md,png}."""
-    import copy
+    real images of ``real`` (the floor), ``num_images`` samples of the generative model (GAN or
+    diffusion, ``sample_steps`` DDIM steps; default the task's) at every kept checkpoint
+    (``epochs`` picks some; train.keep_checkpoints sets how many are kept) and at the final
+    weights, and as many uniform-noise images. Writes fd_classifier.{json,md,png}."""
+    from hpclab.analysis.figures import Line, Panel
+    from hpclab.analysis.samples import models_over_training
 
-    from hpclab.analysis.figures import Level, Line, Panel, plot_panels
-    from hpclab.analysis.gan import gan_task
-    from hpclab.analysis.report import write_table
-    from hpclab.engine.checkpoints import checkpoints
-    from hpclab.tasks.gan import to_unit
-
-    task = gan_task(run)
-    device = run.device
-    net = ClassifierFeatures(_classifier_run(classifier), device)
-
-    ref = gaussian(net.of_batches(split_images(run, reference, None, batch_size)))
-    real_features = net.of_batches(split_images(run, real, num_images, batch_size))
-    n = len(real_features)
-    z = task.fixed_latents(torch.device("cpu"), n=n, seed=seed)
-
-    @torch.no_grad()
-    def fd_of_generator(G: torch.nn.Module) -> float:
-        G.eval()
-        return frechet_to(ref, net.of_batches(to_unit(G(chunk.to(device))) for chunk in _chunks(z, batch_size)))
-
-    rows: list[dict[str, Any]] = [{"images": f"real {real} set", "epoch": None, "step": None,
-                                   "fd": frechet_to(ref, real_features)}]
-    generator = copy.deepcopy(run.unwrap("generator"))
-    per_epoch = run.steps_per_epoch
-    wanted = None if epochs is None else {round(float(e), 6) for e in epochs}
-    final_step = run.step
-    for path in sorted(checkpoints(run.ckpt_dir), key=lambda p: p.name):
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        step = int(state["step"])
-        epoch = round(step / per_epoch, 6)
-        if step == final_step or (wanted is not None and epoch not in wanted):
-            continue  # the final weights are scored below
-        generator.load_state_dict(state["models"]["generator"])
-        rows.append({"images": "generated", "epoch": epoch, "step": step, "fd": fd_of_generator(generator)})
-    rows.append({"images": "generated (final weights)", "epoch": round(final_step / per_epoch, 6), "step": final_step,
-                 "fd": fd_of_generator(copy.deepcopy(run.unwrap("generator")))})
-    noise = torch.rand((n, *run.data.split(reference).item_shape), generator=torch.Generator().manual_seed(seed))
-    rows.append({"images": "uniform noise", "epoch": None, "step": None, "fd": frechet_to(ref, net.of_batches(_chunks(noise, batch_size)))})
-
-    label = net.label
-    out_dir = Path(out_dir)
-    body = [[r["images"], r["epoch"], r["step"], round(r["fd"], 4)] for r in rows]
-    title = (f"{label} against the {len(run.data.indices[reference])} real {reference} images; {n} images per row; "
-             f"classifier {net.run_dir}")
-    files = write_table(["images", "epoch", "step", label], body, out_dir / "fd_classifier", title)
+    table = FrechetTable(run, classifier, reference, real, num_images, batch_size, seed)
+    steps = sample_steps or getattr(table.task, "sample_steps", None)  # a diffusion model's; a GAN has none
+    options = {} if steps is None else {"steps": steps}
+    keys = ["epoch", "step"] + (["DDIM steps"] if steps else [])
+    rows: list[dict[str, Any]] = [{**table.floor, "epoch": None, "step": None}]
+    for what, step, epoch, models in models_over_training(run, epochs):
+        rows.append({"images": what, "epoch": epoch, "step": step, "DDIM steps": steps,
+                     "fd": table.of_models(models, **options)})
+    rows.append({**table.ceiling(), "epoch": None, "step": None})
     gen = [r for r in rows if r["images"].startswith("generated")]
-    plot_panels([Panel([Line([r["epoch"] for r in gen], [r["fd"] for r in gen], "generated", "o-")], "epoch", label,
-                       levels=[Level(rows[0]["fd"], f"real {real} set (floor)", "--", "green"),
-                               Level(rows[-1]["fd"], "uniform noise", ":", "red")], log_y=True)],
-                out_dir / "fd_classifier.png", panel_size=(6, 3.6))
-    result = {"metric": label, "classifier": str(net.run_dir), "reference": reference,
-              "reference_images": len(run.data.indices[reference]), "images_per_set": n, "seed": seed,
-              "floor_real": rows[0]["fd"], "noise": rows[-1]["fd"], "final": gen[-1]["fd"],
-              "by_epoch": {str(r["epoch"]): r["fd"] for r in gen}, "figure": str(out_dir / "fd_classifier.png"), **files}
-    write_json(out_dir / "fd_classifier.json", result)
-    log.info("%s: real %s %.3f, final generator %.3f, noise %.3f", label, real, result["floor_real"], result["final"],
+    panel = Panel([Line([r["epoch"] for r in gen], [r["fd"] for r in gen], "generated", "o-")], "epoch", table.label,
+                  log_y=True)
+    result = table.write(Path(out_dir), "fd_classifier", rows, keys, panel)
+    result.update(final=gen[-1]["fd"], by_epoch={str(r["epoch"]): r["fd"] for r in gen}, **options)
+    write_json(Path(out_dir) / "fd_classifier.json", result)
+    log.info("%s: real %s %.3f, final generator %.3f, noise %.3f", table.label, real, result["floor_real"],
+             result["final"], result["noise"])
+    return result
+
+
+@ANALYSES.register("fd_sampling_steps")
+@requires(classifier_trained)
+def fd_sampling_steps(run: TrainedRun, out_dir: Path, classifier: str = "", steps: Sequence[int] = (5, 10, 20, 50, 100),
+                      reference: str = "train", real: str = "test", num_images: int = 10000, batch_size: int = 500,
+                      seed: int = 99, show: int = 10) -> dict[str, Any]:
+    """FD in ``classifier``'s features (as ``fd_classifier``: the same floor, ceiling and image
+    count) of a diffusion model's final weights sampled with each number of DDIM ``steps``, as a
+    table and a curve (fd_sampling_steps.{json,md,png}), and the first ``show`` samples of every
+    step count from the same initial noise (samples_by_steps.png)."""
+    from hpclab.analysis.figures import Line, Panel
+    from hpclab.analysis.grids import image_rows
+    from hpclab.analysis.samples import generate
+
+    if not hasattr(run.task, "sample_steps"):
+        raise ValueError(f"fd_sampling_steps needs a diffusion run (task=diffusion), the run uses {run.cfg.task.name!r}")
+    counts = sorted({int(k) for k in steps})
+    if not counts or counts[0] < 1:
+        raise ValueError(f"fd_sampling_steps: steps must be positive step counts, got {list(steps)}")
+    table = FrechetTable(run, classifier, reference, real, num_images, batch_size, seed)
+    models = {n: run.unwrap(n) for n in table.task.sampling_models}
+    rows: list[dict[str, Any]] = [{**table.floor, "DDIM steps": None}]
+    with run.evaluating():
+        rows += [{"images": "generated (final weights)", "DDIM steps": k, "fd": table.of_models(models, steps=k)}
+                 for k in counts]
+    rows.append({**table.ceiling(), "DDIM steps": None})
+    gen = rows[1:-1]
+    panel = Panel([Line(counts, [r["fd"] for r in gen], "generated (final weights)", "o-")], "DDIM sampling steps",
+                  table.label, log_y=True, log_x_base=10)
+    out_dir = Path(out_dir)
+    result = table.write(out_dir, "fd_sampling_steps", rows, ["DDIM steps"], panel)
+    noise = table.task.fixed_inputs(torch.device("cpu"), n=show, seed=seed)
+    strips = {f"{k} steps": generate(run, noise, steps=k) for k in counts}
+    result.update(epoch=round(run.step / run.steps_per_epoch, 6), step=run.step,
+                  by_steps={str(r["DDIM steps"]): r["fd"] for r in gen},
+                  samples=str(image_rows(strips, out_dir / "samples_by_steps.png",
+                                         title="the same initial noise, sampled with each number of DDIM steps")))
+    write_json(out_dir / "fd_sampling_steps.json", result)
+    log.info("%s by DDIM steps: %s (real %s %.3f, noise %.3f)", table.label,
+             ", ".join(f"{k}: {v:.3f}" for k, v in result["by_steps"].items()), real, result["floor_real"],
              result["noise"])
     return result

@@ -1,7 +1,8 @@
-"""End-of-run studies of a GAN run (task ``gan``): training curves, the fixed-latent grid of every
-epoch, one real image per category, batch vs one-by-one generation (BatchNorm), favourites
-with their latent vectors, and a latent interpolation strip. Each writes PNGs (and .npy latents)
-under the run's ``figures/`` and returns the numbers that go into ``summary.json``.
+"""End-of-run studies of a GAN run (task ``gan``): training curves, one real image per category,
+batch vs one-by-one generation (BatchNorm), favourites with their latent vectors, and a latent
+interpolation strip (the fixed-latent grid of every epoch is ``gan_epoch_grids``, in
+``samples``). Each writes PNGs (and .npy latents) under the run's ``figures/`` and returns the
+numbers that go into ``summary.json``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import torch
 from hpclab.analysis import ANALYSES
 from hpclab.analysis.curves import series
 from hpclab.analysis.figures import Line, Panel, plot_panels
-from hpclab.analysis.grids import captioned_grid, full_resolution_grid, image_rows, image_strips
+from hpclab.analysis.grids import captioned_grid, full_resolution_grid, image_rows
 from hpclab.analysis.inputs import first_of_each_class
+from hpclab.analysis.samples import generate
 from hpclab.rundir import read_metrics
 from hpclab.data.transforms import to_float
 from hpclab.engine.evaluation import TrainedRun
@@ -32,14 +34,6 @@ def gan_task(run: TrainedRun):
     if not isinstance(run.task, GAN):
         raise ValueError(f"this analysis needs task=gan, the run uses {run.cfg.task.name!r}")
     return run.task
-
-
-@torch.no_grad()
-def generate(run: TrainedRun, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Images in [0, 1] (on the CPU) of latents ``z`` with the generator in evaluation mode."""
-    G = run.unwrap("generator")
-    with run.evaluating():
-        return torch.cat([to_unit(G(z[i : i + batch_size])).cpu() for i in range(0, len(z), batch_size)])
 
 
 def save_npy(array: np.ndarray, path: Path) -> Path:
@@ -74,55 +68,6 @@ def gan_curves(run: TrainedRun, out_dir: Path) -> dict[str, Any]:
     path = plot_panels(panels, Path(out_dir) / "gan_curves.png", panel_size=(6, 4))
     last = fit[-1]
     return {"figure": str(path), "last": {k: last[k] for k in ("g_loss", "d_loss", "d_real", "d_fake")}}
-
-
-# --------------------------------------------------------------------------- samples per epoch
-
-def tensorboard_images(tb_dir: Path, tag: str) -> list[tuple[int, bytes]]:
-    """(step, PNG bytes) of every image summary ``tag`` in a run's TensorBoard folder."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    if not Path(tb_dir).is_dir():
-        return []
-    acc = EventAccumulator(str(tb_dir), size_guidance={"images": 0})
-    acc.Reload()
-    if tag not in acc.Tags().get("images", []):
-        return []
-    latest = {e.step: e.encoded_image_string for e in acc.Images(tag)}  # a resumed run re-logs: keep the last
-    return sorted(latest.items())
-
-
-@ANALYSES.register("gan_epoch_grids")
-def gan_epoch_grids(run: TrainedRun, out_dir: Path, rows: int = 8) -> dict[str, Any]:
-    """The fixed-latent grid the engine logged to TensorBoard at every evaluation (once per epoch
-    by default) as ``epochs/epoch_NNN.png``, an overview of up to ``rows`` of them, and the grid
-    regenerated from the final weights (``samples_final.png``, the same latent vectors)."""
-    from PIL import Image
-
-    task = gan_task(run)
-    out_dir = Path(out_dir)
-    run.log.flush()  # the grids logged during training, on disk before they are read back
-    logged = tensorboard_images(run.run_dir / "tb", "images/samples")
-    files = []
-    for step, png in logged:
-        epoch = step / run.steps_per_epoch
-        name = f"epoch_{round(epoch):03d}.png" if abs(epoch - round(epoch)) < 1e-9 else f"step_{step:07d}.png"
-        with atomic_path(out_dir / "epochs" / name) as tmp:
-            tmp.write_bytes(png)
-        files.append((epoch, out_dir / "epochs" / name))
-    final = full_resolution_grid(generate(run, task.fixed_latents(run.device)), out_dir / "samples_final.png")
-    result: dict[str, Any] = {"epochs": len(files), "final": str(final)}
-    if files:
-        picks = sorted({round(i * (len(files) - 1) / max(rows - 1, 1)) for i in range(min(rows, len(files)))})
-        grids = {}
-        for i in picks:
-            with Image.open(files[i][1]) as img:
-                pixels = torch.from_numpy(np.asarray(img.convert("RGB")).copy())
-            grids[f"epoch {files[i][0]:.3g}"] = pixels.permute(2, 0, 1)[None].float() / 255
-        overview = image_strips(grids, out_dir / "samples_by_epoch.png", width=10,
-                                title="the same latent vectors through training")
-        result["overview"] = str(overview)
-    return result
 
 
 # --------------------------------------------------------------------------- categories

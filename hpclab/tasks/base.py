@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +59,50 @@ class Task:
     def images(self, models: dict[str, nn.Module], batch: Metrics, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Named image batches in [0, 1] for TensorBoard grids and figures."""
         return {}
+
+
+class GenerativeTask(Task):
+    """A task whose models make images from seeded inputs (GAN latents, a diffusion model's
+    initial noise): what the sample grids, FD and FID analyses drive, whichever the model.
+
+    Subclasses set ``sampling_models`` (the models ``generate`` uses, loaded from each checkpoint
+    for scores over training) and define ``input_shape`` and ``generate``."""
+
+    sampling_models: tuple[str, ...] = ()
+    inputs_name = "inputs"  # what a figure calls them: latent vectors, initial noise
+
+    def __init__(self, samples: int = 16, sample_seed: int = 1234) -> None:
+        self.samples, self.sample_seed = samples, sample_seed
+        self._fixed: Optional[torch.Tensor] = None
+
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one input of ``generate`` (without the batch dimension)."""
+        raise NotImplementedError
+
+    def generate(self, models: dict[str, nn.Module], inputs: torch.Tensor, generator: Optional[torch.Generator] = None,
+                 **options: Any) -> torch.Tensor:
+        """Images in [0, 1] of ``inputs`` (the caller puts the models in eval mode, without
+        gradients); a stochastic sampler draws from ``generator``."""
+        raise NotImplementedError
+
+    def fixed_inputs(self, device: torch.device, n: Optional[int] = None, seed: Optional[int] = None) -> torch.Tensor:
+        """The same ``n`` inputs in every epoch and on every device: drawn on the CPU from
+        ``seed`` (default ``sample_seed``) one row at a time, so the first k rows never depend on n."""
+        n = n or self.samples
+        seed = self.sample_seed if seed is None else seed
+        if seed != self.sample_seed or self._fixed is None or len(self._fixed) < n:
+            rows = seeded_normal_rows(n, self.input_shape(), seed)
+            if seed != self.sample_seed:
+                return rows.to(device)
+            self._fixed = rows
+        return self._fixed[:n].to(device)
+
+
+def seeded_normal_rows(n: int, shape: Sequence[int], seed: int) -> torch.Tensor:
+    """``n`` standard-normal tensors of ``shape`` from a CPU generator seeded with ``seed``, drawn
+    one row at a time: row i is the same whatever ``n`` (and on every device it is moved to)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randn(*shape, generator=gen) for _ in range(n)])
 
 
 def batch_count(n: int, like: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from hpclab.data.transforms import to_float
 from hpclab.errors import ConfigError
 from hpclab.models import MODELS
 from hpclab.tasks import TASKS
-from hpclab.tasks.base import Metrics, Task, batch_count
+from hpclab.tasks.base import GenerativeTask, Metrics, batch_count
 
 if TYPE_CHECKING:
     from hpclab.data.loader import DataInfo
@@ -64,17 +64,19 @@ def frozen(module: nn.Module) -> Iterator[None]:
 
 
 @TASKS.register("gan")
-class GAN(Task):
+class GAN(GenerativeTask):
     """DCGAN training. ``betas`` (0.5, 0.999 as in the DCGAN paper) and optional per-model
     learning rates override ``train.optimizer`` for both Adam optimizers."""
 
+    sampling_models = ("generator",)
+    inputs_name = "latent vectors"
+
     def __init__(self, betas: Sequence[float] = (0.5, 0.999), lr_generator: Optional[float] = None,
                  lr_discriminator: Optional[float] = None, samples: int = 16, sample_seed: int = 1234) -> None:
+        super().__init__(samples, sample_seed)
         self.betas = [float(b) for b in betas]
         self.lr = {"generator": lr_generator, "discriminator": lr_discriminator}
-        self.samples, self.sample_seed = samples, sample_seed
         self.latent_dim: Optional[int] = None
-        self._fixed: Optional[torch.Tensor] = None
 
     def build_models(self, model_cfg: dict[str, Any], info: "DataInfo") -> dict[str, nn.Module]:
         name = model_cfg.pop("name")
@@ -105,18 +107,18 @@ class GAN(Task):
         assert self.latent_dim is not None, "build_models sets latent_dim"
         return torch.randn(n, self.latent_dim, device=device, generator=generator)
 
-    def fixed_latents(self, device: torch.device, n: Optional[int] = None, seed: Optional[int] = None) -> torch.Tensor:
-        """The same ``n`` vectors in every epoch and on every device: drawn on the CPU from
-        ``seed`` (default ``sample_seed``) one row at a time, so the first k rows never depend on n."""
-        n = n or self.samples
-        seed = self.sample_seed if seed is None else seed
-        if seed != self.sample_seed or self._fixed is None or len(self._fixed) < n:
-            gen = torch.Generator().manual_seed(seed)
-            rows = torch.stack([torch.randn(self.latent_dim, generator=gen) for _ in range(n)])
-            if seed != self.sample_seed:
-                return rows.to(device)
-            self._fixed = rows
-        return self._fixed[:n].to(device)
+    def input_shape(self) -> tuple[int, ...]:
+        assert self.latent_dim is not None, "build_models sets latent_dim"
+        return (self.latent_dim,)
+
+    fixed_latents = GenerativeTask.fixed_inputs  # the seeded latent vectors of grids, FD and favourites
+
+    def generate(self, models: dict[str, nn.Module], inputs: torch.Tensor, generator: Optional[torch.Generator] = None,
+                 **options: Any) -> torch.Tensor:
+        """G(z) in [0, 1] (deterministic: ``generator`` is not used)."""
+        if options:
+            raise ValueError(f"a GAN generates from its latents alone; no {', '.join(sorted(options))}")
+        return to_unit(models["generator"](inputs))
 
     # ---- training
     def train_step(self, stepper: "Stepper", batch: Metrics) -> Metrics:
@@ -155,4 +157,4 @@ class GAN(Task):
     def images(self, models: dict[str, nn.Module], batch: Metrics, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Generated images of the fixed latent batch (TensorBoard grid at every evaluation)."""
         device = batch["images"].device
-        return {"samples": to_unit(models["generator"](self.fixed_latents(device)))}
+        return {"samples": self.generate(models, self.fixed_latents(device))}
