@@ -41,7 +41,8 @@ def test_a_few_cuda_steps_train_with_finite_losses(cuda, digits, mode):
     summary = train_run(cfg)
     run_dir = run_dir_of(cfg)
     assert summary["steps"] == STEPS
-    assert re.search(rf"device cuda(:\d+)?, mixed precision {cfg.train.mixed_precision};", (run_dir / "run.log").read_text())
+    log = (run_dir / "run.log").read_text()
+    assert re.search(rf"device cuda(:\d+)?, mixed precision {cfg.train.mixed_precision};", log), log
     fit = [record for record in read_metrics(run_dir) if record["split"] == "fit"]
     assert [record["step"] for record in fit] == list(range(2, STEPS + 1, 2))
     assert all(math.isfinite(record["loss"]) for record in fit), fit

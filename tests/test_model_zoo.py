@@ -165,4 +165,5 @@ def test_the_recorded_counts_are_of_registered_models():
     if UPDATE and stale:
         write_table({k: v for k, v in table.items() if k not in stale})
         return
-    assert not stale, f"{PARAMS.name} records models no longer registered: {stale} (HPCLAB_UPDATE_MODEL_PARAMS=1 drops them)"
+    assert not stale, (f"{PARAMS.name} records models no longer registered: {stale} "
+                       f"(HPCLAB_UPDATE_MODEL_PARAMS=1 drops them)")
