@@ -50,7 +50,7 @@ class DataConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adam"  # adam | adamw | sgd
+    name: str = "adam"  # a name in hpclab.optim.OPTIMIZERS
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd only
@@ -59,7 +59,7 @@ class OptimizerConfig:
 
 @dataclass
 class SchedulerConfig:
-    name: str = "none"  # none | cosine | onecycle | step
+    name: str = "none"  # a name in hpclab.optim.SCHEDULERS
     warmup_steps: int = 0
     pct_start: float = 0.25  # onecycle
     step_size: int = 1000  # step
@@ -426,8 +426,6 @@ def validate(raw: DictConfig) -> DictConfig:
 
 _CHOICES = {
     "train.mixed_precision": ("no", "fp16", "bf16"),
-    "train.optimizer.name": ("adam", "adamw", "sgd"),
-    "train.scheduler.name": ("none", "cosine", "onecycle", "step"),
     "train.monitor_mode": ("auto", "min", "max"),
     "train.stop.mode": ("min", "max"),
     "train.resume": ("auto", "never"),
@@ -523,6 +521,10 @@ def _check_choices(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if str(value).lower() not in allowed:
             raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(allowed)}")
+    from hpclab.optim import OPTIMIZERS, SCHEDULERS, choose  # imports torch, as the model checks do
+
+    for key, registry in (("train.optimizer.name", OPTIMIZERS), ("train.scheduler.name", SCHEDULERS)):
+        choose(registry, key, OmegaConf.select(cfg, key))
     if cfg.train.epochs is None and cfg.train.max_steps is None:
         raise ConfigError("config key 'train.epochs': set train.epochs or train.max_steps")
     checks = [(key, OmegaConf.select(cfg, key), bounds) for key, bounds in _RANGES.items()]

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 # Tiny test models run fastest on one thread, and OpenMP threads that spin-wait against the
 # test's own subprocesses on a 2-core machine slow each step ~100x (measured). Before torch loads.
@@ -88,6 +88,27 @@ def digits(workdir: Path) -> Path:
     return workdir
 
 
+def requires(*checks: Callable[[], Optional[str]]) -> None:
+    """Skip the calling test (or fixture) unless everything it needs is here. Each check says
+    why one thing is missing (the reason, with the command that fixes it) or returns None when
+    it is there; they run in order and a later one only when the earlier ones pass, so a slow
+    probe (a container start) is not made when a fast one already failed."""
+    __tracebackhide__ = True  # pytest reports the skip at the caller's line
+    for check in checks:
+        problem = check()
+        if problem:
+            pytest.skip(problem)
+
+
+def cuda_problem() -> Optional[str]:
+    """Why no CUDA device can be used here (None when one can)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA device here (torch.cuda.is_available() is False): the gpu tests need one"
+    return None
+
+
 def controller_problem() -> Optional[str]:
     """Why no job could run here (None when a controller answers and a node is usable)."""
     try:
@@ -105,9 +126,7 @@ def controller_problem() -> Optional[str]:
 @pytest.fixture(scope="session")
 def slurm_cluster() -> None:
     """Skip unless a SLURM controller answers with a usable node (scripts/local_slurm.sh start)."""
-    problem = controller_problem()
-    if problem:
-        pytest.skip(problem)
+    requires(controller_problem)
 
 
 # A small Flowers-102 (the GAN brief's data): these categories, this many images each.

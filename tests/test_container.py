@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import tomllib
-from conftest import REPO, path_without, run_cli
+from conftest import REPO, path_without, requires, run_cli
 from formats.dist_info import write_dist_info
 from omegaconf import OmegaConf
 from packaging.utils import canonicalize_name
@@ -433,9 +433,9 @@ def assert_enters_image(tokens: list[str], image: str, workdir: Path, gpus: bool
         assert any(path.is_relative_to(bind) for bind in binds), (path, binds)
 
 
-@pytest.mark.skipif(shutil.which("srun") is None,
-                    reason="submitit renders SLURM scripts only where srun is on PATH (slurm-client; not in the image)")
 def test_slurm_dry_run_renders_the_container_command(workdir, monkeypatch):
+    requires(lambda: None if shutil.which("srun") else
+             "submitit renders SLURM scripts only where srun is on PATH (slurm-client; not in the image)")
     monkeypatch.delenv("HPCLAB_IMAGE", raising=False)
     monkeypatch.delenv("HPCLAB_CONTAINER", raising=False)
     out = run_cli("launch.py", "sweep=ae_latent", "cluster=slurm", "cluster.image=/x/hpclab.sif", "dry_run=true",

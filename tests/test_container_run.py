@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, controller_problem, requires, run_cli
 
 from hpclab.launch import container
 
@@ -52,9 +52,7 @@ def podman_problem(image: Optional[str] = IMAGE) -> Optional[str]:
 
 @pytest.fixture(scope="module")
 def image() -> str:
-    problem = podman_problem()
-    if problem:
-        pytest.skip(problem)
+    requires(podman_problem)
     return IMAGE
 
 
@@ -135,9 +133,7 @@ def test_podman_cleanup_removes_a_leftover_container_of_the_same_job(image, tmp_
 # --------------------------------------------------------------------------- one-line errors
 
 def test_build_script_names_the_fix_for_an_unfetchable_base_and_a_podman_that_cannot_run(tmp_path):
-    problem = podman_problem(image=None)
-    if problem:
-        pytest.skip(problem)
+    requires(lambda: podman_problem(image=None))
     proc = subprocess.run([str(REPO / "containers" / "build.sh"), "--engine", "podman", "--base",
                            "localhost/hpclab-no-such-base:1"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
@@ -158,9 +154,7 @@ def test_build_script_names_the_fix_for_an_unfetchable_base_and_a_podman_that_ca
 
 
 def test_a_podman_image_that_does_not_exist_stops_the_submission(fmnist_data):
-    problem = podman_problem(image=None)
-    if problem:
-        pytest.skip(problem)
+    requires(lambda: podman_problem(image=None))
     proc = run_cli("launch.py", "sweep=ae_latent", "preset=smoke", "cluster=slurm", "cluster.container=podman",
                    "cluster.image=localhost/hpclab:no-such-tag", cwd=fmnist_data, check=False)
     assert proc.returncode == 2 and proc.stderr.splitlines() == [
@@ -195,13 +189,8 @@ def test_smoke_sweep_array_inside_the_image_requeued_mid_run_equals_the_runs_out
     image (podman), task 0 requeued with scontrol mid-run; the same sweep outside the image
     (this venv, one thread like the 1-CPU tasks). Every logged value and the final metrics of
     both runs are bit-identical inside and outside, the requeued one included."""
-    from test_slurm import controller_problem
-
-    problem = controller_problem()
-    if problem:
-        pytest.skip(problem)
-    if not FASHION_MNIST.is_dir():
-        pytest.skip(f"{FASHION_MNIST} missing: apt-get install dataset-fashion-mnist (scripts/setup.sh does)")
+    requires(controller_problem, lambda: None if FASHION_MNIST.is_dir() else
+             f"{FASHION_MNIST} missing: apt-get install dataset-fashion-mnist (scripts/setup.sh does)")
     env = {**os.environ, "HPCLAB_DATA": str(tmp_path / "data"), "HPCLAB_RESULTS": str(tmp_path / "inside"),
            "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     for key in ("HPCLAB_IMAGE", "HPCLAB_CONTAINER", "HPCLAB_CACHE"):
@@ -271,11 +260,9 @@ def test_smoke_sweep_array_inside_the_image_requeued_mid_run_equals_the_runs_out
 @pytest.mark.slow
 def test_sbatch_script_runs_its_task_inside_the_image(image, fmnist_mirror, tmp_path):
     """slurm/common.sh's podman path for real: the config check and the srun task in the image."""
-    from test_slurm import SLURM_OPTS, TINY, controller_problem
+    from test_slurm import SLURM_OPTS, TINY
 
-    problem = controller_problem()
-    if problem:
-        pytest.skip(problem)
+    requires(controller_problem)
     env = {**os.environ, "HPCLAB_DATA": str(tmp_path / "data"), "HPCLAB_RESULTS": str(tmp_path / "results"),
            "HPCLAB_CONTAINER": "podman", "HPCLAB_IMAGE": image, "PYTHONPATH": str(REPO)}
     run_cli("prepare_data.py", "data=fashion_mnist", f"data.mirrors=[{fmnist_mirror}]", "data.download=false",

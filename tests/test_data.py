@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import requires, run_cli
 from formats.idx import NAMES, write_idx_dataset
 
 from hpclab.config import compose
@@ -52,8 +52,8 @@ def test_uncompressed_idx_files_are_read_too(workdir, tmp_path):
     np.testing.assert_array_equal(H5Split(path, "train").load()["labels"].numpy(), arrays["train"][1])
 
 
-@pytest.mark.skipif(not DEBIAN_FMNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_real_fashion_mnist_from_the_debian_mirror(workdir):
+    requires(lambda: None if DEBIAN_FMNIST.is_dir() else "Debian's dataset-fashion-mnist is not installed")
     run_cli("prepare_data.py", "data=fashion_mnist", cwd=workdir)
     info = describe(workdir / "data" / "fashion_mnist.h5")
     assert info["splits"]["train"]["images"] == [60000, 1, 28, 28]

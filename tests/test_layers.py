@@ -21,6 +21,7 @@ LAYERS = [
     "hpclab.data",  # sources, HDF5 staging, loaders
     "hpclab.models",
     "hpclab.tasks",  # what a batch means: losses and metrics
+    "hpclab.optim",  # optimizer and learning-rate schedule registries (the config checks their names)
     "hpclab.config",  # schema, composition, validation against the registries
     "hpclab.engine",  # build, step, checkpoint, log, evaluate, the training loop
     "hpclab.analysis",  # what runs after training, reports and figures

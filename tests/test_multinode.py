@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
 import pytest
-from conftest import DIGITS_RUN, REPO, controller_problem, run_cli
+from conftest import DIGITS_RUN, REPO, controller_problem, requires, run_cli
 
 pytestmark = pytest.mark.multinode
 
@@ -165,13 +165,18 @@ def test_eval_scaling_benchmark_compares_one_rank_with_two(tmp_path):
 
 # --------------------------------------------------------------------------- the multi-node cluster
 
-@pytest.fixture(scope="module")
-def two_nodes() -> dict:
+def multinode_env() -> dict:
+    """The environment of the multi-node cluster's commands: $HPCLAB_MULTINODE_SLURM_CONF, else $SLURM_CONF."""
     conf = os.environ.get("HPCLAB_MULTINODE_SLURM_CONF") or os.environ.get("SLURM_CONF")
-    env = {**os.environ, **({"SLURM_CONF": conf} if conf else {})}
+    return {**os.environ, **({"SLURM_CONF": conf} if conf else {})}
+
+
+def two_node_problem() -> Optional[str]:
+    """Why the multi-node cluster cannot run these tests (None when it answers with 2 nodes)."""
+    env = multinode_env()
     saved = os.environ.get("SLURM_CONF")
-    if conf:
-        os.environ["SLURM_CONF"] = conf
+    if "SLURM_CONF" in env:
+        os.environ["SLURM_CONF"] = env["SLURM_CONF"]
     try:
         problem = controller_problem()
         nodes = [] if problem else subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True,
@@ -182,11 +187,17 @@ def two_nodes() -> dict:
         else:
             os.environ["SLURM_CONF"] = saved
     if problem:
-        pytest.skip(f"multi-node: {problem}")
+        return f"multi-node: {problem}"
     if len(set(nodes)) < 2:
-        pytest.skip(f"multi-node: the cluster has {len(set(nodes))} node(s); start one with 2: "
-                    "scripts/local_slurm.sh start --nodes 2 (or set HPCLAB_MULTINODE_SLURM_CONF)")
-    return env
+        return (f"multi-node: the cluster has {len(set(nodes))} node(s); start one with 2: "
+                "scripts/local_slurm.sh start --nodes 2 (or set HPCLAB_MULTINODE_SLURM_CONF)")
+    return None
+
+
+@pytest.fixture(scope="module")
+def two_nodes() -> dict:
+    requires(two_node_problem)
+    return multinode_env()
 
 
 def wait_job(job: str, env: dict, timeout: float) -> None:

@@ -8,8 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from conftest import REPO
+from conftest import REPO, requires
 
 SETUP = REPO / "scripts" / "setup.sh"
 
@@ -39,8 +38,8 @@ def test_second_run_reuses_the_environment_without_installing():
     """An environment set up from this lock is only checked (no pip): what a second run costs."""
     stamp = Path(sys.prefix) / ".hpclab-setup"
     lock = hashlib.sha256((REPO / "constraints.txt").read_bytes() + (REPO / "pyproject.toml").read_bytes()).hexdigest()
-    if not stamp.is_file() or stamp.read_text().split() != [lock, str(REPO)]:
-        pytest.skip("this environment was not set up by scripts/setup.sh from the current lock")
+    requires(lambda: None if stamp.is_file() and stamp.read_text().split() == [lock, str(REPO)] else
+             "this environment was not set up by scripts/setup.sh from the current lock")
     env = {"VIRTUAL_ENV": sys.prefix, "PATH": f"{Path(sys.prefix) / 'bin'}:{os.environ['PATH']}"}
     proc = setup(**env)
     assert proc.returncode == 0, proc.stderr

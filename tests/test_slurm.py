@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
-from conftest import REPO, controller_problem, path_without, run_cli
+from conftest import REPO, controller_problem, path_without, requires, run_cli
 
 pytestmark = pytest.mark.slurm  # the tests that run jobs are also marked slow
 
@@ -35,9 +35,7 @@ DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FA
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, fmnist_mirror: Path) -> dict:
     """A working directory with Fashion-MNIST-format data staged, and the environment of jobs."""
-    problem = controller_problem()
-    if problem:
-        pytest.skip(problem)
+    requires(controller_problem)
     work = tmp_path_factory.mktemp("slurm")
     env = {**os.environ, "HPCLAB_DATA": str(work / "data"), "HPCLAB_RESULTS": str(work / "results"),
            "HPCLAB_PYTHON": sys.executable, "PYTHONUNBUFFERED": "1"}
@@ -415,9 +413,7 @@ def test_sweep_scale_quick_mode_and_resubmission_queues_only_unfinished_runs(tmp
     over 2 arrays: only the 4 queued, the limit held over both arrays, status counts add up,
     the report has one row per finished run, resubmitting the same sweep after some finished
     queues exactly the others, and with all 6 finished the table equals their summaries."""
-    problem = controller_problem()
-    if problem:
-        pytest.skip(problem)
+    requires(controller_problem)
     sys.path.insert(0, str(REPO / "benchmarks"))
     import sweep_scale
 
@@ -443,9 +439,7 @@ def test_a_sweep_larger_than_max_array_size_is_split_to_fit_the_cluster(tmp_path
     tasks are submitted held (nothing runs) and cancelled."""
     from hpclab.launch.slurm import max_array_tasks
 
-    problem = controller_problem()
-    if problem:
-        pytest.skip(problem)
+    requires(controller_problem)
     limit = max_array_tasks()
     assert limit is not None
     if limit > 1000:

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from hpclab.data.loader import RunData
-from hpclab.errors import ConfigError
+from hpclab.optim import OPTIMIZERS, SCHEDULERS, choose
 from hpclab.registry import kwargs_of
 from hpclab.tasks import TASKS
 from hpclab.tasks.base import Task
@@ -97,35 +97,14 @@ def keep_freed_memory() -> bool:
 
 
 def build_optimizer(params: Iterator[nn.Parameter], o: DictConfig, fused: bool) -> torch.optim.Optimizer:
-    """Adam / AdamW (fused kernels on CUDA) or Nesterov SGD from ``train.optimizer``."""
-    extra = {"fused": True} if fused else {}
-    if o.name == "adam":
-        return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **extra)
-    if o.name == "adamw":
-        return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **extra)
-    if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.momentum > 0)
-    # train.optimizer.name is checked with the config; a task's own optimizer configs are not
-    raise ConfigError(f"config key 'optimizer.name': {o.name!r} is not one of adam, adamw, sgd")
+    """The optimizer ``o.name`` of :data:`hpclab.optim.OPTIMIZERS` (fused kernels on CUDA where it has them)."""
+    # train.optimizer.name is checked with the config; a task's own optimizer configs are checked here
+    return choose(OPTIMIZERS, "optimizer.name", o.name)(params, o, fused)
 
 
 def build_scheduler(opt: torch.optim.Optimizer, s: DictConfig, lr: float, total_steps: int) -> Any:
-    """A per-step LR schedule from ``train.scheduler`` (optionally after a linear warm-up)."""
-    if s.name == "onecycle":
-        # torch divides by the warm-up length in steps, which is 0 when pct_start * total is 1:
-        # very short runs (smoke tests) warm up over at least 2 steps
-        total = max(total_steps, 4)
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=max(s.pct_start, 2 / total))
-    if s.name == "cosine":
-        main = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps - s.warmup_steps, 1))
-    elif s.name == "step":
-        main = torch.optim.lr_scheduler.StepLR(opt, step_size=s.step_size, gamma=s.gamma)
-    else:
-        main = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
-    if s.warmup_steps > 0:
-        warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1e-3, total_iters=s.warmup_steps)
-        return torch.optim.lr_scheduler.SequentialLR(opt, [warm, main], milestones=[s.warmup_steps])
-    return main
+    """The per-step LR schedule ``s.name`` of :data:`hpclab.optim.SCHEDULERS` (with its warm-up)."""
+    return choose(SCHEDULERS, "scheduler.name", s.name)(opt, s, lr, total_steps)
 
 
 def prepare_models(accelerator: Accelerator, task: Task, models: dict[str, nn.Module], train: DictConfig,
