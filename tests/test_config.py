@@ -162,7 +162,8 @@ def test_compose_equals_hydra_composition_results_and_refusals_alike(overrides):
 def _doc_section(path: str, title: str) -> str:
     text = (REPO / path).read_text()
     start = text.index(f"\n## {title}\n")
-    return text[start: text.index("\n## ", start + 1)]
+    end = text.find("\n## ", start + 1)
+    return text[start: end if end != -1 else len(text)]
 
 
 @pytest.mark.slow
