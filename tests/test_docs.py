@@ -366,3 +366,13 @@ def test_docs_state_times_only_as_measured(path):
     """As for README.md (tests/test_config.py): a time in a command's comment says it was measured."""
     claims = re.findall(r"#[^\n]*\b\d[\d.,]*\s*(?:s|min|minutes?|h|hours?)\b[^\n]*", path.read_text())
     assert all("measured" in claim for claim in claims), [c for c in claims if "measured" not in c]
+
+
+@pytest.mark.parametrize("path", LINKED, ids=[str(p.relative_to(REPO)) for p in LINKED])
+def test_every_table_has_its_header(path):
+    """A table row after a blank line starts a new table: it must be a header (its next line the
+    |---| separator), or rows have come apart from their table."""
+    lines = re.sub(r"```.*?```", "", path.read_text(), flags=re.S).splitlines()
+    stray = [row[:60] for before, row, after in zip(lines, lines[1:], lines[2:] + [""])
+             if not before.strip() and row.startswith("|") and not re.fullmatch(r"\|[-:| ]+\|", after.strip())]
+    assert not stray, f"{path.relative_to(REPO)}: rows without a table header: {stray}"
