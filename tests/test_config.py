@@ -159,15 +159,16 @@ def test_compose_equals_hydra_composition_results_and_refusals_alike(overrides):
     assert outcome(compose) == outcome(compose_with_hydra)
 
 
-def _readme_section(title: str) -> str:
-    text = (REPO / "README.md").read_text()
+def _doc_section(path: str, title: str) -> str:
+    text = (REPO / path).read_text()
     start = text.index(f"\n## {title}\n")
-    return text[start: text.index("\n## ", start + 1)]
+    end = text.find("\n## ", start + 1)
+    return text[start: end if end != -1 else len(text)]
 
 
 @pytest.mark.slow
 def test_add_an_experiment_section_works_as_written(tmp_path):
-    """README "Add an experiment", word for word: its two files written into a copy of the
+    """docs/configs.md "Add an experiment", word for word: its two files written into a copy of the
     project, then its quick-look command run there on staged digits."""
     import os
     import re
@@ -175,7 +176,7 @@ def test_add_an_experiment_section_works_as_written(tmp_path):
     import subprocess
     import sys
 
-    section = _readme_section("Add an experiment")
+    section = _doc_section("docs/configs.md", "Add an experiment")
     project = tmp_path / "project"
     for part in ("hpclab", "configs", "jobs"):
         shutil.copytree(REPO / part, project / part, ignore=shutil.ignore_patterns("__pycache__"))

@@ -779,14 +779,14 @@ def test_local_and_slurm_runs_compute_with_the_same_threads_and_give_the_same_nu
 
 
 @pytest.mark.slow
-def test_the_readme_slurm_walk_through_runs_as_written(cluster):
-    """README "Running on a SLURM cluster", its first block, command by command, with the one
+def test_the_slurm_walk_through_runs_as_written(cluster):
+    """docs/slurm.md "A first submission", its block, command by command, with the one
     documented change on a cluster without GPUs (cluster=slurm_cpu); then every run completed,
     status shows step/total, and the report is of the folder the submission named."""
     import shlex
 
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("\n## Running on a SLURM cluster\n"):]
+    text = (REPO / "docs" / "slurm.md").read_text()
+    section = text[text.index("\n## A first submission\n"):]
     block = re.search(r"```bash\n(.*?)```", section, re.S)[1]
     commands = [shlex.split(line.split("  #")[0]) for line in block.splitlines() if line.strip()]
     assert [c[:2] for c in commands] == [["python", "jobs/launch.py"]] * 3 + [["python", "jobs/report.py"]], commands
