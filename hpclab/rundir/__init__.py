@@ -35,6 +35,7 @@ CHECKPOINTS = "checkpoints"  # step<N>.pt and best_<model>.safetensors
 FIGURES = "figures"
 TENSORBOARD = "tb"
 SUBMISSIONS = "submissions.json"  # per group: run name -> SLURM job of the launcher's submissions
+SUBMITIT = ".submitit"  # per group: submitit's pickles and task logs (unless cluster.folder says elsewhere)
 
 # One plain path component: what a group or run may be called (no separators, no hidden or
 # relative names, nothing the report treats as a moved-aside folder).
