@@ -409,7 +409,8 @@ class Checkpointer:
                       path, "; ".join(problems[:3]) or "unusable on another rank", aside.name)
             self.parts.accelerator.wait_for_everyone()
         if tried:
-            log.warning("no usable checkpoint in %s: starting from a fresh initialisation", checkpoint_dir(self.run_dir))
+            log.warning("no usable checkpoint in %s: starting from a fresh initialisation",
+                        checkpoint_dir(self.run_dir))
         return False
 
     def _everyone(self, flag: bool) -> bool:

@@ -1,9 +1,10 @@
 """One run as a job: results folder, config/environment records, training, analyses, summary.
 
-``TrainJob`` is what the launcher runs: locally (:mod:`hpclab.launch.local`) it is called in-process
-(or in N spawned processes for data parallelism), on SLURM (:mod:`hpclab.launch.submit`) submitit pickles it. Its ``checkpoint()`` returns the
-same job to requeue; since training always resumes from the newest checkpoint, restarting is
-the same code path as starting.
+``TrainJob`` is what the launcher runs: locally (:mod:`hpclab.launch.local`) it is called
+in-process (or in N spawned processes for data parallelism), on SLURM
+(:mod:`hpclab.launch.submit`) submitit pickles it. Its ``checkpoint()`` returns the same job to
+requeue; since training always resumes from the newest checkpoint, restarting is the same code
+path as starting.
 """
 
 from __future__ import annotations
