@@ -271,6 +271,7 @@ def full_mse(model: torch.nn.Module, data: torch.Tensor, batch: int = 1024) -> f
 def engine_fit(work: Path, overrides: list[str]) -> dict[str, Any]:
     """Run the real Trainer (as a launched run would) and return its summary numbers."""
     from hpclab.engine import Trainer
+    from hpclab.rundir import read_metrics
 
     cfg = compose_run(work, overrides)
     run_dir = work / "results" / f"bench-{time.time_ns()}"
@@ -281,8 +282,7 @@ def engine_fit(work: Path, overrides: list[str]) -> dict[str, Any]:
     trainer.close()
     # the loop's own rate (first to last step), as the plain loop is timed: without the one-off
     # setup and the final checkpoint/TensorBoard writes around it
-    fit_logs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-                if json.loads(line)["split"] == "fit"]
+    fit_logs = [record for record in read_metrics(run_dir) if record["split"] == "fit"]
     result["images_per_s"] = fit_logs[-1]["images_per_s"] if fit_logs else None
     return result
 

@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from hpclab.rundir import SUMMARY, read_summary
 from hpclab.utils import atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,12 +107,17 @@ def check_table(group: Path) -> tuple[int, int]:
         rows = list(csv.DictReader(fh))
     equal = 0
     for row in rows:
-        summary = json.loads((group / row["run"] / "summary.json").read_text())
+        summary = read_summary(group / row["run"], strict=True)
         metrics = {k: v for k, v in row.items() if k in summary["metrics"]}
         if metrics and all(float(v) == round(summary["metrics"][k], 6) for k, v in metrics.items()) \
                 and int(row["parameters"]) == sum(summary["parameters"].values()):
             equal += 1
     return len(rows), equal
+
+
+def finished_runs(group: Path) -> int:
+    """Runs of the sweep folder that wrote their summary (finished, whatever their outcome)."""
+    return sum(1 for d in group.iterdir() if (d / SUMMARY).is_file()) if group.is_dir() else 0
 
 
 def measure(runs: int, execute: int, parallelism: int, max_array_size: int, work: Path,
@@ -139,7 +145,7 @@ def measure(runs: int, execute: int, parallelism: int, max_array_size: int, work
     while time.time() < deadline:
         states = squeue_states(ids)
         max_running = max(max_running, states.get("RUNNING", 0))
-        finished = sum(1 for d in group.iterdir() if (d / "summary.json").is_file()) if group.is_dir() else 0
+        finished = finished_runs(group)
         if states.get("RUNNING") and len(status_running) < 3:
             seconds, cpu, out = cli("launch.py", "status", *sweep, env=env)
             status_running.append((seconds, cpu, dict(status_counts(out))))
@@ -154,8 +160,7 @@ def measure(runs: int, execute: int, parallelism: int, max_array_size: int, work
     row["status_running"] = status_running
     row["status_after_s"], row["status_after_cpu_s"], out = cli("launch.py", "status", *sweep, env=env)
     row["status_after"] = dict(status_counts(out))
-    finished = sum(1 for d in group.iterdir() if (d / "summary.json").is_file())
-    row["finished"] = finished
+    row["finished"] = finished_runs(group)
     row["report_s"], row["report_cpu_s"], _ = cli("report.py", str(group), env=env)
     row["report_rows"] = len((group / "summary.csv").read_text().splitlines()) - 1
     # held, so that none of it runs before it is cancelled
@@ -169,7 +174,7 @@ def measure(runs: int, execute: int, parallelism: int, max_array_size: int, work
             time.sleep(1)
     if finish_all:
         row["finish_rest_s"], row["finish_rest_cpu_s"] = finish_locally(sweep, env)
-        row["all_finished"] = sum(1 for d in group.iterdir() if (d / "summary.json").is_file())
+        row["all_finished"] = finished_runs(group)
         row["report_all_s"], row["report_all_cpu_s"], _ = cli("report.py", str(group), env=env)
         row["report_all_rows"], row["report_all_equal"] = check_table(group)
         row["status_all_s"], row["status_all_cpu_s"], out = cli("launch.py", "status", *sweep, env=env)

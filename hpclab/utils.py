@@ -250,8 +250,9 @@ class _StdoutHandler(logging.StreamHandler):
         pass
 
 
-def setup_logging(run_dir: Optional[Path] = None, rank: int = 0) -> None:
-    """Plain line logs on stdout (SLURM captures them) and in ``run.log``."""
+def setup_logging(log_file: Optional[Path] = None, rank: int = 0) -> None:
+    """Plain line logs on stdout (SLURM captures them) and, on rank 0, in ``log_file`` (a run's
+    ``run.log``; None: stdout only)."""
     logger = logging.getLogger("hpclab")
     logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     fmt = logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s", "%H:%M:%S")
@@ -262,9 +263,9 @@ def setup_logging(run_dir: Optional[Path] = None, rank: int = 0) -> None:
     for h in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
         logger.removeHandler(h)
         h.close()
-    if run_dir is not None and rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(run_dir / "run.log")
+    if log_file is not None and rank == 0:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(log_file)
         fh.setFormatter(fmt)
         logger.addHandler(fh)
     logger.propagate = False

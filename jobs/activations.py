@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hpclab.launch.cli import doc_parser, main_guard
+from hpclab.rundir import FIGURES
 
 
 def main(argv: list[str]) -> int:
@@ -33,7 +34,7 @@ def main(argv: list[str]) -> int:
     from hpclab.analysis.rerun import trained
 
     with trained(args.run_dir) as run:
-        result = save_activations(run, args.out or args.run_dir / "figures", count=args.count, split=args.split,
+        result = save_activations(run, args.out or args.run_dir / FIGURES, count=args.count, split=args.split,
                                   max_channels=args.channels)
     print(f"{len(result['files'])} layer grids ({', '.join(result['layers'])}) in {result['folder']}")
     return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hpclab.launch.cli import doc_parser, main_guard
+from hpclab.rundir import METRICS
 
 
 def main(argv: list[str]) -> int:
@@ -24,7 +25,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--metrics", default="loss", help="comma-separated metrics (default: loss)")
     parser.add_argument("--out", type=Path, help="output PNG (default: <common parent>/compare.png)")
     args = parser.parse_args(argv)
-    runs = [r for r in args.runs if (r / "metrics.jsonl").is_file()]
+    runs = [r for r in args.runs if (r / METRICS).is_file()]
     if not runs:
         parser.error("none of the given folders holds a metrics.jsonl")
     from hpclab.analysis.curves import plot_curves

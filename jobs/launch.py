@@ -40,34 +40,34 @@ def main(argv: list[str]) -> int:
         print(show(overrides))
         return 0
 
-    from hpclab.launch import executors
+    from hpclab.launch import local, status, submit
     from hpclab.launch.sweep import plan as make_plan
 
     plan = make_plan(overrides)
     if command == "status":
-        print("\n".join(executors.status_lines(plan)))
+        print("\n".join(status.status_lines(plan)))
         return 0
     cluster = plan.base.cluster.name
     if plan.base.dry_run:
-        print(executors.describe_plan(plan))
+        print(status.describe_plan(plan))
         if cluster == "slurm":
             from hpclab.launch.fit import fit_problem
 
             problem = fit_problem(plan.base.cluster)
-            print("\n# sbatch script submitit would submit:\n" + executors.render_sbatch(plan)
+            print("\n# sbatch script submitit would submit:\n" + submit.render_sbatch(plan)
                   + (f"\n# warning: {problem}" if problem else ""))
         return 0
     if cluster == "slurm":
-        arrays = executors.submit_slurm(plan)
+        arrays = submit.submit_slurm(plan)
         if arrays:
             queued = sum(arrays.values())
             done = f"{len(plan) - queued} of the sweep's {len(plan)} complete or queued already; " if queued < len(plan) else ""
             print(f"submitted array job {', '.join(arrays)} ({queued} runs); {done}"
-                  f"results: {executors.group_dir(plan)}/; "
+                  f"results: {plan.group_dir}/; "
                   f"status: python jobs/launch.py status {shlex.join(overrides)}")
         return 0
-    executors.run_local(plan)
-    print(f"results: {executors.group_dir(plan)}/")
+    local.run_local(plan)
+    print(f"results: {plan.group_dir}/")
     return 0
 
 

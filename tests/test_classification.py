@@ -67,7 +67,7 @@ def in_lab(lab: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
 
 def run_points(overrides: list[str], keep) -> list[dict]:
     """Plan a sweep like ``jobs/launch.py`` does, then run the grid points ``keep`` selects."""
-    from hpclab.launch.executors import run_local
+    from hpclab.launch.local import run_local
     from hpclab.launch.sweep import SweepPlan, plan
 
     full = plan(overrides)

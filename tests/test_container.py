@@ -447,19 +447,19 @@ def test_slurm_dry_run_renders_the_container_command(workdir, monkeypatch):
     # The same through the package API (what the CLI calls), cheaper than more subprocesses:
     # $HPCLAB_IMAGE works like cluster.image; no GPUs asked for, no --nv; no image, plain python;
     # podman by $HPCLAB_CONTAINER, the leftover-container cleanup before the step.
-    from hpclab.launch import executors
+    from hpclab.launch.submit import render_sbatch
     from hpclab.launch.sweep import plan
 
     monkeypatch.setenv("HPCLAB_IMAGE", "/images/hpclab.sif")
-    sbatch = executors.render_sbatch(plan(["sweep=ae_latent", "cluster=slurm", "cluster.gpus_per_node=0"]))
+    sbatch = render_sbatch(plan(["sweep=ae_latent", "cluster=slurm", "cluster.gpus_per_node=0"]))
     assert_enters_image(srun_tokens(sbatch), "/images/hpclab.sif", workdir, gpus=False)
     monkeypatch.setenv("HPCLAB_CONTAINER", "podman")
     monkeypatch.setenv("HPCLAB_IMAGE", "localhost/hpclab:latest")
-    sbatch = executors.render_sbatch(plan(["sweep=ae_latent", "cluster=slurm"]))
+    sbatch = render_sbatch(plan(["sweep=ae_latent", "cluster=slurm"]))
     assert_enters_image(srun_tokens(sbatch), "localhost/hpclab:latest", workdir, gpus=True, engine="podman")
     assert 'podman ps -aq --filter "label=hpclab.slurm_job=$SLURM_JOB_ID" | xargs -r podman rm -f' in sbatch
     monkeypatch.delenv("HPCLAB_IMAGE")
-    tokens = srun_tokens(executors.render_sbatch(plan(["sweep=ae_latent", "cluster=slurm"])))
+    tokens = srun_tokens(render_sbatch(plan(["sweep=ae_latent", "cluster=slurm"])))
     assert "podman" not in tokens and tokens[tokens.index(sys.executable):][:4] == [sys.executable, "-u", "-m", "submitit.core._submit"]
 
 

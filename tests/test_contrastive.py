@@ -18,10 +18,10 @@ import pytest
 import torch
 from conftest import REPO, run_cli
 
-from hpclab.engine.checkpoints import checkpoints
 from hpclab.errors import ConfigError
 from hpclab.launch.sweep import plan
 from hpclab.models import MODELS
+from hpclab.rundir import step_checkpoints
 from hpclab.tasks import TASKS
 from hpclab.tasks.contrastive import nt_xent
 
@@ -169,11 +169,11 @@ def test_resume_after_kill_draws_the_same_views(digits):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run = digits / "killed" / "simclr" / "default"
     deadline = time.time() + 180
-    while time.time() < deadline and not checkpoints(run / "checkpoints") and proc.poll() is None:
+    while time.time() < deadline and not step_checkpoints(run) and proc.poll() is None:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    saved = checkpoints(run / "checkpoints")
+    saved = step_checkpoints(run)
     assert saved and 0 < int(saved[0].stem.removeprefix("step")) < 120, "killed before a checkpoint or after the end"
 
     run_cli("launch.py", *args, cwd=digits, env={"HPCLAB_RESULTS": str(digits / "killed")})

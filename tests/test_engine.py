@@ -17,10 +17,10 @@ from conftest import DIGITS_RUN, REPO, run_cli
 from torch import nn
 
 from hpclab.config import compose
-from hpclab.engine.checkpoints import checkpoints
 from hpclab.errors import NonFiniteLoss
 from hpclab.launch.job import run_dir_of, train_run
 from hpclab.models import MODELS
+from hpclab.rundir import step_checkpoints
 
 
 def final_metrics(results: Path, group: str = "ae_latent", run: str = "default") -> dict:
@@ -37,11 +37,11 @@ def test_resume_after_kill_ends_with_the_same_metrics(digits):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt_dir = digits / "killed" / "ae_latent" / "default" / "checkpoints"
     deadline = time.time() + 120
-    while time.time() < deadline and not checkpoints(ckpt_dir) and proc.poll() is None:
+    while time.time() < deadline and not step_checkpoints(ckpt_dir.parent) and proc.poll() is None:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    saved = checkpoints(ckpt_dir)
+    saved = step_checkpoints(ckpt_dir.parent)
     assert saved, "no checkpoint was written before the kill"
     killed_at = int(saved[0].stem.removeprefix("step"))
     assert 0 < killed_at < 240
@@ -61,7 +61,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(digits, capsys):
     cfg = compose(DIGITS_RUN + ["train.max_steps=40", "train.checkpoint_every=10", "train.keep_checkpoints=3"])
     train_run(cfg)
     run_dir = run_dir_of(cfg)
-    newest, previous = checkpoints(run_dir / "checkpoints")[:2]
+    newest, previous = step_checkpoints(run_dir)[:2]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated by a crash
     (run_dir / "summary.json").unlink()
     from hpclab.engine import Trainer
@@ -138,6 +138,38 @@ def test_loading_never_executes_pickled_code(digits):
     assert summary["steps"] == 10  # started from scratch after reporting the bad file
 
 
+def test_analyses_read_each_kept_checkpoints_weights_checked_oldest_first(digits, caplog):
+    """model_states: the weights of every kept step checkpoint, checked against the live models
+    before they are handed out; a file cut short, or weights of another model, are left out with
+    a warning instead of failing in load_state_dict."""
+    import logging
+
+    from hpclab.engine import load_trained
+    from hpclab.engine.checkpoints import model_states
+
+    cfg = compose(DIGITS_RUN + ["train.max_steps=30", "train.eval_every=10", "train.keep_checkpoints=3"])
+    train_run(cfg)
+    run_dir = run_dir_of(cfg)
+    newest, middle, _ = step_checkpoints(run_dir)
+    logging.getLogger("hpclab").addHandler(caplog.handler)
+    try:
+        with load_trained(cfg, run_dir) as run:
+            model = run.unwrap()
+            states = list(model_states(run_dir, {"model": model}))
+            assert [step for step, _ in states] == [10, 20, 30]
+            key = next(iter(model.state_dict()))
+            assert torch.equal(states[-1][1]["model"][key], torch.load(newest, weights_only=True)["models"]["model"][key])
+            middle.write_bytes(middle.read_bytes()[:200])  # cut short by a kill
+            assert [step for step, _ in model_states(run_dir, {"model": model})] == [10, 30]
+            assert f"{middle} is left out" in caplog.text
+            assert list(model_states(run_dir, {"model": nn.Conv2d(1, 1, 3)})) == []  # another model's weights
+            assert "model model: missing" in caplog.text
+            assert list(model_states(run_dir, {"generator": model})) == []
+            assert "no weights of generator" in caplog.text
+    finally:
+        logging.getLogger("hpclab").removeHandler(caplog.handler)
+
+
 def test_early_stop_when_metric_crosses_threshold(digits):
     cfg = compose(DIGITS_RUN + ["train.max_steps=400", "train.eval_every=20", "train.eval_splits=[train,val]",
                                 "train.stop.metric=train/mse", "train.stop.threshold=0.09"])
@@ -183,7 +215,7 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_good_checkpoint(
                                 "model.name=nan_after_steps", "train.max_steps=40", "train.checkpoint_every=10"])
     with pytest.raises(NonFiniteLoss, match="non-finite"):
         train_run(cfg)
-    saved = checkpoints(run_dir_of(cfg) / "checkpoints")
+    saved = step_checkpoints(run_dir_of(cfg))
     assert [p.name for p in saved] == ["step000000010.pt"]
 
 

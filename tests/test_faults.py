@@ -28,7 +28,7 @@ import pytest
 import torch
 from conftest import DIGITS_RUN, REPO, run_cli
 
-from hpclab.engine.checkpoints import checkpoints
+from hpclab.rundir import step_checkpoints
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]  # minutes: out of the fast set
 
@@ -143,7 +143,7 @@ def test_kills_at_random_steps_end_with_the_uninterrupted_metrics(home, results)
 def test_a_kill_before_the_first_checkpoint_leaves_no_duplicate_rows(home, results):
     folder = run_dir(results)
     kill_at(20, home, folder)  # logged to step 20 or more, first checkpoint at 25
-    assert not checkpoints(folder / "checkpoints") or int(checkpoints(folder / "checkpoints")[-1].stem[4:]) >= 25
+    assert not step_checkpoints(folder) or int(step_checkpoints(folder)[-1].stem[4:]) >= 25
     launch(*RUN, cwd=home)
     assert_same_as_reference(home, folder)
 
@@ -193,9 +193,9 @@ def test_a_damaged_checkpoint_is_never_half_loaded(home, results, damage):
     folder = run_dir(results)
     shutil.copytree(run_dir(home / "reference"), folder)
     (folder / "summary.json").unlink()
-    for path in checkpoints(folder / "checkpoints")[:-1]:
+    for path in step_checkpoints(folder)[:-1]:
         path.unlink()  # as if killed after step 30: only step 25 is saved
-    (only,) = checkpoints(folder / "checkpoints")
+    (only,) = step_checkpoints(folder)
     state = torch.load(only, weights_only=True)
     damage(state)
     torch.save(state, only)
@@ -209,7 +209,7 @@ def test_a_truncated_newest_checkpoint_falls_back_to_an_older_one(home, results)
     folder = run_dir(results)
     shutil.copytree(run_dir(home / "reference"), folder)
     (folder / "summary.json").unlink()
-    newest = checkpoints(folder / "checkpoints")[0]
+    newest = step_checkpoints(folder)[0]
     newest.write_bytes(newest.read_bytes()[:1000])
     proc = launch(*RUN, cwd=home)
     assert "unusable" in proc.stdout and "resumed from" in proc.stdout
@@ -407,7 +407,7 @@ def test_a_full_disk_at_save_time_keeps_the_last_good_checkpoint(home, tmpfs, mo
     assert proc.returncode == 2, out + err
     line = error_line(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
     assert "No space left on device" in line or "disk full" in line
-    good = checkpoints(folder / "checkpoints")
+    good = step_checkpoints(folder)
     assert good and torch.load(good[0], weights_only=True)["step"] >= 25  # whole, loadable
     filler.unlink()
     launch(*RUN, cwd=home)
@@ -422,7 +422,7 @@ def test_files_follow_the_umask(home, results):
         os.umask(old)
     folder = run_dir(results)
     for path in [folder / "summary.json", folder / "checkpoints" / "best_model.safetensors",
-                 *checkpoints(folder / "checkpoints")]:
+                 *step_checkpoints(folder)]:
         assert path.stat().st_mode & 0o777 == 0o644, path
 
 
@@ -440,7 +440,7 @@ def test_a_local_stop_signal_checkpoints_and_says_how_to_resume(home, results, s
     step = int(line.split("checkpointed at step ")[1].split(";")[0])
     assert line == f"stopped: {signal.Signals(signum).name}: checkpointed at step {step}; " \
                    f"the same command resumes from there"
-    assert int(checkpoints(folder / "checkpoints")[0].stem[4:]) == step
+    assert int(step_checkpoints(folder)[0].stem[4:]) == step
     launch(*RUN, cwd=home)
     assert_same_as_reference(home, folder)
 

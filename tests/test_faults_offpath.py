@@ -23,7 +23,7 @@ import pytest
 from conftest import run_main
 from test_faults import RUN, error_line, home, results, run_dir, start, tmpfs, wait_for_step  # noqa: F401
 
-from hpclab.engine.checkpoints import checkpoints
+from hpclab.rundir import step_checkpoints
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 
@@ -109,7 +109,7 @@ def test_a_run_that_diverges_is_never_completed(home, results):
     folder = run_dir(results)
     proc = launch(*SHORT, "train.optimizer.lr=1e6", "train.scheduler.name=none", cwd=home)
     refused(proc, "non-finite", "train.optimizer.lr")
-    assert not (folder / "summary.json").exists() and not checkpoints(folder / "checkpoints")
+    assert not (folder / "summary.json").exists() and not step_checkpoints(folder)
     assert "COMPLETED" not in launch("status", *SHORT, "train.optimizer.lr=1e6", cwd=home).stdout
 
 
@@ -130,7 +130,7 @@ def test_a_resume_on_other_data_is_refused_naming_both(home, results, tmp_path, 
     folder = run_dir(results)
     launch(*RUN, "train.max_steps=30", cwd=home, env=env)
     (folder / "summary.json").unlink()
-    for path in checkpoints(folder / "checkpoints")[:-1]:
+    for path in step_checkpoints(folder)[:-1]:
         path.unlink()  # as if killed after step 25
     with h5py.File(data / "digits.h5", "r+") as f:  # the same file name, other pixels
         f["train/images"][...] = 255 - f["train/images"][()]
@@ -213,7 +213,7 @@ def test_a_start_that_never_reached_a_checkpoint_does_not_block_another_config(h
     finally:
         proc.kill()
         proc.communicate()
-    assert (folder / "config.yaml").is_file() and not checkpoints(folder / "checkpoints")
+    assert (folder / "config.yaml").is_file() and not step_checkpoints(folder)
     proc = launch(*SHORT, "model.latent_dim=4", cwd=home)
     assert proc.returncode == 0 and "never reached a checkpoint" in proc.stdout
 

@@ -179,7 +179,7 @@ def test_the_launcher_arrays_get_the_same_job_setup_as_the_sbatch_scripts():
     """One source: submitit's sbatch script starts with the lines the scripts evaluate."""
     from hpclab.config import compose
     from hpclab.launch.batch import job_lines
-    from hpclab.launch.executors import slurm_parameters
+    from hpclab.launch.submit import slurm_parameters
 
     cluster = compose(["experiment=ae_latent", "cluster=slurm", "cluster.nodes=2"]).cluster
     assert slurm_parameters(cluster, "x")["slurm_setup"][: len(job_lines())] == job_lines()
@@ -481,56 +481,7 @@ def test_more_nodes_than_the_partition_has_is_refused_in_one_line_and_leaves_not
     assert not results.exists()  # nothing was written or submitted
 
 
-# --------------------------------------------------------------------------- (4) arrays share one limit
-
-def simulate(layout: list) -> tuple[int, int, int]:
-    """(most tasks at once, tasks run, rounds) of a layout under SLURM's rules, in rounds of
-    equal tasks: an array runs at most its own limit of tasks at a time, and starts only once
-    the array it depends on (afterany) has ended."""
-    left = [spec.tasks for spec in layout]
-    most = ran = rounds = 0
-    while any(left):
-        ended = [n == 0 for n in left]
-        now = [min(n, spec.parallelism) if spec.after is None or ended[spec.after] else 0
-               for n, spec in zip(left, layout)]
-        assert sum(now), "no array can start: a dependency that never ends"
-        most, ran, rounds = max(most, sum(now)), ran + sum(now), rounds + 1
-        left = [n - k for n, k in zip(left, now)]
-    return most, ran, rounds
-
-
-@pytest.mark.parametrize("tasks", [1, 5, 7, 999, 1001, 2500, 4001])
-@pytest.mark.parametrize("size", [1, 3, 400, 1000])
-@pytest.mark.parametrize("limit", [1, 2, 3, 64])
-def test_split_arrays_never_run_more_than_the_limit_together(tasks, size, limit):
-    """However a sweep is split (cluster.max_array_size, MaxArraySize), its arrays together run
-    at most cluster.array_parallelism tasks at once, every run is in exactly one array, no
-    array is larger than allowed, and no limit is left idle where a chain would use it."""
-    from hpclab.launch.executors import array_layout
-
-    layout = array_layout(tasks, size, limit)
-    assert [(s.start, s.stop) for s in layout] == [(a, min(a + size, tasks)) for a in range(0, tasks, size)]
-    assert all(s.after is None or s.after < i for i, s in enumerate(layout))  # on an array submitted earlier
-    most, ran, rounds = simulate(layout)
-    assert ran == tasks and most <= limit
-    # never slower than running the arrays one after the other with the whole limit each
-    assert rounds <= sum(-(-s.tasks // limit) for s in layout)
-
-
-def test_split_arrays_share_the_limit_or_run_one_after_the_other():
-    from hpclab.launch.executors import array_layout
-
-    def shape(tasks: int, size: int, limit: int) -> list:
-        return [(s.tasks, s.parallelism, s.after) for s in array_layout(tasks, size, limit)]
-
-    # a large limit: side by side, shares in proportion to their sizes, no chaining
-    assert shape(2500, 1000, 64) == [(1000, 26, None), (1000, 25, None), (500, 13, None)]
-    # fewer slots than arrays: one chain with the whole limit (two lanes of %1 would leave one idle)
-    assert shape(3000, 1000, 2) == [(1000, 2, None), (1000, 2, 0), (1000, 2, 1)]
-    assert shape(1001, 1000, 2) == [(1000, 2, None), (1, 2, 0)]
-    # one array: the limit itself (submitit writes min(tasks, limit))
-    assert shape(999, 1000, 64) == [(999, 64, None)]
-
+# --------------------------------------------------------------------------- (4) arrays share one limit (the layout itself: test_arrays.py)
 
 def test_dry_run_shows_the_arrays_and_how_they_share_the_limit(workdir):
     proc = run_cli("launch.py", "sweep=ae_latent", "preset=smoke", "cluster=slurm", "cluster.max_array_size=1",
@@ -658,18 +609,19 @@ def test_a_sweep_the_controller_cannot_hold_is_refused_before_anything_is_queued
     """Past MaxJobCount sbatch neither queues nor refuses: it retries for two minutes, then
     fails in the middle of a split sweep. The launcher counts first (every array task is a job)."""
     from hpclab.config import ConfigError
-    from hpclab.launch import executors
+    from hpclab.launch import submit
+    from hpclab.launch.status import squeue_jobs
     from hpclab.launch.sweep import plan
 
-    held = len(executors.squeue_jobs(everyone=True))
-    monkeypatch.setattr(executors, "max_job_count", lambda: held + 2)  # room for one more job only
+    held = len(squeue_jobs(everyone=True))
+    monkeypatch.setattr(submit, "max_job_count", lambda: held + 2)  # room for one more job only
     for key in ("HPCLAB_DATA", "HPCLAB_RESULTS"):
         monkeypatch.setenv(key, cluster["env"][key])
     sweep = plan(["sweep=ae_latent", "sweep.name=too_many_jobs", *TINY, "cluster=slurm_cpu", "+cluster.extra.hold=true"])
     with pytest.raises(ConfigError, match=rf"at most MaxJobCount={held + 2} jobs .* has {held} now: 2 more do not fit"):
-        executors.submit_slurm(sweep)
+        submit.submit_slurm(sweep)
     assert not (cluster["results"] / "too_many_jobs").exists()
-    assert not [j for j, info in executors.squeue_jobs().items() if info["name"] == "hpclab-too_many_jobs"]
+    assert not [j for j, info in squeue_jobs().items() if info["name"] == "hpclab-too_many_jobs"]
 
 
 # --------------------------------------------------------------------------- (5) a newcomer's first hour

@@ -35,7 +35,7 @@ from omegaconf import OmegaConf
 from hpclab.analysis import ANALYSES, requires
 from hpclab.engine.evaluation import TrainedRun
 from hpclab.errors import ConfigError
-from hpclab.rundir import read_weights
+from hpclab.rundir import CONFIG, read_weights, run_of, run_weights
 from hpclab.utils import write_json
 from hpclab.weights import WeightsMissing, weight_path
 
@@ -172,13 +172,11 @@ class ClassifierFeatures:
         from hpclab.registry import kwargs_of
         from hpclab.tasks import TASKS
 
-        path = Path(run)
-        weights = path if path.suffix == ".safetensors" else path / "checkpoints" / "best_model.safetensors"
-        run_dir = weights.parent.parent
+        weights, run_dir = run_weights(run), run_of(run)
         fix = ("train the classifier first: python jobs/launch.py experiment=fmnist_cnn (or point classifier= at "
                "results/<group>/<run> of a finished classification run)")
-        if not weights.is_file() or not (run_dir / "config.yaml").is_file():
-            raise WeightsMissing(f"fd_classifier: no trained classifier at {run_dir} ({weights.name} or config.yaml "
+        if not weights.is_file() or not (run_dir / CONFIG).is_file():
+            raise WeightsMissing(f"fd_classifier: no trained classifier at {run_dir} ({weights.name} or {CONFIG} "
                                  f"missing); {fix}")
         cfg = load_run_config(run_dir)
         self.task = TASKS.build(cfg.task.name, kwargs_of(cfg.task))

@@ -41,6 +41,7 @@ from hpclab.analysis.report import final_metrics, write_table
 from hpclab.data.transforms import to_float
 from hpclab.engine.evaluation import TrainedRun
 from hpclab.errors import ConfigError, WeightsMissing
+from hpclab.rundir import CONFIG, FIGURES, best_weights, step_checkpoints
 from hpclab.utils import read_json, write_json
 
 log = logging.getLogger("hpclab")
@@ -252,7 +253,7 @@ def _rows_of(run: TrainedRun, batch: dict[str, torch.Tensor]) -> dict[str, torch
 
 def _fd_record(run_dir: Path) -> Optional[dict[str, Any]]:
     """A run's ``fd_outputs`` record when it has a readable one with numeric values."""
-    path = run_dir / "figures" / "fd_outputs.json"
+    path = run_dir / FIGURES / "fd_outputs.json"
     if not path.is_file():
         return None
     try:
@@ -294,12 +295,11 @@ def comparison_table(runs: dict[str, Path], split: str, baseline: Optional[str],
 def _other_trained(cfg: Any, other: str = "", **_: Any) -> None:
     """``other`` is a run folder with a config and trained weights (before this run starts)."""
     from hpclab.config import load_run_config
-    from hpclab.rundir import best_weights, checkpoint_dir
 
     if not other:
         raise ConfigError("compare_examples needs other=results/<group>/<run> (a finished image-to-image run)")
     other_cfg = load_run_config(Path(other))  # not a run folder, or a damaged config: one line
-    if not best_weights(Path(other)).is_file() and not any(checkpoint_dir(Path(other)).glob("step*.pt")):
+    if not best_weights(Path(other)).is_file() and not step_checkpoints(Path(other)):
         raise WeightsMissing(f"{other} has no trained weights yet; train it first: "
                              f"python jobs/launch.py experiment={other_cfg.experiment}")
 
@@ -321,8 +321,8 @@ def compare_examples(run: TrainedRun, out_dir: Path, other: str = "", split: str
     if run.parts.world > 1:
         raise ValueError("compare_examples builds a second run: run it in one process (python jobs/analyze.py)")
     other_dir = Path(other)
-    if not (other_dir / "config.yaml").is_file():
-        raise ValueError(f"no run at {other_dir} (no config.yaml): train the run to compare with first (the "
+    if not (other_dir / CONFIG).is_file():
+        raise ValueError(f"no run at {other_dir} (no {CONFIG}): train the run to compare with first (the "
                          f"experiment's config names its command), or pass other=results/<group>/<run>")
     split = available_split(run, split)
     batch = first_batch(run, split, count)

@@ -16,8 +16,9 @@ from torch import nn
 
 from hpclab.analysis import ANALYSES
 from hpclab.analysis.grids import full_resolution_grid, image_strips
-from hpclab.engine.checkpoints import checkpoints
+from hpclab.engine.checkpoints import model_states
 from hpclab.engine.evaluation import TrainedRun
+from hpclab.rundir import TENSORBOARD
 from hpclab.tasks.base import GenerativeTask
 from hpclab.utils import atomic_path
 
@@ -46,14 +47,12 @@ def models_over_training(run: TrainedRun, epochs: Optional[list[float]] = None
     per_epoch, final_step = run.steps_per_epoch, run.step
     wanted = None if epochs is None else {round(float(e), 6) for e in epochs}
     copies = {n: copy.deepcopy(run.unwrap(n)).eval() for n in names}
-    for path in sorted(checkpoints(run.ckpt_dir), key=lambda p: p.name):
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        step = int(state["step"])
+    for step, states in model_states(run.run_dir, copies):
         epoch = round(step / per_epoch, 6)
         if step == final_step or (wanted is not None and epoch not in wanted):
             continue  # the final weights come last
         for name, model in copies.items():
-            model.load_state_dict(state["models"][name])
+            model.load_state_dict(states[name])
         yield "generated", step, epoch, copies
     final = {n: copy.deepcopy(run.unwrap(n)).eval() for n in names}
     yield "generated (final weights)", final_step, round(final_step / per_epoch, 6), final
@@ -83,7 +82,7 @@ def sample_grids(run: TrainedRun, out_dir: Path, rows: int = 8) -> dict[str, Any
     task = generative_task(run)
     out_dir = Path(out_dir)
     run.log.flush()  # the grids logged during training, on disk before they are read back
-    logged = tensorboard_images(run.run_dir / "tb", "images/samples")
+    logged = tensorboard_images(run.run_dir / TENSORBOARD, "images/samples")
     files = []
     for step, png in logged:
         epoch = step / run.steps_per_epoch

@@ -37,7 +37,7 @@ def load_trained(cfg: DictConfig, run_dir: Path | str) -> Iterator[TrainedRun]:
     parts = build_run(cfg, optimize=False)
     state = RunState()
     log = RunLog(run_dir, parts.is_main, parts.steps_per_epoch)
-    checkpointer = Checkpointer(run_dir / "checkpoints", parts, state, keep=cfg.train.keep_checkpoints)
+    checkpointer = Checkpointer(run_dir, parts, state, keep=cfg.train.keep_checkpoints)
     try:
         resumed = checkpointer.resume(training=False)
         if not checkpointer.load_best() and not resumed:

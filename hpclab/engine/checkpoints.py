@@ -7,7 +7,9 @@ read with ``weights_only=True``. Before anything of it is loaded into live objec
 checked completely against them (:func:`state_problems`): every key, every model tensor's
 shape and dtype, every optimizer's groups and per-parameter state shapes, every scheduler. A
 file that fails is set aside as ``*.pt.unusable`` (kept for inspection, never picked again),
-so a run resumes from an older good checkpoint or starts fresh, never from a mix.
+so a run resumes from an older good checkpoint or starts fresh, never from a mix. Analyses
+read the models' weights of every kept checkpoint through :func:`model_states`. The files'
+names and places are :mod:`hpclab.rundir`'s.
 """
 
 from __future__ import annotations
@@ -16,11 +18,10 @@ import copy
 import io
 import logging
 import random
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
@@ -29,26 +30,13 @@ from torch import nn
 from hpclab.data.hdf5 import data_identity
 from hpclab.engine.build import RunParts
 from hpclab.errors import CheckpointWriteError, RunConflict
-from hpclab.rundir import RunRecordError, read_weights
+from hpclab.rundir import RunRecordError, best_weights, checkpoint_dir, read_weights, step_checkpoint, step_checkpoints
 from hpclab.utils import atomic_path, one_line
 
 log = logging.getLogger("hpclab")
 
-CKPT_PATTERN = re.compile(r"step(\d+)\.pt$")
 STATE_KEYS = ("step", "models", "optimizers", "schedulers", "scaler", "rng", "best", "stopped")
 RNG_KEYS = ("python", "numpy", "torch", "cuda")
-
-
-def checkpoints(directory: Path) -> list[Path]:
-    """Step checkpoints of a run, newest first."""
-    if not directory.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := CKPT_PATTERN.search(p.name))]
-    return [p for _, p in sorted(found, reverse=True)]
-
-
-def step_path(directory: Path, step: int) -> Path:
-    return directory / f"step{step:09d}.pt"
 
 
 def set_aside(path: Path) -> Path:
@@ -164,6 +152,39 @@ def _optimizer_problems(saved: Any, opt: torch.optim.Optimizer) -> list[str]:
     return problems
 
 
+def _model_problems(saved: Any, models: Mapping[str, nn.Module]) -> list[str]:
+    """What keeps the weights of ``models`` in checkpoint ``saved`` from loading into them (a
+    subset of the run's models: the others, optimizers and RNG are not looked at); [] when none."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("models"), dict):
+        return ["no model weights: not a checkpoint"]
+    step = saved.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return [f"step {step!r} is not a step count"]
+    missing = sorted(set(models) - set(saved["models"]))
+    if missing:
+        return [f"no weights of {', '.join(missing)}"]
+    return [f"model {name}: {p}" for name, model in models.items()
+            for p in _tensor_dict_problems(saved["models"][name], model.state_dict())]
+
+
+def model_states(run_dir: Path, models: Mapping[str, nn.Module]
+                 ) -> Iterator[tuple[int, dict[str, dict[str, torch.Tensor]]]]:
+    """``(step, {name: state dict})`` of ``models`` from each kept step checkpoint of the run,
+    oldest first: read with ``weights_only=True`` and checked against the live models (keys,
+    shapes, dtypes) before they are handed out. A checkpoint that does not read or fit is passed
+    over with a warning: an analysis looks at a finished run, whose own resume has its checks."""
+    for path in reversed(step_checkpoints(run_dir)):
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            problems = _model_problems(saved, models)
+        except Exception as exc:  # truncated zip, bad pickle opcode, refused global
+            problems = [one_line(exc)]
+        if problems:
+            log.warning("%s is left out (%s)", path, "; ".join(problems[:2]))
+            continue
+        yield saved["step"], {name: saved["models"][name] for name in models}
+
+
 # --------------------------------------------------------------------------- RNG state
 
 def capture_rng() -> dict[str, Any]:
@@ -232,8 +253,8 @@ class Checkpointer:
     used only when it loads on every rank.
     """
 
-    def __init__(self, ckpt_dir: Path, parts: RunParts, state: RunState, keep: int) -> None:
-        self.dir, self.parts, self.state, self.keep = ckpt_dir, parts, state, keep
+    def __init__(self, run_dir: Path, parts: RunParts, state: RunState, keep: int) -> None:
+        self.run_dir, self.parts, self.state, self.keep = Path(run_dir), parts, state, keep
 
     def _live(self, training: bool = True) -> dict[str, dict[str, Any]]:
         """The objects a checkpoint restores, by section (only the models when not training)."""
@@ -283,22 +304,22 @@ class Checkpointer:
         accelerator.wait_for_everyone()
         rngs = capture_rng_ranks()  # a collective: every rank, before rank 0 writes
         if accelerator.is_main_process:
-            path = step_path(self.dir, self.state.step)
+            path = step_checkpoint(self.run_dir, self.state.step)
             try:
                 with atomic_path(path) as tmp:
                     torch.save(self.state_dict(rngs), tmp)
             except (OSError, RuntimeError) as exc:  # torch reports a full disk as a RuntimeError
-                kept = checkpoints(self.dir)
+                kept = step_checkpoints(self.run_dir)
                 raise CheckpointWriteError(
                     f"could not write {path} ({one_line(exc)}); disk full or not writable? "
                     f"{'the newest good checkpoint ' + kept[0].name + ' is kept' if kept else 'no checkpoint was kept'}"
                     f": free space and run the same command to resume") from None
-            for old in checkpoints(self.dir)[self.keep:]:
+            for old in step_checkpoints(self.run_dir)[self.keep:]:
                 old.unlink(missing_ok=True)
         accelerator.wait_for_everyone()
 
     def best_files(self) -> dict[str, Path]:
-        return {n: self.dir / f"best_{n}.safetensors" for n in self.parts.models}
+        return {n: best_weights(self.run_dir, n) for n in self.parts.models}
 
     def save_best(self) -> None:
         """The current weights of every model as the run's best (rank 0, safetensors)."""
@@ -357,7 +378,7 @@ class Checkpointer:
         scaler = self.parts.accelerator.scaler if training else None
         fresh = None  # the state before any load, to go back to when a load fails half-way
         tried = False
-        for path in checkpoints(self.dir):
+        for path in step_checkpoints(self.run_dir):
             tried = True
             try:
                 saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -388,7 +409,8 @@ class Checkpointer:
                       path, "; ".join(problems[:3]) or "unusable on another rank", aside.name)
             self.parts.accelerator.wait_for_everyone()
         if tried:
-            log.warning("no usable checkpoint in %s: starting from a fresh initialisation", self.dir)
+            log.warning("no usable checkpoint in %s: starting from a fresh initialisation",
+                        checkpoint_dir(self.run_dir))
         return False
 
     def _everyone(self, flag: bool) -> bool:

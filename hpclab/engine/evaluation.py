@@ -52,7 +52,6 @@ class TrainedRun:
         self.models: dict[str, nn.Module] = parts.models
         self.device: torch.device = parts.device
         self.steps_per_epoch: int = parts.steps_per_epoch
-        self.ckpt_dir = self.run_dir / "checkpoints"
 
     @property
     def step(self) -> int:

@@ -18,12 +18,13 @@ from omegaconf import DictConfig
 
 from hpclab.data.loader import rank_batch_size
 from hpclab.engine.build import build_run
-from hpclab.engine.checkpoints import Checkpointer, RunState, checkpoints
+from hpclab.engine.checkpoints import Checkpointer, RunState
 from hpclab.engine.evaluation import TrainedRun, mean_of_sums
 from hpclab.engine.runlog import RunLog, format_values
 from hpclab.engine.signals import StopSignals
 from hpclab.engine.steps import Stepper
 from hpclab.errors import NonFiniteLoss, RankLost
+from hpclab.rundir import step_checkpoints
 from hpclab.utils import one_line
 
 log = logging.getLogger("hpclab")
@@ -41,7 +42,7 @@ class Trainer:
         self.run = TrainedRun(p, self.run_dir, self.state, self.log)
         self.stepper = Stepper(p.accelerator, p.models, p.optimizers, p.schedulers, t.mixed_precision, t.grad_clip,
                                t.channels_last)
-        self.checkpoints = Checkpointer(self.run.ckpt_dir, p, self.state, t.keep_checkpoints)
+        self.checkpoints = Checkpointer(self.run_dir, p, self.state, t.keep_checkpoints)
         starts_over = bool(cfg.force) or t.resume == "never"
         self.signals = StopSignals("run the same command without force=true (and without train.resume=never) to "
                                    "resume from there" if starts_over else "the same command resumes from there")
@@ -61,7 +62,7 @@ class Trainer:
         except RuntimeError as exc:  # gloo/NCCL report a dead or silent peer as RuntimeError
             if self.parts.world == 1 or isinstance(exc, RankLost) or not lost_peer(exc):
                 raise
-            kept = checkpoints(self.run.ckpt_dir)
+            kept = step_checkpoints(self.run_dir)
             raise RankLost(
                 f"rank {self.parts.accelerator.process_index} of {self.parts.world} lost the other ranks at "
                 f"step {self.state.step} ({one_line(exc)[:200]}): a rank died, or hung for more than "
@@ -117,14 +118,14 @@ class Trainer:
             self._log_images()
         stop_signal = self.signals.pending(self.parts.accelerator, step)
         if step % self.ckpt_every == 0 or last or self.state.stopped or stop_signal:
-            finite_means(self.state.running, step, self.run.ckpt_dir)  # never checkpoint a diverged run
+            finite_means(self.state.running, step, self.run_dir)  # never checkpoint a diverged run
             self.checkpoints.save()
         if stop_signal:
             self.signals.hand_over(step)  # raises Preempted
         return last or bool(self.state.stopped)
 
     def _log_training(self, images_per_s: float, bar: Any) -> None:
-        values = finite_means(self.state.running, self.state.step, self.run.ckpt_dir)
+        values = finite_means(self.state.running, self.state.step, self.run_dir)
         self.state.running.clear()
         values["images_per_s"] = images_per_s
         values["lr"] = self.stepper.learning_rate()
@@ -152,7 +153,7 @@ class Trainer:
                 values.update({f"{split}/{k}": v for k, v in result.items()})
         if values:
             log.info("step %d eval: %s", state.step, format_values(values))
-        check_finite(values, f"evaluation at step {state.step}", self.run.ckpt_dir)
+        check_finite(values, f"evaluation at step {state.step}", self.run_dir)
         current = values.get(t.monitor)
         if current is not None and (state.best["value"] is None or (
                 current < state.best["value"] if t.monitor_mode == "min" else current > state.best["value"])):
@@ -173,7 +174,7 @@ class Trainer:
                 result = self.run.evaluate(split, sharded=True)
                 self.log.metrics(self.state.step, f"final_{split}", result)
                 final.update({f"{split}/{k}": v for k, v in result.items()})
-        check_finite(final, f"final evaluation ({'best' if used_best else 'last'} weights)", self.run.ckpt_dir)
+        check_finite(final, f"final evaluation ({'best' if used_best else 'last'} weights)", self.run_dir)
         self.log.hparams(self.cfg, final)
         log.info("final (%s weights): %s", "best" if used_best else "last", format_values(final))
         return {
@@ -190,19 +191,19 @@ class Trainer:
         self.parts.accelerator.end_training()
 
 
-def finite_means(running: dict[str, torch.Tensor], step: int, ckpt_dir: Path) -> dict[str, float]:
+def finite_means(running: dict[str, torch.Tensor], step: int, run_dir: Path) -> dict[str, float]:
     """The running metric sums as means; a clear error (before any checkpoint) if non-finite."""
     values = mean_of_sums(running)
-    check_finite(values, f"training metrics at step {step}", ckpt_dir)
+    check_finite(values, f"training metrics at step {step}", run_dir)
     return values
 
 
-def check_finite(values: dict[str, float], what: str, ckpt_dir: Path) -> None:
+def check_finite(values: dict[str, float], what: str, run_dir: Path) -> None:
     """Stop with one line when a metric is NaN or infinite: a diverged run is never checkpointed,
     kept as best or reported as completed."""
     bad = {k: v for k, v in values.items() if not math.isfinite(v)}
     if bad:
-        kept = checkpoints(ckpt_dir)
+        kept = step_checkpoints(run_dir)
         raise NonFiniteLoss(f"non-finite {what}: {format_values(bad)}; "
                             + (f"the last good checkpoint {kept[0].name} is kept" if kept else "no checkpoint was written")
                             + " (lower train.optimizer.lr or set train.grad_clip, then run again with force=true)")

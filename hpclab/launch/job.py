@@ -1,9 +1,10 @@
 """One run as a job: results folder, config/environment records, training, analyses, summary.
 
-``TrainJob`` is what executors run: locally it is called in-process (or in N spawned
-processes for data parallelism), on SLURM submitit pickles it. Its ``checkpoint()`` returns the
-same job to requeue; since training always resumes from the newest checkpoint, restarting is
-the same code path as starting.
+``TrainJob`` is what the launcher runs: locally (:mod:`hpclab.launch.local`) it is called
+in-process (or in N spawned processes for data parallelism), on SLURM
+(:mod:`hpclab.launch.submit`) submitit pickles it. Its ``checkpoint()`` returns the same job to
+requeue; since training always resumes from the newest checkpoint, restarting is the same code
+path as starting.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from hpclab.config import save_yaml
 from hpclab.errors import Preempted, RankLost, RunConflict, RunFolderError
 from hpclab.rundir.lock import TOKEN_ENV, add_writers, run_lock, unwritable
 from hpclab.launch.slurm import JobSignals, export_rank_env, record_task, restart_count
-from hpclab.rundir import (ATTEMPTS, CONFIG, ENVIRONMENT, LOCK, RUN_LOG, SUMMARY, RunRecordError, completed_summary,
-                           has_progress, read_attempts, read_config)
+from hpclab.rundir import (ATTEMPTS, CONFIG, ENVIRONMENT, FIGURES, LOCK, RUN_LOG, SUMMARY, RunRecordError,
+                           completed_summary, has_progress, moved_aside, read_attempts, read_config)
 from hpclab.utils import (die_with_parent, environment_record, job_ref, one_line, setup_logging, under_slurm, use_threads,
                           write_json)
 
@@ -156,7 +157,7 @@ def prepare_folder(cfg: DictConfig, run_dir: Path) -> Optional[dict[str, Any]]:
 
 def _train(cfg: DictConfig, run_dir: Path, rank: int) -> dict[str, Any]:
     attempts = start_attempt(run_dir) if rank == 0 else []
-    setup_logging(run_dir, rank)
+    setup_logging(run_dir / RUN_LOG, rank)
     if rank == 0:
         save_yaml(cfg, run_dir / CONFIG)
         write_json(run_dir / ENVIRONMENT, environment_record())
@@ -226,7 +227,7 @@ def _analyse(trainer: Any, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     with stop_at_once(what):
         for name, kwargs in analysis_items(cfg.analysis):
             log.info("analysis %s", name)
-            analyses[name] = ANALYSES[name](trainer.run, run_dir / "figures", **kwargs)
+            analyses[name] = ANALYSES[name](trainer.run, run_dir / FIGURES, **kwargs)
     return analyses
 
 
@@ -260,7 +261,7 @@ def _clear_run(run_dir: Path) -> None:
     entries = [p for p in run_dir.iterdir() if p.name != LOCK] if run_dir.is_dir() else []
     if not entries:
         return
-    backup = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    backup = moved_aside(run_dir)
     backup.mkdir()
     for entry in entries:
         entry.rename(backup / entry.name)

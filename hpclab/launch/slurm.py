@@ -26,7 +26,6 @@ from hpclab.utils import can_set_signal_handlers, job_ref, under_slurm, write_js
 log = logging.getLogger("hpclab")
 
 
-
 def rank() -> int:
     """This process's global rank (RANK, else SLURM_PROCID, else 0)."""
     return int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0)
@@ -64,14 +63,26 @@ def _scontrol(*args: str) -> Optional[str]:
         return None
 
 
+def controller_setting(name: str) -> Optional[int]:
+    """An integer setting of the controller (``scontrol show config``); None when scontrol does
+    not answer or does not list it."""
+    for line in (_scontrol("show", "config") or "").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == name and value.strip().isdigit():
+            return int(value.strip())
+    return None
+
+
 def max_array_tasks() -> Optional[int]:
     """The most tasks one job array may have here: the controller's MaxArraySize - 1 (array
     indices run from 0 to MaxArraySize - 1). None when scontrol does not answer."""
-    for line in (_scontrol("show", "config") or "").splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "MaxArraySize" and value.strip().isdigit():
-            return int(value.strip()) - 1
-    return None
+    size = controller_setting("MaxArraySize")
+    return None if size is None else size - 1
+
+
+def max_job_count() -> Optional[int]:
+    """The controller's MaxJobCount (every array task counts as one job); None when unknown."""
+    return controller_setting("MaxJobCount")
 
 
 def first_node() -> str:

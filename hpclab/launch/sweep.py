@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from hpclab.config import ConfigError, compose, compose_many, refuse_hydra_habits, schema_defaults
+from hpclab.rundir import SUBMITIT
 from hpclab.utils import flatten
 
 
@@ -39,9 +40,20 @@ class SweepPlan:
             return self.runs[index]
         return self._placed(index, compose(self.run_overrides[index]))
 
+    @property
+    def group_dir(self) -> Path:
+        """``results/<group>/``: the sweep's run folders, its summary and submission records."""
+        return Path(self.base.paths.results) / self.group
+
+    @property
+    def submitit_folder(self) -> Path:
+        """Where submitit keeps pickles and logs: on shared storage, next to the results."""
+        folder = self.base.cluster.folder
+        return Path(folder) if folder else self.group_dir / SUBMITIT
+
     def run_dir(self, index: int) -> Path:
         """Run ``index``'s folder, known without composing its config."""
-        return Path(self.base.paths.results) / self.group / self.run_names[index]
+        return self.group_dir / self.run_names[index]
 
     @cached_property
     def runs(self) -> list[DictConfig]:

@@ -25,6 +25,7 @@ from hpclab.models import MODELS
 from hpclab.models.layers import pool_flatten
 from hpclab.models.transfer import FeatureClassifier
 from hpclab.registry import check_kwargs
+from hpclab.rundir import read_weights, run_of, run_weights
 
 
 class AutoEncoderFeatures(nn.Module):
@@ -66,10 +67,9 @@ def trained_weights(encoder_from: Optional[str]) -> Path:
     if not encoder_from:
         raise ConfigError("model.encoder_from: set it to a finished autoencoder or contrastive run "
                           "(results/<group>/<run>) when model.pretrained=true")
-    path = Path(encoder_from)
-    weights = path if path.suffix == ".safetensors" else path / "checkpoints" / "best_model.safetensors"
+    weights = run_weights(encoder_from)
     if not weights.is_file():
-        run_dir = weights.parent.parent
+        run_dir = run_of(encoder_from)
         raise WeightsMissing(f"model.encoder_from: {weights} does not exist; train the pretraining run first "
                              f"(python jobs/launch.py experiment=<its experiment> run_group={run_dir.parent.name} "
                              f"run_name={run_dir.name}) or point model.encoder_from at a finished autoencoder or "
@@ -81,10 +81,9 @@ def load_encoder(features: AutoEncoderFeatures, weights: Path) -> None:
     """Load a trained autoencoder's safetensors file into ``features``: every key of the kept
     encoder must be there with its shape (the decoder's keys are not used). The file may also hold
     the weights of a model built on that encoder (under ``features.autoencoder.``; its head is
-    not used): a contrastive run's, or a classifier's."""
-    from safetensors.torch import load_file
-
-    state = load_file(str(weights))
+    not used): a contrastive run's, or a classifier's. A file cut short is one line."""
+    state = read_weights(weights, fix="train the pretraining run again (force=true), or point model.encoder_from at "
+                                      "another finished run")
     nested = {k.removeprefix(NESTED_ENCODER): v for k, v in state.items() if k.startswith(NESTED_ENCODER)}
     state = nested or state
     own = features.autoencoder.state_dict()

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import re
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -32,9 +33,11 @@ SLURM_RECORD = "slurm.json"  # every SLURM task that worked on the run
 LOCK = "run.lock"  # while a process owns the run
 RUN_LOG = "run.log"
 CHECKPOINTS = "checkpoints"  # step<N>.pt and best_<model>.safetensors
+STEP_CHECKPOINT = re.compile(r"step(\d+)\.pt")  # a step checkpoint's name in CHECKPOINTS
 FIGURES = "figures"
 TENSORBOARD = "tb"
 SUBMISSIONS = "submissions.json"  # per group: run name -> SLURM job of the launcher's submissions
+SUBMITIT = ".submitit"  # per group: submitit's pickles and task logs (unless cluster.folder says elsewhere)
 
 # One plain path component: what a group or run may be called (no separators, no hidden or
 # relative names, nothing the report treats as a moved-aside folder).
@@ -64,6 +67,20 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / CHECKPOINTS
 
 
+def step_checkpoint(run_dir: Path, step: int) -> Path:
+    """The step checkpoint of ``step`` (``checkpoints/step<N>.pt``, zero-padded so names sort by step)."""
+    return checkpoint_dir(run_dir) / f"step{step:09d}.pt"
+
+
+def step_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's step checkpoints, newest first (none where there is no checkpoint folder)."""
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := STEP_CHECKPOINT.fullmatch(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
 def best_weights(run_dir: Path, model: str = "model") -> Path:
     """The best weights of ``model`` (safetensors), kept by the monitored metric."""
     return checkpoint_dir(run_dir) / f"best_{model}.safetensors"
@@ -73,6 +90,18 @@ def run_weights(source: Path | str, model: str = "model") -> Path:
     """A trained run's best weights from its folder, or the safetensors file itself."""
     path = Path(source)
     return path if path.suffix == ".safetensors" else best_weights(path, model)
+
+
+def run_of(source: Path | str) -> Path:
+    """The run folder of ``source``: the folder itself, or the run whose best weights it names."""
+    path = Path(source)
+    return path.parent.parent if path.suffix == ".safetensors" else path
+
+
+def moved_aside(run_dir: Path) -> Path:
+    """Where force=true moves a run's old results: ``<run>.old-<time>`` beside it."""
+    run_dir = Path(run_dir)
+    return run_dir.with_name(f"{run_dir.name}{MOVED_ASIDE}{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def is_run_folder_name(name: str) -> bool:
@@ -308,8 +337,7 @@ def read_progress(run_dir: Path) -> tuple[Optional[int], Optional[int]]:
 
 def has_progress(run_dir: Path) -> bool:
     """Whether the run has anything worth keeping: a step checkpoint or a summary."""
-    ckpts = checkpoint_dir(run_dir)
-    return (Path(run_dir) / SUMMARY).is_file() or (ckpts.is_dir() and any(ckpts.glob("step*.pt")))
+    return (Path(run_dir) / SUMMARY).is_file() or bool(step_checkpoints(run_dir))
 
 
 def _interpolations(tree: Any, prefix: str = "") -> list[str]:
