@@ -97,7 +97,7 @@ if [ "$engine" = apptainer ] || [ "$engine" = singularity ]; then
     out="${out:-$(absolute "${HPCLAB_IMAGE:-$ROOT/hpclab.sif}")}"
     fakeroot=()
     if [ "$(id -u)" != 0 ]; then
-        fakeroot=(--fakeroot)  # needs /etc/subuid mappings for apt-get in %post (see README)
+        fakeroot=(--fakeroot)  # needs /etc/subuid mappings for apt-get in %post (see docs/containers.md)
     fi
     base_arg=()
     [ -z "$base" ] || base_arg=(--build-arg "BASE=$base")

@@ -9,7 +9,7 @@
 # (another interpreter: PYTHON=/path/to/python3.11). Debian 12 and Ubuntu 23.04+ refuse pip
 # installs into the system interpreter (PEP 668), so the system Python is never written to.
 # A second run with the same lock is a no-op (a stamp in the environment records what was
-# installed). On a cluster, use the container image instead (README, "Containers").
+# installed). On a cluster, use the container image instead (docs/containers.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -208,7 +208,7 @@ def test_show_prints_the_composed_config_of_a_run_or_of_a_sweeps_first_run(workd
     section or one value; ``--help`` says which sections of keys exist; Hydra's flag gets one line."""
     proc = run_cli("launch.py", "show", "sweep=ae_latent", "preset=smoke", cwd=workdir)
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("# run 1 of 2 of sweep 'ae_latent' (latent_dim-2) -> ") and "model.latent_dim" in lines[1]
+    assert lines[0].startswith("# run 1 of 2 of sweep 'ae_latent-smoke' (latent_dim-2) -> ") and "model.latent_dim" in lines[1]
     cfg = OmegaConf.create(proc.stdout)
     assert cfg.model.latent_dim == 2 and cfg.train.max_steps == 200 and cfg.run_name == "latent_dim-2"
     value = run_cli("launch.py", "show", "experiment=ae_latent", "train.optimizer.lr=0.01", "train.optimizer.lr",

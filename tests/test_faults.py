@@ -2,7 +2,7 @@
 launches, read-only and full file systems, stop signals, hostile results folders.
 
 Each case runs the real CLI on real data (scikit-learn's digits) and checks the guarantee the
-README's "What survives what" table states: the run ends with exactly the metrics of an
+"What survives what" table of docs/runs.md states: the run ends with exactly the metrics of an
 uninterrupted run, or stops before any work with one line and exit code 2 (3 for a stop
 signal), and nothing written before is lost or half-written. ``pytest -m fault`` runs this
 module alone; the kill steps come from HPCLAB_FAULT_SEED (default 0), so another seed tries

@@ -1,4 +1,4 @@
-"""Fault cases one step off the tested paths, one test per class of fault (README, "What
+"""Fault cases one step off the tested paths, one test per class of fault (docs/runs.md, "What
 survives what"): names that would leave the results folder, a second writer, results reported
 "completed" that the config did not produce, work thrown away late, malformed datasets, and
 signals and full disks at odd moments. The untrusted-file readers are fuzzed in

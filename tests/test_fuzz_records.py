@@ -1,5 +1,5 @@
 """Property-based fault tests (Hypothesis): every reader of a run folder and of a dataset file,
-fed generated damaged files, answers as the README promises.
+fed generated damaged files, answers as docs/runs.md promises.
 
 For each file a run folder holds (summary.json, attempts.json, slurm.json, metrics.jsonl,
 config.yaml, the best weights, run.lock; submissions.json beside the runs) Hypothesis writes

@@ -263,7 +263,7 @@ def test_fd_in_the_suites_own_classifier_features(fmnist_gan):
     assert fmnist_gan["first"].returncode == 2 and "Traceback" not in fmnist_gan["first"].stderr
     assert line.startswith("error: analysis 'fd_classifier': fd_classifier: no trained classifier at")
     assert "experiment=fmnist_cnn" in line and "or run without it: analysis=[gan_curves," in line
-    assert not (fmnist_gan["run_dir"] / "checkpoints").exists() or "resumed from" in fmnist_gan["second"].stdout
+    assert "resumed from" not in fmnist_gan["second"].stdout  # the first launch trained nothing
     assert "step 54" in fmnist_gan["second"].stdout
     fd = json.loads((fmnist_gan["run_dir"] / "figures" / "fd_classifier.json").read_text())
     assert fd["metric"] == "FD (Fashion-MNIST CNN features)" and fd["classifier"].endswith("fmnist_cnn-smoke/default")

@@ -220,13 +220,20 @@ def test_array_script_covers_every_run_of_its_sweep():
     assert sbatch_header("resnet_transfer.sh")["--array"].split("%")[0] == f"0-{runs - 1}"
 
 
-def test_damaged_submission_record_stops_status_with_its_name(workdir):
+def test_a_damaged_submission_record_is_a_warning_in_status_and_refused_by_a_submission(workdir):
+    """status is a view: it warns and shows the rest; a submission would overwrite the only
+    record of the launcher's job ids, so it stops with one line naming the file."""
     record = workdir / "results" / "ae_latent" / "submissions.json"
     record.parent.mkdir(parents=True)
     record.write_text('{"latent_dim-2": {"job_id": "12_0"')  # hand-edited and cut off
     proc = run_cli("launch.py", "status", "sweep=ae_latent", cwd=workdir, check=False)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
-    assert f"{record} is not readable JSON" in proc.stderr
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr
+    assert f"{record} is damaged (not readable JSON" in proc.stdout + proc.stderr and "latent_dim-2" in proc.stdout
+    from hpclab.launch.sweep import plan
+    from hpclab.rundir import RunRecordError, read_submissions
+
+    with pytest.raises(RunRecordError, match="it holds the job ids of earlier submissions"):
+        read_submissions(plan(["sweep=ae_latent"]).group_dir)
     assert record.read_text() == '{"latent_dim-2": {"job_id": "12_0"'
 
 

@@ -33,7 +33,7 @@ def doc_parser(doc: str) -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-# Exit codes of the jobs/ entry points (README, "What survives what").
+# Exit codes of the jobs/ entry points (docs/runs.md, "Exit codes").
 EXIT_USER_ERROR = 2  # bad input, missing data, a run folder in use or with another config
 EXIT_STOPPED = 3  # stopped by SIGTERM/SIGUSR2 after a checkpoint: the same command resumes
 EXIT_RANK_LOST = 4  # a data-parallel rank lost its peers (one died or hung): resubmit to resume

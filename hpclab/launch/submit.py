@@ -67,8 +67,14 @@ def make_executor(plan: SweepPlan):
     import submitit
 
     cluster, paths, folder = plan.base.cluster, plan.base.paths, plan.submitit_folder
-    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=cluster.max_requeues,
-                                     slurm_python=container.container_python(cluster, paths, folder))
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=cluster.max_requeues,
+                                         slurm_python=container.container_python(cluster, paths, folder))
+    except RuntimeError as exc:  # submitit looks for srun: not on a machine without a SLURM client
+        if "srun" not in str(exc):
+            raise
+        raise ConfigError("no SLURM client on this machine (srun not found): submit from a login node of the "
+                          "cluster, or run here with cluster=local") from None
     params = slurm_parameters(cluster, f"hpclab-{plan.group}")
     params["slurm_setup"] += container.slurm_setup(cluster, paths, folder)  # binds, requeue relay
     executor.update_parameters(**params)

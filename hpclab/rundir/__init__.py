@@ -1,6 +1,6 @@
 """The run folder: its layout, and validated readers of the records in it.
 
-``results/<group>/<run>/`` holds what one run wrote (README, "Results"). Every module that
+``results/<group>/<run>/`` holds what one run wrote (docs/runs.md). Every module that
 names one of its files asks this one. A run folder is untrusted input (a co-worker, a full
 disk or a kill may have left anything there), so each reader checks the shape and types of
 what it reads: a record that does not fit is either refused with one line that names the
