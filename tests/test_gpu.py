@@ -14,9 +14,8 @@ import torch
 from conftest import DIGITS_RUN, cuda_problem, requires
 
 from hpclab.config import compose
-from hpclab.engine.checkpoints import checkpoints
 from hpclab.launch.job import run_dir_of, train_run
-from hpclab.rundir import checkpoint_dir, read_metrics
+from hpclab.rundir import read_metrics, step_checkpoints
 
 pytestmark = pytest.mark.gpu
 
@@ -47,7 +46,7 @@ def test_a_few_cuda_steps_train_with_finite_losses(cuda, digits, mode):
     assert [record["step"] for record in fit] == list(range(2, STEPS + 1, 2))
     assert all(math.isfinite(record["loss"]) for record in fit), fit
     assert summary["metrics"] and all(math.isfinite(value) for value in summary["metrics"].values()), summary
-    state = torch.load(checkpoints(checkpoint_dir(run_dir))[0], map_location="cpu", weights_only=True)
+    state = torch.load(step_checkpoints(run_dir)[0], map_location="cpu", weights_only=True)
     assert state["step"] == STEPS
     if mode == "fp16":  # the loss scaler is part of the checkpoint, so a resume continues its scale
         assert isinstance(state["scaler"], dict) and state["scaler"]["scale"] > 0, state["scaler"]
