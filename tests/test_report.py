@@ -49,6 +49,17 @@ def test_publish_quotes_the_generated_summaries(digits: Path):
     assert run_cli("report.py", "--publish", str(doc), cwd=digits).returncode == 0  # idempotent
     assert doc.read_text() == text
 
+    # the curated summaries: a copy of what the blocks quote, from which the tables regenerate alone
+    curated = digits / "summaries"
+    run_cli("report.py", "--publish", str(doc), "--curate", str(curated), cwd=digits)
+    assert (curated / "ae_latent" / "summary.md").read_text() == summary
+    assert {p.name for p in (curated / "ae_latent" / "latent_dim-2").iterdir()} == {
+        "summary.json", "environment.json", "config.yaml"}
+    doc.write_text(DOC)
+    run_cli("report.py", "--publish", str(doc), "--results", str(curated), cwd=digits)
+    again = doc.read_text()
+    assert "\n".join(table) in again and "- runs: 2 finished of 2;" in again and "stale table" not in again
+
 
 def test_publish_and_report_errors_are_one_line(digits: Path):
     proc = run_cli("report.py", "--publish", str(digits / "missing.md"), cwd=digits, check=False)

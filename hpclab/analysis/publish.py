@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hpclab.analysis.report import run_records
-from hpclab.rundir import ENVIRONMENT, SUMMARY, is_run_folder_name, summary_problem
+from hpclab.rundir import CONFIG, ENVIRONMENT, SUMMARY, is_run_folder_name, summary_problem
 from hpclab.errors import ConfigError
 from hpclab.utils import atomic_path, atomic_write_text
 
@@ -103,15 +103,43 @@ def render(spec: str, results: Path, doc: Path) -> str:
     raise ConfigError(f"{doc}: unknown generated block '{spec}' (table FILE | runs GROUP | figure FILE DEST [WIDTH])")
 
 
+def sources(spec: str, results: Path) -> list[Path]:
+    """The files under ``results`` a block is generated from, for curated copies: a table's
+    file; a run record's summary.json, environment.json and config.yaml of every run (figures
+    are copied next to the document already)."""
+    kind, _, rest = spec.strip().partition(" ")
+    args = rest.split()
+    if kind == "table" and args:
+        return [results / args[0]]
+    if kind == "runs" and args:
+        group = results / args[0]
+        return [path for name in (SUMMARY, ENVIRONMENT, CONFIG) for path in sorted(group.glob(f"*/{name}"))
+                if is_run_folder_name(path.parent.name)]
+    return []
+
+
+def curate(spec: str, results: Path, into: Path) -> list[Path]:
+    """Copy a block's sources (:func:`sources`) into ``into`` at the same relative paths."""
+    copied = []
+    for source in sources(spec, results):
+        target = into / source.relative_to(results)
+        atomic_write_text(target, source.read_text())
+        copied.append(target)
+    return copied
+
+
 def block_group(spec: str) -> str:
     """The results group a block quotes (the first component of its source)."""
     parts = spec.split()
     return parts[1].split("/", 1)[0] if len(parts) > 1 else ""
 
 
-def publish(doc: Path | str, results: Path | str, only: Optional[set[str]] = None) -> tuple[int, list[str]]:
+def publish(doc: Path | str, results: Path | str, only: Optional[set[str]] = None,
+            curate_into: Optional[Path | str] = None) -> tuple[int, list[str]]:
     """Refresh every block of ``doc`` whose source exists (with ``only``: of those groups, so one
-    study's section is refreshed without touching the others); (blocks refreshed, sources missing)."""
+    study's section is refreshed without touching the others), and with ``curate_into`` keep a
+    copy of each refreshed block's sources there (the curated summaries a clone carries);
+    (blocks refreshed, sources missing)."""
     doc, results = Path(doc), Path(results)
     missing: list[str] = []
     refreshed = 0
@@ -126,6 +154,8 @@ def publish(doc: Path | str, results: Path | str, only: Optional[set[str]] = Non
             missing.append(str(exc))
             return match.group(0)
         refreshed += 1
+        if curate_into is not None and Path(curate_into).resolve() != results.resolve():
+            curate(match["spec"], results, Path(curate_into))
         return match["open"] + body + match["close"]
 
     text = BLOCK.sub(replace, doc.read_text())
