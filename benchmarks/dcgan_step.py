@@ -41,8 +41,9 @@ from hpclab.utils import atomic_write_text, write_json  # noqa: E402
 VARIANTS = [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)]  # (precision, channels_last)
 
 
-def engine_step(size: int, channels: int, latent: int, precision: str, channels_last: bool, cpu: bool,
-                seed: int = 0) -> tuple[GAN, Stepper]:
+def engine_step(
+    size: int, channels: int, latent: int, precision: str, channels_last: bool, cpu: bool, seed: int = 0
+) -> tuple[GAN, Stepper]:
     """The GAN task and the engine's stepper of its generator/discriminator pair, for one
     precision/layout. Each variant has its own accelerator (built last, its precision is the
     process's accelerate state; earlier variants keep theirs in their models and stepper)."""
@@ -82,15 +83,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per variant and round")
     parser.add_argument("--rounds", type=int, default=None, help="rounds over all variants (median)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps per variant first")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads (torch.set_num_threads); 1 avoids OpenMP thrashing on a busy machine")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (torch.set_num_threads); 1 avoids OpenMP thrashing on a busy machine",
+    )
     parser.add_argument("--out", default=str(Path(os.environ.get("HPCLAB_RESULTS", "results")) / "benchmarks"))
     args = parser.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     gpu = device.type == "cuda"
     size, channels, latent = (32, 32, 16) if args.quick else (256, 512, 128)
     batch_size = args.batch_size or (128 if gpu else (8 if args.quick else 16))
@@ -99,14 +107,16 @@ def main(argv: list[str]) -> int:
     warmup = args.warmup if args.warmup is not None else (1 if not gpu else 5)
 
     gen = torch.Generator().manual_seed(0)
-    batch = {"images": torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=gen).to(device),
-             "labels": torch.zeros(batch_size, dtype=torch.int64, device=device)}
+    batch = {
+        "images": torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=gen).to(device),
+        "labels": torch.zeros(batch_size, dtype=torch.int64, device=device),
+    }
     harnesses = {v: engine_step(size, channels, latent, *v, cpu=not gpu) for v in VARIANTS}
     for harness in harnesses.values():
         run_steps(harness, batch, warmup)
     samples: dict[tuple[str, bool], list[float]] = {v: [] for v in VARIANTS}
     for r in range(rounds):
-        order = VARIANTS[r % len(VARIANTS):] + VARIANTS[: r % len(VARIANTS)]
+        order = VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]
         for variant in order:
             samples[variant].append(run_steps(harnesses[variant], batch, steps))
 
@@ -115,24 +125,50 @@ def main(argv: list[str]) -> int:
     rows: list[dict[str, Any]] = []
     for (precision, cl), values in samples.items():
         median = statistics.median(values)
-        rows.append({"precision": precision, "channels_last": cl, "images_per_s": round(median, 2),
-                     "ratio_vs_fp32_contiguous": round(median / base, 3),
-                     "spread": round((max(values) - min(values)) / median, 3)})
-    title = (f"DCGAN training step, {size} px, CHANNEL_NUM={channels}, LATENT_DIM={latent}, batch {batch_size}, "
-             f"{where}, torch {torch.__version__}; median of {rounds} rounds x {steps} steps")
-    lines = [title, "", "| precision | channels_last | images/s | ratio vs fp32 contiguous | spread (max-min)/median |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r['precision']} | {r['channels_last']} | {r['images_per_s']:.1f} | {r['ratio_vs_fp32_contiguous']:.2f} "
-              f"| {r['spread']:.2f} |" for r in rows]
+        rows.append(
+            {
+                "precision": precision,
+                "channels_last": cl,
+                "images_per_s": round(median, 2),
+                "ratio_vs_fp32_contiguous": round(median / base, 3),
+                "spread": round((max(values) - min(values)) / median, 3),
+            }
+        )
+    title = (
+        f"DCGAN training step, {size} px, CHANNEL_NUM={channels}, LATENT_DIM={latent}, batch {batch_size}, "
+        f"{where}, torch {torch.__version__}; median of {rounds} rounds x {steps} steps"
+    )
+    lines = [
+        title,
+        "",
+        "| precision | channels_last | images/s | ratio vs fp32 contiguous | spread (max-min)/median |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['precision']} | {r['channels_last']} | {r['images_per_s']:.1f} | {r['ratio_vs_fp32_contiguous']:.2f} "
+        f"| {r['spread']:.2f} |"
+        for r in rows
+    ]
     table = "\n".join(lines) + "\n"
     print(table)
     out = Path(args.out)
     stem = f"dcgan_step_{device.type}{'_quick' if args.quick else ''}"
     atomic_write_text(out / f"{stem}.md", table)
-    write_json(out / f"{stem}.json", {"title": title, "device": where, "image_size": size, "channels": channels,
-                                     "latent_dim": latent, "batch_size": batch_size, "steps": steps,
-                                     "rounds": rounds, "rows": rows,
-                                     "samples": {f"{p}/{'cl' if c else 'contig'}": v for (p, c), v in samples.items()}})
+    write_json(
+        out / f"{stem}.json",
+        {
+            "title": title,
+            "device": where,
+            "image_size": size,
+            "channels": channels,
+            "latent_dim": latent,
+            "batch_size": batch_size,
+            "steps": steps,
+            "rounds": rounds,
+            "rows": rows,
+            "samples": {f"{p}/{'cl' if c else 'contig'}": v for (p, c), v in samples.items()},
+        },
+    )
     print(f"written: {out / stem}.md, .json")
     return 0
 

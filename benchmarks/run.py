@@ -33,9 +33,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +48,7 @@ Row = dict[str, Any]
 
 
 # --------------------------------------------------------------------------- fixtures
+
 
 def fashion_mnist_dirs(work: Path, quick: bool) -> tuple[Path, Path]:
     """(IDX mirror, torchvision root): real Fashion-MNIST when installed, else a synthetic set."""
@@ -62,7 +64,7 @@ def fashion_mnist_dirs(work: Path, quick: bool) -> tuple[Path, Path]:
     raw.mkdir(parents=True, exist_ok=True)
     for f in mirror.iterdir():
         target = raw / f.name.removesuffix(".gz")
-        with (gzip.open(f) if f.suffix == ".gz" else open(f, "rb")) as src, open(target, "wb") as dst:
+        with gzip.open(f) if f.suffix == ".gz" else open(f, "rb") as src, open(target, "wb") as dst:
             shutil.copyfileobj(src, dst)
     return mirror, work / "tv"
 
@@ -93,6 +95,7 @@ def timed(fn: Callable[[], int], repeat: int = 1) -> float:
 
 
 # --------------------------------------------------------------------------- data rows
+
 
 def data_rows(label: str, tv: torch.utils.data.Dataset, path: Path, limit: int) -> list[Row]:
     """The reader's modes vs a torchvision dataset (PIL per item) on the same images."""
@@ -133,21 +136,49 @@ def data_rows(label: str, tv: torch.utils.data.Dataset, path: Path, limit: int) 
 
     base = loader_rate(tv, batch_size=batch, shuffle=True)
     top = timed(ceiling, 5)
-    rows = [{"group": "data", "row": f"{label}: torchvision (PIL per item, {workers} workers)", "value": base,
-             "unit": "img/s", "ratio": 1.0, "baseline": "torchvision"}]
+    rows = [
+        {
+            "group": "data",
+            "row": f"{label}: torchvision (PIL per item, {workers} workers)",
+            "value": base,
+            "unit": "img/s",
+            "ratio": 1.0,
+            "baseline": "torchvision",
+        }
+    ]
     modes = (
         (f"HDF5 per item ({workers} workers)", lambda: loader_rate(split, batch_size=batch, shuffle=True)),
-        (f"HDF5 batched slice ({workers} workers)",
-         lambda: loader_rate(split, sampler=EpochBatches(len(split), batch, shuffle=True, seed=0), batch_size=None)),
+        (
+            f"HDF5 batched slice ({workers} workers)",
+            lambda: loader_rate(split, sampler=EpochBatches(len(split), batch, shuffle=True, seed=0), batch_size=None),
+        ),
         ("HDF5 batched slice (memory-mapped, in process)", lambda: timed(epoch_of(streamed), 3)),
         ("HDF5 in memory (tensor index)", lambda: timed(epoch_of(resident), 5)),
     )
     for name, measure in modes:
         rate = measure()
-        rows.append({"group": "data", "row": f"{label}: {name}", "value": rate, "unit": "img/s", "ratio": rate / base,
-                     "baseline": "torchvision", "of_ceiling": rate / top})
-    rows.append({"group": "data", "row": f"{label}: ceiling, slicing an in-memory uint8 tensor", "value": top,
-                 "unit": "img/s", "ratio": top / base, "baseline": "torchvision", "of_ceiling": 1.0})
+        rows.append(
+            {
+                "group": "data",
+                "row": f"{label}: {name}",
+                "value": rate,
+                "unit": "img/s",
+                "ratio": rate / base,
+                "baseline": "torchvision",
+                "of_ceiling": rate / top,
+            }
+        )
+    rows.append(
+        {
+            "group": "data",
+            "row": f"{label}: ceiling, slicing an in-memory uint8 tensor",
+            "value": top,
+            "unit": "img/s",
+            "ratio": top / base,
+            "baseline": "torchvision",
+            "of_ceiling": 1.0,
+        }
+    )
     return rows
 
 
@@ -158,8 +189,9 @@ def bench_data(work: Path, quick: bool) -> list[Row]:
     from PIL import Image
 
     mirror, tv_root = fashion_mnist_dirs(work, quick)
-    fmnist = torchvision.datasets.FashionMNIST(str(tv_root), train=True, download=False,
-                                               transform=torchvision.transforms.ToTensor())
+    fmnist = torchvision.datasets.FashionMNIST(
+        str(tv_root), train=True, download=False, transform=torchvision.transforms.ToTensor()
+    )
     rows = data_rows("28 px Fashion-MNIST", fmnist, prepared(work, mirror), 12800 if quick else 60000)
 
     n96 = 1024 if quick else 5120
@@ -178,30 +210,34 @@ def bench_data(work: Path, quick: bool) -> list[Row]:
 
 # --------------------------------------------------------------------------- step rows
 
-def reconstruction_loss(model: torch.nn.Module, images: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+
+def reconstruction_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
     x = images.float() / 255
     return F.mse_loss(model(x), x)
 
 
-def classification_loss(model: torch.nn.Module, images: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+def classification_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
     x = (images.float() / 255 - 0.5) / 0.25  # the classify task's normalisation
     return F.cross_entropy(model(x), labels)
 
 
-PlainStep = Callable[[torch.Tensor, Optional[torch.Tensor]], None]  # (uint8 images, labels) -> one update
+PlainStep = Callable[[torch.Tensor, torch.Tensor | None], None]  # (uint8 images, labels) -> one update
 
 
 def adam_step(loss_fn: Callable) -> Callable[[torch.nn.Module, float], PlainStep]:
     """The hand-written step for one model: loss, zero_grad, backward, Adam step."""
+
     def build(model: torch.nn.Module, lr: float) -> PlainStep:
         opt = torch.optim.Adam(model.parameters(), lr=lr)
 
-        def step(images: torch.Tensor, labels: Optional[torch.Tensor]) -> None:
+        def step(images: torch.Tensor, labels: torch.Tensor | None) -> None:
             loss = loss_fn(model, images, labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+
         return step
+
     return build
 
 
@@ -212,12 +248,13 @@ def dcgan_step(pair: torch.nn.Module, lr: float) -> PlainStep:
     opt_d = torch.optim.Adam(D.parameters(), lr=lr, betas=(0.5, 0.999))
     opt_g = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.5, 0.999))
 
-    def step(images: torch.Tensor, labels: Optional[torch.Tensor]) -> None:
+    def step(images: torch.Tensor, labels: torch.Tensor | None) -> None:
         real = images.float() / 127.5 - 1
         fake = G(torch.randn(len(real), G.latent_dim, device=real.device))
         d_real, d_fake = D(real), D(fake.detach())
-        d_loss = F.binary_cross_entropy(d_real, torch.ones_like(d_real)) + \
-            F.binary_cross_entropy(d_fake, torch.zeros_like(d_fake))
+        d_loss = F.binary_cross_entropy(d_real, torch.ones_like(d_real)) + F.binary_cross_entropy(
+            d_fake, torch.zeros_like(d_fake)
+        )
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
@@ -226,18 +263,28 @@ def dcgan_step(pair: torch.nn.Module, lr: float) -> PlainStep:
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
+
     return step
 
 
-def plain_loop(model: torch.nn.Module, images: torch.Tensor, steps: int, batch: int, lr: float,
-               device: torch.device, seed: int = 0, until_mse: Optional[float] = None,
-               eval_images: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
-               build_step: Callable[[torch.nn.Module, float], PlainStep] = adam_step(reconstruction_loss)
-               ) -> tuple[int, float]:
+def plain_loop(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    steps: int,
+    batch: int,
+    lr: float,
+    device: torch.device,
+    seed: int = 0,
+    until_mse: float | None = None,
+    eval_images: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    build_step: Callable[[torch.nn.Module, float], PlainStep] | None = None,
+) -> tuple[int, float]:
     """The hand-written baseline: shuffle, slice, then ``build_step``'s update per batch.
-    With ``until_mse``, evaluates the whole training set once per epoch and stops below it."""
+    ``build_step`` defaults to Adam on the reconstruction loss. With ``until_mse``, evaluates
+    the whole training set once per epoch and stops below it."""
     torch.manual_seed(seed)
-    update = build_step(model, lr)
+    update = (build_step or adam_step(reconstruction_loss))(model, lr)
     data = images.to(device)
     targets = labels.to(device) if labels is not None else None
     n, step = len(data), 0
@@ -294,10 +341,19 @@ def synthetic_hdf5(work: Path, name: str, n: int, channels: int, size: int, clas
     path = work / "data" / f"{name}.h5"
     if not path.is_file():
         rng = np.random.default_rng(0)
-        split = {"images": rng.integers(0, 256, (n, channels, size, size), dtype=np.uint8),
-                 "labels": rng.integers(0, classes, n).astype(np.int64)}
-        write_hdf5(path, DatasetArrays(splits={"train": split, "test": split}, class_names=[str(i) for i in range(classes)],
-                                inputs=[], source="synthetic"))
+        split = {
+            "images": rng.integers(0, 256, (n, channels, size, size), dtype=np.uint8),
+            "labels": rng.integers(0, classes, n).astype(np.int64),
+        }
+        write_hdf5(
+            path,
+            DatasetArrays(
+                splits={"train": split, "test": split},
+                class_names=[str(i) for i in range(classes)],
+                inputs=[],
+                source="synthetic",
+            ),
+        )
     return path
 
 
@@ -314,19 +370,35 @@ class StepModel:
 
 
 STEP_MODELS: dict[str, StepModel] = {
-    "Fashion-MNIST 3-d AE": StepModel(["experiment=fmnist_ae3d"], 128, "fashion_mnist",
-                                      adam_step(reconstruction_loss), (60, 400)),
-    "conv AE (ae_latent, l=32)": StepModel(["experiment=ae_latent", "model.latent_dim=32"], 128, "fashion_mnist",
-                                           adam_step(reconstruction_loss), (30, 150)),
+    "Fashion-MNIST 3-d AE": StepModel(
+        ["experiment=fmnist_ae3d"], 128, "fashion_mnist", adam_step(reconstruction_loss), (60, 400)
+    ),
+    "conv AE (ae_latent, l=32)": StepModel(
+        ["experiment=ae_latent", "model.latent_dim=32"], 128, "fashion_mnist", adam_step(reconstruction_loss), (30, 150)
+    ),
     "CIFAR-size CNN classifier (cifar_cnn)": StepModel(
-        ["experiment=cifar_cnn", "task.augment=false", "task.label_smoothing=0.0"], 128, (3, 32, 10_000),
-        adam_step(classification_loss), (30, 150)),
+        ["experiment=cifar_cnn", "task.augment=false", "task.label_smoothing=0.0"],
+        128,
+        (3, 32, 10_000),
+        adam_step(classification_loss),
+        (30, 150),
+    ),
     # the 256 px generator/discriminator pair; on CPU at CHANNEL_NUM=64, on a GPU at the brief's 512
     # (data=flowers102: every image of the synthetic file, not the experiment's category subset)
     "DCGAN 256 px (dcgan)": StepModel(
-        ["experiment=dcgan", "data=flowers102", "model.channels=64", "train.mixed_precision=no",
-         "train.channels_last=false"], 32,
-        (3, 256, 512), dcgan_step, (4, 30), gpu=["model.channels=512", "train.batch_size=128"]),
+        [
+            "experiment=dcgan",
+            "data=flowers102",
+            "model.channels=64",
+            "train.mixed_precision=no",
+            "train.channels_last=false",
+        ],
+        32,
+        (3, 256, 512),
+        dcgan_step,
+        (4, 30),
+        gpu=["model.channels=512", "train.batch_size=128"],
+    ),
 }
 
 # GPU section: engine variants (overrides) against the same plain loop in fp32
@@ -334,20 +406,22 @@ GPU_VARIANTS: dict[str, list[str]] = {
     "engine fp32": [],
     "engine bf16": ["train.mixed_precision=bf16"],
     "engine bf16 + channels_last": ["train.mixed_precision=bf16", "train.channels_last=true"],
-    "engine bf16 + channels_last + torch.compile": ["train.mixed_precision=bf16", "train.channels_last=true",
-                                                    "train.compile=true"],
+    "engine bf16 + channels_last + torch.compile": [
+        "train.mixed_precision=bf16",
+        "train.channels_last=true",
+        "train.compile=true",
+    ],
     "engine fp32, data via 4 workers (not on the GPU)": ["data.in_memory=false", "data.num_workers=4"],
 }
 
 
-def step_rows(work: Path, quick: bool, device: torch.device, variants: dict[str, list[str]],
-              group: str) -> list[Row]:
+def step_rows(work: Path, quick: bool, device: torch.device, variants: dict[str, list[str]], group: str) -> list[Row]:
     """Engine variants vs the plain loop per model, in rotating order over rounds (median rate
     of each; ratio = median of the per-round ratios), so one-off warm-up and drift in machine
     load hit all alike."""
-    from hpclab.registry import kwargs_of
     from hpclab.data.hdf5 import H5Split
     from hpclab.models import MODELS
+    from hpclab.registry import kwargs_of
 
     rounds = 1 if quick else 5
     rows = []
@@ -366,23 +440,41 @@ def step_rows(work: Path, quick: bool, device: torch.device, variants: dict[str,
             continue
         steps, batch = spec.steps[0 if quick else 1], cfg.train.batch_size
         split = H5Split(path, "train").load()
-        common = ["train.epochs=null", f"train.max_steps={steps}", "train.eval_splits=[]", "train.final_splits=[]",
-                  "train.monitor=none",
-                  f"train.eval_every={steps}", f"train.log_every={steps}", "train.scheduler.name=none",
-                  "analysis=[]", "train.progress=log", "data.val_fraction=0", "train.optimizer.name=adam",
-                  "train.optimizer.lr=0.001", "train.optimizer.weight_decay=0.0", "train.grad_clip=null"]
+        common = [
+            "train.epochs=null",
+            f"train.max_steps={steps}",
+            "train.eval_splits=[]",
+            "train.final_splits=[]",
+            "train.monitor=none",
+            f"train.eval_every={steps}",
+            f"train.log_every={steps}",
+            "train.scheduler.name=none",
+            "analysis=[]",
+            "train.progress=log",
+            "data.val_fraction=0",
+            "train.optimizer.name=adam",
+            "train.optimizer.lr=0.001",
+            "train.optimizer.weight_decay=0.0",
+            "train.grad_clip=null",
+        ]
 
         def fresh_model() -> torch.nn.Module:
             torch.manual_seed(0)
-            return MODELS.build(cfg.model.name, kwargs_of(cfg.model), in_channels=split["images"].shape[1],
-                                image_size=split["images"].shape[2], num_classes=10).to(device)
+            return MODELS.build(
+                cfg.model.name,
+                kwargs_of(cfg.model),
+                in_channels=split["images"].shape[1],
+                image_size=split["images"].shape[2],
+                num_classes=10,
+            ).to(device)
 
         def plain_rate(n_steps: int = steps) -> float:
             model = fresh_model()
             synchronize(device)
             start = time.perf_counter()
-            plain_loop(model, split["images"], n_steps, batch, 1e-3, device, labels=split["labels"],
-                       build_step=spec.plain)
+            plain_loop(
+                model, split["images"], n_steps, batch, 1e-3, device, labels=split["labels"], build_step=spec.plain
+            )
             synchronize(device)
             return n_steps * batch / (time.perf_counter() - start)
 
@@ -394,25 +486,43 @@ def step_rows(work: Path, quick: bool, device: torch.device, variants: dict[str,
         samples: dict[str, list[float]] = {name: [] for name in measure}
         names = list(measure)
         for r in range(rounds):
-            for name in names[r % len(names):] + names[: r % len(names)]:
+            for name in names[r % len(names) :] + names[: r % len(names)]:
                 samples[name].append(measure[name]())
         for name, values in samples.items():
             value = statistics.median(values)
             # each round's rates were taken minutes apart at most: pairing them cancels the slow
             # drift of a shared machine better than a ratio of medians
             ratio = statistics.median(v / p for v, p in zip(values, samples["plain loop"]))
-            rows.append({"group": group, "row": f"{label}: {name}", "value": value, "unit": "img/s",
-                         "ratio": ratio, "baseline": "plain loop", "samples": values,
-                         "tflops": value / batch * flops / 1e12})
+            rows.append(
+                {
+                    "group": group,
+                    "row": f"{label}: {name}",
+                    "value": value,
+                    "unit": "img/s",
+                    "ratio": ratio,
+                    "baseline": "plain loop",
+                    "samples": values,
+                    "tflops": value / batch * flops / 1e12,
+                }
+            )
         if spec.plain is dcgan_step and device.type == "cuda":
             best = max(statistics.median(v) for v in samples.values())
-            rows.append({"group": group, "row": f"{label}: seconds per epoch of 8,189 images (fastest row)",
-                         "value": 8189 / best, "unit": "s", "ratio": 1.0, "baseline": "target < 10 s"})
+            rows.append(
+                {
+                    "group": group,
+                    "row": f"{label}: seconds per epoch of 8,189 images (fastest row)",
+                    "value": 8189 / best,
+                    "unit": "s",
+                    "ratio": 1.0,
+                    "baseline": "target < 10 s",
+                }
+            )
     return rows
 
 
-def step_flops(model: torch.nn.Module, spec: StepModel, split: dict[str, torch.Tensor], batch: int,
-               device: torch.device) -> int:
+def step_flops(
+    model: torch.nn.Module, spec: StepModel, split: dict[str, torch.Tensor], batch: int, device: torch.device
+) -> int:
     """Model FLOPs of one training step (convolutions and matmuls, forward and backward), counted
     by torch.utils.flop_counter on the plain loop's step; rows turn it into achieved TFLOP/s.
     The same count serves every row (as for MFU), so a row that skips work (the engine's frozen
@@ -437,9 +547,9 @@ def bench_steps(work: Path, quick: bool) -> list[Row]:
 
 def bench_target(work: Path, quick: bool) -> list[Row]:
     """Time to full-training-set MSE < 0.03 (Fashion-MNIST 3-d AE): engine vs the brief's loop."""
-    from hpclab.registry import kwargs_of
     from hpclab.data.hdf5 import H5Split
     from hpclab.models import MODELS
+    from hpclab.registry import kwargs_of
 
     mirror, _ = fashion_mnist_dirs(work, quick)
     path = prepared(work, mirror)
@@ -454,19 +564,35 @@ def bench_target(work: Path, quick: bool) -> list[Row]:
     torch.manual_seed(0)
     model = MODELS.build(cfg.model.name, kwargs_of(cfg.model), in_channels=1, image_size=28, num_classes=10)
     start = time.perf_counter()
-    steps, mse = plain_loop(model, images, max_epochs * (len(images) // 128), 128, 1e-3, torch.device("cpu"),
-                            until_mse=threshold)
+    steps, mse = plain_loop(
+        model, images, max_epochs * (len(images) // 128), 128, 1e-3, torch.device("cpu"), until_mse=threshold
+    )
     plain_s = time.perf_counter() - start
-    result = engine_fit(work, ["experiment=fmnist_ae3d", "train.final_splits=[]", "analysis=[]", "train.progress=log"]
-                        + (["train.epochs=2"] if quick else []))
+    result = engine_fit(
+        work,
+        ["experiment=fmnist_ae3d", "train.final_splits=[]", "analysis=[]", "train.progress=log"]
+        + (["train.epochs=2"] if quick else []),
+    )
     reached = bool(result["stopped_early"])
     return [
-        {"group": "target", "row": f"plain loop (Adam 1e-3, batch 128): {steps} steps, mse {mse:.4f}",
-         "value": plain_s, "unit": "s", "ratio": 1.0, "baseline": "plain loop"},
-        {"group": "target", "row": f"engine (fmnist_ae3d config): {result['steps']} steps, "
-                                   f"{'reached' if reached else 'did not reach'} {threshold}",
-         "value": result["seconds"], "unit": "s", "ratio": result["seconds"] / plain_s, "baseline": "plain loop",
-         "note": "ratio < 1 is faster"},
+        {
+            "group": "target",
+            "row": f"plain loop (Adam 1e-3, batch 128): {steps} steps, mse {mse:.4f}",
+            "value": plain_s,
+            "unit": "s",
+            "ratio": 1.0,
+            "baseline": "plain loop",
+        },
+        {
+            "group": "target",
+            "row": f"engine (fmnist_ae3d config): {result['steps']} steps, "
+            f"{'reached' if reached else 'did not reach'} {threshold}",
+            "value": result["seconds"],
+            "unit": "s",
+            "ratio": result["seconds"] / plain_s,
+            "baseline": "plain loop",
+            "note": "ratio < 1 is faster",
+        },
     ]
 
 
@@ -482,8 +608,14 @@ def eval_rank(rank: int, cfg_yaml: str, run_dir: str, port: int, rounds: int, ou
     Each rank also counts its CPU seconds per round: on a shared machine the wall times depend on
     the other load, the CPU time per rank shows the split of the work itself. Rank 0 writes the
     figures and both evaluations' metrics to ``out``."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+    )
     torch.set_num_threads(1)
     from omegaconf import OmegaConf
 
@@ -512,9 +644,17 @@ def eval_rank(rank: int, cfg_yaml: str, run_dir: str, port: int, rounds: int, ou
     cpus: list[Any] = [None, None]
     torch.distributed.all_gather_object(cpus, cpu)  # plain floats
     if rank == 0:
-        Path(out).write_text(json.dumps({"wall": wall, "cpu": cpus, "values": values,
-                                         "images": len(trainer.parts.data.indices["test"]),
-                                         "batches": len(trainer.parts.data.batches("test", train=False))}))
+        Path(out).write_text(
+            json.dumps(
+                {
+                    "wall": wall,
+                    "cpu": cpus,
+                    "values": values,
+                    "images": len(trainer.parts.data.indices["test"]),
+                    "batches": len(trainer.parts.data.batches("test", train=False)),
+                }
+            )
+        )
     trainer.close()
 
 
@@ -528,16 +668,29 @@ def bench_eval(work: Path, quick: bool) -> list[Row]:
 
     mirror, _ = fashion_mnist_dirs(work, quick)
     prepared(work, mirror)
-    cfg = compose_run(work, [*EVAL_OVERRIDES, "data=fashion_mnist", f"data.mirrors=[{mirror}]", "data.download=false",
-                             *(["data.limit=2048"] if quick else [])])
+    cfg = compose_run(
+        work,
+        [
+            *EVAL_OVERRIDES,
+            "data=fashion_mnist",
+            f"data.mirrors=[{mirror}]",
+            "data.download=false",
+            *(["data.limit=2048"] if quick else []),
+        ],
+    )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = work / "eval_scaling.json"
     rounds = 3 if quick else 7
     load = os.getloadavg()[0]
-    mp.start_processes(eval_rank, args=(OmegaConf.to_yaml(cfg, resolve=True), str(work / "results" / "eval"), port,
-                                        rounds, str(out)), nprocs=2, start_method="spawn", join=True)
+    mp.start_processes(
+        eval_rank,
+        args=(OmegaConf.to_yaml(cfg, resolve=True), str(work / "results" / "eval"), port, rounds, str(out)),
+        nprocs=2,
+        start_method="spawn",
+        join=True,
+    )
     m = json.loads(out.read_text())
     one, two = (statistics.median(m["wall"][k]) for k in ("1", "2"))
     cpu_one = statistics.median(m["cpu"][0]["1"])  # rank 0 alone
@@ -546,23 +699,44 @@ def bench_eval(work: Path, quick: bool) -> list[Row]:
     differs = max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-12) for k in a)
     n = m["images"]
     what = f"ae_latent conv AE, Fashion-MNIST test ({n} images, {m['batches']} batches of 256)"
-    print(f"eval: 1 rank {one:.3f} s, 2 ranks {two:.3f} s (wall, median of {rounds}): speed-up {one / two:.2f}x; "
-          f"CPU s of the busier rank {cpu_one:.3f} vs {cpu_two:.3f}: {cpu_one / cpu_two:.2f}x; metrics differ by "
-          f"{differs:.1e} relative at most; load average {load:.1f} on {os.cpu_count()} cores before",
-          file=sys.stderr, flush=True)
+    print(
+        f"eval: 1 rank {one:.3f} s, 2 ranks {two:.3f} s (wall, median of {rounds}): speed-up {one / two:.2f}x; "
+        f"CPU s of the busier rank {cpu_one:.3f} vs {cpu_two:.3f}: {cpu_one / cpu_two:.2f}x; metrics differ by "
+        f"{differs:.1e} relative at most; load average {load:.1f} on {os.cpu_count()} cores before",
+        file=sys.stderr,
+        flush=True,
+    )
     return [
-        {"group": "eval", "row": f"{what}: 1 rank", "value": n / one, "unit": "images/s", "ratio": 1.0,
-         "baseline": "1 rank", "wall_s": m["wall"]["1"], "cpu_s": m["cpu"][0]["1"]},
-        {"group": "eval", "row": f"{what}: 2 ranks, gloo, 1 thread each (CPU time of the busier rank "
-                                 f"{cpu_one / cpu_two:.2f}x less; metrics within {differs:.0e} relative)",
-         "value": n / two, "unit": "images/s", "ratio": one / two, "baseline": "1 rank",
-         "wall_s": m["wall"]["2"], "cpu_s": [m["cpu"][0]["2"], m["cpu"][1]["2"]], "cpu_ratio": cpu_one / cpu_two,
-         "metrics_max_rel_diff": differs, "load_average": load,
-         "note": "ratio = wall-time speed-up"},
+        {
+            "group": "eval",
+            "row": f"{what}: 1 rank",
+            "value": n / one,
+            "unit": "images/s",
+            "ratio": 1.0,
+            "baseline": "1 rank",
+            "wall_s": m["wall"]["1"],
+            "cpu_s": m["cpu"][0]["1"],
+        },
+        {
+            "group": "eval",
+            "row": f"{what}: 2 ranks, gloo, 1 thread each (CPU time of the busier rank "
+            f"{cpu_one / cpu_two:.2f}x less; metrics within {differs:.0e} relative)",
+            "value": n / two,
+            "unit": "images/s",
+            "ratio": one / two,
+            "baseline": "1 rank",
+            "wall_s": m["wall"]["2"],
+            "cpu_s": [m["cpu"][0]["2"], m["cpu"][1]["2"]],
+            "cpu_ratio": cpu_one / cpu_two,
+            "metrics_max_rel_diff": differs,
+            "load_average": load,
+            "note": "ratio = wall-time speed-up",
+        },
     ]
 
 
 # --------------------------------------------------------------------------- GPU rows
+
 
 def bench_gpu(work: Path, quick: bool) -> list[Row]:
     """The step rows on the GPU: the plain loop (fp32, data on the GPU) vs engine variants."""
@@ -576,18 +750,24 @@ SECTIONS = {"data": bench_data, "steps": bench_steps, "target": bench_target, "e
 
 def to_markdown(rows: list[Row], args: argparse.Namespace) -> str:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    lines = [f"Benchmarks on {device}, torch {torch.__version__}; "
-             f"`python benchmarks/run.py{' --quick' if args.quick else ''}`", "",
-             "| group | row | value | unit | ratio vs baseline | baseline |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"Benchmarks on {device}, torch {torch.__version__}; "
+        f"`python benchmarks/run.py{' --quick' if args.quick else ''}`",
+        "",
+        "| group | row | value | unit | ratio vs baseline | baseline |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         extra = f" ({r['of_ceiling']:.2f} of ceiling)" if "of_ceiling" in r else ""
         extra += f" ({r['tflops']:.3g} TFLOP/s)" if "tflops" in r else ""
-        lines.append(f"| {r['group']} | {r['row']} | {r['value']:.1f} | {r['unit']} | {r['ratio']:.2f}x{extra} | "
-                     f"{r['baseline']} |")
+        lines.append(
+            f"| {r['group']} | {r['row']} | {r['value']:.1f} | {r['unit']} | {r['ratio']:.2f}x{extra} | "
+            f"{r['baseline']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short version (smoke test)")
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")

@@ -44,15 +44,26 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from hpclab.rundir import SUMMARY, read_summary
 from hpclab.utils import atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["sweep=ae_latent", "data=digits", "preset=smoke", "model.latent_dim=2", "model.channels=[4,8,8]",
-        "train.batch_size=16", "data.limit=128", "analysis=[]", "train.max_steps=4", "train.eval_every=4",
-        "train.log_every=2", "sweep.subset=0"]
+TINY = [
+    "sweep=ae_latent",
+    "data=digits",
+    "preset=smoke",
+    "model.latent_dim=2",
+    "model.channels=[4,8,8]",
+    "train.batch_size=16",
+    "data.limit=128",
+    "analysis=[]",
+    "train.max_steps=4",
+    "train.eval_every=4",
+    "train.log_every=2",
+    "sweep.subset=0",
+]
 
 
 def cli(script: str, *args: str, env: dict[str, str], check: bool = True) -> tuple[float, float, str]:
@@ -60,8 +71,13 @@ def cli(script: str, *args: str, env: dict[str, str], check: bool = True) -> tup
     process) does not grow with the load of a shared machine, where the wall time does."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(REPO / "jobs" / script), *args], capture_output=True, text=True,
-                          env=env, cwd=env["HPCLAB_WORK"])
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / script), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=env["HPCLAB_WORK"],
+    )
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
@@ -72,8 +88,12 @@ def cli(script: str, *args: str, env: dict[str, str], check: bool = True) -> tup
 
 def squeue_states(job_ids: list[str]) -> collections.Counter:
     """State -> number of array tasks of these jobs squeue lists."""
-    out = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-j", ",".join(job_ids), "-o", "%T"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-u", getpass.getuser(), "-j", ",".join(job_ids), "-o", "%T"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return collections.Counter(out.stdout.split())
 
 
@@ -109,8 +129,11 @@ def check_table(group: Path) -> tuple[int, int]:
     for row in rows:
         summary = read_summary(group / row["run"], strict=True)
         metrics = {k: v for k, v in row.items() if k in summary["metrics"]}
-        if metrics and all(float(v) == round(summary["metrics"][k], 6) for k, v in metrics.items()) \
-                and int(row["parameters"]) == sum(summary["parameters"].values()):
+        if (
+            metrics
+            and all(float(v) == round(summary["metrics"][k], 6) for k, v in metrics.items())
+            and int(row["parameters"]) == sum(summary["parameters"].values())
+        ):
             equal += 1
     return len(rows), equal
 
@@ -120,18 +143,42 @@ def finished_runs(group: Path) -> int:
     return sum(1 for d in group.iterdir() if (d / SUMMARY).is_file()) if group.is_dir() else 0
 
 
-def measure(runs: int, execute: int, parallelism: int, max_array_size: int, work: Path,
-            finished_locally: int = 0, finish_all: bool = False) -> dict[str, Any]:
-    env = {**os.environ, "HPCLAB_DATA": str(work / "data"), "HPCLAB_RESULTS": str(work / "results"),
-           "HPCLAB_PYTHON": sys.executable, "HPCLAB_WORK": str(work), "PYTHONUNBUFFERED": "1"}
+def measure(
+    runs: int,
+    execute: int,
+    parallelism: int,
+    max_array_size: int,
+    work: Path,
+    finished_locally: int = 0,
+    finish_all: bool = False,
+) -> dict[str, Any]:
+    env = {
+        **os.environ,
+        "HPCLAB_DATA": str(work / "data"),
+        "HPCLAB_RESULTS": str(work / "results"),
+        "HPCLAB_PYTHON": sys.executable,
+        "HPCLAB_WORK": str(work),
+        "PYTHONUNBUFFERED": "1",
+    }
     cli("prepare_data.py", "data=digits", env=env)
     sweep = [*TINY, "sweep.name=sweep_scale", f"seed=range(0,{runs})"]
-    slurm = ["cluster=slurm", "cluster.gpus_per_node=0", "cluster.cpus_per_task=1", "cluster.mem_gb=null",
-             "cluster.time_min=10", f"cluster.array_parallelism={parallelism}",
-             f"cluster.max_array_size={max_array_size}"]
-    row: dict[str, Any] = {"runs": runs, "execute": execute, "array_parallelism": parallelism,
-                           "max_array_size": max_array_size, "finished_locally": finished_locally,
-                           "load_start": os.getloadavg()[0]}
+    slurm = [
+        "cluster=slurm",
+        "cluster.gpus_per_node=0",
+        "cluster.cpus_per_task=1",
+        "cluster.mem_gb=null",
+        "cluster.time_min=10",
+        f"cluster.array_parallelism={parallelism}",
+        f"cluster.max_array_size={max_array_size}",
+    ]
+    row: dict[str, Any] = {
+        "runs": runs,
+        "execute": execute,
+        "array_parallelism": parallelism,
+        "max_array_size": max_array_size,
+        "finished_locally": finished_locally,
+        "load_start": os.getloadavg()[0],
+    }
     group = work / "results" / "sweep_scale"
     if finished_locally:  # a part of the sweep (the same run names: seed stays an axis)
         part = [*TINY, "sweep.name=sweep_scale", f"seed=range(0,{finished_locally})"]
@@ -188,8 +235,9 @@ def array_layout(ids: list[str]) -> list[str]:
     squeue and scontrol: what SLURM itself enforces."""
     layout = []
     for job in ids:
-        out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True,
-                             timeout=60).stdout.splitlines()
+        out = subprocess.run(
+            ["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=60
+        ).stdout.splitlines()
         fields = dict(f.split("=", 1) for f in (out[0].split() if out else []) if "=" in f)
         after = re.findall(r"afterany:(\d+)", fields.get("Dependency", ""))
         limit = f"%{fields['ArrayTaskThrottle']}" if "ArrayTaskThrottle" in fields else ""
@@ -209,15 +257,18 @@ def to_markdown(row: dict[str, Any]) -> str:
         f"Wall time, and in brackets the CPU time of the command; load average at the start "
         f"{row['load_start']:.1f}, at the end {row['load_end']:.1f} on {os.cpu_count()} cores.",
         "",
-        "| measure | value |", "|---|---|",
+        "| measure | value |",
+        "|---|---|",
     ]
     if row["finished_locally"]:
-        lines.append(f"| {row['finished_locally']} runs trained locally first (one process) | {t('local')}, "
-                     f"{row['local_s'] / row['finished_locally']:.2f} s per run, plan and start included |")
+        lines.append(
+            f"| {row['finished_locally']} runs trained locally first (one process) | {t('local')}, "
+            f"{row['local_s'] / row['finished_locally']:.2f} s per run, plan and start included |"
+        )
     lines += [
         f"| submission | {t('submit')} |",
         f"| arrays (max_array_size {row['max_array_size']}; tasks%limit) | {len(row['arrays'])}: "
-        f"{', '.join(f'{j} {l}' for j, l in zip(row['arrays'], row['array_layout']))} |",
+        f"{', '.join(f'{j} {layout}' for j, layout in zip(row['arrays'], row['array_layout']))} |",
         f"| tasks queued (expected {row['runs'] - row['finished_locally']}) | {row['queued_tasks']} |",
         f"| most RUNNING at once over all arrays vs array_parallelism | {row['max_running']} vs "
         f"{row['array_parallelism']} |",
@@ -234,21 +285,27 @@ def to_markdown(row: dict[str, Any]) -> str:
             f"{row['report_all_rows']} rows, {row['report_all_equal']} equal to their summary.json |",
             f"| status on {row['all_finished']} finished runs | {t('status_all')} {row['status_all']} |",
         ]
-    lines += ["", "Real: every finished run trained (locally or as a SLURM task); the others were queued, "
-                  "then scancelled."]
+    lines += [
+        "",
+        "Real: every finished run trained (locally or as a SLURM task); the others were queued, then scancelled.",
+    ]
     return "\n".join(lines)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1000, help="grid points (seeds) in the sweep")
     parser.add_argument("--execute", type=int, default=20, help="runs to let finish before cancelling the rest")
     parser.add_argument("--parallelism", type=int, default=2, help="cluster.array_parallelism")
     parser.add_argument("--max-array-size", type=int, default=400, help="cluster.max_array_size (<= MaxArraySize - 1)")
-    parser.add_argument("--finished-locally", type=int, default=0,
-                        help="runs to train locally (one process) before the submission")
-    parser.add_argument("--finish-all", action="store_true",
-                        help="at the end, train the rest locally and time report.py and status on all runs")
+    parser.add_argument(
+        "--finished-locally", type=int, default=0, help="runs to train locally (one process) before the submission"
+    )
+    parser.add_argument(
+        "--finish-all",
+        action="store_true",
+        help="at the end, train the rest locally and time report.py and status on all runs",
+    )
     parser.add_argument("--out", default=str(REPO / "results" / "benchmarks"))
     args = parser.parse_args(argv)
     if not 0 <= args.finished_locally < args.runs:
@@ -258,8 +315,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     # Cancelled tasks may still be writing submitit logs while the folder is removed: the
     # measurement is kept whatever the clean-up finds.
     with tempfile.TemporaryDirectory(prefix="sweep_scale-", ignore_cleanup_errors=True) as tmp:
-        row = measure(args.runs, args.execute, args.parallelism, args.max_array_size, Path(tmp),
-                      args.finished_locally, args.finish_all)
+        row = measure(
+            args.runs,
+            args.execute,
+            args.parallelism,
+            args.max_array_size,
+            Path(tmp),
+            args.finished_locally,
+            args.finish_all,
+        )
     text = to_markdown(row)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

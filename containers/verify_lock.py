@@ -63,8 +63,11 @@ def main(argv: list[str]) -> int:
     for line in problems:
         print(f"lock mismatch: {line}", file=sys.stderr)
     if problems:
-        print(f"error: the environment differs from {args.constraints} in {len(problems)} package(s); "
-              "regenerate it with scripts/freeze_constraints.py", file=sys.stderr)
+        print(
+            f"error: the environment differs from {args.constraints} in {len(problems)} package(s); "
+            "regenerate it with scripts/freeze_constraints.py",
+            file=sys.stderr,
+        )
         return 1
     print(f"environment matches {args.constraints}: {len(pins)} pins")
     return 0

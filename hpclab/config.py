@@ -12,9 +12,10 @@ import copy
 import dataclasses
 import functools
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -29,15 +30,15 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 @dataclass
 class DataConfig:
     name: str = "fashion_mnist"  # source name in hpclab.data.sources.SOURCES
-    file: Optional[str] = None  # HDF5 path; default <paths.data>/<name>.h5
+    file: str | None = None  # HDF5 path; default <paths.data>/<name>.h5
     mirrors: list[str] = field(default_factory=list)  # local dirs holding the original files
     download: bool = True  # let prepare_data fetch the originals (nodes with internet)
-    download_root: Optional[str] = None  # where downloads go; default <paths.data>/raw/<name>
-    image_size: Optional[int] = None  # resize at staging time (e.g. 256 for Flowers-102)
+    download_root: str | None = None  # where downloads go; default <paths.data>/raw/<name>
+    image_size: int | None = None  # resize at staging time (e.g. 256 for Flowers-102)
     val_fraction: float = 0.1  # held out of train with a fixed seed
     train_fraction: float = 1.0  # label fraction of the remaining train split
-    classes: Optional[list[Any]] = None  # keep only these classes (names or indices)
-    limit: Optional[int] = None  # use at most this many images per split (smoke runs)
+    classes: list[Any] | None = None  # keep only these classes (names or indices)
+    limit: int | None = None  # use at most this many images per split (smoke runs)
     in_memory: str = "auto"  # auto | true | false: load splits into (device) memory
     max_memory_gb: float = 4.0  # "auto" loads a split when it is smaller than this
     on_device: bool = True  # with in-memory data, keep it on the accelerator
@@ -70,36 +71,36 @@ class SchedulerConfig:
 class StopConfig:
     """Stop early once ``metric`` crosses ``threshold`` (below for mode=min, above for max)."""
 
-    metric: Optional[str] = None
-    threshold: Optional[float] = None
+    metric: str | None = None
+    threshold: float | None = None
     mode: str = "min"
 
 
 @dataclass
 class TrainConfig:
-    epochs: Optional[int] = 10
-    max_steps: Optional[int] = None  # overrides epochs when set
+    epochs: int | None = 10
+    max_steps: int | None = None  # overrides epochs when set
     batch_size: int = 128  # per data-parallel rank (the global batch is ranks x batch_size)
     # the global batch instead, split evenly over the ranks (which must divide it): the same
     # optimisation whatever the number of GPUs or nodes; wins over batch_size when set
-    global_batch_size: Optional[int] = None
+    global_batch_size: int | None = None
     eval_batch_size: int = 512
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    grad_clip: Optional[float] = None
+    grad_clip: float | None = None
     mixed_precision: str = "no"  # no | fp16 | bf16
     channels_last: bool = False
     compile: bool = False
-    eval_every: Optional[int] = None  # steps; default once per epoch
+    eval_every: int | None = None  # steps; default once per epoch
     eval_splits: list[str] = field(default_factory=lambda: ["val"])
     final_splits: list[str] = field(default_factory=lambda: ["test"])
     monitor: str = "val/loss"  # <split>/<metric> that picks the best checkpoint; "none": keep the last weights
     monitor_mode: str = "auto"  # auto: max for accuracy-like metrics (HIGHER_IS_BETTER), else min
     stop: StopConfig = field(default_factory=StopConfig)
-    checkpoint_every: Optional[int] = None  # steps; default at every evaluation
+    checkpoint_every: int | None = None  # steps; default at every evaluation
     keep_checkpoints: int = 2
     log_every: int = 50
-    image_every: Optional[int] = None  # steps between image grids; default at each eval
+    image_every: int | None = None  # steps between image grids; default at each eval
     resume: str = "auto"  # auto | never
     progress: str = "auto"  # auto | bar | log
 
@@ -113,25 +114,25 @@ class PathsConfig:
 
 @dataclass
 class SweepConfig:
-    name: Optional[str] = None
-    experiment: Optional[str] = None
+    name: str | None = None
+    experiment: str | None = None
     grid: dict[str, list[Any]] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)  # x, metrics, logx
-    subset: Optional[int] = None  # keep at most this many values per axis (smoke runs)
+    subset: int | None = None  # keep at most this many values per axis (smoke runs)
 
 
 @dataclass
 class ClusterConfig:
     name: str = "local"  # local | slurm
     processes: int = 1  # local: data-parallel processes per run (gloo on CPU)
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
     time_min: int = 60
     nodes: int = 1
     gpus_per_node: int = 0
     cpus_per_task: int = 2
-    mem_gb: Optional[float] = None
+    mem_gb: float | None = None
     array_parallelism: int = 64
     max_array_size: int = 1000
     signal_delay_s: int = 120
@@ -144,9 +145,9 @@ class ClusterConfig:
     # default does not follow the machine's cores or cpus_per_task. 1: tiny models ran fastest on
     # one thread here, and GPU runs hardly use CPU threads. Raise it with cpus_per_task on CPU nodes.
     threads: int = 1
-    folder: Optional[str] = None  # submitit's folder; default <results>/<sweep>/.submitit
-    image: Optional[str] = None  # run tasks in this image (SIF file or podman image); default $HPCLAB_IMAGE
-    container: Optional[str] = None  # apptainer | singularity | podman; default $HPCLAB_CONTAINER, else apptainer
+    folder: str | None = None  # submitit's folder; default <results>/<sweep>/.submitit
+    image: str | None = None  # run tasks in this image (SIF file or podman image); default $HPCLAB_IMAGE
+    container: str | None = None  # apptainer | singularity | podman; default $HPCLAB_CONTAINER, else apptainer
     binds: list[str] = field(default_factory=list)
     setup: list[str] = field(default_factory=list)  # shell lines run before the job
     extra: dict[str, Any] = field(default_factory=dict)  # extra sbatch parameters
@@ -154,10 +155,10 @@ class ClusterConfig:
 
 @dataclass
 class RunConfig:
-    experiment: Optional[str] = None
+    experiment: str | None = None
     # set by configs/preset/*.yaml: a preset's runs go to their own group, results/<group>-<preset>/,
     # so a quick look never stands in for (or mixes with) the full runs
-    preset: Optional[str] = None
+    preset: str | None = None
     run_group: str = "default"  # results/<run_group>/<run_name>
     run_name: str = "run"
     seed: int = 0
@@ -236,7 +237,7 @@ def _unknown_key_hint(key: str, overrides: list[str]) -> str:
         return ""
 
 
-def class_parameters(section: str, name: Optional[str]) -> list[str]:
+def class_parameters(section: str, name: str | None) -> list[str]:
     """The constructor parameters a ``model``/``task`` section may set for class ``name``."""
     import inspect
 
@@ -252,25 +253,36 @@ def class_parameters(section: str, name: Optional[str]) -> list[str]:
 # Hydra habits: flags and keys this suite does not use, each with what it uses instead.
 _HYDRA_FLAGS = {
     ("-m", "--multirun"): "a sweep needs no flag here: sweep=NAME or a comma list (model.latent_dim=2,16) runs "
-                          "every combination, locally or with cluster=slurm as one job array",
-    ("--cfg", "-c", "--info", "-i", "--resolve", "-p", "--package"):
-        "print the composed config with: python jobs/launch.py show <the same overrides> [KEY]",
+    "every combination, locally or with cluster=slurm as one job array",
+    (
+        "--cfg",
+        "-c",
+        "--info",
+        "-i",
+        "--resolve",
+        "-p",
+        "--package",
+    ): "print the composed config with: python jobs/launch.py show <the same overrides> [KEY]",
     ("-cn", "--config-name"): "choose what runs with experiment=NAME or sweep=NAME (python jobs/launch.py --help "
-                              "lists them)",
-    ("-cp", "--config-path", "-cd", "--config-dir"):
-        "configs come from configs/ of this checkout; a site's settings go in configs/local/default.yaml "
-        "(start from configs/local/default.yaml.example)",
+    "lists them)",
+    (
+        "-cp",
+        "--config-path",
+        "-cd",
+        "--config-dir",
+    ): "configs come from configs/ of this checkout; a site's settings go in configs/local/default.yaml "
+    "(start from configs/local/default.yaml.example)",
     ("--hydra-help", "-hh", "--shell-completion", "-sc"): "python jobs/launch.py --help lists groups and keys",
 }
 _HYDRA_KEYS = {
     "hydra.run.dir": "a run is written to paths.results/<experiment>/<run_name>/: set paths.results=DIR (or "
-                     "HPCLAB_RESULTS=DIR) and run_name=NAME",
+    "HPCLAB_RESULTS=DIR) and run_name=NAME",
     "hydra.sweep.dir": "a sweep is written to paths.results/<sweep.name>/<run>/: set paths.results=DIR (or "
-                       "HPCLAB_RESULTS=DIR) and sweep.name=NAME",
+    "HPCLAB_RESULTS=DIR) and sweep.name=NAME",
     "hydra.sweep.subdir": "each run of a sweep is named after its grid point (latent_dim-8); run_name=NAME names "
-                          "a single run",
+    "a single run",
     "hydra.launcher": "SLURM submission is cluster=slurm here (cluster=slurm_cpu without GPUs), set up with "
-                      "cluster.* keys (python jobs/launch.py show cluster=slurm cluster)",
+    "cluster.* keys (python jobs/launch.py show cluster=slurm cluster)",
     "hydra.sweeper": "sweeps are sweep=NAME files or comma lists (key=a,b,c); sweep.subset=N keeps N values per axis",
     "hydra.job_logging": "each run logs to its run.log and stdout",
     "hydra.verbose": "each run logs to its run.log and stdout",
@@ -285,13 +297,17 @@ def refuse_hydra_habits(overrides: Iterable[str]) -> None:
             flag = text.split("=", 1)[0]
             fix = next((fix for flags, fix in _HYDRA_FLAGS.items() if flag in flags), None)
             if fix is None:
-                raise ConfigError(f"unknown option {flag}: arguments are key=value overrides "
-                                  f"(python jobs/launch.py --help lists groups and keys)")
+                raise ConfigError(
+                    f"unknown option {flag}: arguments are key=value overrides "
+                    f"(python jobs/launch.py --help lists groups and keys)"
+                )
             raise ConfigError(f"{flag} is Hydra's; {fix}")
         key = text.lstrip("+~").split("=", 1)[0].replace("/", ".")
         if key == "hydra" or key.startswith("hydra."):
-            fix = next((fix for k, fix in _HYDRA_KEYS.items() if key == k or key.startswith(k + ".")),
-                       "Hydra's own settings are not used here (results go to paths.results, logs to each run's run.log)")
+            fix = next(
+                (fix for k, fix in _HYDRA_KEYS.items() if key == k or key.startswith(k + ".")),
+                "Hydra's own settings are not used here (results go to paths.results, logs to each run's run.log)",
+            )
             raise ConfigError(f"{key} is not used here: {fix}")
 
 
@@ -345,9 +361,16 @@ def _split_value_overrides(overrides: list[str]) -> tuple[tuple[str, ...], list[
             structural.append(text)  # Hydra words the error
             continue
         key = parsed.key_or_group
-        if (parsed.is_delete() or parsed.is_add() or parsed.is_force_add() or parsed.is_sweep_override()
-                or parsed.package is not None or key.startswith("hydra") or "/" in key
-                or (CONFIG_DIR / key).is_dir()):  # a config group choice
+        if (
+            parsed.is_delete()
+            or parsed.is_add()
+            or parsed.is_force_add()
+            or parsed.is_sweep_override()
+            or parsed.package is not None
+            or key.startswith("hydra")
+            or "/" in key
+            or (CONFIG_DIR / key).is_dir()
+        ):  # a config group choice
             structural.append(text)
         else:
             values.append(parsed)
@@ -443,30 +466,58 @@ _POSITIVE = (0, None, False, True)
 _NON_NEGATIVE = (0, None, True, True)
 _RANGES: dict[str, tuple[Any, Any, bool, bool]] = {
     "seed": _NON_NEGATIVE,
-    "train.epochs": _AT_LEAST_1, "train.max_steps": _AT_LEAST_1, "train.batch_size": _AT_LEAST_1,
+    "train.epochs": _AT_LEAST_1,
+    "train.max_steps": _AT_LEAST_1,
+    "train.batch_size": _AT_LEAST_1,
     "train.global_batch_size": _AT_LEAST_1,
-    "train.eval_batch_size": _AT_LEAST_1, "train.eval_every": _AT_LEAST_1, "train.checkpoint_every": _AT_LEAST_1,
-    "train.keep_checkpoints": _AT_LEAST_1, "train.log_every": _AT_LEAST_1, "train.image_every": _AT_LEAST_1,
+    "train.eval_batch_size": _AT_LEAST_1,
+    "train.eval_every": _AT_LEAST_1,
+    "train.checkpoint_every": _AT_LEAST_1,
+    "train.keep_checkpoints": _AT_LEAST_1,
+    "train.log_every": _AT_LEAST_1,
+    "train.image_every": _AT_LEAST_1,
     "train.grad_clip": _POSITIVE,
-    "train.optimizer.lr": _POSITIVE, "train.optimizer.weight_decay": _NON_NEGATIVE,
-    "train.optimizer.momentum": (0, 1, True, False), "train.optimizer.betas": (0, 1, True, False),
-    "train.scheduler.warmup_steps": _NON_NEGATIVE, "train.scheduler.pct_start": (0, 1, False, False),
-    "train.scheduler.step_size": _AT_LEAST_1, "train.scheduler.gamma": _POSITIVE,
-    "data.image_size": _AT_LEAST_1, "data.val_fraction": (0, 1, True, False),
-    "data.train_fraction": (0, 1, False, True), "data.limit": _AT_LEAST_1, "data.max_memory_gb": _POSITIVE,
+    "train.optimizer.lr": _POSITIVE,
+    "train.optimizer.weight_decay": _NON_NEGATIVE,
+    "train.optimizer.momentum": (0, 1, True, False),
+    "train.optimizer.betas": (0, 1, True, False),
+    "train.scheduler.warmup_steps": _NON_NEGATIVE,
+    "train.scheduler.pct_start": (0, 1, False, False),
+    "train.scheduler.step_size": _AT_LEAST_1,
+    "train.scheduler.gamma": _POSITIVE,
+    "data.image_size": _AT_LEAST_1,
+    "data.val_fraction": (0, 1, True, False),
+    "data.train_fraction": (0, 1, False, True),
+    "data.limit": _AT_LEAST_1,
+    "data.max_memory_gb": _POSITIVE,
     "data.num_workers": _NON_NEGATIVE,
     "sweep.subset": _NON_NEGATIVE,  # 0: every value
-    "cluster.processes": _AT_LEAST_1, "cluster.time_min": _AT_LEAST_1, "cluster.nodes": _AT_LEAST_1,
-    "cluster.gpus_per_node": _NON_NEGATIVE, "cluster.cpus_per_task": _AT_LEAST_1, "cluster.mem_gb": _POSITIVE,
-    "cluster.array_parallelism": _AT_LEAST_1, "cluster.max_array_size": _AT_LEAST_1,
-    "cluster.signal_delay_s": _NON_NEGATIVE, "cluster.max_requeues": _NON_NEGATIVE,
-    "cluster.collective_timeout_s": _AT_LEAST_1, "cluster.threads": _AT_LEAST_1,
+    "cluster.processes": _AT_LEAST_1,
+    "cluster.time_min": _AT_LEAST_1,
+    "cluster.nodes": _AT_LEAST_1,
+    "cluster.gpus_per_node": _NON_NEGATIVE,
+    "cluster.cpus_per_task": _AT_LEAST_1,
+    "cluster.mem_gb": _POSITIVE,
+    "cluster.array_parallelism": _AT_LEAST_1,
+    "cluster.max_array_size": _AT_LEAST_1,
+    "cluster.signal_delay_s": _NON_NEGATIVE,
+    "cluster.max_requeues": _NON_NEGATIVE,
+    "cluster.collective_timeout_s": _AT_LEAST_1,
+    "cluster.threads": _AT_LEAST_1,
 }
 # The same for constructor arguments of models and tasks that share a meaning across classes.
 _KWARG_RANGES: dict[str, tuple[Any, Any, bool, bool]] = {
-    "latent_dim": _AT_LEAST_1, "channels": _AT_LEAST_1, "hidden": _AT_LEAST_1, "encoder": _AT_LEAST_1,
-    "num_filters": _AT_LEAST_1, "num_colours": _AT_LEAST_1, "factor": _AT_LEAST_1, "kernel": _AT_LEAST_1,
-    "noise_std": _NON_NEGATIVE, "label_smoothing": (0, 1, True, False), "crop_padding": _NON_NEGATIVE,
+    "latent_dim": _AT_LEAST_1,
+    "channels": _AT_LEAST_1,
+    "hidden": _AT_LEAST_1,
+    "encoder": _AT_LEAST_1,
+    "num_filters": _AT_LEAST_1,
+    "num_colours": _AT_LEAST_1,
+    "factor": _AT_LEAST_1,
+    "kernel": _AT_LEAST_1,
+    "noise_std": _NON_NEGATIVE,
+    "label_smoothing": (0, 1, True, False),
+    "crop_padding": _NON_NEGATIVE,
     "fraction": (0, 1, False, False),
 }
 
@@ -477,8 +528,9 @@ def _out_of_range(value: Any, bounds: tuple[Any, Any, bool, bool]) -> bool:
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return False  # types are the schema's job; free-form sections may hold other things
     low, high, low_in, high_in = bounds
-    return ((low is not None and (value < low if low_in else value <= low))
-            or (high is not None and (value > high if high_in else value >= high)))
+    return (low is not None and (value < low if low_in else value <= low)) or (
+        high is not None and (value > high if high_in else value >= high)
+    )
 
 
 def _range_text(bounds: tuple[Any, Any, bool, bool]) -> str:
@@ -511,8 +563,10 @@ def _check_names(cfg: DictConfig) -> None:
             continue
         problem = name_problem(value)
         if problem:
-            raise ConfigError(f"config key '{key}': {value!r} {problem}; results stay inside paths.results "
-                              f"(set paths.results=... to write elsewhere)")
+            raise ConfigError(
+                f"config key '{key}': {value!r} {problem}; results stay inside paths.results "
+                f"(set paths.results=... to write elsewhere)"
+            )
 
 
 def _check_choices(cfg: DictConfig) -> None:
@@ -528,16 +582,22 @@ def _check_choices(cfg: DictConfig) -> None:
     if cfg.train.epochs is None and cfg.train.max_steps is None:
         raise ConfigError("config key 'train.epochs': set train.epochs or train.max_steps")
     checks = [(key, OmegaConf.select(cfg, key), bounds) for key, bounds in _RANGES.items()]
-    checks += [(f"{section}.{key}", value, _KWARG_RANGES[key]) for section in ("model", "task")
-               for key, value in cfg[section].items() if key in _KWARG_RANGES]
+    checks += [
+        (f"{section}.{key}", value, _KWARG_RANGES[key])
+        for section in ("model", "task")
+        for key, value in cfg[section].items()
+        if key in _KWARG_RANGES
+    ]
     for key, value, bounds in checks:
         if _out_of_range(value, bounds):
             shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
             raise ConfigError(f"config key '{key}': {shown!r} must be {_range_text(bounds)}")
     monitor_split = cfg.train.monitor.split("/", 1)[0]
     if cfg.train.monitor != "none" and ("/" not in cfg.train.monitor or monitor_split not in cfg.train.eval_splits):
-        raise ConfigError(f"config key 'train.monitor': {cfg.train.monitor!r} must be <split>/<metric> of a split "
-                          f"in train.eval_splits {list(cfg.train.eval_splits)}, or none (keep the last weights)")
+        raise ConfigError(
+            f"config key 'train.monitor': {cfg.train.monitor!r} must be <split>/<metric> of a split "
+            f"in train.eval_splits {list(cfg.train.eval_splits)}, or none (keep the last weights)"
+        )
     if cfg.train.monitor_mode == "auto":
         cfg.train.monitor_mode = monitor_direction(cfg.train.monitor)
     if len(cfg.train.optimizer.betas) != 2:
@@ -551,7 +611,7 @@ def save_yaml(cfg: DictConfig, path: Path) -> None:
     atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 
-def read_run_config(run_dir: Path) -> Optional[DictConfig]:
+def read_run_config(run_dir: Path) -> DictConfig | None:
     """The config a run folder was started with (never resolved: see
     :func:`hpclab.rundir.read_config`); None for a new folder, one line for a damaged file."""
     from hpclab.rundir import read_config

@@ -49,6 +49,12 @@ class Preempted(Exception):
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError, DataMissing, WeightsMissing, RunConflict, RunLocked, RunFolderError, NonFiniteLoss,
+    ConfigError,
+    DataMissing,
+    WeightsMissing,
+    RunConflict,
+    RunLocked,
+    RunFolderError,
+    NonFiniteLoss,
     CheckpointWriteError,
 )

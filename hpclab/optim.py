@@ -9,7 +9,8 @@ torch object from its config section (:class:`hpclab.config.OptimizerConfig`,
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn

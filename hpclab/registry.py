@@ -6,7 +6,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -27,7 +28,7 @@ class Registry(dict):
     module of that package, so their ``register`` calls have run; ``build`` passes a constructor
     only the kwargs it takes."""
 
-    def __init__(self, kind: str, package: Optional[str] = None) -> None:
+    def __init__(self, kind: str, package: str | None = None) -> None:
         super().__init__()
         self.kind = kind
         self.package = package
@@ -44,7 +45,7 @@ class Registry(dict):
         """``add`` as a decorator."""
         return lambda entry: self.add(name, entry)
 
-    def load_all(self) -> "Registry":
+    def load_all(self) -> Registry:
         """Import every module of the package once, so their registrations run."""
         if not self._loaded:
             self._loaded = True
@@ -56,7 +57,9 @@ class Registry(dict):
     def __getitem__(self, name: str) -> Any:
         self.load_all()
         if not dict.__contains__(self, name):
-            raise UnknownName(f"unknown {self.kind} '{name}'{did_you_mean(str(name), self)} (known: {', '.join(sorted(self))})")
+            raise UnknownName(
+                f"unknown {self.kind} '{name}'{did_you_mean(str(name), self)} (known: {', '.join(sorted(self))})"
+            )
         return dict.__getitem__(self, name)
 
     # every read loads first, so `name in MODELS` or `sorted(SOURCES)` never sees a partial registry
@@ -106,9 +109,11 @@ def check_kwargs(section: str, node: DictConfig, registry: Registry) -> None:
     settable = [k for k in params if k not in CONTEXT_PARAMETERS]
     for key in node:
         if key != "name" and key not in params:
-            raise ConfigError(f"config key '{section}.{key}': not a parameter of {section} '{name}'"
-                              f"{did_you_mean(f'{section}.{key}', [f'{section}.{k}' for k in settable])} "
-                              f"(parameters: {', '.join(settable)})")
+            raise ConfigError(
+                f"config key '{section}.{key}': not a parameter of {section} '{name}'"
+                f"{did_you_mean(f'{section}.{key}', [f'{section}.{k}' for k in settable])} "
+                f"(parameters: {', '.join(settable)})"
+            )
 
 
 def kwargs_of(node: DictConfig) -> dict[str, Any]:

@@ -12,10 +12,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,8 +71,18 @@ def git_commit() -> str | None:
 
 
 TRACKED_PACKAGES = (
-    "torch", "torchvision", "accelerate", "submitit", "timm", "tensorboard",
-    "pytorch-fid", "h5py", "hydra-core", "omegaconf", "numpy", "scikit-learn",
+    "torch",
+    "torchvision",
+    "accelerate",
+    "submitit",
+    "timm",
+    "tensorboard",
+    "pytorch-fid",
+    "h5py",
+    "hydra-core",
+    "omegaconf",
+    "numpy",
+    "scikit-learn",
 )
 
 
@@ -90,16 +101,23 @@ def environment_record() -> dict[str, Any]:
         "hostname": socket.gethostname(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu": {"model": cpu_model(), "count": os.cpu_count(),
-                "usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()},
+        "cpu": {
+            "model": cpu_model(),
+            "count": os.cpu_count(),
+            "usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        },
         "packages": versions,
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "threads": thread_counts(),
         "slurm": {k: v for k, v in os.environ.items() if k.startswith("SLURM_") and k in SLURM_KEYS},
         "apptainer_image": os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER"),
         # set by the launcher and slurm/common.sh for tasks in the image (hpclab/launch/container.py)
-        "container": {"engine": os.environ["HPCLAB_CONTAINER_ENGINE"], "image": os.environ.get("HPCLAB_CONTAINER_IMAGE")}
-        if os.environ.get("HPCLAB_CONTAINER_ENGINE") else None,
+        "container": {
+            "engine": os.environ["HPCLAB_CONTAINER_ENGINE"],
+            "image": os.environ.get("HPCLAB_CONTAINER_IMAGE"),
+        }
+        if os.environ.get("HPCLAB_CONTAINER_ENGINE")
+        else None,
     }
 
 
@@ -152,8 +170,14 @@ def cpu_model() -> str | None:
 
 
 SLURM_KEYS = {
-    "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_PARTITION",
-    "SLURM_JOB_NODELIST", "SLURM_NTASKS", "SLURM_RESTART_COUNT", "SLURM_CLUSTER_NAME",
+    "SLURM_JOB_ID",
+    "SLURM_ARRAY_JOB_ID",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_JOB_PARTITION",
+    "SLURM_JOB_NODELIST",
+    "SLURM_NTASKS",
+    "SLURM_RESTART_COUNT",
+    "SLURM_CLUSTER_NAME",
 }
 
 
@@ -195,8 +219,13 @@ def did_you_mean(key: str, candidates: Iterable[str], n: int = 3) -> str:
     same_leaf = [c for c in candidates if c.rpartition(".")[2] == leaf]
     siblings = {c.rpartition(".")[2]: c for c in candidates if c.rpartition(".")[0] == parent}
     others = [c for c in candidates if c.count(".") == key.count(".") and c.rpartition(".")[0] != parent]
-    near = list(dict.fromkeys(same_leaf + [siblings[k] for k in difflib.get_close_matches(leaf, siblings, n, 0.7)]
-                              + difflib.get_close_matches(key, others, n, 0.8)))[:n]
+    near = list(
+        dict.fromkeys(
+            same_leaf
+            + [siblings[k] for k in difflib.get_close_matches(leaf, siblings, n, 0.7)]
+            + difflib.get_close_matches(key, others, n, 0.8)
+        )
+    )[:n]
     if not near:
         return ""
     return f"; did you mean {near[0] if len(near) == 1 else ', '.join(near[:-1]) + ' or ' + near[-1]}?"
@@ -225,7 +254,7 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def job_ref() -> Optional[str]:
+def job_ref() -> str | None:
     """The SLURM job this process runs in, as SLURM names it: ``<array job>_<task>`` in an
     array, else the job id; None outside SLURM."""
     array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
@@ -250,7 +279,7 @@ class _StdoutHandler(logging.StreamHandler):
         pass
 
 
-def setup_logging(log_file: Optional[Path] = None, rank: int = 0) -> None:
+def setup_logging(log_file: Path | None = None, rank: int = 0) -> None:
     """Plain line logs on stdout (SLURM captures them) and, on rank 0, in ``log_file`` (a run's
     ``run.log``; None: stdout only)."""
     logger = logging.getLogger("hpclab")

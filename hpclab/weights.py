@@ -41,10 +41,15 @@ def register_weights(entry: WeightFile, replace: bool = False) -> WeightFile:
     return WEIGHTS.add(entry.name, entry, replace)
 
 
-register_weights(WeightFile(
-    "fid_inception",
-    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
-    "pt_inception-2015-12-05-6726825d.pth", "6726825d", "pytorch-fid's Inception-v3 (FID statistics)"))
+register_weights(
+    WeightFile(
+        "fid_inception",
+        "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
+        "pt_inception-2015-12-05-6726825d.pth",
+        "6726825d",
+        "pytorch-fid's Inception-v3 (FID statistics)",
+    )
+)
 
 # torchvision's ImageNet-1K classification weights; the entry name is the torchvision model
 # name, so ``models.get_model(name)`` builds the matching architecture.
@@ -55,8 +60,11 @@ for _name, _file, _note in (
     ("mobilenet_v3_large", "mobilenet_v3_large-8738ca79.pth", "MobileNetV3-Large IMAGENET1K_V1 (74.0% top-1)"),
     ("convnext_tiny", "convnext_tiny-983f1562.pth", "ConvNeXt-Tiny IMAGENET1K_V1 (82.5% top-1)"),
 ):
-    register_weights(WeightFile(_name, f"https://download.pytorch.org/models/{_file}", _file,
-                                _file.rsplit("-", 1)[1].split(".")[0], _note))
+    register_weights(
+        WeightFile(
+            _name, f"https://download.pytorch.org/models/{_file}", _file, _file.rsplit("-", 1)[1].split(".")[0], _note
+        )
+    )
 
 MANIFEST_ENV = "HPCLAB_WEIGHTS_MANIFEST"
 SHIPPED = frozenset(WEIGHTS)  # entries whose checks a manifest may not replace
@@ -75,7 +83,9 @@ def load_manifest(path: str | Path) -> list[WeightFile]:
         raise WeightsMissing(f"weights manifest {path} (${MANIFEST_ENV}) is unreadable: {exc}") from None
     for entry in entries:
         if entry.name in SHIPPED and WEIGHTS[entry.name] != entry:
-            raise WeightsMissing(f"weights manifest {path}: '{entry.name}' would replace a shipped entry; use another name")
+            raise WeightsMissing(
+                f"weights manifest {path}: '{entry.name}' would replace a shipped entry; use another name"
+            )
         register_weights(entry, replace=True)  # reading a manifest again updates its entries
     return entries
 
@@ -100,11 +110,16 @@ def weight_path(name: str, cache: str | Path | None = None, verify: bool = True)
     """The staged file of ``name``; a clear error naming the staging command otherwise."""
     entry = WEIGHTS[name]
     path = cache_dir(cache) / entry.filename
-    fix = f"run on a node with internet: python jobs/prepare_data.py weights=[{name}] paths.cache={cache or '$TORCH_HOME'}"
+    fix = (
+        f"run on a node with internet: python jobs/prepare_data.py weights=[{name}] "
+        f"paths.cache={cache or '$TORCH_HOME'}"
+    )
     if not path.is_file():
         raise WeightsMissing(f"pretrained weights '{name}' not staged ({path} missing); {fix}")
     if verify and not sha256_of(path).startswith(entry.sha256_prefix):
-        raise WeightsMissing(f"pretrained weights '{name}' at {path} fail their sha256 check (corrupt or partial); {fix}")
+        raise WeightsMissing(
+            f"pretrained weights '{name}' at {path} fail their sha256 check (corrupt or partial); {fix}"
+        )
     return path
 
 
@@ -116,8 +131,10 @@ def load_state_dict(name: str, cache: str | Path | None = None) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, foreign pickle opcodes
-        raise WeightsMissing(f"pretrained weights '{name}' at {path} are unreadable ({type(exc).__name__}); "
-                             f"re-stage them: python jobs/prepare_data.py weights=[{name}] paths.cache={cache or '$TORCH_HOME'}") from None
+        raise WeightsMissing(
+            f"pretrained weights '{name}' at {path} are unreadable ({type(exc).__name__}); "
+            f"re-stage them: python jobs/prepare_data.py weights=[{name}] paths.cache={cache or '$TORCH_HOME'}"
+        ) from None
     if not isinstance(state, dict):
         raise WeightsMissing(f"pretrained weights '{name}' at {path} hold a {type(state).__name__}, not a state dict")
     return state
@@ -142,7 +159,9 @@ def stage_weights(names: list[str], cache: str | Path) -> list[Path]:
         try:
             download_url_to_file(entry.url, str(dest), hash_prefix=entry.sha256_prefix, progress=False)
         except (OSError, RuntimeError) as exc:  # no network, HTTP error, hash mismatch
-            raise WeightsMissing(f"download of weights '{name}' from {entry.url} failed ({exc}); "
-                                 f"stage them on a node with internet, or copy {entry.filename} into {dest.parent}") from None
+            raise WeightsMissing(
+                f"download of weights '{name}' from {entry.url} failed ({exc}); "
+                f"stage them on a node with internet, or copy {entry.filename} into {dest.parent}"
+            ) from None
         paths.append(weight_path(name, cache))
     return paths

@@ -34,8 +34,9 @@ def main(argv: list[str]) -> int:
     from hpclab.analysis.rerun import trained
 
     with trained(args.run_dir) as run:
-        result = save_activations(run, args.out or args.run_dir / FIGURES, count=args.count, split=args.split,
-                                  max_channels=args.channels)
+        result = save_activations(
+            run, args.out or args.run_dir / FIGURES, count=args.count, split=args.split, max_channels=args.channels
+        )
     print(f"{len(result['files'])} layer grids ({', '.join(result['layers'])}) in {result['folder']}")
     return 0
 

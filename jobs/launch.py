@@ -29,8 +29,10 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help", "help") for a in argv):
         from hpclab.launch.show import keys_help
 
-        print(__doc__ + "\nconfig groups:\n" + groups_help() + "\n\nconfig keys, by section (show prints them with "
-              "their values):\n" + keys_help())
+        print(
+            __doc__ + "\nconfig groups:\n" + groups_help() + "\n\nconfig keys, by section (show prints them with "
+            "their values):\n" + keys_help()
+        )
         return 0
     command = argv[0] if argv and argv[0] in COMMANDS else "run"
     overrides = argv[1:] if argv and argv[0] in COMMANDS else argv
@@ -54,17 +56,26 @@ def main(argv: list[str]) -> int:
             from hpclab.launch.fit import fit_problem
 
             problem = fit_problem(plan.base.cluster)
-            print("\n# sbatch script submitit would submit:\n" + submit.render_sbatch(plan)
-                  + (f"\n# warning: {problem}" if problem else ""))
+            print(
+                "\n# sbatch script submitit would submit:\n"
+                + submit.render_sbatch(plan)
+                + (f"\n# warning: {problem}" if problem else "")
+            )
         return 0
     if cluster == "slurm":
         arrays = submit.submit_slurm(plan)
         if arrays:
             queued = sum(arrays.values())
-            done = f"{len(plan) - queued} of the sweep's {len(plan)} complete or queued already; " if queued < len(plan) else ""
-            print(f"submitted array job {', '.join(arrays)} ({queued} runs); {done}"
-                  f"results: {plan.group_dir}/; "
-                  f"status: python jobs/launch.py status {shlex.join(overrides)}")
+            done = (
+                f"{len(plan) - queued} of the sweep's {len(plan)} complete or queued already; "
+                if queued < len(plan)
+                else ""
+            )
+            print(
+                f"submitted array job {', '.join(arrays)} ({queued} runs); {done}"
+                f"results: {plan.group_dir}/; "
+                f"status: python jobs/launch.py status {shlex.join(overrides)}"
+            )
         return 0
     local.run_local(plan)
     print(f"results: {plan.group_dir}/")

@@ -10,7 +10,6 @@ usage: python jobs/make_phantoms.py OUT_DIR [--count N] [--size 240] [--seed 0] 
 
 from __future__ import annotations
 
-
 from hpclab.launch.cli import doc_parser, main_guard
 
 
@@ -22,8 +21,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--count", type=int, default=100, help="number of slices (default 100)")
     parser.add_argument("--size", type=int, default=240, help="side in pixels (default 240)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--layout", choices=LAYOUTS, default="folders",
-                        help="folders: images/<id>.png + masks/<id>.png; cases: <case>/<id>.tif + <id>_mask.tif")
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="folders",
+        help="folders: images/<id>.png + masks/<id>.png; cases: <case>/<id>.tif + <id>_mask.tif",
+    )
     args = parser.parse_args(argv)
     if args.count < 1 or args.size < 16:
         parser.error("--count must be >= 1 and --size >= 16")

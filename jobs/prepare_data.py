@@ -16,11 +16,12 @@ from hpclab.launch.cli import group_options, main_guard
 def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help", "help") for a in argv):
         from hpclab.data.sources import SOURCES
-
         from hpclab.weights import WEIGHTS
 
-        print(__doc__ + f"\ndatasets: {', '.join(sorted(SOURCES))}\ndata configs: {', '.join(group_options('data'))}"
-              f"\nweights: {', '.join(sorted(WEIGHTS))}")
+        print(
+            __doc__ + f"\ndatasets: {', '.join(sorted(SOURCES))}\ndata configs: {', '.join(group_options('data'))}"
+            f"\nweights: {', '.join(sorted(WEIGHTS))}"
+        )
         return 0
     from hpclab.config import ConfigError, compose
     from hpclab.data import describe, stage

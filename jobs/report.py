@@ -29,9 +29,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--metrics", help="comma-separated metrics (default: the sweep's report.metrics)")
     parser.add_argument("--logx", action="store_true", help="log-2 x axis")
     parser.add_argument("--publish", metavar="DOC", help="refresh the '<!-- generated: ... -->' blocks of DOC")
-    parser.add_argument("--results", default=None, help="results folder for --publish (default: $HPCLAB_RESULTS or results)")
-    parser.add_argument("--only", help="with --publish: refresh only the blocks of these results groups (comma-separated)")
-    parser.add_argument("--curate", metavar="DIR", help="with --publish: copy the sources of the refreshed blocks into DIR")
+    parser.add_argument(
+        "--results", default=None, help="results folder for --publish (default: $HPCLAB_RESULTS or results)"
+    )
+    parser.add_argument(
+        "--only", help="with --publish: refresh only the blocks of these results groups (comma-separated)"
+    )
+    parser.add_argument(
+        "--curate", metavar="DIR", help="with --publish: copy the sources of the refreshed blocks into DIR"
+    )
     args = parser.parse_args(argv)
     from hpclab.analysis.publish import publish
     from hpclab.analysis.report import view_name, write_report
@@ -49,8 +55,15 @@ def main(argv: list[str]) -> int:
         return 0
     if not args.folder:
         raise ConfigError("give a sweep's results folder (or --publish DOC); see --help")
-    report = {k: v for k, v in {"x": args.x, "metrics": args.metrics.split(",") if args.metrics else None,
-                                "logx": args.logx or None}.items() if v}
+    report = {
+        k: v
+        for k, v in {
+            "x": args.x,
+            "metrics": args.metrics.split(",") if args.metrics else None,
+            "logx": args.logx or None,
+        }.items()
+        if v
+    }
     try:
         out = write_report(args.folder, report, name=view_name(report))
     except FileNotFoundError as exc:  # no finished runs there: a one-line error via main_guard

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 # Tiny test models run fastest on one thread, and OpenMP threads that spin-wait against the
 # test's own subprocesses on a 2-core machine slow each step ~100x (measured). Before torch loads.
@@ -26,14 +26,23 @@ from formats.flowers102 import write_flowers102  # noqa: E402
 from formats.idx import write_idx_dataset  # noqa: E402
 
 
-def run_cli(script: str, *args: str, cwd: Path, timeout: float = 600, env: dict | None = None,
-            check: bool = True) -> subprocess.CompletedProcess:
+def run_cli(
+    script: str, *args: str, cwd: Path, timeout: float = 600, env: dict | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run ``jobs/<script>`` like a user would; on unexpected failure show its output."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.run([sys.executable, str(REPO / "jobs" / script), *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / script), *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -71,14 +80,23 @@ def fmnist_mirror(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def fmnist_data(workdir: Path, fmnist_mirror: Path) -> Path:
     """``workdir`` with fashion_mnist staged from the small mirror through prepare_data."""
-    run_cli("prepare_data.py", "data=fashion_mnist", f"data.mirrors=[{fmnist_mirror}]", "data.download=false",
-            cwd=workdir)
+    run_cli(
+        "prepare_data.py", "data=fashion_mnist", f"data.mirrors=[{fmnist_mirror}]", "data.download=false", cwd=workdir
+    )
     return workdir
 
 
 # A small real run: the ae_latent conv AE on scikit-learn's 8x8 digits (real data, ships offline).
-DIGITS_RUN = ["experiment=ae_latent", "data=digits", "model.latent_dim=8", "model.channels=[8,16]",
-              "train.epochs=null", "train.batch_size=64", "train.log_every=10", "train.progress=log"]
+DIGITS_RUN = [
+    "experiment=ae_latent",
+    "data=digits",
+    "model.latent_dim=8",
+    "model.channels=[8,16]",
+    "train.epochs=null",
+    "train.batch_size=64",
+    "train.log_every=10",
+    "train.progress=log",
+]
 
 
 @pytest.fixture
@@ -88,7 +106,7 @@ def digits(workdir: Path) -> Path:
     return workdir
 
 
-def requires(*checks: Callable[[], Optional[str]]) -> None:
+def requires(*checks: Callable[[], str | None]) -> None:
     """Skip the calling test (or fixture) unless everything it needs is here. Each check says
     why one thing is missing (the reason, with the command that fixes it) or returns None when
     it is there; they run in order and a later one only when the earlier ones pass, so a slow
@@ -100,7 +118,7 @@ def requires(*checks: Callable[[], Optional[str]]) -> None:
             pytest.skip(problem)
 
 
-def cuda_problem() -> Optional[str]:
+def cuda_problem() -> str | None:
     """Why no CUDA device can be used here (None when one can)."""
     import torch
 
@@ -109,7 +127,7 @@ def cuda_problem() -> Optional[str]:
     return None
 
 
-def controller_problem() -> Optional[str]:
+def controller_problem() -> str | None:
     """Why no job could run here (None when a controller answers and a node is usable)."""
     try:
         ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)

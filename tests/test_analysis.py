@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -73,9 +73,14 @@ def test_layer_table_and_layer_summary_describe_the_same_layers(run: Path):
 
 def test_latent_probe_rebuilds_the_group_table_from_every_run(run: Path):
     group = run.parent
-    for folder, text in (("latent_dim-2", json.dumps({"latent_dim": 2, "linear_test_acc": 0.123456789,
-                                                       "mlp_test_acc": 0.5, "train_images": 10})),
-                         ("broken", "{"), (f"{run.name}.old-20260101-000000", json.dumps({"latent_dim": 99}))):
+    for folder, text in (
+        (
+            "latent_dim-2",
+            json.dumps({"latent_dim": 2, "linear_test_acc": 0.123456789, "mlp_test_acc": 0.5, "train_images": 10}),
+        ),
+        ("broken", "{"),
+        (f"{run.name}.old-20260101-000000", json.dumps({"latent_dim": 99})),
+    ):
         (group / folder / "figures").mkdir(parents=True)
         (group / folder / "figures" / "latent_probe.json").write_text(text)
     result = analyze_run(run, "latent_probe", {"epochs": 1, "mlp_hidden": [8]})

@@ -26,8 +26,9 @@ def simulate(layout: list[ArraySpec]) -> tuple[int, int, int]:
     most = ran = rounds = 0
     while any(left):
         ended = [n == 0 for n in left]
-        now = [min(n, spec.parallelism) if spec.after is None or ended[spec.after] else 0
-               for n, spec in zip(left, layout)]
+        now = [
+            min(n, spec.parallelism) if spec.after is None or ended[spec.after] else 0 for n, spec in zip(left, layout)
+        ]
         assert sum(now), "no array can start: a dependency that never ends"
         # as many rounds as pass before one running array has fewer tasks left than it runs at once
         same = min(n // k for n, k in zip(left, now) if k)
@@ -112,8 +113,7 @@ def test_no_slot_is_left_idle_that_a_lane_could_use_and_it_ends_no_later_than_on
 
 
 @PROPERTIES
-@given(st.lists(st.lists(st.integers(1, 2000), min_size=1, max_size=5), min_size=1, max_size=8),
-       st.integers(1, 300))
+@given(st.lists(st.lists(st.integers(1, 2000), min_size=1, max_size=5), min_size=1, max_size=8), st.integers(1, 300))
 def test_share_out_gives_every_lane_a_slot_and_never_more_than_the_limit(members, parallelism):
     shares = share_out(parallelism, members)
     assert len(shares) == len(members)
@@ -121,26 +121,33 @@ def test_share_out_gives_every_lane_a_slot_and_never_more_than_the_limit(members
     assert sum(shares) <= max(parallelism, len(members))
 
 
-@pytest.mark.parametrize("tasks, size, limit, expected", [
-    # a large limit: side by side, shares in proportion to their sizes, no chaining
-    (2500, 1000, 64, [(1000, 26, None), (1000, 25, None), (500, 13, None)]),
-    # fewer slots than arrays: one chain with the whole limit (two lanes of %1 would leave one idle)
-    (3000, 1000, 2, [(1000, 2, None), (1000, 2, 0), (1000, 2, 1)]),
-    (1001, 1000, 2, [(1000, 2, None), (1, 2, 0)]),
-    # one array: the limit itself (submitit writes min(tasks, limit))
-    (999, 1000, 64, [(999, 64, None)]),
-    # a limit above the runs: each array as many slots as it has tasks
-    (5, 3, 64, [(3, 3, None), (2, 2, None)]),
-    (0, 1000, 64, []),
-])
+@pytest.mark.parametrize(
+    "tasks, size, limit, expected",
+    [
+        # a large limit: side by side, shares in proportion to their sizes, no chaining
+        (2500, 1000, 64, [(1000, 26, None), (1000, 25, None), (500, 13, None)]),
+        # fewer slots than arrays: one chain with the whole limit (two lanes of %1 would leave one idle)
+        (3000, 1000, 2, [(1000, 2, None), (1000, 2, 0), (1000, 2, 1)]),
+        (1001, 1000, 2, [(1000, 2, None), (1, 2, 0)]),
+        # one array: the limit itself (submitit writes min(tasks, limit))
+        (999, 1000, 64, [(999, 64, None)]),
+        # a limit above the runs: each array as many slots as it has tasks
+        (5, 3, 64, [(3, 3, None), (2, 2, None)]),
+        (0, 1000, 64, []),
+    ],
+)
 def test_the_layouts_the_docstring_promises(tasks, size, limit, expected):
     assert [(s.tasks, s.parallelism, s.after) for s in array_layout(tasks, size, limit)] == expected
 
 
 def test_describe_layout_names_each_array_its_limit_and_what_it_waits_for():
-    assert describe_layout(array_layout(2, 1, 1), 1) == "2 task(s) in 2 array(s), at most 1 at once: #1 1%1, #2 1%1 after #1"
+    assert (
+        describe_layout(array_layout(2, 1, 1), 1)
+        == "2 task(s) in 2 array(s), at most 1 at once: #1 1%1, #2 1%1 after #1"
+    )
     assert describe_layout(array_layout(2500, 1000, 64), 64) == (
-        "2500 task(s) in 3 array(s), at most 64 at once: #1 1000%26, #2 1000%25, #3 500%13")
+        "2500 task(s) in 3 array(s), at most 64 at once: #1 1000%26, #2 1000%25, #3 500%13"
+    )
 
 
 @pytest.mark.parametrize("controller, tasks, expected", [(None, 5000, 2000), (1000, 5000, 1000), (4000, 5000, 2000)])
@@ -151,4 +158,5 @@ def test_array_size_is_lowered_to_what_the_controller_takes(monkeypatch, control
     cluster = OmegaConf.create({"max_array_size": 2000, "array_parallelism": 64})
     assert array_size(cluster, tasks) == expected
     assert [s.tasks for s in plan_arrays(cluster, tasks)] == [expected] * (tasks // expected) + (
-        [tasks % expected] if tasks % expected else [])
+        [tasks % expected] if tasks % expected else []
+    )

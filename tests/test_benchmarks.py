@@ -14,8 +14,12 @@ from conftest import REPO
 @pytest.mark.slow
 def test_quick_benchmarks_write_a_table_of_ratios(tmp_path):
     out = tmp_path / "bench"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--only", "data,steps",
-                           "--out", str(out)], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--only", "data,steps", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "benchmarks.json").read_text())["rows"]
     groups = {r["group"] for r in rows}
@@ -30,8 +34,12 @@ def test_quick_benchmarks_write_a_table_of_ratios(tmp_path):
 
 
 def test_unknown_section_is_a_clear_error():
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--only", "nope"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--only", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "unknown section 'nope'" in proc.stderr
 
 
@@ -56,9 +64,28 @@ def test_gpu_section_variants_run_one_after_another_on_cpu(tmp_path, monkeypatch
 
 
 def test_step_benchmark_runs_quick(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "dcgan_step.py"), "--quick", "--rounds", "1",
-                           "--steps", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "dcgan_step.py"),
+            "--quick",
+            "--rounds",
+            "1",
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ratio vs fp32 contiguous" in proc.stdout
     rows = json.loads((tmp_path / "dcgan_step_cpu_quick.json").read_text())["rows"]
-    assert {(r["precision"], r["channels_last"]) for r in rows} == {("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)}
+    assert {(r["precision"], r["channels_last"]) for r in rows} == {
+        ("fp32", False),
+        ("fp32", True),
+        ("bf16", False),
+        ("bf16", True),
+    }

@@ -81,13 +81,16 @@ def test_run_names_are_stable_and_collision_free():
     assert subset(list(range(8)), 3) == [0, 4, 7]
 
 
-@pytest.mark.parametrize("overrides, mode", [
-    (["experiment=fmnist_cnn"], "max"),                                   # val/acc
-    (["experiment=fmnist_cnn", "train.monitor=val/loss"], "min"),         # the direction follows the metric
-    (["experiment=brain_seg"], "max"),                                    # val/dice
-    (["experiment=ae_latent"], "min"),                                    # val/mse
-    (["experiment=fmnist_cnn", "train.monitor=val/loss", "train.monitor_mode=max"], "max"),  # explicit wins
-])
+@pytest.mark.parametrize(
+    "overrides, mode",
+    [
+        (["experiment=fmnist_cnn"], "max"),  # val/acc
+        (["experiment=fmnist_cnn", "train.monitor=val/loss"], "min"),  # the direction follows the metric
+        (["experiment=brain_seg"], "max"),  # val/dice
+        (["experiment=ae_latent"], "min"),  # val/mse
+        (["experiment=fmnist_cnn", "train.monitor=val/loss", "train.monitor_mode=max"], "max"),  # explicit wins
+    ],
+)
 def test_monitor_mode_auto_maximises_accuracy_like_metrics(overrides, mode):
     assert compose(overrides).train.monitor_mode == mode
 
@@ -143,12 +146,17 @@ def test_a_run_name_axis_names_identical_runs_after_its_values():
     assert swept.run_names == ["run_name-a", "run_name-b"] == [cfg.run_name for cfg in swept.runs]
 
 
-@pytest.mark.parametrize("overrides", [
-    ["experiment=ae_latent", "train.optimizer.lr=0.1", "data.classes=[0,1]", "train.max_steps=null", "notes='a b'"],
-    ["model.latent_dim=3", "experiment=ae_latent", "~analysis", "train.scheduler=${train.optimizer}"],
-    ["experiment=dcgan", "+model.extra=1"], ["experiment=ae_latent", "model.bogus=1"],
-    ["experiment=ae_latent", "train.batch_size=abc"], ["experiment=ae_latent", "train.nokey=1"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["experiment=ae_latent", "train.optimizer.lr=0.1", "data.classes=[0,1]", "train.max_steps=null", "notes='a b'"],
+        ["model.latent_dim=3", "experiment=ae_latent", "~analysis", "train.scheduler=${train.optimizer}"],
+        ["experiment=dcgan", "+model.extra=1"],
+        ["experiment=ae_latent", "model.bogus=1"],
+        ["experiment=ae_latent", "train.batch_size=abc"],
+        ["experiment=ae_latent", "train.nokey=1"],
+    ],
+)
 def test_compose_equals_hydra_composition_results_and_refusals_alike(overrides):
     def outcome(function):
         try:
@@ -163,7 +171,7 @@ def _doc_section(path: str, title: str) -> str:
     text = (REPO / path).read_text()
     start = text.index(f"\n## {title}\n")
     end = text.find("\n## ", start + 1)
-    return text[start: end if end != -1 else len(text)]
+    return text[start : end if end != -1 else len(text)]
 
 
 @pytest.mark.slow
@@ -185,11 +193,17 @@ def test_add_an_experiment_section_works_as_written(tmp_path):
     for path, body in blocks:
         (project / path).write_text(body)
     command = re.search(r"```bash\n(python jobs/launch.py experiment=tiny_mlp preset=smoke data=digits)", section)[1]
-    env = {**os.environ, "PYTHONPATH": str(project), "HPCLAB_DATA": str(tmp_path / "data"),
-           "HPCLAB_RESULTS": str(tmp_path / "results")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(project),
+        "HPCLAB_DATA": str(tmp_path / "data"),
+        "HPCLAB_RESULTS": str(tmp_path / "results"),
+    }
 
     def run(args: list[str]) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, *args], cwd=project, env=env, capture_output=True, text=True, timeout=600)
+        return subprocess.run(
+            [sys.executable, *args], cwd=project, env=env, capture_output=True, text=True, timeout=600
+        )
 
     assert run(["jobs/prepare_data.py", "data=digits"]).returncode == 0
     proc = run(command.split()[1:])
@@ -203,57 +217,92 @@ def test_add_an_experiment_section_works_as_written(tmp_path):
 
 # --------------------------------------------------------------------------- a newcomer's first commands
 
+
 def test_show_prints_the_composed_config_of_a_run_or_of_a_sweeps_first_run(workdir):
     """Hydra's ``--cfg job``: ``launch.py show`` prints the validated config (valid YAML), a
     section or one value; ``--help`` says which sections of keys exist; Hydra's flag gets one line."""
     proc = run_cli("launch.py", "show", "sweep=ae_latent", "preset=smoke", cwd=workdir)
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("# run 1 of 2 of sweep 'ae_latent-smoke' (latent_dim-2) -> ") and "model.latent_dim" in lines[1]
+    assert (
+        lines[0].startswith("# run 1 of 2 of sweep 'ae_latent-smoke' (latent_dim-2) -> ")
+        and "model.latent_dim" in lines[1]
+    )
     cfg = OmegaConf.create(proc.stdout)
     assert cfg.model.latent_dim == 2 and cfg.train.max_steps == 200 and cfg.run_name == "latent_dim-2"
-    value = run_cli("launch.py", "show", "experiment=ae_latent", "train.optimizer.lr=0.01", "train.optimizer.lr",
-                    cwd=workdir)
+    value = run_cli(
+        "launch.py", "show", "experiment=ae_latent", "train.optimizer.lr=0.01", "train.optimizer.lr", cwd=workdir
+    )
     assert value.stdout == "0.01\n"
-    section = OmegaConf.create(run_cli("launch.py", "show", "experiment=ae_latent", "train.optimizer", cwd=workdir).stdout)
+    section = OmegaConf.create(
+        run_cli("launch.py", "show", "experiment=ae_latent", "train.optimizer", cwd=workdir).stdout
+    )
     assert set(section) == {"name", "lr", "weight_decay", "momentum", "betas"}
     typo = run_cli("launch.py", "show", "experiment=ae_latent", "train.lr", cwd=workdir, check=False)
     assert typo.returncode == 2 and typo.stderr.splitlines() == [
-        "error: show: no key 'train.lr' in this config; did you mean train.optimizer.lr?"]
+        "error: show: no key 'train.lr' in this config; did you mean train.optimizer.lr?"
+    ]
     usage = " ".join(run_cli("launch.py", "--help", cwd=workdir).stdout.split())
     assert "python jobs/launch.py show experiment=ae_latent" in usage
     assert "train.optimizer. name, lr, weight_decay, momentum, betas" in usage and "cluster. name, processes," in usage
     hydra = run_cli("launch.py", "--cfg", "job", "experiment=ae_latent", cwd=workdir, check=False)
     assert hydra.returncode == 2 and hydra.stderr.splitlines() == [
-        "error: --cfg is Hydra's; print the composed config with: python jobs/launch.py show <the same overrides> [KEY]"]
+        "error: --cfg is Hydra's; print the composed config with: python jobs/launch.py show <the same overrides> [KEY]"
+    ]
     assert not (workdir / "results").exists()
 
 
-NO_MULTIRUN = ("a sweep needs no flag here: sweep=NAME or a comma list (model.latent_dim=2,16) runs every "
-               "combination, locally or with cluster=slurm as one job array")
-RUN_DIR = ("error: hydra.run.dir is not used here: a run is written to paths.results/<experiment>/<run_name>/: set "
-           "paths.results=DIR (or HPCLAB_RESULTS=DIR) and run_name=NAME")
+NO_MULTIRUN = (
+    "a sweep needs no flag here: sweep=NAME or a comma list (model.latent_dim=2,16) runs every "
+    "combination, locally or with cluster=slurm as one job array"
+)
+RUN_DIR = (
+    "error: hydra.run.dir is not used here: a run is written to paths.results/<experiment>/<run_name>/: set "
+    "paths.results=DIR (or HPCLAB_RESULTS=DIR) and run_name=NAME"
+)
 
 
-@pytest.mark.parametrize("script, args, line", [
-    ("launch.py", ["train.lr=0.1"],
-     "error: config key 'train.lr': Key 'lr' not in 'TrainConfig'; did you mean train.optimizer.lr?"),
-    ("launch.py", ["model.laten_dim=4"],
-     "error: config key 'model.laten_dim': Key 'laten_dim' is not in struct; did you mean model.latent_dim?"),
-    ("launch.py", ["+model.laten_dim=4"],
-     "error: config key 'model.laten_dim': not a parameter of model 'conv_ae'; did you mean model.latent_dim? "
-     "(parameters: latent_dim, channels, upsampling)"),
-    ("launch.py", ["train.epoch=3"], "error: config key 'train.epoch': Key 'epoch' not in 'TrainConfig'; did you mean "
-                                     "train.epochs?"),
-    ("launch.py", ["batch_size=32"], "error: config key 'batch_size': Key 'batch_size' not in 'RunConfig'; did you "
-                                     "mean train.batch_size?"),
-    ("launch.py", ["-m"], f"error: -m is Hydra's; {NO_MULTIRUN}"),
-    ("run.py", ["--multirun"], f"error: --multirun is Hydra's; {NO_MULTIRUN}"),
-    ("launch.py", ["hydra.run.dir=out"], RUN_DIR),
-    ("launch.py", ["hydra.sweep.dir=out"], "error: hydra.sweep.dir is not used here: a sweep is written to "
-                                           "paths.results/<sweep.name>/<run>/: set paths.results=DIR (or "
-                                           "HPCLAB_RESULTS=DIR) and sweep.name=NAME"),
-    ("prepare_data.py", ["hydra.run.dir=out"], RUN_DIR),
-])
+@pytest.mark.parametrize(
+    "script, args, line",
+    [
+        (
+            "launch.py",
+            ["train.lr=0.1"],
+            "error: config key 'train.lr': Key 'lr' not in 'TrainConfig'; did you mean train.optimizer.lr?",
+        ),
+        (
+            "launch.py",
+            ["model.laten_dim=4"],
+            "error: config key 'model.laten_dim': Key 'laten_dim' is not in struct; did you mean model.latent_dim?",
+        ),
+        (
+            "launch.py",
+            ["+model.laten_dim=4"],
+            "error: config key 'model.laten_dim': not a parameter of model 'conv_ae'; did you mean model.latent_dim? "
+            "(parameters: latent_dim, channels, upsampling)",
+        ),
+        (
+            "launch.py",
+            ["train.epoch=3"],
+            "error: config key 'train.epoch': Key 'epoch' not in 'TrainConfig'; did you mean train.epochs?",
+        ),
+        (
+            "launch.py",
+            ["batch_size=32"],
+            "error: config key 'batch_size': Key 'batch_size' not in 'RunConfig'; did you mean train.batch_size?",
+        ),
+        ("launch.py", ["-m"], f"error: -m is Hydra's; {NO_MULTIRUN}"),
+        ("run.py", ["--multirun"], f"error: --multirun is Hydra's; {NO_MULTIRUN}"),
+        ("launch.py", ["hydra.run.dir=out"], RUN_DIR),
+        (
+            "launch.py",
+            ["hydra.sweep.dir=out"],
+            "error: hydra.sweep.dir is not used here: a sweep is written to "
+            "paths.results/<sweep.name>/<run>/: set paths.results=DIR (or "
+            "HPCLAB_RESULTS=DIR) and sweep.name=NAME",
+        ),
+        ("prepare_data.py", ["hydra.run.dir=out"], RUN_DIR),
+    ],
+)
 def test_typos_and_hydra_habits_get_one_line_with_what_to_type_instead(workdir, script, args, line):
     """An unknown key names the nearest valid ones; Hydra's -m/--multirun and hydra.*.dir (a
     token error and silence before) say what this suite uses instead. Nothing is written."""
@@ -278,16 +327,27 @@ def test_a_site_file_sets_cluster_settings_once_and_is_ignored_by_git(tmp_path):
     for part in ("hpclab", "configs", "jobs"):
         shutil.copytree(REPO / part, project / part, ignore=shutil.ignore_patterns("__pycache__", "default.yaml"))
     example = (project / "configs" / "local" / "default.yaml.example").read_text()
-    (project / "configs" / "local" / "default.yaml").write_text(example.replace("partition: gpu", "partition: cpu_long"))
+    (project / "configs" / "local" / "default.yaml").write_text(
+        example.replace("partition: gpu", "partition: cpu_long")
+    )
     env = {**os.environ, "PYTHONPATH": str(project), "HPCLAB_RESULTS": str(tmp_path / "results")}
 
     def show(*args: str) -> str:
-        proc = subprocess.run([sys.executable, "jobs/launch.py", "show", *args], cwd=project, env=env,
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "jobs/launch.py", "show", *args],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr
         return proc.stdout.strip()
 
-    assert show("cluster=slurm", "cluster.partition") == "cpu_long" and show("cluster=slurm", "cluster.account") == "myproj"
+    assert (
+        show("cluster=slurm", "cluster.partition") == "cpu_long"
+        and show("cluster=slurm", "cluster.account") == "myproj"
+    )
     assert show("cluster=slurm_cpu", "cluster.partition=debug", "cluster.partition") == "debug"
     assert show("cluster=slurm_cpu", "cluster.gpus_per_node") == "0"
 

@@ -19,10 +19,10 @@ import socket
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 from conftest import REPO, path_without, requires, run_cli
 from formats.dist_info import write_dist_info
 from omegaconf import OmegaConf
@@ -83,7 +83,7 @@ def sections() -> dict[str, str]:
 
 def pins_of(path: Path) -> dict[str, str]:
     lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
-    return {canonicalize_name(l.split("==")[0]): l.split("==")[1] for l in lines if l}
+    return {canonicalize_name(line.split("==")[0]): line.split("==")[1] for line in lines if line}
 
 
 def resolved_closure(requirements: list[str]) -> dict[str, str]:
@@ -97,6 +97,7 @@ def resolved_closure(requirements: list[str]) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- one recipe
+
 
 def test_definition_parses_and_its_base_is_a_build_argument(recipe, sections):
     assert sections[""].splitlines()[:2] == ["Bootstrap: docker", "From: {{ BASE }}"]
@@ -130,15 +131,30 @@ def test_both_builds_copy_the_same_files_and_dependencies_come_first(recipe):
     steps = containerfile()
     copies = [tuple(args.split()) for i, args in steps if i == "COPY"]
     for source, destination in copies:
-        covered = [s for s, d in files.items() if (source, destination) == (s, d)
-                   or (source.startswith(s + "/") and destination == f"{d}/{source[len(s) + 1:]}")]
+        covered = [
+            s
+            for s, d in files.items()
+            if (source, destination) == (s, d)
+            or (source.startswith(s + "/") and destination == f"{d}/{source[len(s) + 1 :]}")
+        ]
         assert covered, f"COPY {source} {destination} is not in the definition's %files"
     assert set(files.items()) <= set(copies)
     for source, destination in files.items():
         assert (REPO / source).exists(), f"%files source {source} is missing (build.sh runs from the repo root)"
         assert destination == f"{HOME}/{source}"
-    assert set(files) == {"pyproject.toml", "constraints.txt", "README.md", "hpclab", "jobs", "configs", "slurm",
-                          "scripts", "tests", "benchmarks", "containers"}
+    assert set(files) == {
+        "pyproject.toml",
+        "constraints.txt",
+        "README.md",
+        "hpclab",
+        "jobs",
+        "configs",
+        "slurm",
+        "scripts",
+        "tests",
+        "benchmarks",
+        "containers",
+    }
     deps = steps.index(("RUN", f"{STAGE_RUN} deps"))
     before = [args.split()[0] for i, args in steps[:deps] if i == "COPY"]
     assert before == ["containers/install.sh", "constraints.txt"]
@@ -168,7 +184,9 @@ def test_environment_is_the_same_fixed_set_in_both_images(sections):
     try:
         os.environ.pop("HF_HOME", None)
         use_cache("/scratch/me/cache")
-        assert os.environ["TORCH_HOME"] == "/scratch/me/cache" and os.environ["HF_HOME"] == "/scratch/me/cache/huggingface"
+        assert (
+            os.environ["TORCH_HOME"] == "/scratch/me/cache" and os.environ["HF_HOME"] == "/scratch/me/cache/huggingface"
+        )
     finally:
         for key, value in saved.items():
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
@@ -196,13 +214,19 @@ def test_runscript_entrypoint_and_help(sections):
     assert sections["test"].strip() == f"exec sh {HOME}/containers/selftest.sh"
     assert containerfile()[-1] == ("ENTRYPOINT", f'["{HOME}/containers/entrypoint.sh"]')
     env = {**os.environ, "HPCLAB_HOME": str(REPO), "PATH": IMAGE_PATH}
-    for args, usage in ([[], "jobs/launch.py"], [["--help"], "jobs/launch.py"], [["launch", "--help"], "jobs/launch.py"],
-                        [["prepare_data", "--help"], "jobs/prepare_data.py"]):
+    for args, usage in (
+        [[], "jobs/launch.py"],
+        [["--help"], "jobs/launch.py"],
+        [["launch", "--help"], "jobs/launch.py"],
+        [["prepare_data", "--help"], "jobs/prepare_data.py"],
+    ):
         proc = subprocess.run(["sh", str(ENTRYPOINT), *args], env=env, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert f"usage: python {usage}" in proc.stdout
     # Any other command runs as given: "podman run IMAGE python -m ..." like "apptainer exec".
-    proc = subprocess.run(["sh", str(ENTRYPOINT), "sh", "-c", "echo $0", "passed"], env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["sh", str(ENTRYPOINT), "sh", "-c", "echo $0", "passed"], env=env, capture_output=True, text=True
+    )
     assert proc.stdout == "passed\n"
     # Every example in %help binds a writable folder (the SIF itself is read-only).
     examples = [line.strip() for line in sections["help"].splitlines() if line.strip().startswith("apptainer run")]
@@ -214,9 +238,13 @@ def test_runscript_entrypoint_and_help(sections):
 def test_self_test_runs_the_lock_check_and_the_cpu_smoke_experiment(tmp_path):
     """containers/selftest.sh (%test; "IMAGE selftest") with the checkout standing in for /opt/hpclab."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HPCLAB_")}
-    proc = subprocess.run(["sh", str(REPO / "containers" / "selftest.sh")],
-                          env={**env, "HPCLAB_HOME": str(REPO), "TMPDIR": str(tmp_path), "PATH": IMAGE_PATH},
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["sh", str(REPO / "containers" / "selftest.sh")],
+        env={**env, "HPCLAB_HOME": str(REPO), "TMPDIR": str(tmp_path), "PATH": IMAGE_PATH},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "environment matches" in proc.stdout and "smoke run: test/mse" in proc.stdout
     assert "hpclab image self-test passed" in proc.stdout
@@ -224,6 +252,7 @@ def test_self_test_runs_the_lock_check_and_the_cpu_smoke_experiment(tmp_path):
 
 
 # --------------------------------------------------------------------------- the lock
+
 
 def test_install_script_installs_the_lock_only():
     """Every pip install of containers/install.sh takes its versions from constraints.txt
@@ -249,7 +278,9 @@ def test_lock_pins_exactly_what_the_project_resolves_to():
     closure = resolved_closure(project["dependencies"] + project["optional-dependencies"]["dev"])
     closure.pop("hpclab", None)
     lock = pins_of(REPO / "constraints.txt")
-    assert not set(closure) - set(lock), f"resolved but not pinned (unpinned in the image): {sorted(set(closure) - set(lock))}"
+    assert not set(closure) - set(lock), (
+        f"resolved but not pinned (unpinned in the image): {sorted(set(closure) - set(lock))}"
+    )
     assert not set(lock) - set(closure), f"pinned but not needed: {sorted(set(lock) - set(closure))}"
     assert closure == lock
 
@@ -262,8 +293,18 @@ def test_verify_lock_rejects_any_difference(tmp_path):
         write_dist_info(site, name, version)
 
     def verify() -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(REPO / "containers" / "verify_lock.py"), "--constraints", str(lock),
-                               "--path", str(site)], capture_output=True, text=True)
+        return subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "containers" / "verify_lock.py"),
+                "--constraints",
+                str(lock),
+                "--path",
+                str(site),
+            ],
+            capture_output=True,
+            text=True,
+        )
 
     assert verify().returncode == 0
     write_dist_info(site, "nvidia-nvjitlink", "13.5.37")
@@ -277,18 +318,35 @@ def test_verify_lock_rejects_any_difference(tmp_path):
 
 # --------------------------------------------------------------------------- entering the image
 
+
 def test_bind_paths_are_the_configured_paths(tmp_path):
-    cfg = compose(["cluster=slurm", f"paths.data={tmp_path}/data", f"paths.results={tmp_path}/results",
-                   "cluster.binds=[/site/slurm:/etc/slurm:ro]"])
+    cfg = compose(
+        [
+            "cluster=slurm",
+            f"paths.data={tmp_path}/data",
+            f"paths.results={tmp_path}/results",
+            "cluster.binds=[/site/slurm:/etc/slurm:ro]",
+        ]
+    )
     assert set(cfg.paths) == {"data", "results", "cache"} and cfg.paths.cache == f"{tmp_path}/data/cache"
     # The default cache (data/cache) and submitit folder (results/<sweep>/.submitit) are covered
     # by their parents' binds; a cache or folder elsewhere gets its own; site binds come verbatim.
     folder = tmp_path / "results" / "ae_latent" / ".submitit"
     assert container.bind_args(cfg.cluster, cfg.paths, folder) == [
-        "--bind", f"{tmp_path}/data", "--bind", f"{tmp_path}/results", "--bind", "/site/slurm:/etc/slurm:ro"]
+        "--bind",
+        f"{tmp_path}/data",
+        "--bind",
+        f"{tmp_path}/results",
+        "--bind",
+        "/site/slurm:/etc/slurm:ro",
+    ]
     paths = {**cfg.paths, "cache": f"{tmp_path}/weights"}
     assert container.project_dirs(paths, tmp_path / "submitit") == [
-        f"{tmp_path}/data", f"{tmp_path}/results", f"{tmp_path}/weights", f"{tmp_path}/submitit"]
+        f"{tmp_path}/data",
+        f"{tmp_path}/results",
+        f"{tmp_path}/weights",
+        f"{tmp_path}/submitit",
+    ]
     with pytest.raises(ConfigError, match="paths.data"):
         container.project_dirs({**cfg.paths, "data": "/a,b"})
 
@@ -311,10 +369,12 @@ def test_exec_prefix_and_python(monkeypatch, tmp_path):
     assert container.exec_prefix(cluster, paths) == [] and container.container_python(cluster, paths) == sys.executable
     monkeypatch.setenv("HPCLAB_IMAGE", "/images/my image.sif")
     python = container.container_python(cluster, paths)
-    assert python == ("apptainer exec --nv --bind /d --bind /r --env HPCLAB_DATA=/d --env HPCLAB_RESULTS=/r "
-                      "--env HPCLAB_CACHE=/d/cache --env TORCH_HOME=/d/cache --env HF_HOME=/d/cache/huggingface "
-                      "--env HPCLAB_CONTAINER_ENGINE=apptainer --env 'HPCLAB_CONTAINER_IMAGE=/images/my image.sif' "
-                      "--env PYTHONPATH= --env PYTHONHOME= '/images/my image.sif' python")
+    assert python == (
+        "apptainer exec --nv --bind /d --bind /r --env HPCLAB_DATA=/d --env HPCLAB_RESULTS=/r "
+        "--env HPCLAB_CACHE=/d/cache --env TORCH_HOME=/d/cache --env HF_HOME=/d/cache/huggingface "
+        "--env HPCLAB_CONTAINER_ENGINE=apptainer --env 'HPCLAB_CONTAINER_IMAGE=/images/my image.sif' "
+        "--env PYTHONPATH= --env PYTHONHOME= '/images/my image.sif' python"
+    )
     cluster.gpus_per_node = 0
     cluster.image = "/x/hpclab.sif"  # the config wins over $HPCLAB_IMAGE
     assert shlex.split(container.container_python(cluster, paths))[:3] == ["apptainer", "exec", "--bind"]
@@ -333,8 +393,14 @@ def test_podman_prefix_follows_the_same_rules(monkeypatch, tmp_path):
     Python settings cannot leak in and SLURM's variables are passed by name."""
     monkeypatch.setenv("PYTHONPATH", "/home/me/lib")
     paths = {"data": "/d", "results": "/r", "cache": "/w"}
-    cluster = OmegaConf.create({"image": "localhost/hpclab:0.1.0-abc", "container": "podman", "gpus_per_node": 0,
-                                "binds": ["/site", "/scratch/x:/x:ro"]})
+    cluster = OmegaConf.create(
+        {
+            "image": "localhost/hpclab:0.1.0-abc",
+            "container": "podman",
+            "gpus_per_node": 0,
+            "binds": ["/site", "/scratch/x:/x:ro"],
+        }
+    )
     prefix = container.exec_prefix(cluster, paths, "/r/sweep/.submitit")
     assert prefix[:4] == ["sh", "-c", 'export HPCLAB_PARENT_PID=$$; exec "$@"', "hpclab-task"]
     assert prefix[4:10] == ["podman", "run", "--rm", "--network=host", "--ipc=host", "--pid=host"]
@@ -344,7 +410,10 @@ def test_podman_prefix_follows_the_same_rules(monkeypatch, tmp_path):
     env = [prefix[i + 1] for i, a in enumerate(prefix) if a == "--env"]
     apptainer = container.exec_prefix({**cluster, "container": "apptainer", "image": "/x.sif"}, paths)
     shared = [apptainer[i + 1] for i, a in enumerate(apptainer) if a == "--env"][:5]
-    assert env[:5] == shared and env[5:7] == ["HPCLAB_CONTAINER_ENGINE=podman", "HPCLAB_CONTAINER_IMAGE=localhost/hpclab:0.1.0-abc"]
+    assert env[:5] == shared and env[5:7] == [
+        "HPCLAB_CONTAINER_ENGINE=podman",
+        "HPCLAB_CONTAINER_IMAGE=localhost/hpclab:0.1.0-abc",
+    ]
     assert env[7:] == list(container.PODMAN_PASS) and not any(e.startswith("PYTHON") for e in env)
     assert "SLURM_*" in env and "HPCLAB_REQUEUE_FILE" in env
     cluster.gpus_per_node = 2
@@ -353,8 +422,12 @@ def test_podman_prefix_follows_the_same_rules(monkeypatch, tmp_path):
     # In the batch script's command line the label takes the job id from the shell.
     python = container.container_python(cluster, paths)
     assert ' --label "hpclab.slurm_job=$SLURM_JOB_ID" localhost/hpclab:0.1.0-abc python' in python
-    out = subprocess.run(["bash", "-c", f"printf '%s\\n' {python}"], env={"SLURM_JOB_ID": "77_1", "PATH": os.environ["PATH"]},
-                         capture_output=True, text=True).stdout.splitlines()
+    out = subprocess.run(
+        ["bash", "-c", f"printf '%s\\n' {python}"],
+        env={"SLURM_JOB_ID": "77_1", "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
     assert out[-3:] == ["hpclab.slurm_job=77_1", "localhost/hpclab:0.1.0-abc", "python"]
     # A podman image is a reference, not a path; an unknown engine is named.
     assert container.image_of(cluster) == "localhost/hpclab:0.1.0-abc"
@@ -370,7 +443,11 @@ def test_singularity_runs_the_image_where_apptainer_is_missing(monkeypatch, tmp_
     monkeypatch.setenv("PATH", path)
     cluster = {"image": "/x/hpclab.sif", "gpus_per_node": 1}
     assert container.engine_of(cluster) == "singularity"
-    assert container.exec_prefix(cluster, {"data": "/d", "results": "/r", "cache": "/d/c"})[:3] == ["singularity", "exec", "--nv"]
+    assert container.exec_prefix(cluster, {"data": "/d", "results": "/r", "cache": "/d/c"})[:3] == [
+        "singularity",
+        "exec",
+        "--nv",
+    ]
     (stub / "apptainer").write_text("#!/bin/sh\n")
     (stub / "apptainer").chmod(0o755)
     assert container.engine_of(cluster) == "apptainer"  # both: apptainer
@@ -384,28 +461,46 @@ def test_bad_container_settings_fail_before_submitting_with_one_line(fmnist_data
     base = ["sweep=ae_latent", "preset=smoke", "cluster=slurm", "cluster.gpus_per_node=0"]
     no_engines = path_without(tmp_path, "apptainer", "singularity", "podman")
     cases = [
-        ([f"cluster.image={sif}"], {"PATH": no_engines},
-         f"error: config key 'cluster.container': apptainer not found on PATH on {socket.gethostname()}: load it"),
-        (["cluster.container=podman", "cluster.image=localhost/hpclab:1"], {"PATH": no_engines},
-         f"error: config key 'cluster.container': podman not found on PATH on {socket.gethostname()}: install it"),
-        ([f"cluster.image={tmp_path}/missing.sif"], {},
-         f"error: config key 'cluster.image': apptainer image {tmp_path}/missing.sif not found"),
-        (["cluster.image=localhost/hpclab:1"], {},
-         "error: config key 'cluster.image': apptainer image "),
-        ([f"cluster.image={sif}", f"cluster.binds=[{tmp_path}/site:/site:ro]"],
-         {"PATH": f"{engine_stub(tmp_path, 'apptainer')}:{os.environ['PATH']}"},
-         f"error: config key 'cluster.binds': bind source {tmp_path}/site does not exist on {socket.gethostname()}"),
-        (["cluster.image=/x.sif", "cluster.container=docker"], {},
-         "error: config key 'cluster.container': 'docker' is not one of apptainer, singularity, podman"),
+        (
+            [f"cluster.image={sif}"],
+            {"PATH": no_engines},
+            f"error: config key 'cluster.container': apptainer not found on PATH on {socket.gethostname()}: load it",
+        ),
+        (
+            ["cluster.container=podman", "cluster.image=localhost/hpclab:1"],
+            {"PATH": no_engines},
+            f"error: config key 'cluster.container': podman not found on PATH on {socket.gethostname()}: install it",
+        ),
+        (
+            [f"cluster.image={tmp_path}/missing.sif"],
+            {},
+            f"error: config key 'cluster.image': apptainer image {tmp_path}/missing.sif not found",
+        ),
+        (["cluster.image=localhost/hpclab:1"], {}, "error: config key 'cluster.image': apptainer image "),
+        (
+            [f"cluster.image={sif}", f"cluster.binds=[{tmp_path}/site:/site:ro]"],
+            {"PATH": f"{engine_stub(tmp_path, 'apptainer')}:{os.environ['PATH']}"},
+            f"error: config key 'cluster.binds': bind source {tmp_path}/site does not exist on {socket.gethostname()}",
+        ),
+        (
+            ["cluster.image=/x.sif", "cluster.container=docker"],
+            {},
+            "error: config key 'cluster.container': 'docker' is not one of apptainer, singularity, podman",
+        ),
     ]
     for overrides, env, expected in cases:
         proc = run_cli("launch.py", *base, *overrides, cwd=fmnist_data, env=env, check=False)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith(expected), (
-            overrides, proc.stdout, proc.stderr)
+            overrides,
+            proc.stdout,
+            proc.stderr,
+        )
         assert proc.stderr.startswith(expected), (overrides, proc.stderr)
         assert not (fmnist_data / "results" / "ae_latent-smoke" / "submissions.json").exists()
-    assert "(an OCI image? set cluster.container=podman)" in run_cli(
-        "launch.py", *base, "cluster.image=localhost/hpclab:1", cwd=fmnist_data, check=False).stderr
+    assert (
+        "(an OCI image? set cluster.container=podman)"
+        in run_cli("launch.py", *base, "cluster.image=localhost/hpclab:1", cwd=fmnist_data, check=False).stderr
+    )
 
 
 def srun_tokens(output: str) -> list[str]:
@@ -417,29 +512,42 @@ def srun_tokens(output: str) -> list[str]:
 def assert_enters_image(tokens: list[str], image: str, workdir: Path, gpus: bool, engine: str = "apptainer") -> None:
     start = tokens.index(engine)
     if engine == "podman":
-        assert tokens[start - 4:start] == container.PODMAN_WRAPPER
-        assert tokens[start + 1:start + 3] == ["run", "--rm"] and ("nvidia.com/gpu=all" in tokens) == gpus
+        assert tokens[start - 4 : start] == container.PODMAN_WRAPPER
+        assert tokens[start + 1 : start + 3] == ["run", "--rm"] and ("nvidia.com/gpu=all" in tokens) == gpus
     else:
         assert tokens[start + 1] == "exec" and ("--nv" in tokens) == gpus
     python = tokens.index("python", start)
     assert tokens[python - 1] == image
-    assert tokens[python:python + 4] == ["python", "-u", "-m", "submitit.core._submit"]
+    assert tokens[python : python + 4] == ["python", "-u", "-m", "submitit.core._submit"]
     flag = "--volume" if engine == "podman" else "--bind"
     binds = [Path(tokens[i + 1].split(":")[0]) for i in range(start, python) if tokens[i] == flag]
     if engine == "podman":  # at the same path inside
-        assert all(tokens[i + 1] == f"{b}:{b}" for b, i in zip(binds, [i for i in range(start, python) if tokens[i] == flag]))
-    needed = [workdir / "data", workdir / "results", workdir / "data" / "cache", workdir / "results" / "ae_latent" / ".submitit"]
+        assert all(
+            tokens[i + 1] == f"{b}:{b}" for b, i in zip(binds, [i for i in range(start, python) if tokens[i] == flag])
+        )
+    needed = [
+        workdir / "data",
+        workdir / "results",
+        workdir / "data" / "cache",
+        workdir / "results" / "ae_latent" / ".submitit",
+    ]
     for path in needed:  # what the tasks open: each inside a bound directory
         assert any(path.is_relative_to(bind) for bind in binds), (path, binds)
 
 
 def test_slurm_dry_run_renders_the_container_command(workdir, monkeypatch):
-    requires(lambda: None if shutil.which("srun") else
-             "submitit renders SLURM scripts only where srun is on PATH (slurm-client; not in the image)")
+    requires(
+        lambda: (
+            None
+            if shutil.which("srun")
+            else "submitit renders SLURM scripts only where srun is on PATH (slurm-client; not in the image)"
+        )
+    )
     monkeypatch.delenv("HPCLAB_IMAGE", raising=False)
     monkeypatch.delenv("HPCLAB_CONTAINER", raising=False)
-    out = run_cli("launch.py", "sweep=ae_latent", "cluster=slurm", "cluster.image=/x/hpclab.sif", "dry_run=true",
-                  cwd=workdir).stdout
+    out = run_cli(
+        "launch.py", "sweep=ae_latent", "cluster=slurm", "cluster.image=/x/hpclab.sif", "dry_run=true", cwd=workdir
+    ).stdout
     assert "apptainer exec --nv --bind" in out
     assert_enters_image(srun_tokens(out), "/x/hpclab.sif", workdir, gpus=True)
     assert not (workdir / "results").exists()  # a dry run writes nothing
@@ -460,7 +568,12 @@ def test_slurm_dry_run_renders_the_container_command(workdir, monkeypatch):
     assert 'podman ps -aq --filter "label=hpclab.slurm_job=$SLURM_JOB_ID" | xargs -r podman rm -f' in sbatch
     monkeypatch.delenv("HPCLAB_IMAGE")
     tokens = srun_tokens(render_sbatch(plan(["sweep=ae_latent", "cluster=slurm"])))
-    assert "podman" not in tokens and tokens[tokens.index(sys.executable):][:4] == [sys.executable, "-u", "-m", "submitit.core._submit"]
+    assert "podman" not in tokens and tokens[tokens.index(sys.executable) :][:4] == [
+        sys.executable,
+        "-u",
+        "-m",
+        "submitit.core._submit",
+    ]
 
 
 def test_requeue_inside_the_image_is_relayed_to_the_batch_script(tmp_path):
@@ -475,7 +588,11 @@ def test_requeue_inside_the_image_is_relayed_to_the_batch_script(tmp_path):
     for tool in ("readlink", "mv"):  # the image's PATH: its own tools, no SLURM client
         (image_bin / tool).symlink_to(shutil.which(tool))
     cluster = {"image": "/x/hpclab.sif", "gpus_per_node": 1, "binds": []}
-    paths = {"data": str(tmp_path / "data"), "results": str(tmp_path / "results"), "cache": str(tmp_path / "data/cache")}
+    paths = {
+        "data": str(tmp_path / "data"),
+        "results": str(tmp_path / "results"),
+        "cache": str(tmp_path / "data/cache"),
+    }
     folder = tmp_path / "results" / ".submitit"
     setup = "\n".join(container.slurm_setup(cluster, paths, folder))
     env = {"PATH": f"{host_bin}:{os.environ['PATH']}", "SLURM_JOB_ID": "78"}
@@ -500,22 +617,30 @@ def test_requeue_inside_the_image_is_relayed_to_the_batch_script(tmp_path):
     proc = subprocess.run(["scontrol", "requeue", "1"], env={"PATH": str(image_bin)}, capture_output=True, text=True)
     assert proc.returncode == 1 and "HPCLAB_REQUEUE_FILE" in proc.stderr
     # A SLURM client that the site binds into the container is used directly.
-    proc = subprocess.run(["scontrol", "requeue", "5"], env={"PATH": f"{image_bin}:{host_bin}"}, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["scontrol", "requeue", "5"], env={"PATH": f"{image_bin}:{host_bin}"}, capture_output=True, text=True
+    )
     assert proc.returncode == 0 and log.read_text() == "requeue 5\n"
 
 
 # --------------------------------------------------------------------------- build.sh
 
+
 def test_build_script_fails_clearly_without_an_engine(tmp_path):
     env = {"PATH": path_without(tmp_path, "apptainer", "singularity", "podman", "buildah")}
-    proc = subprocess.run([str(BUILD), str(tmp_path / "hpclab.sif")], env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(BUILD), str(tmp_path / "hpclab.sif")], env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == [
         "error: no container engine found (apptainer, singularity, podman, buildah): load Apptainer >= 1.2 "
-        "(e.g. 'module load apptainer') or install podman (Debian/Ubuntu: apt-get install podman runc)"]
+        "(e.g. 'module load apptainer') or install podman (Debian/Ubuntu: apt-get install podman runc)"
+    ]
     proc = subprocess.run([str(BUILD), "--engine", "podman"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.stderr.strip().splitlines() == [
-        "error: podman not found on PATH: install it (Debian/Ubuntu: apt-get install podman runc) or choose another --engine"]
+        "error: podman not found on PATH: install it (Debian/Ubuntu: apt-get install podman runc) "
+        "or choose another --engine"
+    ]
     proc = subprocess.run([str(BUILD), "--engine", "apptainer"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.stderr.strip().splitlines()[-1].startswith("error: apptainer not found on PATH")
     assert "--engine podman" in proc.stderr
@@ -549,10 +674,22 @@ def test_build_script_runs_apptainer_build(tmp_path):
     assert cwd == str(REPO)  # %files sources are relative to the repository root
     fakeroot = [] if os.getuid() == 0 else ["--fakeroot"]
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
-    assert args[: len(fakeroot) + 5] == ["build", *fakeroot, "--build-arg", f"HPCLAB_VERSION={version}", "--build-arg", args[len(fakeroot) + 4]]
+    assert args[: len(fakeroot) + 5] == [
+        "build",
+        *fakeroot,
+        "--build-arg",
+        f"HPCLAB_VERSION={version}",
+        "--build-arg",
+        args[len(fakeroot) + 4],
+    ]
     commit = args[len(fakeroot) + 4].removeprefix("GIT_COMMIT=")
     git = shutil.which("git")
-    head = git and subprocess.run([git, "-C", str(REPO), "rev-parse", "--verify", "-q", "HEAD"], capture_output=True, text=True).stdout.strip()
+    head = (
+        git
+        and subprocess.run(
+            [git, "-C", str(REPO), "rev-parse", "--verify", "-q", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+    )
     assert re.fullmatch(rf"{head}(-dirty)?" if head else "unknown", commit)
     assert args[-3:] == ["--notest", str(image), "containers/hpclab.def"]
     sha = hashlib.sha256(image.read_bytes()).hexdigest()
@@ -566,14 +703,23 @@ def test_build_script_runs_apptainer_build(tmp_path):
     assert log.read_text().splitlines()[1:3] == ["build", "--fakeroot"]
 
     # Apptainer without --build-arg support is refused with the reason.
-    proc = subprocess.run([str(BUILD), str(image)], env={**env, "FAKE_VERSION": "1.1.9"}, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(BUILD), str(image)], env={**env, "FAKE_VERSION": "1.1.9"}, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode != 0 and "apptainer 1.1.9 is too old" in proc.stderr
 
     # The base image is a build argument of the definition too.
-    proc = subprocess.run([str(BUILD), str(image), "--notest", "--base", "localhost/debian:bookworm"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(BUILD), str(image), "--notest", "--base", "localhost/debian:bookworm"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     args = log.read_text().splitlines()[1:]
     assert args[args.index("BASE=localhost/debian:bookworm") - 1] == "--build-arg"
-    proc = subprocess.run([str(BUILD), str(image), "--archive", "x.tar"], env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(BUILD), str(image), "--archive", "x.tar"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode != 0 and "--tag and --archive are for OCI builds" in proc.stderr

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import pytest
 from conftest import REPO, controller_problem, requires, run_cli
@@ -33,7 +32,7 @@ FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fa
 NOT_COMPARED = {"images_per_s"}  # wall-clock rates; every other logged value must be identical
 
 
-def podman_problem(image: Optional[str] = IMAGE) -> Optional[str]:
+def podman_problem(image: str | None = IMAGE) -> str | None:
     """Why podman (and the image) cannot be used here; None when they can."""
     if not shutil.which("podman"):
         return "podman is not installed (apt-get install podman runc)"
@@ -41,12 +40,15 @@ def podman_problem(image: Optional[str] = IMAGE) -> Optional[str]:
         return None
     if subprocess.run(["podman", "image", "exists", image], capture_output=True).returncode != 0:
         return f"no image {image}: build it with containers/build.sh (or set HPCLAB_TEST_IMAGE)"
-    probe = subprocess.run(["podman", "run", "--rm", "--entrypoint", "true", image], capture_output=True, text=True,
-                           timeout=120)
+    probe = subprocess.run(
+        ["podman", "run", "--rm", "--entrypoint", "true", image], capture_output=True, text=True, timeout=120
+    )
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["?"])[-1][:160]
-        return (f"podman cannot start containers here ({last}); on the hpclab machines: "
-                f"export CONTAINERS_CONF={REPO}/containers/podman-local.conf")
+        return (
+            f"podman cannot start containers here ({last}); on the hpclab machines: "
+            f"export CONTAINERS_CONF={REPO}/containers/podman-local.conf"
+        )
     return None
 
 
@@ -62,6 +64,7 @@ def podman(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 # --------------------------------------------------------------------------- the image itself
 
+
 @pytest.mark.slow
 def test_image_self_test_lock_and_labels(image):
     proc = podman("run", "--rm", image, "selftest")
@@ -69,9 +72,16 @@ def test_image_self_test_lock_and_labels(image):
     assert "environment matches /opt/hpclab/constraints.txt" in proc.stdout
     assert "hpclab image self-test passed" in proc.stdout
     labels = json.loads(podman("image", "inspect", "--format", "{{json .Labels}}", image).stdout)
-    inside = podman("run", "--rm", image, "sh", "-c", "sha256sum /opt/hpclab/constraints.txt; command -v python; "
-                    "find /run/hpclab-build -type f -size +0 | wc -l; du -sm /root/.cache 2>/dev/null | cut -f1; "
-                    "python -m pip config list").stdout.splitlines()
+    inside = podman(
+        "run",
+        "--rm",
+        image,
+        "sh",
+        "-c",
+        "sha256sum /opt/hpclab/constraints.txt; command -v python; "
+        "find /run/hpclab-build -type f -size +0 | wc -l; du -sm /root/.cache 2>/dev/null | cut -f1; "
+        "python -m pip config list",
+    ).stdout.splitlines()
     assert inside[0].split()[0] == labels["org.hpclab.constraints.sha256"]
     assert inside[1] == "/opt/venv/bin/python"
     assert inside[2] == "0"  # of the build-time inputs only their empty mount points are left
@@ -87,14 +97,31 @@ def test_a_task_sees_the_bound_paths_and_variables_and_no_host_python(image, tmp
         path.mkdir()
     cluster = {"image": image, "container": "podman", "gpus_per_node": 0, "binds": []}
     python = container.container_python(cluster, paths, tmp_path / "results" / ".submitit")
-    probe = ("import json, os, sys; import hpclab; open(os.environ['HPCLAB_RESULTS'] + '/from-inside', 'w').write('x'); "
-             "print(json.dumps({'env': dict(os.environ), 'exe': sys.executable, 'path': sys.path, 'hpclab': hpclab.__file__}))")
-    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "PYTHONHOME": "/nonexistent", "SLURM_JOB_ID": "4242",
-           "SLURM_ARRAY_TASK_ID": "1", "RANK": "0", "OMP_NUM_THREADS": "1", "HPCLAB_REQUEUE_FILE": str(tmp_path / "rq"),
-           "TORCH_HOME": "/home/me/.cache/torch", "VIRTUAL_ENV": "/work/main/.venv",
-           **({"CONTAINERS_CONF": os.environ["CONTAINERS_CONF"]} if "CONTAINERS_CONF" in os.environ else {})}
-    proc = subprocess.run(["bash", "-c", f"{python} -c \"$PROBE\""], env={**env, "PROBE": probe}, capture_output=True,
-                          text=True, timeout=300)
+    probe = (
+        "import json, os, sys; import hpclab; open(os.environ['HPCLAB_RESULTS'] + '/from-inside', 'w').write('x'); "
+        "print(json.dumps({'env': dict(os.environ), 'exe': sys.executable, 'path': sys.path, "
+        "'hpclab': hpclab.__file__}))"
+    )
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(REPO),
+        "PYTHONHOME": "/nonexistent",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_ARRAY_TASK_ID": "1",
+        "RANK": "0",
+        "OMP_NUM_THREADS": "1",
+        "HPCLAB_REQUEUE_FILE": str(tmp_path / "rq"),
+        "TORCH_HOME": "/home/me/.cache/torch",
+        "VIRTUAL_ENV": "/work/main/.venv",
+        **({"CONTAINERS_CONF": os.environ["CONTAINERS_CONF"]} if "CONTAINERS_CONF" in os.environ else {}),
+    }
+    proc = subprocess.run(
+        ["bash", "-c", f'{python} -c "$PROBE"'],
+        env={**env, "PROBE": probe},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     inside = seen["env"]
@@ -117,12 +144,19 @@ def test_podman_cleanup_removes_a_leftover_container_of_the_same_job(image, tmp_
     assert started.returncode == 0, started.stderr
     other = podman("run", "-d", "--label", "hpclab.slurm_job=99124", "--entrypoint", "sleep", image, "300")
     try:
-        lines = container.slurm_setup({"image": image, "container": "podman"},
-                                      {"data": tmp_path / "d", "results": tmp_path / "r", "cache": tmp_path / "c"},
-                                      tmp_path / "r" / ".submitit")
+        lines = container.slurm_setup(
+            {"image": image, "container": "podman"},
+            {"data": tmp_path / "d", "results": tmp_path / "r", "cache": tmp_path / "c"},
+            tmp_path / "r" / ".submitit",
+        )
         cleanup = next(line for line in lines if "podman ps" in line)  # inside a SLURM job only
-        proc = subprocess.run(["bash", "-c", cleanup], env={**os.environ, "SLURM_JOB_ID": "99123"}, capture_output=True,
-                              text=True, timeout=120)
+        proc = subprocess.run(
+            ["bash", "-c", cleanup],
+            env={**os.environ, "SLURM_JOB_ID": "99123"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr
         assert podman("ps", "-aq", "--filter", "label=hpclab.slurm_job=99123").stdout.strip() == ""
         assert podman("ps", "-q", "--filter", "label=hpclab.slurm_job=99124").stdout.strip() != ""  # another job's
@@ -132,10 +166,15 @@ def test_podman_cleanup_removes_a_leftover_container_of_the_same_job(image, tmp_
 
 # --------------------------------------------------------------------------- one-line errors
 
+
 def test_build_script_names_the_fix_for_an_unfetchable_base_and_a_podman_that_cannot_run(tmp_path):
     requires(lambda: podman_problem(image=None))
-    proc = subprocess.run([str(REPO / "containers" / "build.sh"), "--engine", "podman", "--base",
-                           "localhost/hpclab-no-such-base:1"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(REPO / "containers" / "build.sh"), "--engine", "podman", "--base", "localhost/hpclab-no-such-base:1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith("error: base image localhost/hpclab-no-such-base:1 cannot be fetched (")
     assert "containers/make_base.sh, then containers/build.sh --base localhost/debian:bookworm" in proc.stderr
@@ -146,8 +185,13 @@ def test_build_script_names_the_fix_for_an_unfetchable_base_and_a_podman_that_ca
     bare = subprocess.run(["podman", "run", "--rm", "--entrypoint", "true", IMAGE], env=env, capture_output=True)
     if bare.returncode == 0 or podman_problem():
         return  # podman works here without site settings (or there is no image to probe with)
-    proc = subprocess.run([str(REPO / "containers" / "build.sh"), "--engine", "podman", "--base", IMAGE], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(REPO / "containers" / "build.sh"), "--engine", "podman", "--base", IMAGE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith("error: podman cannot start containers on this machine (")
     assert "export CONTAINERS_CONF=" in proc.stderr and "podman-local.conf" in proc.stderr
@@ -155,16 +199,26 @@ def test_build_script_names_the_fix_for_an_unfetchable_base_and_a_podman_that_ca
 
 def test_a_podman_image_that_does_not_exist_stops_the_submission(fmnist_data):
     requires(lambda: podman_problem(image=None))
-    proc = run_cli("launch.py", "sweep=ae_latent", "preset=smoke", "cluster=slurm", "cluster.container=podman",
-                   "cluster.image=localhost/hpclab:no-such-tag", cwd=fmnist_data, check=False)
+    proc = run_cli(
+        "launch.py",
+        "sweep=ae_latent",
+        "preset=smoke",
+        "cluster=slurm",
+        "cluster.container=podman",
+        "cluster.image=localhost/hpclab:no-such-tag",
+        cwd=fmnist_data,
+        check=False,
+    )
     assert proc.returncode == 2 and proc.stderr.splitlines() == [
         f"error: config key 'cluster.image': podman on {socket.gethostname()} has no image "
         "'localhost/hpclab:no-such-tag' (build it: "
-        "containers/build.sh --engine podman; list the images: podman images)"]
+        "containers/build.sh --engine podman; list the images: podman images)"
+    ]
     assert not (fmnist_data / "results" / "ae_latent-smoke").exists()
 
 
 # --------------------------------------------------------------------------- SLURM, inside the image
+
 
 def logged(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
@@ -177,8 +231,10 @@ def comparable(run_dir: Path) -> dict[tuple[str, int], dict]:
     return {(r["split"], r["step"]): {k: v for k, v in r.items() if k not in NOT_COMPARED} for r in logged(run_dir)}
 
 
-def squeue_state(job: str) -> Optional[str]:
-    out = subprocess.run(["squeue", "-h", "-j", job, "-t", "all", "-o", "%T"], capture_output=True, text=True, timeout=30)
+def squeue_state(job: str) -> str | None:
+    out = subprocess.run(
+        ["squeue", "-h", "-j", job, "-t", "all", "-o", "%T"], capture_output=True, text=True, timeout=30
+    )
     return out.stdout.split()[0] if out.stdout.split() else None
 
 
@@ -189,24 +245,50 @@ def test_smoke_sweep_array_inside_the_image_requeued_mid_run_equals_the_runs_out
     image (podman), task 0 requeued with scontrol mid-run; the same sweep outside the image
     (this venv, one thread like the 1-CPU tasks). Every logged value and the final metrics of
     both runs are bit-identical inside and outside, the requeued one included."""
-    requires(controller_problem, lambda: None if FASHION_MNIST.is_dir() else
-             f"{FASHION_MNIST} missing: apt-get install dataset-fashion-mnist (scripts/setup.sh does)")
-    env = {**os.environ, "HPCLAB_DATA": str(tmp_path / "data"), "HPCLAB_RESULTS": str(tmp_path / "inside"),
-           "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    requires(
+        controller_problem,
+        lambda: (
+            None
+            if FASHION_MNIST.is_dir()
+            else f"{FASHION_MNIST} missing: apt-get install dataset-fashion-mnist (scripts/setup.sh does)"
+        ),
+    )
+    env = {
+        **os.environ,
+        "HPCLAB_DATA": str(tmp_path / "data"),
+        "HPCLAB_RESULTS": str(tmp_path / "inside"),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
     for key in ("HPCLAB_IMAGE", "HPCLAB_CONTAINER", "HPCLAB_CACHE"):
         env.pop(key, None)
     run_cli("prepare_data.py", "data=fashion_mnist", cwd=tmp_path, env=env)
     sweep = ["sweep=ae_latent", "preset=smoke"]
-    proc = run_cli("launch.py", *sweep, "cluster=slurm", "cluster.container=podman", f"cluster.image={image}",
-                   "cluster.gpus_per_node=0", "cluster.cpus_per_task=1", "cluster.mem_gb=null", "cluster.time_min=20",
-                   cwd=tmp_path, env=env)
+    proc = run_cli(
+        "launch.py",
+        *sweep,
+        "cluster=slurm",
+        "cluster.container=podman",
+        f"cluster.image={image}",
+        "cluster.gpus_per_node=0",
+        "cluster.cpus_per_task=1",
+        "cluster.mem_gb=null",
+        "cluster.time_min=20",
+        cwd=tmp_path,
+        env=env,
+    )
     match = re.search(r"submitted array job (\d+) \(2 runs\)", proc.stdout)
     assert match, proc.stdout
     job = match.group(1)
     # Meanwhile the same sweep outside the image, in this process's environment.
-    outside = subprocess.Popen([sys.executable, str(REPO / "jobs" / "launch.py"), *sweep], cwd=tmp_path,
-                               env={**env, "HPCLAB_RESULTS": str(tmp_path / "outside")},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    outside = subprocess.Popen(
+        [sys.executable, str(REPO / "jobs" / "launch.py"), *sweep],
+        cwd=tmp_path,
+        env={**env, "HPCLAB_RESULTS": str(tmp_path / "outside")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     inside = tmp_path / "inside" / "ae_latent-smoke"
     requeued, seen = f"{job}_0", 0
     deadline = time.time() + 900
@@ -244,8 +326,10 @@ def test_smoke_sweep_array_inside_the_image_requeued_mid_run_equals_the_runs_out
         assert json.loads((run_out / "environment.json").read_text())["container"] is None
         summary_in, summary_out = (json.loads((d / "summary.json").read_text()) for d in (run_in, run_out))
         assert summary_in["status"] == summary_out["status"] == "completed" and summary_in["steps"] == 200
-        print(f"{name}: inside (Python {environment['python']}, image) {summary_in['metrics']} | "
-              f"outside (Python {host_python}) {summary_out['metrics']}")
+        print(
+            f"{name}: inside (Python {environment['python']}, image) {summary_in['metrics']} | "
+            f"outside (Python {host_python}) {summary_out['metrics']}"
+        )
         assert summary_in["metrics"] == summary_out["metrics"]  # bit-identical floats
         logged_in, logged_out = comparable(run_in), comparable(run_out)
         # every logged value, evaluations included: the loss window since the last log line is
@@ -263,13 +347,39 @@ def test_sbatch_script_runs_its_task_inside_the_image(image, fmnist_mirror, tmp_
     from test_slurm import SLURM_OPTS, TINY
 
     requires(controller_problem)
-    env = {**os.environ, "HPCLAB_DATA": str(tmp_path / "data"), "HPCLAB_RESULTS": str(tmp_path / "results"),
-           "HPCLAB_CONTAINER": "podman", "HPCLAB_IMAGE": image, "PYTHONPATH": str(REPO)}
-    run_cli("prepare_data.py", "data=fashion_mnist", f"data.mirrors=[{fmnist_mirror}]", "data.download=false",
-            cwd=tmp_path, env={k: v for k, v in env.items() if k not in ("HPCLAB_CONTAINER", "HPCLAB_IMAGE")})
-    out = subprocess.run(["sbatch", "--parsable", *SLURM_OPTS, str(REPO / "slurm" / "ae_pretrain.sh"),
-                          "experiment=ae_latent", *TINY, "train.max_steps=40", "train.eval_every=20"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "HPCLAB_DATA": str(tmp_path / "data"),
+        "HPCLAB_RESULTS": str(tmp_path / "results"),
+        "HPCLAB_CONTAINER": "podman",
+        "HPCLAB_IMAGE": image,
+        "PYTHONPATH": str(REPO),
+    }
+    run_cli(
+        "prepare_data.py",
+        "data=fashion_mnist",
+        f"data.mirrors=[{fmnist_mirror}]",
+        "data.download=false",
+        cwd=tmp_path,
+        env={k: v for k, v in env.items() if k not in ("HPCLAB_CONTAINER", "HPCLAB_IMAGE")},
+    )
+    out = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            *SLURM_OPTS,
+            str(REPO / "slurm" / "ae_pretrain.sh"),
+            "experiment=ae_latent",
+            *TINY,
+            "train.max_steps=40",
+            "train.eval_every=20",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     job = out.stdout.strip().split(";")[0]
     log = tmp_path / f"hpclab-ae_pretrain-{job}.out"

@@ -26,11 +26,20 @@ from hpclab.tasks import TASKS
 from hpclab.tasks.contrastive import nt_xent
 
 # the contrastive experiment on scikit-learn's 8x8 digits, small enough for seconds per run
-DIGITS_SIMCLR = ["experiment=simclr", "data=digits", "model.channels=[8,16]", "train.epochs=null",
-                 "train.batch_size=64", "train.log_every=10", "train.progress=log", "analysis=[]"]
+DIGITS_SIMCLR = [
+    "experiment=simclr",
+    "data=digits",
+    "model.channels=[8,16]",
+    "train.epochs=null",
+    "train.batch_size=64",
+    "train.log_every=10",
+    "train.progress=log",
+    "analysis=[]",
+]
 
 
 # --------------------------------------------------------------------------- the loss
+
 
 def test_nt_xent_of_two_images_whose_views_match_exactly():
     e1, e2 = torch.eye(2)
@@ -63,6 +72,7 @@ def test_nt_xent_gradient_pulls_partners_together():
 
 # --------------------------------------------------------------------------- the views
 
+
 def test_two_views_differ_per_image_and_repeat_with_the_seed():
     task = TASKS.build("contrastive", {})
     x = torch.rand(1, 1, 28, 28).expand(6, 1, 28, 28).contiguous()  # one image six times
@@ -87,9 +97,14 @@ def test_a_full_crop_without_flip_or_jitter_keeps_the_image():
     assert torch.allclose(jitter_brightness_contrast(x, 0.4, p=0.0), x, atol=1e-6)
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"temperature": 0}, "task.temperature"), ({"crop_scale": [0.5, 0.2]}, "task.crop_scale"),
-    ({"jitter": 1.5}, "task.jitter")])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"temperature": 0}, "task.temperature"),
+        ({"crop_scale": [0.5, 0.2]}, "task.crop_scale"),
+        ({"jitter": 1.5}, "task.jitter"),
+    ],
+)
 def test_bad_task_settings_name_their_key(override, message):
     with pytest.raises(ConfigError, match=message):
         TASKS.build("contrastive", override)
@@ -97,18 +112,22 @@ def test_bad_task_settings_name_their_key(override, message):
 
 # --------------------------------------------------------------------------- configs
 
+
 def test_the_sweeps_expand_to_readable_runs_on_the_same_footing(workdir):
     temperature = plan(["sweep=simclr_temperature"])
     assert temperature.run_names[0] == "temperature-0.1__batch_size-128" and len(temperature) == 6
     assert {(c.task.temperature, c.train.batch_size, c.train.epochs) for c in temperature.runs} == {
-        (t, b, 10) for t in (0.1, 0.5, 1.0) for b in (128, 512)}
+        (t, b, 10) for t in (0.1, 0.5, 1.0) for b in (128, 512)
+    }
     simclr = temperature.runs[0]
     assert (simclr.model.name, simclr.model.latent_dim, list(simclr.model.channels)) == ("conv_ae", 32, [32, 64, 128])
 
     compare = plan(["sweep=pretrain_compare"])
     assert len(compare) == 27 and compare.run_names[0] == "encoder-scratch__train_fraction-0.01__seed-0"
-    arms = {name.split("__")[0]: (c.model.pretrained, c.model.encoder_from)
-            for name, c in zip(compare.run_names, compare.runs)}
+    arms = {
+        name.split("__")[0]: (c.model.pretrained, c.model.encoder_from)
+        for name, c in zip(compare.run_names, compare.runs)
+    }
     assert arms["encoder-scratch"] == (False, None)
     assert arms["encoder-ae"][0] and arms["encoder-ae"][1].endswith("results/ae_latent/latent_dim-32")
     assert arms["encoder-simclr"][0] and arms["encoder-simclr"][1].endswith("results/simclr/default")
@@ -116,6 +135,7 @@ def test_the_sweeps_expand_to_readable_runs_on_the_same_footing(workdir):
 
 
 # --------------------------------------------------------------------------- runs
+
 
 def final_metrics(folder: Path) -> dict:
     return json.loads((folder / "summary.json").read_text())["metrics"]
@@ -129,8 +149,14 @@ def records(folder: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_contrastive_run_feeds_the_probes_and_the_classifier(digits):
-    run_cli("launch.py", *DIGITS_SIMCLR, "train.max_steps=60", "train.eval_every=30",
-            "analysis=[examples,{name:latent_probe,epochs:3}]", cwd=digits)
+    run_cli(
+        "launch.py",
+        *DIGITS_SIMCLR,
+        "train.max_steps=60",
+        "train.eval_every=30",
+        "analysis=[examples,{name:latent_probe,epochs:3}]",
+        cwd=digits,
+    )
     run = digits / "results" / "simclr" / "default"
     metrics = final_metrics(run)
     chance = 1 / (2 * 360 - 1)  # the digits' 360 test images are one evaluation batch: 719 candidates
@@ -145,16 +171,32 @@ def test_contrastive_run_feeds_the_probes_and_the_classifier(digits):
 
     state = load_file(str(run / "checkpoints" / "best_model.safetensors"))
     ae = {"name": "conv_ae", "latent_dim": 32, "channels": [8, 16]}
-    clf = MODELS.build("ae_encoder_classifier", {"ae": ae, "pretrained": True, "encoder_from": str(run)},
-                       in_channels=1, image_size=8, num_classes=10)
+    clf = MODELS.build(
+        "ae_encoder_classifier",
+        {"ae": ae, "pretrained": True, "encoder_from": str(run)},
+        in_channels=1,
+        image_size=8,
+        num_classes=10,
+    )
     encoder = clf.features.autoencoder
     assert torch.equal(encoder.features[0].weight, state["features.autoencoder.features.0.weight"])
     assert torch.equal(encoder.to_latent[1].weight, state["features.autoencoder.to_latent.1.weight"])
     assert any(k.startswith("head.") for k in state)  # the projection head is there, and not taken
 
     # the three-arm sweep's scratch and simclr arms (sweep.subset=2 keeps the first and last encoder)
-    run_cli("launch.py", "sweep=pretrain_compare", "sweep.subset=2", "train.batch_size=64", "data=digits", "model.ae.channels=[8,16]",
-            "train.max_steps=20", "train.eval_every=10", "seed=0", "data.train_fraction=1.0", cwd=digits)
+    run_cli(
+        "launch.py",
+        "sweep=pretrain_compare",
+        "sweep.subset=2",
+        "train.batch_size=64",
+        "data=digits",
+        "model.ae.channels=[8,16]",
+        "train.max_steps=20",
+        "train.eval_every=10",
+        "seed=0",
+        "data.train_fraction=1.0",
+        cwd=digits,
+    )
     rows = (digits / "results" / "pretrain_compare" / "summary.csv").read_text().splitlines()
     assert rows[0].startswith("run,data.train_fraction,encoder,seed,test/acc")
     assert sorted(r.split(",")[2] for r in rows[1:]) == ["scratch", "simclr"]
@@ -165,8 +207,13 @@ def test_resume_after_kill_draws_the_same_views(digits):
     args = [*DIGITS_SIMCLR, "train.max_steps=120", "train.eval_every=40", "train.checkpoint_every=20"]
     run_cli("launch.py", *args, cwd=digits, env={"HPCLAB_RESULTS": str(digits / "straight")})
     env = {**os.environ, "HPCLAB_RESULTS": str(digits / "killed"), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "jobs" / "launch.py"), *args], cwd=digits, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "jobs" / "launch.py"), *args],
+        cwd=digits,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     run = digits / "killed" / "simclr" / "default"
     deadline = time.time() + 180
     while time.time() < deadline and not step_checkpoints(run) and proc.poll() is None:

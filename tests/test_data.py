@@ -101,8 +101,14 @@ def test_torchvision_download_path_from_a_local_http_mirror(workdir, tmp_path, m
 
 
 def test_no_source_gives_a_clear_error_and_writes_nothing(workdir, tmp_path):
-    proc = run_cli("prepare_data.py", "data=mnist", f"data.mirrors=[{tmp_path / 'nothing'}]",
-                   "data.download=false", cwd=workdir, check=False)
+    proc = run_cli(
+        "prepare_data.py",
+        "data=mnist",
+        f"data.mirrors=[{tmp_path / 'nothing'}]",
+        "data.download=false",
+        cwd=workdir,
+        check=False,
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "cannot stage 'mnist'" in proc.stderr
     assert "prepare_data.py data=mnist data.mirrors=" in proc.stderr
@@ -124,8 +130,14 @@ def test_image_size_is_honoured_at_staging_for_sources_that_do_not_resize(workdi
 
     mirror = tmp_path / "idx"
     arrays = write_idx_dataset(mirror, n_train=50, n_test=20)
-    proc = run_cli("prepare_data.py", "data=fashion_mnist", "data.image_size=32", f"data.mirrors=[{mirror}]",
-                   "data.download=false", cwd=workdir)
+    proc = run_cli(
+        "prepare_data.py",
+        "data=fashion_mnist",
+        "data.image_size=32",
+        f"data.mirrors=[{mirror}]",
+        "data.download=false",
+        cwd=workdir,
+    )
     path = workdir / "data" / "fashion_mnist_32px.h5"
     assert f"{path}: test [20, 1, 32, 32], train [50, 1, 32, 32]" in proc.stdout
     with h5py.File(path) as f:
@@ -135,20 +147,24 @@ def test_image_size_is_honoured_at_staging_for_sources_that_do_not_resize(workdi
     # the resized image is the original, smoothly interpolated: same mean brightness, same layout
     original = arrays["train"][0].astype(float)
     assert abs(images.astype(float).mean() - original.mean()) < 2.0
-    back = torch.nn.functional.interpolate(torch.from_numpy(images).float(), size=(28, 28), mode="bilinear",
-                                           antialias=True)[:, 0].numpy()
+    back = torch.nn.functional.interpolate(
+        torch.from_numpy(images).float(), size=(28, 28), mode="bilinear", antialias=True
+    )[:, 0].numpy()
     assert np.corrcoef(back.ravel(), original.ravel())[0, 1] > 0.95
 
     write_cifar10(tmp_path / "cifar", n_train=10, n_test=4, seed=2)
-    small = stage(compose(["data=cifar10", "data.image_size=16", f"data.mirrors=[{tmp_path / 'cifar'}]",
-                           "data.download=false"]))
+    small = stage(
+        compose(["data=cifar10", "data.image_size=16", f"data.mirrors=[{tmp_path / 'cifar'}]", "data.download=false"])
+    )
     assert describe(small)["splits"]["train"]["images"] == [10, 3, 16, 16]
 
     # a file holding another size under the sized name (staged before sizes were honoured)
     stale = workdir / "data" / "mnist_32px.h5"
     stage(compose(["data=mnist", f"data.mirrors=[{mirror}]", "data.download=false"])).rename(stale)
     cfg = compose(["data=mnist", "data.image_size=32", f"data.mirrors=[{mirror}]", "data.download=false"])
-    with pytest.raises(DataMissing, match=r"holds 28x28 px images, not data.image_size=32; .*data.image_size=32 force=true"):
+    with pytest.raises(
+        DataMissing, match=r"holds 28x28 px images, not data.image_size=32; .*data.image_size=32 force=true"
+    ):
         stage(cfg)
     with pytest.raises(DataMissing, match="holds 28x28 px images"):
         RunData(cfg, torch.device("cpu"))
@@ -161,10 +177,16 @@ def test_resizing_keeps_masks_binary():
 
     masks = np.zeros((2, 1, 8, 8), np.uint8)
     masks[:, :, 2:6, 2:6] = 1
-    staged = DatasetArrays(splits={"train": {"images": np.full((2, 1, 8, 8), 200, np.uint8), "masks": masks,
-                                      "labels": np.array([0, 1])}}, class_names=["a", "b"], inputs=[], source="test")
+    staged = DatasetArrays(
+        splits={"train": {"images": np.full((2, 1, 8, 8), 200, np.uint8), "masks": masks, "labels": np.array([0, 1])}},
+        class_names=["a", "b"],
+        inputs=[],
+        source="test",
+    )
     out = resize_staged(staged, 20)
-    assert out.splits["train"]["images"].shape == (2, 1, 20, 20) and set(np.unique(out.splits["train"]["images"])) == {200}
+    assert out.splits["train"]["images"].shape == (2, 1, 20, 20) and set(np.unique(out.splits["train"]["images"])) == {
+        200
+    }
     assert set(np.unique(out.splits["train"]["masks"])) == {0, 1} and out.splits["train"]["masks"].sum() == 2 * 10 * 10
     assert resize_staged(out, 20) is out  # already at the size: nothing to do
 
@@ -178,8 +200,10 @@ def test_memory_mapped_and_chunked_layouts_read_the_same_rows(tmp_path):
 
     images = np.random.default_rng(0).integers(0, 256, (5000, 1, 4, 4), dtype=np.uint8)
     labels = np.arange(5000, dtype=np.int64)
-    write_hdf5(tmp_path / "ours.h5", DatasetArrays(splits={"train": {"images": images, "labels": labels}},
-                                            class_names=[], inputs=[], source="test"))
+    write_hdf5(
+        tmp_path / "ours.h5",
+        DatasetArrays(splits={"train": {"images": images, "labels": labels}}, class_names=[], inputs=[], source="test"),
+    )
     with h5py.File(tmp_path / "chunked.h5", "w") as f:
         f.create_dataset("train/images", data=images, chunks=(256, 1, 4, 4))
         f.create_dataset("train/labels", data=labels, chunks=(256,), compression="gzip")
@@ -200,8 +224,9 @@ def test_reader_under_a_dataloader_with_two_workers(fmnist_data):
     path = fmnist_data / "data" / "fashion_mnist.h5"
     split = H5Split(path, "train", indices=np.arange(0, 600, 2))
     sampler = EpochBatches(len(split), batch_size=64, shuffle=True, seed=3)
-    loader = torch.utils.data.DataLoader(split, sampler=sampler, batch_size=None, num_workers=2,
-                                         persistent_workers=True)
+    loader = torch.utils.data.DataLoader(
+        split, sampler=sampler, batch_size=None, num_workers=2, persistent_workers=True
+    )
     reference = split.load()
     for epoch in range(2):
         sampler.set_epoch(epoch)
@@ -242,8 +267,10 @@ def test_val_split_is_fixed_and_label_fraction_and_class_subset(fmnist_data):
 
 @pytest.mark.parametrize("workers", [0, 2])  # streamed in the training process, or by DataLoader workers
 def test_streamed_and_in_memory_batches_agree(fmnist_data, workers):
-    cfgs = [compose(["experiment=ae_latent", f"data.in_memory={m}", f"data.num_workers={workers}"])
-            for m in ("true", "false")]
+    cfgs = [
+        compose(["experiment=ae_latent", f"data.in_memory={m}", f"data.num_workers={workers}"])
+        for m in ("true", "false")
+    ]
     batches = [list(RunData(c, torch.device("cpu")).batches("train", train=True).epoch(1)) for c in cfgs]
     assert len(batches[0]) == len(batches[1]) > 0
     for a, b in zip(*batches):
@@ -260,16 +287,24 @@ def test_every_registry_refuses_an_unknown_name_in_the_same_one_line_error(workd
     from hpclab.tasks import TASKS
     from hpclab.weights import WEIGHTS
 
-    for registry, kind, known in ((MODELS, "model", "conv_ae"), (TASKS, "task", "classify"),
-                                  (ANALYSES, "analysis", "curves"), (SOURCES, "dataset", "mnist"),
-                                  (WEIGHTS, "weights", "resnet18")):
+    for registry, kind, known in (
+        (MODELS, "model", "conv_ae"),
+        (TASKS, "task", "classify"),
+        (ANALYSES, "analysis", "curves"),
+        (SOURCES, "dataset", "mnist"),
+        (WEIGHTS, "weights", "resnet18"),
+    ):
         with pytest.raises(ConfigError, match=rf"^unknown {kind} 'nope' \(known: [^)]*\b{known}\b[^)]*\)$"):
             registry["nope"]
     proc = run_cli("prepare_data.py", "data=mnist", "data.name=nope", cwd=workdir, check=False)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        f"error: unknown dataset 'nope' (known: {', '.join(sorted(SOURCES))})"]
+        f"error: unknown dataset 'nope' (known: {', '.join(sorted(SOURCES))})"
+    ]
     proc = run_cli("prepare_data.py", "weights=nope", cwd=workdir, check=False)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: unknown weights 'nope' (known: ")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
+        "error: unknown weights 'nope' (known: "
+    )
     proc = run_cli("launch.py", "model.name=nope", "dry_run=true", cwd=workdir, check=False)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
-        "error: config key 'model.name': unknown model 'nope' (known: ")
+        "error: config key 'model.name': unknown model 'nope' (known: "
+    )

@@ -21,6 +21,7 @@ from hpclab.config import ConfigError, compose
 
 # --------------------------------------------------------------------------- CIFAR-10, STL-10, Food-101
 
+
 def test_sources_read_real_layouts(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
@@ -56,14 +57,16 @@ def test_sources_read_real_layouts(tmp_path: Path) -> None:
 
 
 def test_missing_mirror_names_the_command(workdir: Path) -> None:
-    proc = run_cli("prepare_data.py", "data=stl10", f"data.mirrors=[{workdir}]", "data.download=false",
-                   cwd=workdir, check=False)
+    proc = run_cli(
+        "prepare_data.py", "data=stl10", f"data.mirrors=[{workdir}]", "data.download=false", cwd=workdir, check=False
+    )
     assert proc.returncode == 2
     line = proc.stderr.strip().splitlines()[-1]
     assert "cannot stage 'stl10'" in line and "python jobs/prepare_data.py data=stl10 data.mirrors=" in line
 
 
 # --------------------------------------------------------------------------- Flowers-102
+
 
 def test_names_table_is_the_published_1_based_list():
     import torchvision

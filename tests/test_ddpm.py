@@ -13,9 +13,17 @@ import pytest
 import torch
 from conftest import run_cli
 
-TINY = ["model.channels=[8,16]", "model.attention=[false,true]", "model.layers_per_block=1",
-        "model.attention_head_dim=8", "task.sample_steps=4", "train.optimizer.lr=0.002",
-        "train.scheduler.warmup_steps=2", "train.log_every=1", "train.progress=log"]
+TINY = [
+    "model.channels=[8,16]",
+    "model.attention=[false,true]",
+    "model.layers_per_block=1",
+    "model.attention_head_dim=8",
+    "task.sample_steps=4",
+    "train.optimizer.lr=0.002",
+    "train.scheduler.warmup_steps=2",
+    "train.log_every=1",
+    "train.progress=log",
+]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -27,8 +35,16 @@ def tiny_diffusion(image_size: int = 16, **task_kwargs):
 
     task = Diffusion(sample_steps=5, **task_kwargs)
     info = SimpleNamespace(in_channels=1, image_size=image_size, num_classes=10, class_names=[], path=None)
-    models = task.build_models({"name": "ddpm_unet", "channels": [8, 16], "attention": [False, True],
-                                "layers_per_block": 1, "attention_head_dim": 8}, info)
+    models = task.build_models(
+        {
+            "name": "ddpm_unet",
+            "channels": [8, 16],
+            "attention": [False, True],
+            "layers_per_block": 1,
+            "attention_head_dim": 8,
+        },
+        info,
+    )
     return task, {k: m.eval() for k, m in models.items()}
 
 
@@ -38,6 +54,7 @@ def fit_rows(run_dir: Path) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- sampling
+
 
 def test_ddim_from_fixed_noise_is_deterministic_and_in_range():
     task, models = tiny_diffusion()
@@ -99,8 +116,16 @@ def test_the_ema_copy_follows_the_trained_weights_and_has_no_optimizer():
 
 # --------------------------------------------------------------------------- a tiny Fashion-MNIST run
 
-FMNIST_DDPM = ["experiment=ddpm_fmnist", "preset=smoke", *TINY, "train.batch_size=32", "train.max_steps=36",
-               "train.eval_every=null", "analysis.2.sample_steps=2", "analysis.3.steps=[1,2,4]"]  # 18 steps an epoch
+FMNIST_DDPM = [
+    "experiment=ddpm_fmnist",
+    "preset=smoke",
+    *TINY,
+    "train.batch_size=32",
+    "train.max_steps=36",
+    "train.eval_every=null",
+    "analysis.2.sample_steps=2",
+    "analysis.3.steps=[1,2,4]",
+]  # 18 steps an epoch
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +135,25 @@ def fmnist_ddpm(tmp_path_factory: pytest.TempPathFactory, fmnist_mirror: Path) -
     work = tmp_path_factory.mktemp("fmnist_ddpm")
     env = {"HPCLAB_DATA": str(work / "data"), "HPCLAB_RESULTS": str(work / "results")}
     for experiment in ("ddpm_fmnist", "fmnist_cnn"):
-        run_cli("prepare_data.py", f"experiment={experiment}", f"data.mirrors=[{fmnist_mirror}]",
-                "data.download=false", cwd=work, env=env)
-    run_cli("launch.py", "experiment=fmnist_cnn", "preset=smoke", "train.max_steps=30", "train.eval_every=15",
-            "train.batch_size=32", "train.progress=log", cwd=work, env=env)
+        run_cli(
+            "prepare_data.py",
+            f"experiment={experiment}",
+            f"data.mirrors=[{fmnist_mirror}]",
+            "data.download=false",
+            cwd=work,
+            env=env,
+        )
+    run_cli(
+        "launch.py",
+        "experiment=fmnist_cnn",
+        "preset=smoke",
+        "train.max_steps=30",
+        "train.eval_every=15",
+        "train.batch_size=32",
+        "train.progress=log",
+        cwd=work,
+        env=env,
+    )
     proc = run_cli("launch.py", *FMNIST_DDPM, cwd=work, env=env)
     return {"work": work, "run_dir": work / "results" / "ddpm_fmnist-smoke" / "default", "log": proc.stdout}
 
@@ -130,11 +170,21 @@ def test_tiny_fashion_mnist_ddpm_trains_and_draws_its_grids(fmnist_ddpm):
     assert np.isfinite(summary["metrics"]["test/loss"])
     assert summary["analyses"]["sample_grids"]["shown"] == [1.0, 2.0]  # every epoch's grid in the overview
     figures = run_dir / "figures"
-    for name in ("curves.png", "epochs/epoch_001.png", "epochs/epoch_002.png", "samples_by_epoch.png",
-                 "samples_final.png", "fd_classifier.png", "fd_sampling_steps.png", "samples_by_steps.png"):
+    for name in (
+        "curves.png",
+        "epochs/epoch_001.png",
+        "epochs/epoch_002.png",
+        "samples_by_epoch.png",
+        "samples_final.png",
+        "fd_classifier.png",
+        "fd_sampling_steps.png",
+        "samples_by_steps.png",
+    ):
         assert (figures / name).read_bytes()[:8] == PNG, name
-    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step*.pt")) == ["step000000018.pt",
-                                                                                  "step000000036.pt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step*.pt")) == [
+        "step000000018.pt",
+        "step000000036.pt",
+    ]
 
 
 @pytest.mark.slow
@@ -169,9 +219,18 @@ def test_fd_of_the_ddpm_on_the_dcgans_footing(fmnist_ddpm):
 
 # --------------------------------------------------------------------------- resume
 
-DIGITS_DDPM = ["experiment=ddpm_fmnist", "data=digits", "data.image_size=null", *TINY, "train.batch_size=64",
-               "train.epochs=null", "train.max_steps=20", "train.checkpoint_every=5", "train.eval_every=10",
-               "analysis=[]"]
+DIGITS_DDPM = [
+    "experiment=ddpm_fmnist",
+    "data=digits",
+    "data.image_size=null",
+    *TINY,
+    "train.batch_size=64",
+    "train.epochs=null",
+    "train.max_steps=20",
+    "train.checkpoint_every=5",
+    "train.eval_every=10",
+    "analysis=[]",
+]
 
 
 @pytest.mark.slow
@@ -196,7 +255,9 @@ def test_a_resumed_ddpm_ends_with_the_uninterrupted_runs_metrics_and_weights(dig
     assert rows == [{k: v for k, v in r.items() if k not in drop} for r in fit_rows(reference)]
     summaries = [json.loads((d / "summary.json").read_text()) for d in (reference, run_dir)]
     assert summaries[0]["metrics"] == summaries[1]["metrics"]
-    final = [torch.load(d / "checkpoints" / "step000000020.pt", weights_only=True)["models"] for d in (reference, run_dir)]
+    final = [
+        torch.load(d / "checkpoints" / "step000000020.pt", weights_only=True)["models"] for d in (reference, run_dir)
+    ]
     for name in ("model", "ema"):
         assert final[0][name].keys() == final[1][name].keys()
         assert all(torch.equal(final[0][name][k], final[1][name][k]) for k in final[0][name]), name
@@ -204,15 +265,34 @@ def test_a_resumed_ddpm_ends_with_the_uninterrupted_runs_metrics_and_weights(dig
 
 # --------------------------------------------------------------------------- the cluster config
 
+
 @pytest.mark.slow
 def test_the_flowers_config_smoke_run_in_bf16_at_64px(tmp_path: Path, flowers: dict):
     """Few steps and samples: a CPU without native bf16 convolutions takes the slow path in bf16."""
     env = {"HPCLAB_DATA": str(tmp_path / "data"), "HPCLAB_RESULTS": str(tmp_path / "results")}
-    run_cli("prepare_data.py", "experiment=ddpm_flowers", f"data.mirrors=[{flowers['root']}]", "data.download=false",
-            cwd=tmp_path, env=env)
-    proc = run_cli("launch.py", "experiment=ddpm_flowers", "preset=smoke", *TINY, "model.attention=[false,false]",
-                   "task.samples=4", "task.sample_steps=2", "train.batch_size=8", "train.max_steps=2", "train.eval_every=1", "analysis=[curves,sample_grids]",
-                   cwd=tmp_path, env=env)
+    run_cli(
+        "prepare_data.py",
+        "experiment=ddpm_flowers",
+        f"data.mirrors=[{flowers['root']}]",
+        "data.download=false",
+        cwd=tmp_path,
+        env=env,
+    )
+    proc = run_cli(
+        "launch.py",
+        "experiment=ddpm_flowers",
+        "preset=smoke",
+        *TINY,
+        "model.attention=[false,false]",
+        "task.samples=4",
+        "task.sample_steps=2",
+        "train.batch_size=8",
+        "train.max_steps=2",
+        "train.eval_every=1",
+        "analysis=[curves,sample_grids]",
+        cwd=tmp_path,
+        env=env,
+    )
     run_dir = tmp_path / "results" / "ddpm_flowers-smoke" / "default"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 2
@@ -222,4 +302,7 @@ def test_the_flowers_config_smoke_run_in_bf16_at_64px(tmp_path: Path, flowers: d
 
     with Image.open(run_dir / "figures" / "samples_final.png") as grid:  # 4 RGB samples of 64 px in a row
         assert grid.mode == "RGB" and grid.size == (4 * 66 + 2, 66 + 2)
-    assert sorted(p.name for p in (run_dir / "figures" / "epochs").iterdir()) == ["step_0000001.png", "step_0000002.png"]
+    assert sorted(p.name for p in (run_dir / "figures" / "epochs").iterdir()) == [
+        "step_0000001.png",
+        "step_0000002.png",
+    ]

@@ -70,7 +70,7 @@ def bash_blocks(text: str) -> list[tuple[int, list[str], str | None]]:
             i += 1
         if language == "bash":
             mark = SKIP_MARK.search(lines[start - 2]) if start >= 2 else None
-            body = [line[len(indent):] if line.startswith(indent) else line for line in lines[start:i]]
+            body = [line[len(indent) :] if line.startswith(indent) else line for line in lines[start:i]]
             blocks.append((start + 1, body, mark.group(1) if mark else None))
         i += 1
     return blocks
@@ -150,9 +150,9 @@ def _parse(command: Command, line: str, variables: dict[str, str]) -> None:
     words = _words(expanded)
     for i, word in enumerate(words[:-1]):
         if re.fullmatch(r"(\S*/)?python3?", word) and re.fullmatch(r"jobs/\w+\.py", words[i + 1]):
-            rest = words[i + 2:]
+            rest = words[i + 2 :]
             end = next((j for j, w in enumerate(rest) if w in ("&&", ";", "|", "||")), len(rest))
-            command.script, command.args = words[i + 1][len("jobs/"):], rest[:end]
+            command.script, command.args = words[i + 1][len("jobs/") :], rest[:end]
             break
     else:
         return
@@ -187,8 +187,12 @@ def no_slurm(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def check(command: Command, home: Path, path: str) -> tuple[int, str]:
     """Exit code and stderr of the command's check (see the module docstring)."""
-    env = {"HPCLAB_DATA": str(home / "data"), "HPCLAB_RESULTS": str(home / "results"),
-           "HPCLAB_CACHE": str(home / "cache"), "PATH": path}
+    env = {
+        "HPCLAB_DATA": str(home / "data"),
+        "HPCLAB_RESULTS": str(home / "results"),
+        "HPCLAB_CACHE": str(home / "cache"),
+        "PATH": path,
+    }
     args = command.args
     if command.script == "launch.py":
         as_is = args[:1] in (["show"], ["status"]) or "--help" in args
@@ -312,8 +316,14 @@ python jobs/launch.py experiment=ae_latent run_name=<yours>
 ```
 """)
     commands = commands_of(doc, "doc.md")
-    assert [c.args[-1] for c in commands] == ["model.hiden=3", "train.epochs=1", "train.lr=0.01",
-                                                "no_such_analysis", "--no-such-flag", "run_name=<yours>"]
+    assert [c.args[-1] for c in commands] == [
+        "model.hiden=3",
+        "train.epochs=1",
+        "train.lr=0.01",
+        "no_such_analysis",
+        "--no-such-flag",
+        "run_name=<yours>",
+    ]
     assert commands[0].args[:2] == ["experiment=ae_latent", "model.latent_dim=4"]
     assert commands[-1].skip and not any(c.skip for c in commands[:-1])
     problems = [verdict(c, *check(c, tmp_path, no_slurm)) for c in commands[:-1]]
@@ -322,6 +332,7 @@ python jobs/launch.py experiment=ae_latent run_name=<yours>
 
 
 # --------------------------------------------------------------------------- links and size
+
 
 def github_anchor(heading: str) -> str:
     """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to hyphens."""
@@ -376,6 +387,9 @@ def test_every_table_has_its_header(path):
     """A table row after a blank line starts a new table: it must be a header (its next line the
     |---| separator), or rows have come apart from their table."""
     lines = re.sub(r"```.*?```", "", path.read_text(), flags=re.S).splitlines()
-    stray = [row[:60] for before, row, after in zip(lines, lines[1:], lines[2:] + [""])
-             if not before.strip() and row.startswith("|") and not re.fullmatch(r"\|[-:| ]+\|", after.strip())]
+    stray = [
+        row[:60]
+        for before, row, after in zip(lines, lines[1:], lines[2:] + [""])
+        if not before.strip() and row.startswith("|") and not re.fullmatch(r"\|[-:| ]+\|", after.strip())
+    ]
     assert not stray, f"{path.relative_to(REPO)}: rows without a table header: {stray}"

@@ -33,8 +33,13 @@ def test_resume_after_kill_ends_with_the_same_metrics(digits):
     reference = final_metrics(digits / "straight")
 
     env = {**os.environ, "HPCLAB_RESULTS": str(digits / "killed"), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "jobs" / "launch.py"), *args], cwd=digits, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "jobs" / "launch.py"), *args],
+        cwd=digits,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     ckpt_dir = digits / "killed" / "ae_latent" / "default" / "checkpoints"
     deadline = time.time() + 120
     while time.time() < deadline and not step_checkpoints(ckpt_dir.parent) and proc.poll() is None:
@@ -52,8 +57,11 @@ def test_resume_after_kill_ends_with_the_same_metrics(digits):
     assert f"at step {killed_at}" in log and "resumed from" in log
     assert final_metrics(digits / "killed") == reference
     steps = [json.loads(line)["step"] for line in (ckpt_dir.parent / "metrics.jsonl").read_text().splitlines()]
-    fit_steps = [json.loads(line)["step"] for line in (ckpt_dir.parent / "metrics.jsonl").read_text().splitlines()
-                 if json.loads(line)["split"] == "fit"]
+    fit_steps = [
+        json.loads(line)["step"]
+        for line in (ckpt_dir.parent / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["split"] == "fit"
+    ]
     assert fit_steps == sorted(set(fit_steps)) and steps[-1] == 240
 
 
@@ -79,8 +87,10 @@ def test_runs_of_different_precision_in_one_process(digits):
     """A local sweep trains its runs in one process; accelerate's per-process state must not
     pin the first run's precision (it raises for a second Accelerator with another one)."""
     for precision in ("no", "bf16", "no"):
-        cfg = compose(DIGITS_RUN + ["train.max_steps=4", f"train.mixed_precision={precision}",
-                                    f"run_name={precision}", "force=true"])
+        cfg = compose(
+            DIGITS_RUN
+            + ["train.max_steps=4", f"train.mixed_precision={precision}", f"run_name={precision}", "force=true"]
+        )
         summary = train_run(cfg)
         assert summary["steps"] == 4 and summary["metrics"]["test/mse"] > 0
         log = (run_dir_of(cfg) / "run.log").read_text()
@@ -158,7 +168,9 @@ def test_analyses_read_each_kept_checkpoints_weights_checked_oldest_first(digits
             states = list(model_states(run_dir, {"model": model}))
             assert [step for step, _ in states] == [10, 20, 30]
             key = next(iter(model.state_dict()))
-            assert torch.equal(states[-1][1]["model"][key], torch.load(newest, weights_only=True)["models"]["model"][key])
+            assert torch.equal(
+                states[-1][1]["model"][key], torch.load(newest, weights_only=True)["models"]["model"][key]
+            )
             middle.write_bytes(middle.read_bytes()[:200])  # cut short by a kill
             assert [step for step, _ in model_states(run_dir, {"model": model})] == [10, 30]
             assert f"{middle} is left out" in caplog.text
@@ -171,8 +183,16 @@ def test_analyses_read_each_kept_checkpoints_weights_checked_oldest_first(digits
 
 
 def test_early_stop_when_metric_crosses_threshold(digits):
-    cfg = compose(DIGITS_RUN + ["train.max_steps=400", "train.eval_every=20", "train.eval_splits=[train,val]",
-                                "train.stop.metric=train/mse", "train.stop.threshold=0.09"])
+    cfg = compose(
+        DIGITS_RUN
+        + [
+            "train.max_steps=400",
+            "train.eval_every=20",
+            "train.eval_splits=[train,val]",
+            "train.stop.metric=train/mse",
+            "train.stop.threshold=0.09",
+        ]
+    )
     summary = train_run(cfg)
     assert summary["stopped_early"] and "train/mse" in summary["stopped_early"]
     assert summary["steps"] < 400 and summary["steps"] % 20 == 0
@@ -211,8 +231,18 @@ class _NanModel(nn.Module):
 
 
 def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_good_checkpoint(digits):
-    cfg = compose(DIGITS_RUN + ["model=conv_ae", "~model.latent_dim", "~model.channels", "~model.upsampling",
-                                "model.name=nan_after_steps", "train.max_steps=40", "train.checkpoint_every=10"])
+    cfg = compose(
+        DIGITS_RUN
+        + [
+            "model=conv_ae",
+            "~model.latent_dim",
+            "~model.channels",
+            "~model.upsampling",
+            "model.name=nan_after_steps",
+            "train.max_steps=40",
+            "train.checkpoint_every=10",
+        ]
+    )
     with pytest.raises(NonFiniteLoss, match="non-finite"):
         train_run(cfg)
     saved = step_checkpoints(run_dir_of(cfg))
@@ -272,8 +302,14 @@ def test_line_logs_say_elapsed_and_eta_and_status_shows_step_of_total_with_the_r
     left; ``launch.py status`` shows the last step of the total and the run's rate."""
     import re
 
-    run = [*DIGITS_RUN, "model.latent_dim=4", "train.max_steps=30", "train.eval_every=10", "analysis=[]",
-           "run_name=progress"]
+    run = [
+        *DIGITS_RUN,
+        "model.latent_dim=4",
+        "train.max_steps=30",
+        "train.eval_every=10",
+        "analysis=[]",
+        "run_name=progress",
+    ]
     proc = run_cli("launch.py", *run, cwd=digits)
     lines = [line for line in proc.stdout.splitlines() if re.search(r"\] step \d+/30 ", line)]
     assert len(lines) == 3, proc.stdout

@@ -32,12 +32,19 @@ from hpclab.rundir import step_checkpoints
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]  # minutes: out of the fast set
 
-RUN = [*DIGITS_RUN, "train.max_steps=80", "train.checkpoint_every=25", "train.eval_every=20",
-       "train.log_every=5", "train.keep_checkpoints=5"]
+RUN = [
+    *DIGITS_RUN,
+    "train.max_steps=80",
+    "train.checkpoint_every=25",
+    "train.eval_every=20",
+    "train.log_every=5",
+    "train.keep_checkpoints=5",
+]
 SEED = int(os.environ.get("HPCLAB_FAULT_SEED", "0"))
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -80,15 +87,22 @@ def records(folder: Path) -> list[dict]:
 
 def assert_same_as_reference(home: Path, folder: Path) -> None:
     reference = run_dir(home / "reference")
-    assert json.loads((folder / "summary.json").read_text())["metrics"] == \
-        json.loads((reference / "summary.json").read_text())["metrics"]
+    assert (
+        json.loads((folder / "summary.json").read_text())["metrics"]
+        == json.loads((reference / "summary.json").read_text())["metrics"]
+    )
     assert records(folder) == records(reference)
 
 
 def start(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(REPO / "jobs" / "launch.py"), *args], cwd=cwd,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "jobs" / "launch.py"), *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for_step(proc: subprocess.Popen, folder: Path, step: int, timeout: float = 180) -> None:
@@ -118,7 +132,9 @@ def tmpfs(tmp_path: Path):
     """A small tmpfs of our own (root only), unmounted afterwards."""
     mount = tmp_path / "tmpfs"
     mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True, text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or proc.returncode}); needs root")
     yield mount
@@ -126,6 +142,7 @@ def tmpfs(tmp_path: Path):
 
 
 # --------------------------------------------------------------------------- kills
+
 
 def test_kills_at_random_steps_end_with_the_uninterrupted_metrics(home, results):
     folder = run_dir(results)
@@ -163,6 +180,7 @@ def test_a_kill_mid_write_leaves_no_temporary_files(home, results):
 
 # --------------------------------------------------------------------------- damaged checkpoints
 
+
 def _without_schedulers(state: dict) -> None:
     del state["schedulers"]
 
@@ -185,8 +203,11 @@ def _not_a_checkpoint(state: dict) -> None:
     state.clear()
 
 
-@pytest.mark.parametrize("damage", [_without_schedulers, _wrong_weight_shape, _wrong_moment_shape, _missing_weight,
-                                    _not_a_checkpoint], ids=lambda f: f.__name__.strip("_"))
+@pytest.mark.parametrize(
+    "damage",
+    [_without_schedulers, _wrong_weight_shape, _wrong_moment_shape, _missing_weight, _not_a_checkpoint],
+    ids=lambda f: f.__name__.strip("_"),
+)
 def test_a_damaged_checkpoint_is_never_half_loaded(home, results, damage):
     """Killed after step 30 (only step 25 saved), that checkpoint damaged: the run must start
     fresh (no older one) and end exactly as an uninterrupted run, with no extra metric rows."""
@@ -218,6 +239,7 @@ def test_a_truncated_newest_checkpoint_falls_back_to_an_older_one(home, results)
 
 # --------------------------------------------------------------------------- damaged records
 
+
 def test_damaged_records_in_a_run_folder(home, results):
     """config.yaml: one line (launch and analyze), never overwritten; summary.json: the run is
     finished again from its last checkpoint; attempts.json and slurm.json: warnings only."""
@@ -230,8 +252,10 @@ def test_damaged_records_in_a_run_folder(home, results):
     assert_same_as_reference(home, folder)
 
     (folder / "config.yaml").write_text("train: [unclosed\n")
-    for proc in (launch(*RUN, cwd=home, check=False),
-                 run_cli("analyze.py", str(folder), "examples", cwd=home, check=False)):
+    for proc in (
+        launch(*RUN, cwd=home, check=False),
+        run_cli("analyze.py", str(folder), "examples", cwd=home, check=False),
+    ):
         assert proc.returncode == 2 and "config.yaml is damaged" in error_line(proc)
     assert (folder / "config.yaml").read_text() == "train: [unclosed\n"
 
@@ -255,6 +279,7 @@ def test_sweep_summary_skips_moved_aside_and_damaged_runs(home, results):
 
 
 # --------------------------------------------------------------------------- damaged data
+
 
 def _rewrite(path: Path, split: str, key: str, array: np.ndarray) -> None:
     with h5py.File(path, "a") as f:
@@ -303,8 +328,11 @@ def _empty_split(path: Path) -> str:
     return "/test/images is empty"
 
 
-@pytest.mark.parametrize("damage", [_short_labels, _float_images, _rank_three, _labels_out_of_range, _truncated,
-                                    _empty_split], ids=lambda f: f.__name__.strip("_"))
+@pytest.mark.parametrize(
+    "damage",
+    [_short_labels, _float_images, _rank_three, _labels_out_of_range, _truncated, _empty_split],
+    ids=lambda f: f.__name__.strip("_"),
+)
 def test_inconsistent_data_is_refused_before_any_work(home, results, tmp_path, monkeypatch, damage):
     data = tmp_path / "data"
     shutil.copytree(home / "data", data)
@@ -327,6 +355,7 @@ def test_an_empty_training_split_after_filters_is_one_line(home, results):
 
 
 # --------------------------------------------------------------------------- concurrency
+
 
 def test_two_launches_of_one_run_never_both_train(home, results):
     folder = run_dir(results)
@@ -354,15 +383,19 @@ def test_a_sweep_with_one_run_name_is_refused(home, results):
 
 # --------------------------------------------------------------------------- validation
 
-@pytest.mark.parametrize("override, message", [
-    ("train.optimizer.lr=-1", "'train.optimizer.lr': -1.0 must be > 0"),
-    ("train.batch_size=0", "'train.batch_size': 0 must be >= 1"),
-    ("train.log_every=0", "'train.log_every': 0 must be >= 1"),
-    ("train.keep_checkpoints=0", "'train.keep_checkpoints': 0 must be >= 1"),
-    ("model.latent_dim=0", "'model.latent_dim': 0 must be >= 1"),
-    ("+train.epoch=3", "'train.epoch': Key 'epoch' not in 'TrainConfig'"),
-    ("+colour=blue", "'colour': Key 'colour' not in 'RunConfig'"),
-])
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.optimizer.lr=-1", "'train.optimizer.lr': -1.0 must be > 0"),
+        ("train.batch_size=0", "'train.batch_size': 0 must be >= 1"),
+        ("train.log_every=0", "'train.log_every': 0 must be >= 1"),
+        ("train.keep_checkpoints=0", "'train.keep_checkpoints': 0 must be >= 1"),
+        ("model.latent_dim=0", "'model.latent_dim': 0 must be >= 1"),
+        ("+train.epoch=3", "'train.epoch': Key 'epoch' not in 'TrainConfig'"),
+        ("+colour=blue", "'colour': Key 'colour' not in 'RunConfig'"),
+    ],
+)
 def test_bad_values_are_refused_before_any_folder_and_in_dry_runs(home, results, override, message):
     for extra in ([], ["dry_run=true"], ["cluster=slurm", "dry_run=true"]):
         proc = launch(*RUN, override, *extra, cwd=home, check=False)
@@ -385,6 +418,7 @@ def test_resume_never_starts_over_and_keeps_the_old_run(home, results):
 
 
 # --------------------------------------------------------------------------- file systems
+
 
 def test_a_read_only_results_folder_stops_before_training(home, tmpfs, monkeypatch):
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
@@ -421,12 +455,12 @@ def test_files_follow_the_umask(home, results):
     finally:
         os.umask(old)
     folder = run_dir(results)
-    for path in [folder / "summary.json", folder / "checkpoints" / "best_model.safetensors",
-                 *step_checkpoints(folder)]:
+    for path in [folder / "summary.json", folder / "checkpoints" / "best_model.safetensors", *step_checkpoints(folder)]:
         assert path.stat().st_mode & 0o777 == 0o644, path
 
 
 # --------------------------------------------------------------------------- signals
+
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2], ids=["TERM", "USR2"])
 def test_a_local_stop_signal_checkpoints_and_says_how_to_resume(home, results, signum):
@@ -438,14 +472,17 @@ def test_a_local_stop_signal_checkpoints_and_says_how_to_resume(home, results, s
     assert proc.returncode == 3, out + err
     (line,) = [x for x in err.splitlines() if x.startswith("stopped: ")]
     step = int(line.split("checkpointed at step ")[1].split(";")[0])
-    assert line == f"stopped: {signal.Signals(signum).name}: checkpointed at step {step}; " \
-                   f"the same command resumes from there"
+    assert (
+        line == f"stopped: {signal.Signals(signum).name}: checkpointed at step {step}; "
+        f"the same command resumes from there"
+    )
     assert int(step_checkpoints(folder)[0].stem[4:]) == step
     launch(*RUN, cwd=home)
     assert_same_as_reference(home, folder)
 
 
 # --------------------------------------------------------------------------- hostile results folders
+
 
 class _Payload:
     def __reduce__(self):
@@ -460,8 +497,11 @@ def test_status_never_unpickles_what_a_results_folder_points_at(home, results, t
     (elsewhere / "123_0_log.err").write_text("Submitted job triggered an exception\n")
     group = results / "ae_latent"
     group.mkdir(parents=True)
-    (group / "submissions.json").write_text(json.dumps(
-        {"default": {"job_id": "123_0", "log": str(elsewhere / "123_0_log.out"), "run_dir": str(group / "default")}}))
+    (group / "submissions.json").write_text(
+        json.dumps(
+            {"default": {"job_id": "123_0", "log": str(elsewhere / "123_0_log.out"), "run_dir": str(group / "default")}}
+        )
+    )
     proc = run_cli("launch.py", "status", *RUN, cwd=tmp_path)
     assert not (tmp_path / "pwned").exists()
     assert "FAILED" not in proc.stdout  # a log outside the sweep's submitit folder is not evidence
@@ -481,8 +521,15 @@ def test_status_reads_past_a_torn_last_metrics_line(home, results):
 def test_a_submission_the_cluster_refuses_is_one_line_naming_the_setting(home, results, slurm_cluster):
     """What sinfo tells (no GPUs here) is refused before sbatch; what only sbatch knows (a node
     feature) is sbatch's reason in one line, with the setting to change."""
-    no_gpus = launch(*RUN, "cluster=slurm", "cluster.gpus_per_node=1", "cluster.cpus_per_task=1", "cluster.mem_gb=null",
-                     cwd=home, check=False)
+    no_gpus = launch(
+        *RUN,
+        "cluster=slurm",
+        "cluster.gpus_per_node=1",
+        "cluster.cpus_per_task=1",
+        "cluster.mem_gb=null",
+        cwd=home,
+        check=False,
+    )
     line = error_line(no_gpus)
     assert no_gpus.returncode == 2 and line.startswith("error: the job does not fit partition")
     assert "These fit: cluster.gpus_per_node=0" in line

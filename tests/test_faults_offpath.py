@@ -58,9 +58,22 @@ def tree(root: Path) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- names
 
-@pytest.mark.parametrize("override", ["run_name=.", "run_name=..", "run_name=/tmp/elsewhere", "run_name=a/b",
-                                      "run_name=x.old-1", "run_name=.hidden", "run_group=..", "sweep.name=/abs",
-                                      "sweep.name=../..", "experiment=../x"])
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "run_name=.",
+        "run_name=..",
+        "run_name=/tmp/elsewhere",
+        "run_name=a/b",
+        "run_name=x.old-1",
+        "run_name=.hidden",
+        "run_group=..",
+        "sweep.name=/abs",
+        "sweep.name=../..",
+        "experiment=../x",
+    ],
+)
 def test_names_never_leave_the_results_folder(home, results, override):
     """Explicit names obey the grid names' rule (one plain path component) in every command,
     also with force=true, so no folder outside the run's own is moved or written."""
@@ -76,6 +89,7 @@ def test_names_never_leave_the_results_folder(home, results, override):
 
 
 # --------------------------------------------------------------------------- a second writer
+
 
 def test_the_ranks_of_a_killed_launcher_die_with_it_and_the_run_resumes_alone(home, results):
     """kill -9 of the parent of a cluster.processes=2 run: its ranks exit too (none keeps
@@ -104,6 +118,7 @@ def test_the_ranks_of_a_killed_launcher_die_with_it_and_the_run_resumes_alone(ho
 
 # --------------------------------------------------------------------------- "completed" that isn't
 
+
 def test_a_run_that_diverges_is_never_completed(home, results):
     """NaN at an evaluation (or the final one): one line, no summary, no checkpoint of it."""
     folder = run_dir(results)
@@ -113,10 +128,15 @@ def test_a_run_that_diverges_is_never_completed(home, results):
     assert "COMPLETED" not in launch("status", *SHORT, "train.optimizer.lr=1e6", cwd=home).stdout
 
 
-@pytest.mark.parametrize("override, key", [("train.monitor=val/mes", "train.monitor"),
-                                           ("train.stop.metric=val/mes", "train.stop.metric"),
-                                           ("train.final_splits=[test,holdout]", "train.final_splits"),
-                                           ("data.val_fraction=0", "train.monitor")])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.monitor=val/mes", "train.monitor"),
+        ("train.stop.metric=val/mes", "train.stop.metric"),
+        ("train.final_splits=[test,holdout]", "train.final_splits"),
+        ("data.val_fraction=0", "train.monitor"),
+    ],
+)
 def test_metrics_and_splits_a_run_cannot_have_are_refused_before_its_folder(home, results, override, key):
     proc = launch(*SHORT, override, "train.stop.threshold=0.1", cwd=home)
     refused(proc, f"config key '{key}'")
@@ -134,8 +154,12 @@ def test_a_resume_on_other_data_is_refused_naming_both(home, results, tmp_path, 
         path.unlink()  # as if killed after step 25
     with h5py.File(data / "digits.h5", "r+") as f:  # the same file name, other pixels
         f["train/images"][...] = 255 - f["train/images"][()]
-    line = refused(launch(*RUN, "train.max_steps=30", cwd=home, env=env), "trained on other data",
-                   str(data / "digits.h5"), "force=true")
+    line = refused(
+        launch(*RUN, "train.max_steps=30", cwd=home, env=env),
+        "trained on other data",
+        str(data / "digits.h5"),
+        "force=true",
+    )
     assert "step000000025.pt" in line
     with h5py.File(data / "digits.h5", "r+") as f:  # put back: the resume goes on
         f["train/images"][...] = 255 - f["train/images"][()]
@@ -145,8 +169,10 @@ def test_a_resume_on_other_data_is_refused_naming_both(home, results, tmp_path, 
 def test_smoke_runs_have_their_own_folder_and_never_count_for_the_full_sweep(home, results):
     sweep = ["sweep=ae_latent", "data=digits"]
     launch(*sweep, "preset=smoke", "train.max_steps=4", "train.batch_size=32", cwd=home)
-    assert sorted(p.name for p in (results / "ae_latent-smoke").iterdir() if p.is_dir()) == \
-        ["latent_dim-2", "latent_dim-256"]
+    assert sorted(p.name for p in (results / "ae_latent-smoke").iterdir() if p.is_dir()) == [
+        "latent_dim-2",
+        "latent_dim-256",
+    ]
     assert not (results / "ae_latent").exists()
     status = launch("status", *sweep, cwd=home).stdout
     assert "COMPLETED" not in status and status.count("NOT-SUBMITTED") == 8
@@ -163,8 +189,16 @@ def test_a_sweep_summary_lists_only_the_sweeps_runs(home, results):
     when the table has nothing to plot."""
     group = results / "ae_latent"
     launch(*SHORT, cwd=home)  # results/ae_latent/default
-    launch("sweep=ae_latent", "data=digits", "model.latent_dim=8", "model.channels=[8,16]", "train.epochs=null",
-           "train.max_steps=4", "train.batch_size=32", cwd=home)
+    launch(
+        "sweep=ae_latent",
+        "data=digits",
+        "model.latent_dim=8",
+        "model.channels=[8,16]",
+        "train.epochs=null",
+        "train.max_steps=4",
+        "train.batch_size=32",
+        cwd=home,
+    )
     table = (group / "summary.md").read_text()
     assert "| latent_dim-8 " in table and "| default " not in table and "not runs of the sweep" in table
     (group / "summary.png").write_bytes(b"stale")
@@ -186,9 +220,16 @@ def test_an_analysis_waits_for_no_one_it_stops_when_the_run_is_in_use(home, resu
 
 # --------------------------------------------------------------------------- work thrown away late
 
+
 def test_what_the_analyses_need_is_checked_before_step_0(home, results):
-    proc = launch("experiment=dcgan_small", "data=digits", "data.image_size=8", "model.channels=16",
-                  "model.latent_dim=16", cwd=home)
+    proc = launch(
+        "experiment=dcgan_small",
+        "data=digits",
+        "data.image_size=8",
+        "model.channels=16",
+        "model.latent_dim=16",
+        cwd=home,
+    )
     line = refused(proc, "analysis 'fid'", "prepare_data.py weights=[fid_inception]", "or run without it: analysis=[")
     assert "fid" not in line.split("analysis=[")[1]
     proc = launch(*SHORT, "analysis=[{name:fd_classifier,classifier:/nowhere}]", cwd=home)
@@ -220,6 +261,7 @@ def test_a_start_that_never_reached_a_checkpoint_does_not_block_another_config(h
 
 # --------------------------------------------------------------------------- malformed datasets
 
+
 def _bigger_test_images(f: h5py.File) -> str:
     images = f["test/images"][()]
     del f["test/images"]
@@ -247,8 +289,11 @@ def _no_class_names(f: h5py.File) -> str:
     return "no class_names"
 
 
-@pytest.mark.parametrize("damage", [_bigger_test_images, _no_train, _no_test, _class_names_of_another_type,
-                                    _no_class_names], ids=lambda f: f.__name__.strip("_"))
+@pytest.mark.parametrize(
+    "damage",
+    [_bigger_test_images, _no_train, _no_test, _class_names_of_another_type, _no_class_names],
+    ids=lambda f: f.__name__.strip("_"),
+)
 def test_a_malformed_dataset_is_one_line_before_any_work(home, results, tmp_path, damage):
     data = tmp_path / "data"
     shutil.copytree(home / "data", data)
@@ -265,12 +310,21 @@ def test_labels_a_classifier_cannot_learn_are_refused(home, results, tmp_path):
         labels = f["train/labels"][()]
         labels[::7] = -1
         f["train/labels"][...] = labels
-    proc = launch("experiment=fmnist_cnn", "data=digits", "model.channels=[4,8,8]", "train.epochs=null",
-                  "train.max_steps=2", "analysis=[]", cwd=home, env={"HPCLAB_DATA": str(data)})
+    proc = launch(
+        "experiment=fmnist_cnn",
+        "data=digits",
+        "model.channels=[4,8,8]",
+        "train.epochs=null",
+        "train.max_steps=2",
+        "analysis=[]",
+        cwd=home,
+        env={"HPCLAB_DATA": str(data)},
+    )
     refused(proc, "label -1", "unlabelled")
 
 
 # --------------------------------------------------------------------------- signals and disks
+
 
 def test_a_stop_signal_during_the_analyses_is_one_line_and_the_same_command_finishes(home, results):
     folder = run_dir(results)
@@ -319,8 +373,10 @@ def test_a_full_disk_while_the_best_weights_are_written_is_one_line(home, tmpfs,
 def test_a_results_path_with_a_space_keeps_its_log_path_whole():
     from hpclab.launch.slurm import scontrol_field
 
-    line = ("JobId=7 JobName=hpclab-x UserId=root(0) WorkDir=/scratch/My results StdErr=/scratch/My results/x.err "
-            "StdIn=/dev/null StdOut=/scratch/My results/hpclab-x-7.out Power= TresPerNode=gres:gpu:0")
+    line = (
+        "JobId=7 JobName=hpclab-x UserId=root(0) WorkDir=/scratch/My results StdErr=/scratch/My results/x.err "
+        "StdIn=/dev/null StdOut=/scratch/My results/hpclab-x-7.out Power= TresPerNode=gres:gpu:0"
+    )
     assert scontrol_field(line, "StdOut") == "/scratch/My results/hpclab-x-7.out"
     assert scontrol_field(line, "WorkDir") == "/scratch/My results"
     assert scontrol_field(line, "Power") is None
@@ -329,17 +385,21 @@ def test_a_results_path_with_a_space_keeps_its_log_path_whole():
 def test_every_collective_failure_reads_as_a_lost_rank():
     from hpclab.engine.trainer import lost_peer
 
-    for message in ("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Application timeout caused pair closure",
-                    "Connection closed by peer [127.0.0.1]:23456", "Timed out waiting 20000ms for recv operation",
-                    "NCCL error in: ProcessGroupNCCL.cpp:1234, remote process exited"):
+    for message in (
+        "[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Application timeout caused pair closure",
+        "Connection closed by peer [127.0.0.1]:23456",
+        "Timed out waiting 20000ms for recv operation",
+        "NCCL error in: ProcessGroupNCCL.cpp:1234, remote process exited",
+    ):
         assert lost_peer(RuntimeError(message)), message
     assert not lost_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)"))
 
 
 def test_the_cli_of_each_job_script_gives_one_line_for_a_missing_run(home, tmp_path):
-    for script, args in (("analyze.py", [str(tmp_path / "none"), "examples"]),
-                         ("report.py", [str(tmp_path / "none")]),
-                         ("activations.py", [str(tmp_path / "none")])):
+    for script, args in (
+        ("analyze.py", [str(tmp_path / "none"), "examples"]),
+        ("report.py", [str(tmp_path / "none")]),
+        ("activations.py", [str(tmp_path / "none")]),
+    ):
         proc = run_main(script, *args, cwd=home)
         assert proc.returncode == 2 and error_line(proc), (script, proc.stderr)
-

@@ -25,8 +25,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import h5py
 import numpy as np
@@ -38,8 +39,13 @@ from hypothesis import strategies as st
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 
 EXAMPLES = int(os.environ.get("HPCLAB_FUZZ_EXAMPLES", "8"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 RUN = [*DIGITS_RUN, "train.max_steps=10", "train.eval_every=5", "train.checkpoint_every=5", "analysis=[]"]
 GROUP, NAME = "ae_latent", "default"
 
@@ -57,10 +63,14 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # --------------------------------------------------------------------------- damaged bytes
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-5, 10**6) | st.floats(allow_nan=True, allow_infinity=True)
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 10**6)
+    | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=10),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
-    max_leaves=10)
+    max_leaves=10,
+)
 
 
 def _replace_field(record: Any, data: st.DataObject) -> Any:
@@ -72,14 +82,16 @@ def _replace_field(record: Any, data: st.DataObject) -> Any:
         return {**record, key: value}
     if isinstance(record, list) and record:
         index = data.draw(st.integers(0, len(record) - 1))
-        return record[:index] + [_replace_field(record[index], data)] + record[index + 1:]
+        return record[:index] + [_replace_field(record[index], data)] + record[index + 1 :]
     return data.draw(json_values)
 
 
 def damaged(original: bytes, data: st.DataObject, kind: str) -> bytes:
     """A damaged version of a file's bytes: JSON of the wrong shape or types, cut short, random."""
-    how = data.draw(st.sampled_from(["field", "any_json", "truncated", "random"] if kind == "json"
-                                    else ["truncated", "random"]), label="damage")
+    how = data.draw(
+        st.sampled_from(["field", "any_json", "truncated", "random"] if kind == "json" else ["truncated", "random"]),
+        label="damage",
+    )
     if how == "field":
         return json.dumps(_replace_field(json.loads(original), data)).encode()
     if how == "any_json":
@@ -113,6 +125,7 @@ def damaged_config(original: bytes, data: st.DataObject) -> bytes:
 
 
 # --------------------------------------------------------------------------- readers
+
 
 def _status(env: dict, home: Path) -> Any:
     return run_main("launch.py", "status", *RUN, cwd=home, env=env)
@@ -202,8 +215,11 @@ def test_every_reader_of_a_run_folder_answers_damaged_files_in_one_line(template
                 target.write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "t"}))
             damage_bytes = damage(target.read_bytes(), data)
             target.write_bytes(damage_bytes)
-            env = {"HPCLAB_DATA": str(template / "data"), "HPCLAB_RESULTS": str(home / "results"),
-                   "HPCLAB_FUZZ_SECRET": "fuzz-secret-value"}
+            env = {
+                "HPCLAB_DATA": str(template / "data"),
+                "HPCLAB_RESULTS": str(home / "results"),
+                "HPCLAB_FUZZ_SECRET": "fuzz-secret-value",
+            }
             reader = data.draw(st.sampled_from(readers), label="reader")
             before = snapshot(home, run_dir)
             proc = reader(env, home)
@@ -217,16 +233,21 @@ def test_every_reader_of_a_run_folder_answers_damaged_files_in_one_line(template
 
 # --------------------------------------------------------------------------- damaged datasets
 
+
 @st.composite
 def dataset_layouts(draw: st.DrawFn) -> dict[str, Any]:
     """An HDF5 layout a little (or very) off the suite's format."""
     splits = draw(st.lists(st.sampled_from(["train", "val", "test", "other"]), min_size=0, max_size=3, unique=True))
-    layout: dict[str, Any] = {"splits": {}, "class_names": draw(st.sampled_from(
-        ["ok", "missing", "dict", "number", "not json", "short"]))}
+    layout: dict[str, Any] = {
+        "splits": {},
+        "class_names": draw(st.sampled_from(["ok", "missing", "dict", "number", "not json", "short"])),
+    }
     for split in splits:
         dtype = draw(st.sampled_from(["uint8", "uint8", "float32", "int64"]))
-        shape = (draw(st.sampled_from([0, 1, 7, 40])), *draw(st.sampled_from(
-            [(1, 8, 8), (1, 8, 8), (3, 8, 8), (1, 9, 9), (8, 8)])))
+        shape = (
+            draw(st.sampled_from([0, 1, 7, 40])),
+            *draw(st.sampled_from([(1, 8, 8), (1, 8, 8), (3, 8, 8), (1, 9, 9), (8, 8)])),
+        )
         layout["splits"][split] = {
             "images": (dtype, shape),
             "labels": draw(st.sampled_from(["ok", "none", "short", "float", "minus_one", "too_big", "2d"])),
@@ -236,16 +257,26 @@ def dataset_layouts(draw: st.DrawFn) -> dict[str, Any]:
 
 def write_layout(path: Path, layout: dict[str, Any], seed: int) -> None:
     rng = np.random.default_rng(seed)
-    names = {"ok": json.dumps([str(i) for i in range(10)]), "dict": json.dumps({"a": 1}), "number": "3",
-             "not json": "{oops", "short": json.dumps(["a", "b"])}
+    names = {
+        "ok": json.dumps([str(i) for i in range(10)]),
+        "dict": json.dumps({"a": 1}),
+        "number": "3",
+        "not json": "{oops",
+        "short": json.dumps(["a", "b"]),
+    }
     with h5py.File(path, "w") as f:
         for split, spec in layout["splits"].items():
             dtype, shape = spec["images"]
             f.create_dataset(f"{split}/images", data=rng.integers(0, 255, size=shape).astype(dtype))
             n = shape[0]
-            labels = {"ok": rng.integers(0, 10, n), "short": rng.integers(0, 10, max(n - 1, 0)),
-                      "float": rng.random(n), "minus_one": np.full(n, -1), "too_big": np.full(n, 12),
-                      "2d": rng.integers(0, 10, (n, 2))}.get(spec["labels"])
+            labels = {
+                "ok": rng.integers(0, 10, n),
+                "short": rng.integers(0, 10, max(n - 1, 0)),
+                "float": rng.random(n),
+                "minus_one": np.full(n, -1),
+                "too_big": np.full(n, 12),
+                "2d": rng.integers(0, 10, (n, 2)),
+            }.get(spec["labels"])
             if labels is not None:
                 f.create_dataset(f"{split}/labels", data=labels)
         if layout["class_names"] in names:
@@ -262,9 +293,18 @@ def test_a_launch_on_a_malformed_dataset_answers_in_one_line(template, experimen
             data_file = home / "fuzzed.h5"
             write_layout(data_file, layout, seed)
             env = {"HPCLAB_DATA": str(home / "data"), "HPCLAB_RESULTS": str(home / "results")}
-            args = [f"experiment={experiment}", "data=digits", f"data.file={data_file}", "train.epochs=null",
-                    "train.max_steps=2", "train.batch_size=4", "train.eval_every=2", "train.progress=log",
-                    "analysis=[]", "model.channels=[4,8]" if experiment == "ae_latent" else "model.channels=[4,8,8]"]
+            args = [
+                f"experiment={experiment}",
+                "data=digits",
+                f"data.file={data_file}",
+                "train.epochs=null",
+                "train.max_steps=2",
+                "train.batch_size=4",
+                "train.eval_every=2",
+                "train.progress=log",
+                "analysis=[]",
+                "model.channels=[4,8]" if experiment == "ae_latent" else "model.channels=[4,8,8]",
+            ]
             before = data_file.read_bytes()
             proc = run_main("launch.py", *args, cwd=home, env=env)
             check_answer(proc, f"launch on {layout}")

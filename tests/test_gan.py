@@ -1,6 +1,7 @@
-"""DCGAN on Flowers-102 (its staging: test_data_sources.py): the model spec, a 32 px smoke run through the CLI with its analyses (on the homework's category subset), FID
-with a stand-in Inception; and the DCGAN on Fashion-MNIST resized to 32 px with the Fréchet
-distance in the features of the suite's own Fashion-MNIST classifier."""
+"""DCGAN on Flowers-102 (its staging: test_data_sources.py): the model spec, a 32 px smoke run
+through the CLI with its analyses (on the briefs' category subset, docs/briefs.md), FID with a
+stand-in Inception; and the DCGAN on Fashion-MNIST resized to 32 px with the Fréchet distance in
+the features of the suite's own Fashion-MNIST classifier."""
 
 from __future__ import annotations
 
@@ -16,9 +17,18 @@ import torch
 from conftest import run_cli
 from formats.flowers102 import flower_image
 
-SMOKE = ["experiment=dcgan_small", "preset=smoke", "data.image_size=32", "model.channels=32", "model.latent_dim=16",
-         "train.batch_size=16", "train.max_steps=12", "train.eval_every=null", "train.log_every=1",
-         "analysis=[gan_curves,gan_epoch_grids,gan_categories,gan_batch_vs_single,gan_favourites]"]
+SMOKE = [
+    "experiment=dcgan_small",
+    "preset=smoke",
+    "data.image_size=32",
+    "model.channels=32",
+    "model.latent_dim=16",
+    "train.batch_size=16",
+    "train.max_steps=12",
+    "train.eval_every=null",
+    "train.log_every=1",
+    "analysis=[gan_curves,gan_epoch_grids,gan_categories,gan_batch_vs_single,gan_favourites]",
+]
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +36,21 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory, flowers: dict) -> dict:
     """prepare_data + a 12-step, two-epoch DCGAN run at 32 px, both through the CLI."""
     work = tmp_path_factory.mktemp("gan_smoke")
     env = {"HPCLAB_DATA": str(work / "data"), "HPCLAB_RESULTS": str(work / "results")}
-    run_cli("prepare_data.py", "experiment=dcgan_small", "data.image_size=32", f"data.mirrors=[{flowers['root']}]",
-            "data.download=false", cwd=work, env=env)
+    run_cli(
+        "prepare_data.py",
+        "experiment=dcgan_small",
+        "data.image_size=32",
+        f"data.mirrors=[{flowers['root']}]",
+        "data.download=false",
+        cwd=work,
+        env=env,
+    )
     proc = run_cli("launch.py", *SMOKE, cwd=work, env=env)
     return {"work": work, "env": env, "run_dir": work / "results" / "dcgan_small-smoke" / "default", "log": proc.stdout}
 
 
 # --------------------------------------------------------------------------- model
+
 
 def test_dcgan_follows_the_spec_at_full_size():
     from torch import nn
@@ -44,7 +62,14 @@ def test_dcgan_follows_the_spec_at_full_size():
     G, D = model.generator, model.discriminator
     convs = [m for m in G.net if isinstance(m, nn.ConvTranspose2d)]
     assert [(c.in_channels, c.out_channels) for c in convs] == [
-        (128, 512), (512, 256), (256, 128), (128, 64), (64, 32), (32, 16), (16, 3)]
+        (128, 512),
+        (512, 256),
+        (256, 128),
+        (128, 64),
+        (64, 32),
+        (32, 16),
+        (16, 3),
+    ]
     assert all(isinstance(G.net[i + 1], nn.BatchNorm2d) for i, m in enumerate(G.net) if m in convs[:-1])
     assert isinstance(G.net[-1], nn.Tanh) and G.net[-2] is convs[-1]
 
@@ -79,6 +104,7 @@ def test_fixed_latents_do_not_depend_on_how_many_are_drawn():
 
 # --------------------------------------------------------------------------- smoke run
 
+
 def test_smoke_run_trains_and_writes_every_figure(smoke_run):
     run_dir = smoke_run["run_dir"]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -92,8 +118,18 @@ def test_smoke_run_trains_and_writes_every_figure(smoke_run):
         assert 0 < r["d_real"] < 1 and 0 < r["d_fake"] < 1
 
     figures = run_dir / "figures"
-    pngs = ["gan_curves.png", "samples_final.png", "samples_by_epoch.png", "epochs/epoch_001.png", "epochs/epoch_002.png",
-            "categories.png", "batch_vs_single.png", "candidates.png", "favourites.png", "interpolation.png"]
+    pngs = [
+        "gan_curves.png",
+        "samples_final.png",
+        "samples_by_epoch.png",
+        "epochs/epoch_001.png",
+        "epochs/epoch_002.png",
+        "categories.png",
+        "batch_vs_single.png",
+        "candidates.png",
+        "favourites.png",
+        "interpolation.png",
+    ]
     for name in pngs:
         assert (figures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
@@ -133,6 +169,7 @@ def test_chosen_favourites_through_the_analyze_command(smoke_run):
 
 # --------------------------------------------------------------------------- FID
 
+
 @pytest.fixture(scope="module")
 def standin_inception(tmp_path_factory: pytest.TempPathFactory):
     """A random-initialised state dict of pytorch-fid's FID Inception, saved in a cache under a
@@ -143,8 +180,10 @@ def standin_inception(tmp_path_factory: pytest.TempPathFactory):
 
     from hpclab.weights import WEIGHTS, WeightFile, cache_dir, register_weights
 
-    with mock.patch.object(fid_inception, "load_state_dict_from_url", lambda *a, **k: None), \
-         mock.patch.object(tv_inception.Inception3, "load_state_dict", lambda self, *a, **k: None):
+    with (
+        mock.patch.object(fid_inception, "load_state_dict_from_url", lambda *a, **k: None),
+        mock.patch.object(tv_inception.Inception3, "load_state_dict", lambda self, *a, **k: None),
+    ):
         state = fid_inception.fid_inception_v3().state_dict()  # the architecture, random weights
     cache = tmp_path_factory.mktemp("fid_cache")
     staging = cache / "standin.pth"
@@ -152,7 +191,9 @@ def standin_inception(tmp_path_factory: pytest.TempPathFactory):
     prefix = hashlib.sha256(staging.read_bytes()).hexdigest()[:8]
     cache_dir(cache).mkdir(parents=True)
     staging.rename(cache_dir(cache) / f"pt_inception-standin-{prefix}.pth")
-    register_weights(WeightFile("fid_inception_standin", "file:///nonexistent", f"pt_inception-standin-{prefix}.pth", prefix))
+    register_weights(
+        WeightFile("fid_inception_standin", "file:///nonexistent", f"pt_inception-standin-{prefix}.pth", prefix)
+    )
     yield cache
     WEIGHTS.pop("fid_inception_standin", None)
 
@@ -165,8 +206,10 @@ def test_fid_is_zero_for_a_set_with_itself_and_grows_with_noise(standin_inceptio
     model = inception(dims=64, cache=standin_inception, weights="fid_inception_standin", resize=False)
     base = activations(model, images.split(48), "cpu")
     gen = torch.Generator().manual_seed(0)
-    noisy = [activations(model, (images + s * torch.randn(images.shape, generator=gen)).clamp(0, 1).split(48), "cpu")
-             for s in (0.05, 0.2, 0.5)]
+    noisy = [
+        activations(model, (images + s * torch.randn(images.shape, generator=gen)).clamp(0, 1).split(48), "cpu")
+        for s in (0.05, 0.2, 0.5)
+    ]
     same = frechet(base, base)
     scores = [frechet(base, other) for other in noisy]
     assert abs(same) < 1e-3 * scores[0]
@@ -212,8 +255,16 @@ def test_fid_analysis_on_the_smoke_run(smoke_run, standin_inception):
 
 # --------------------------------------------------------------------------- Fashion-MNIST GAN and FD
 
-FMNIST_GAN = ["experiment=dcgan_fmnist", "preset=smoke", "model.channels=32", "model.latent_dim=16", "train.batch_size=32",
-              "train.max_steps=54", "train.eval_every=null", "train.progress=log"]  # 600 images: 18 steps an epoch
+FMNIST_GAN = [
+    "experiment=dcgan_fmnist",
+    "preset=smoke",
+    "model.channels=32",
+    "model.latent_dim=16",
+    "train.batch_size=32",
+    "train.max_steps=54",
+    "train.eval_every=null",
+    "train.progress=log",
+]  # 600 images: 18 steps an epoch
 
 
 @pytest.fixture(scope="module")
@@ -222,17 +273,45 @@ def fmnist_gan(tmp_path_factory: pytest.TempPathFactory, fmnist_mirror: Path) ->
     yet), then fmnist_cnn trained, then the same DCGAN command again, all through the CLI."""
     work = tmp_path_factory.mktemp("fmnist_gan")
     env = {"HPCLAB_DATA": str(work / "data"), "HPCLAB_RESULTS": str(work / "results")}
-    run_cli("prepare_data.py", "experiment=dcgan_fmnist", f"data.mirrors=[{fmnist_mirror}]", "data.download=false",
-            cwd=work, env=env)
-    run_cli("prepare_data.py", "experiment=fmnist_cnn", f"data.mirrors=[{fmnist_mirror}]", "data.download=false",
-            cwd=work, env=env)
-    at_28 = run_cli("launch.py", *FMNIST_GAN, "data.image_size=null", "run_name=at_28px", cwd=work, env=env, check=False)
+    run_cli(
+        "prepare_data.py",
+        "experiment=dcgan_fmnist",
+        f"data.mirrors=[{fmnist_mirror}]",
+        "data.download=false",
+        cwd=work,
+        env=env,
+    )
+    run_cli(
+        "prepare_data.py",
+        "experiment=fmnist_cnn",
+        f"data.mirrors=[{fmnist_mirror}]",
+        "data.download=false",
+        cwd=work,
+        env=env,
+    )
+    at_28 = run_cli(
+        "launch.py", *FMNIST_GAN, "data.image_size=null", "run_name=at_28px", cwd=work, env=env, check=False
+    )
     first = run_cli("launch.py", *FMNIST_GAN, cwd=work, env=env, check=False)
-    run_cli("launch.py", "experiment=fmnist_cnn", "preset=smoke", "train.max_steps=30", "train.eval_every=15",
-            "train.batch_size=32", "train.progress=log", cwd=work, env=env)
+    run_cli(
+        "launch.py",
+        "experiment=fmnist_cnn",
+        "preset=smoke",
+        "train.max_steps=30",
+        "train.eval_every=15",
+        "train.batch_size=32",
+        "train.progress=log",
+        cwd=work,
+        env=env,
+    )
     second = run_cli("launch.py", *FMNIST_GAN, cwd=work, env=env)
-    return {"work": work, "run_dir": work / "results" / "dcgan_fmnist-smoke" / "default", "at_28": at_28, "first": first,
-            "second": second}
+    return {
+        "work": work,
+        "run_dir": work / "results" / "dcgan_fmnist-smoke" / "default",
+        "at_28": at_28,
+        "first": first,
+        "second": second,
+    }
 
 
 def test_fashion_mnist_dcgan_at_32px_with_its_figures(fmnist_gan):
@@ -245,13 +324,25 @@ def test_fashion_mnist_dcgan_at_32px_with_its_figures(fmnist_gan):
     with h5py.File(fmnist_gan["work"] / "data" / "fashion_mnist_32px.h5") as f:
         assert f["train/images"].shape == (600, 1, 32, 32)
     figures = run_dir / "figures"
-    for name in ("epochs/epoch_001.png", "epochs/epoch_002.png", "epochs/epoch_003.png", "samples_by_epoch.png",
-                 "interpolation.png", "batch_vs_single.png", "favourites.png", "categories.png", "fd_classifier.png"):
+    for name in (
+        "epochs/epoch_001.png",
+        "epochs/epoch_002.png",
+        "epochs/epoch_003.png",
+        "samples_by_epoch.png",
+        "interpolation.png",
+        "batch_vs_single.png",
+        "favourites.png",
+        "categories.png",
+        "fd_classifier.png",
+    ):
         assert (figures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert np.load(figures / "batch_vs_single_z.npy").shape == (32, 16)
     assert summary["analyses"]["gan_categories"]["categories"] == 10
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("step*.pt")) == [
-        "step000000018.pt", "step000000036.pt", "step000000054.pt"]  # one per epoch, all kept
+        "step000000018.pt",
+        "step000000036.pt",
+        "step000000054.pt",
+    ]  # one per epoch, all kept
 
 
 def test_fd_in_the_suites_own_classifier_features(fmnist_gan):
@@ -311,5 +402,7 @@ def test_fid_on_grey_images_repeats_them_to_three_channels(fmnist_gan, standin_i
     name = WEIGHTS["fid_inception_standin"].filename
     cache_dir(cache).mkdir(parents=True, exist_ok=True)
     shutil.copy(cache_dir(standin_inception) / name, cache_dir(cache) / name)
-    result = analyze_run(run_dir, "fid", {"weights": "fid_inception_standin", "dims": 64, "num_images": 24, "split": "test"})
+    result = analyze_run(
+        run_dir, "fid", {"weights": "fid_inception_standin", "dims": 64, "num_images": 24, "split": "test"}
+    )
     assert result["real_images"] == result["generated_images"] == 24 and np.isfinite(result["fid"])

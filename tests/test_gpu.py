@@ -35,8 +35,18 @@ def cuda() -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_few_cuda_steps_train_with_finite_losses(cuda, digits, mode):
-    cfg = compose([*DIGITS_RUN, f"train.max_steps={STEPS}", "train.eval_every=4", "train.log_every=2",
-                   "train.checkpoint_every=4", "analysis=[]", f"run_name={mode}", *MODES[mode]])
+    cfg = compose(
+        [
+            *DIGITS_RUN,
+            f"train.max_steps={STEPS}",
+            "train.eval_every=4",
+            "train.log_every=2",
+            "train.checkpoint_every=4",
+            "analysis=[]",
+            f"run_name={mode}",
+            *MODES[mode],
+        ]
+    )
     summary = train_run(cfg)
     run_dir = run_dir_of(cfg)
     assert summary["steps"] == STEPS

@@ -21,11 +21,26 @@ from formats.cifar import write_cifar10
 from hpclab.models.conv import Conv2d, unfold_conv2d
 from hpclab.tasks.image2image import dice_loss, overlap_scores
 
-CIFAR_EXPERIMENTS = ["colourize_cnn", "colourize_classes", "colourize_unet", "superres_cnn", "superres_unet",
-                     "denoise_ae", "inpaint_ae"]
+CIFAR_EXPERIMENTS = [
+    "colourize_cnn",
+    "colourize_classes",
+    "colourize_unet",
+    "superres_cnn",
+    "superres_unet",
+    "denoise_ae",
+    "inpaint_ae",
+]
 SEG_EXPERIMENTS = ["brain_seg", "brain_seg_mse", "brain_seg_bce", "brain_seg_unet"]
-TINY = ["preset=smoke", "sweep.subset=0", "train.max_steps=2", "train.eval_every=2", "train.batch_size=8",
-        "train.eval_batch_size=64", "data.limit=32", "train.progress=log"]
+TINY = [
+    "preset=smoke",
+    "sweep.subset=0",
+    "train.max_steps=2",
+    "train.eval_every=2",
+    "train.batch_size=8",
+    "train.eval_batch_size=64",
+    "data.limit=32",
+    "train.progress=log",
+]
 
 
 def _env(root: Path) -> dict[str, str]:
@@ -42,6 +57,7 @@ def _summary(run_dir: Path) -> dict:
 
 # --------------------------------------------------------------------------- fixtures: CLI runs
 
+
 @pytest.fixture(scope="module")
 def cifar_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """CIFAR-10 batches in the real pickle layout, staged by prepare_data, then every CIFAR
@@ -50,8 +66,9 @@ def cifar_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("i2i_cifar")
     write_cifar10(root / "mirror", n_train=300, n_test=60, seed=0)
     env = _env(root)
-    run_cli("prepare_data.py", "data=cifar10", f"data.mirrors=[{root / 'mirror'}]", "data.download=false",
-            cwd=root, env=env)
+    run_cli(
+        "prepare_data.py", "data=cifar10", f"data.mirrors=[{root / 'mirror'}]", "data.download=false", cwd=root, env=env
+    )
     proc = run_cli("launch.py", "experiment=" + ",".join(CIFAR_EXPERIMENTS), "data=cifar10", *TINY, cwd=root, env=env)
     (root / "launch.log").write_text(proc.stdout + proc.stderr)
     return root
@@ -63,8 +80,14 @@ def fmnist_runs(tmp_path_factory: pytest.TempPathFactory, fmnist_mirror: Path) -
     variants) and inpaint_ae as they ship (Fashion-MNIST is their default data)."""
     root = tmp_path_factory.mktemp("i2i_fmnist")
     env = _env(root)
-    run_cli("prepare_data.py", "data=fashion_mnist", f"data.mirrors=[{fmnist_mirror}]", "data.download=false",
-            cwd=root, env=env)
+    run_cli(
+        "prepare_data.py",
+        "data=fashion_mnist",
+        f"data.mirrors=[{fmnist_mirror}]",
+        "data.download=false",
+        cwd=root,
+        env=env,
+    )
     run_cli("launch.py", "sweep=denoise_skips", *TINY, cwd=root, env=env)
     run_cli("launch.py", "experiment=inpaint_ae", *TINY, cwd=root, env=env)
     return root
@@ -79,20 +102,32 @@ def seg_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = run_cli("make_phantoms.py", str(root / "phantoms"), "--count", "10", cwd=root, env=env)
     assert "wrote 10 phantom slices (240x240" in out.stdout
     run_cli("prepare_data.py", "data=brain_mri", f"data.mirrors=[{root / 'phantoms'}]", cwd=root, env=env)
-    run_cli("launch.py", "experiment=" + ",".join(SEG_EXPERIMENTS), *TINY, "train.batch_size=2",
-            "train.eval_batch_size=4", "model.channels=[4,8]", cwd=root, env=env)
+    run_cli(
+        "launch.py",
+        "experiment=" + ",".join(SEG_EXPERIMENTS),
+        *TINY,
+        "train.batch_size=2",
+        "train.eval_batch_size=4",
+        "model.channels=[4,8]",
+        cwd=root,
+        env=env,
+    )
     return root
 
 
 # --------------------------------------------------------------------------- own convolution
 
-@pytest.mark.parametrize("kernel,stride,padding,dilation,bias,size", [
-    (3, 1, 1, 1, True, (9, 9)),
-    (3, 2, 1, 1, True, (10, 13)),
-    (5, 1, 2, 2, False, (12, 11)),
-    (1, 1, 0, 1, True, (7, 5)),
-    ((3, 5), (2, 1), (0, 2), (1, 3), True, (11, 14)),
-])
+
+@pytest.mark.parametrize(
+    "kernel,stride,padding,dilation,bias,size",
+    [
+        (3, 1, 1, 1, True, (9, 9)),
+        (3, 2, 1, 1, True, (10, 13)),
+        (5, 1, 2, 2, False, (12, 11)),
+        (1, 1, 0, 1, True, (7, 5)),
+        ((3, 5), (2, 1), (0, 2), (1, 3), True, (11, 14)),
+    ],
+)
 def test_own_conv_matches_torch_conv2d(kernel, stride, padding, dilation, bias, size):
     gen = torch.Generator().manual_seed(0)
     conv = Conv2d(3, 4, kernel, stride=stride, padding=padding, dilation=dilation, bias=bias).double()
@@ -103,8 +138,9 @@ def test_own_conv_matches_torch_conv2d(kernel, stride, padding, dilation, bias, 
     torch.testing.assert_close(ours, ref)
     grad = torch.randn(ours.shape, generator=gen, dtype=torch.float64)
     g_ours = torch.autograd.grad(ours, [x, conv.weight], grad)
-    g_ref = torch.autograd.grad(F.conv2d(x, conv.weight, conv.bias, stride=stride, padding=padding,
-                                         dilation=dilation), [x, conv.weight], grad)
+    g_ref = torch.autograd.grad(
+        F.conv2d(x, conv.weight, conv.bias, stride=stride, padding=padding, dilation=dilation), [x, conv.weight], grad
+    )
     for a, b in zip(g_ours, g_ref):
         torch.testing.assert_close(a, b)
 
@@ -119,6 +155,7 @@ def test_own_conv_same_padding_and_errors():
 
 
 # --------------------------------------------------------------------------- Dice, IoU
+
 
 def test_dice_loss_formula_on_known_inputs():
     eps = 1e-6
@@ -145,6 +182,7 @@ def test_binarized_dice_and_iou_per_image():
 
 
 # --------------------------------------------------------------------------- models and sizes
+
 
 @pytest.mark.parametrize("skips", ["none", "add", "concat"])
 def test_encoder_decoder_runs_on_any_size(skips):
@@ -251,12 +289,17 @@ def test_plain_super_resolution_cnn_sees_low_resolution_and_learns_the_upsamplin
 
 # --------------------------------------------------------------------------- CIFAR experiments
 
+
 def test_cifar_experiments_smoke(cifar_runs: Path):
     group = cifar_runs / "results" / "default-smoke"
     expect = {
-        "colourize_cnn": ["test/grey_psnr"], "colourize_classes": ["test/acc", "test/palette_psnr"],
-        "colourize_unet": ["test/acc"], "superres_cnn": ["test/bilinear_psnr"], "superres_unet": ["test/bilinear_psnr"],
-        "denoise_ae": ["test/noisy_psnr"], "inpaint_ae": ["test/hole_psnr", "test/masked_psnr"],
+        "colourize_cnn": ["test/grey_psnr"],
+        "colourize_classes": ["test/acc", "test/palette_psnr"],
+        "colourize_unet": ["test/acc"],
+        "superres_cnn": ["test/bilinear_psnr"],
+        "superres_unet": ["test/bilinear_psnr"],
+        "denoise_ae": ["test/noisy_psnr"],
+        "inpaint_ae": ["test/hole_psnr", "test/masked_psnr"],
     }
     for name, keys in expect.items():
         run = group / f"experiment-{name}"
@@ -343,7 +386,9 @@ def test_denoising_and_inpainting_on_fashion_mnist(fmnist_runs: Path):
 def test_activations_and_compare_commands(cifar_runs: Path):
     env = _env(cifar_runs)
     run = cifar_runs / "results" / "default-smoke" / "experiment-colourize_unet"
-    out = run_cli("activations.py", str(run), "--count", "2", "--out", str(cifar_runs / "acts"), cwd=cifar_runs, env=env)
+    out = run_cli(
+        "activations.py", str(run), "--count", "2", "--out", str(cifar_runs / "acts"), cwd=cifar_runs, env=env
+    )
     assert "6 layer grids (downconv1, downconv2, rfconv, upconv1, upconv2, finalconv)" in out.stdout
     assert len(list((cifar_runs / "acts" / "activations").glob("*.png"))) == 6
     other = cifar_runs / "results" / "default-smoke" / "experiment-colourize_classes"
@@ -363,16 +408,29 @@ def test_super_resolution_factor_4_from_config(cifar_runs: Path, monkeypatch: py
     summary = train_run(cfg)
     assert summary["status"] == "completed" and cfg.task.factor == 4
     # 8x8 inputs: bilinear loses more than at factor 2
-    x2 = _summary(cifar_runs / "results" / "default-smoke" / "experiment-superres_unet")["metrics"]["test/bilinear_psnr"]
+    x2 = _summary(cifar_runs / "results" / "default-smoke" / "experiment-superres_unet")["metrics"][
+        "test/bilinear_psnr"
+    ]
     assert summary["metrics"]["test/bilinear_psnr"] < x2
     # the residual design, trained from config the same way: same bilinear baseline on the same images
-    residual = train_run(compose(["experiment=superres_unet", "task=super_resolve_residual", "task.factor=4",
-                                  "run_name=x4_residual", "analysis=[image_metrics]", *TINY]))
+    residual = train_run(
+        compose(
+            [
+                "experiment=superres_unet",
+                "task=super_resolve_residual",
+                "task.factor=4",
+                "run_name=x4_residual",
+                "analysis=[image_metrics]",
+                *TINY,
+            ]
+        )
+    )
     assert residual["status"] == "completed"
     assert residual["metrics"]["test/bilinear_psnr"] == pytest.approx(summary["metrics"]["test/bilinear_psnr"])
 
 
 # --------------------------------------------------------------------------- segmentation
+
 
 def test_brain_segmentation_experiments_smoke(seg_runs: Path):
     with h5py.File(seg_runs / "data" / "brain_mri_240px.h5", "r") as f:
@@ -420,13 +478,23 @@ def test_brain_mri_without_files_says_where_to_get_them(workdir: Path):
 
 # --------------------------------------------------------------------------- sweeps
 
+
 def test_sweeps_expand_as_documented():
     from hpclab.config import compose
     from hpclab.launch.sweep import plan
 
-    grids = {name: dict(compose([f"sweep={name}"]).sweep.grid) for name in
-             ("colourize_epochs", "colourize_batch", "colourize_compare", "superres_factor", "denoise_skips", "seg_loss",
-              "seg_arch")}
+    grids = {
+        name: dict(compose([f"sweep={name}"]).sweep.grid)
+        for name in (
+            "colourize_epochs",
+            "colourize_batch",
+            "colourize_compare",
+            "superres_factor",
+            "denoise_skips",
+            "seg_loss",
+            "seg_arch",
+        )
+    }
     assert grids["colourize_epochs"] == {"train.epochs": [1, 2, 5, 10, 25, 50]}
     assert grids["colourize_compare"] == {"model.name": ["colour_cnn", "colour_unet"]}
     assert grids["denoise_skips"] == {"model.skips": ["none", "add", "concat"]}
@@ -443,5 +511,8 @@ def test_sweeps_expand_as_documented():
     sr = plan(["sweep=superres_factor"]).runs  # both designs x both networks x factors 2 and 4
     built = [TASKS.build(c.task.name, kwargs_of(c.task)) for c in sr]  # residual: null -> the natural pairing
     assert sorted((t.upsample, t.residual, c.model.name, t.factor) for t, c in zip(built, sr)) == [
-        (up, up == "bilinear", net, f) for up in ("bilinear", "learned") for net in ("colour_cnn", "colour_unet")
-        for f in (2, 4)]
+        (up, up == "bilinear", net, f)
+        for up in ("bilinear", "learned")
+        for net in ("colour_cnn", "colour_unet")
+        for f in (2, 4)
+    ]

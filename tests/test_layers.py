@@ -73,8 +73,10 @@ def test_no_module_imports_a_higher_layer():
 
 
 def test_the_check_itself_sees_function_level_imports_and_skips_type_checking_ones():
-    source = ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from hpclab.engine import Trainer\n"
-              "def f():\n    from hpclab.launch.slurm import requeue_job\n")
+    source = (
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from hpclab.engine import Trainer\n"
+        "def f():\n    from hpclab.launch.slurm import requeue_job\n"
+    )
     assert hpclab_imports(ast.parse(source)) == [(5, "hpclab.launch.slurm")]
     assert layer_of("hpclab.launch.slurm") > layer_of("hpclab.engine") > layer_of("hpclab.errors")
 
@@ -82,8 +84,10 @@ def test_the_check_itself_sees_function_level_imports_and_skips_type_checking_on
 def import_graph() -> dict[str, set[str]]:
     """Module -> the hpclab modules it imports (at any level, as in the layer test); ``from
     package import name`` counts as importing the package, or the submodule ``name`` is one."""
-    files = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
-             for p in (REPO / "hpclab").rglob("*.py")}
+    files = {
+        ".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in (REPO / "hpclab").rglob("*.py")
+    }
     graph: dict[str, set[str]] = {}
     for module, path in files.items():
         deps = set()
@@ -132,7 +136,8 @@ def test_no_import_cycles():
     graph = import_graph()
     assert "hpclab.engine.build" in graph["hpclab.engine.trainer"]
     assert not cycles(graph), "import cycles (each a set of modules that import each other):\n" + "\n".join(
-        " <-> ".join(c) for c in cycles(graph))
+        " <-> ".join(c) for c in cycles(graph)
+    )
 
 
 def test_the_cycle_check_finds_a_cycle():

@@ -38,15 +38,30 @@ UPDATE = os.environ.get("HPCLAB_UPDATE_MODEL_PARAMS") == "1"
 # What this test's data file holds per data set: channels, image size (when the data config sets
 # none), classes, and whether it has segmentation masks. Images are random uint8 pixels.
 DATA = {
-    "fashion_mnist": (1, 28, 10, False), "mnist": (1, 28, 10, False), "notmnist": (1, 28, 10, False),
-    "digits": (1, 8, 10, False), "cifar10": (3, 32, 10, False), "stl10": (3, 96, 10, False),
-    "stl10_unlabeled": (3, 96, 10, False), "flowers102": (3, 256, 102, False), "food101": (3, 224, 20, False),
+    "fashion_mnist": (1, 28, 10, False),
+    "mnist": (1, 28, 10, False),
+    "notmnist": (1, 28, 10, False),
+    "digits": (1, 8, 10, False),
+    "cifar10": (3, 32, 10, False),
+    "stl10": (3, 96, 10, False),
+    "stl10_unlabeled": (3, 96, 10, False),
+    "flowers102": (3, 256, 102, False),
+    "food101": (3, 224, 20, False),
     "brain_mri": (1, 240, 1, True),
 }
 # One step on two images, in fp32 and eager mode (the gpu tests cover the rest).
-ONE_STEP = ["train.epochs=null", "train.max_steps=1", "train.batch_size=2", "train.global_batch_size=null",
-            "train.mixed_precision=no", "train.channels_last=false", "train.compile=false",
-            "data.classes=null", "data.limit=null", "analysis=[]"]
+ONE_STEP = [
+    "train.epochs=null",
+    "train.max_steps=1",
+    "train.batch_size=2",
+    "train.global_batch_size=null",
+    "train.mixed_precision=no",
+    "train.channels_last=false",
+    "train.compile=false",
+    "data.classes=null",
+    "data.limit=null",
+    "analysis=[]",
+]
 # What a model needs on top of its experiment to build here: nothing from other runs or downloads.
 OFFLINE = {
     "ae_encoder_classifier": ["model.pretrained=false", "model.freeze=false"],  # no trained autoencoder to load
@@ -73,7 +88,7 @@ def models_of_experiment(path: Path) -> set[str]:
     doc = yaml.safe_load(path.read_text()) or {}
     names = model_names_in({key: value for key, value in doc.items() if key != "defaults"})
     for entry in doc.get("defaults", []):
-        for key, choice in (entry.items() if isinstance(entry, dict) else []):
+        for key, choice in entry.items() if isinstance(entry, dict) else []:
             group = key.removeprefix("override").strip().lstrip("/").split("@")[0]
             if group in ("model", "task") and choice:
                 names |= model_names_in(yaml.safe_load((CONFIGS / group / f"{choice}.yaml").read_text()))
@@ -94,8 +109,10 @@ def composition_of(name: str) -> list[str]:
     if name in UNCONFIGURED:
         return list(UNCONFIGURED[name])
     experiment = first_experiment().get(name)
-    assert experiment, (f"no experiment config names model '{name}': add one (configs/experiment/), or its "
-                        f"overrides to UNCONFIGURED in {Path(__file__).name}")
+    assert experiment, (
+        f"no experiment config names model '{name}': add one (configs/experiment/), or its "
+        f"overrides to UNCONFIGURED in {Path(__file__).name}"
+    )
     return [f"experiment={experiment}", *OFFLINE.get(name, [])]
 
 
@@ -106,14 +123,20 @@ def write_data(cfg: Any, path: Path, rng: np.random.Generator) -> None:
     size = cfg.data.image_size or size
 
     def split(n: int) -> dict[str, np.ndarray]:
-        arrays = {"images": rng.integers(0, 256, (n, channels, size, size), dtype=np.uint8),
-                  "labels": rng.integers(0, classes, n)}
+        arrays = {
+            "images": rng.integers(0, 256, (n, channels, size, size), dtype=np.uint8),
+            "labels": rng.integers(0, classes, n),
+        }
         if masks:
             arrays["masks"] = rng.integers(0, 2, (n, 1, size, size), dtype=np.uint8)
         return arrays
 
-    write_hdf5(path, DatasetArrays({"train": split(4), "test": split(2)}, [f"class {i}" for i in range(classes)],
-                                   [], "tests/test_model_zoo.py"))
+    write_hdf5(
+        path,
+        DatasetArrays(
+            {"train": split(4), "test": split(2)}, [f"class {i}" for i in range(classes)], [], "tests/test_model_zoo.py"
+        ),
+    )
 
 
 def write_table(table: dict[str, Any]) -> None:
@@ -165,5 +188,6 @@ def test_the_recorded_counts_are_of_registered_models():
     if UPDATE and stale:
         write_table({k: v for k, v in table.items() if k not in stale})
         return
-    assert not stale, (f"{PARAMS.name} records models no longer registered: {stale} "
-                       f"(HPCLAB_UPDATE_MODEL_PARAMS=1 drops them)")
+    assert not stale, (
+        f"{PARAMS.name} records models no longer registered: {stale} (HPCLAB_UPDATE_MODEL_PARAMS=1 drops them)"
+    )

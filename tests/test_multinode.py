@@ -17,26 +17,39 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional, TypeVar
+from typing import TypeVar
 
 import pytest
 from conftest import DIGITS_RUN, REPO, controller_problem, requires, run_cli
 
 pytestmark = pytest.mark.multinode
 
-RUN = [*DIGITS_RUN, "train.max_steps=12", "train.eval_every=6", "train.global_batch_size=64", "seed=3",
-       "analysis=[]"]
+RUN = [*DIGITS_RUN, "train.max_steps=12", "train.eval_every=6", "train.global_batch_size=64", "seed=3", "analysis=[]"]
 
 
 # The smallest real DCGAN of the suite (experiment=dcgan_small at 8 px on the digits: generator
 # 4,385 and discriminator 529 parameters, about 25 ms a 2-rank step here): the GAN draws latents
 # from every rank's own RNG stream, which a resume must restore rank by rank. Long enough (300
 # steps) for a signal to land mid-training; checkpoints kept to look at the stop steps.
-GAN = ["experiment=dcgan_small", "data=digits", "data.image_size=8", "model.channels=16", "model.latent_dim=16",
-       "train.epochs=null", "train.max_steps=300", "train.eval_every=100", "train.checkpoint_every=50",
-       "train.keep_checkpoints=10", "train.global_batch_size=64", "train.log_every=10", "train.progress=log",
-       "seed=3", "analysis=[]"]
+GAN = [
+    "experiment=dcgan_small",
+    "data=digits",
+    "data.image_size=8",
+    "model.channels=16",
+    "model.latent_dim=16",
+    "train.epochs=null",
+    "train.max_steps=300",
+    "train.eval_every=100",
+    "train.checkpoint_every=50",
+    "train.keep_checkpoints=10",
+    "train.global_batch_size=64",
+    "train.log_every=10",
+    "train.progress=log",
+    "seed=3",
+    "analysis=[]",
+]
 GAN_GROUP = "dcgan_small"
 GAN_STEPS = 300
 
@@ -55,7 +68,7 @@ def last_step(run_dir: Path) -> int:
     """The newest step in metrics.jsonl (0 before the first line; a line being written is skipped)."""
     steps = [0]
     path = run_dir / "metrics.jsonl"
-    for line in (path.read_text().splitlines() if path.is_file() else []):
+    for line in path.read_text().splitlines() if path.is_file() else []:
         try:
             steps.append(json.loads(line)["step"])
         except (ValueError, KeyError):
@@ -66,7 +79,7 @@ def last_step(run_dir: Path) -> int:
 T = TypeVar("T")
 
 
-def wait_for(probe: Callable[[], Optional[T]], timeout: float, what: str, poll: float = 0.1) -> T:
+def wait_for(probe: Callable[[], T | None], timeout: float, what: str, poll: float = 0.1) -> T:
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = probe()
@@ -97,6 +110,7 @@ def assert_equals_reference(run_dir: Path, reference: dict) -> None:
 
 # --------------------------------------------------------------------------- no SLURM
 
+
 def test_two_rank_sharded_evaluation_totals_equal_one_process(digits):
     """2 local ranks (each evaluating half the batches, one all-reduce) against 1 process with
     the same global batch: the same training is not the point here, the evaluation is: the
@@ -123,7 +137,9 @@ def test_two_rank_sharded_evaluation_totals_equal_one_process(digits):
 def test_world_size_must_divide_the_global_batch(digits):
     proc = run_cli("launch.py", *RUN, "train.global_batch_size=63", "cluster.processes=2", cwd=digits, check=False)
     assert proc.returncode == 2 and "train.global_batch_size" in proc.stderr and "63" in proc.stderr
-    assert [line for line in proc.stderr.splitlines() if line.startswith('error:')] == [proc.stderr.strip().splitlines()[-1]]
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
+        proc.stderr.strip().splitlines()[-1]
+    ]
     assert not (digits / "results/ae_latent/default/checkpoints").exists()
 
 
@@ -153,8 +169,20 @@ def test_two_rank_resume_gives_every_rank_its_own_rng_back(gan_reference, tmp_pa
 def test_eval_scaling_benchmark_compares_one_rank_with_two(tmp_path):
     """benchmarks/run.py's eval section runs (quick) and its two evaluations agree; its timings
     are reported, not asserted (they depend on the machine's load)."""
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--only", "eval",
-                           "--out", str(tmp_path / "bench")], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "run.py"),
+            "--quick",
+            "--only",
+            "eval",
+            "--out",
+            str(tmp_path / "bench"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "bench" / "benchmarks.json").read_text())["rows"]
     assert [r["row"].split(": ")[-1].split(",")[0] for r in rows] == ["1 rank", "2 ranks"]
@@ -165,13 +193,14 @@ def test_eval_scaling_benchmark_compares_one_rank_with_two(tmp_path):
 
 # --------------------------------------------------------------------------- the multi-node cluster
 
+
 def multinode_env() -> dict:
     """The environment of the multi-node cluster's commands: $HPCLAB_MULTINODE_SLURM_CONF, else $SLURM_CONF."""
     conf = os.environ.get("HPCLAB_MULTINODE_SLURM_CONF") or os.environ.get("SLURM_CONF")
     return {**os.environ, **({"SLURM_CONF": conf} if conf else {})}
 
 
-def two_node_problem() -> Optional[str]:
+def two_node_problem() -> str | None:
     """Why the multi-node cluster cannot run these tests (None when it answers with 2 nodes)."""
     env = multinode_env()
     saved = os.environ.get("SLURM_CONF")
@@ -179,8 +208,13 @@ def two_node_problem() -> Optional[str]:
         os.environ["SLURM_CONF"] = env["SLURM_CONF"]
     try:
         problem = controller_problem()
-        nodes = [] if problem else subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True,
-                                                  text=True, timeout=20).stdout.split()
+        nodes = (
+            []
+            if problem
+            else subprocess.run(
+                ["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True, timeout=20
+            ).stdout.split()
+        )
     finally:
         if saved is None:
             os.environ.pop("SLURM_CONF", None)
@@ -189,8 +223,10 @@ def two_node_problem() -> Optional[str]:
     if problem:
         return f"multi-node: {problem}"
     if len(set(nodes)) < 2:
-        return (f"multi-node: the cluster has {len(set(nodes))} node(s); start one with 2: "
-                "scripts/local_slurm.sh start --nodes 2 (or set HPCLAB_MULTINODE_SLURM_CONF)")
+        return (
+            f"multi-node: the cluster has {len(set(nodes))} node(s); start one with 2: "
+            "scripts/local_slurm.sh start --nodes 2 (or set HPCLAB_MULTINODE_SLURM_CONF)"
+        )
     return None
 
 
@@ -215,9 +251,19 @@ def wait_job(job: str, env: dict, timeout: float) -> None:
 def test_launcher_two_nodes_one_rank_each_equals_two_ranks_on_one_machine(digits, two_nodes, capsys):
     env = {**two_nodes, "HPCLAB_DATA": str(digits / "data"), "HPCLAB_RESULTS": str(digits / "results")}
     run_cli("launch.py", *RUN, "run_name=local2", "cluster.processes=2", cwd=digits, env=env)
-    proc = run_cli("launch.py", *RUN, "run_name=nodes2", "cluster=slurm", "cluster.nodes=2",
-                   "cluster.gpus_per_node=0", "cluster.cpus_per_task=1", "cluster.mem_gb=null",
-                   "cluster.time_min=10", cwd=digits, env=env)
+    proc = run_cli(
+        "launch.py",
+        *RUN,
+        "run_name=nodes2",
+        "cluster=slurm",
+        "cluster.nodes=2",
+        "cluster.gpus_per_node=0",
+        "cluster.cpus_per_task=1",
+        "cluster.mem_gb=null",
+        "cluster.time_min=10",
+        cwd=digits,
+        env=env,
+    )
     match = re.search(r"submitted (?:array )?job (\d+)", proc.stdout)
     assert match, proc.stdout
     wait_job(match.group(1), env, 1200)
@@ -236,28 +282,61 @@ def test_launcher_two_nodes_one_rank_each_equals_two_ranks_on_one_machine(digits
 
 # ---- the sbatch script and the signals of a running 2-node job
 
+
 def job_env(two_nodes: dict, reference: dict, work: Path) -> dict:
-    return {**two_nodes, "HPCLAB_DATA": str(reference["data"]), "HPCLAB_RESULTS": str(work / "results"),
-            "HPCLAB_PYTHON": sys.executable, "PYTHONUNBUFFERED": "1"}
+    return {
+        **two_nodes,
+        "HPCLAB_DATA": str(reference["data"]),
+        "HPCLAB_RESULTS": str(work / "results"),
+        "HPCLAB_PYTHON": sys.executable,
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def sbatch_gan(work: Path, env: dict, *overrides: str) -> str:
     """``sbatch --nodes=2 --ntasks-per-node=1 slurm/dcgan.sh GAN...``: one rank per node. The
     results folder is an override with slashes (the script finds its repository from scontrol's
     Command=, which holds the arguments too). A hang would end at the 5-minute limit."""
-    proc = subprocess.run(["sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0",
-                           "--cpus-per-task=1", "--mem=1G", "--time=5", str(REPO / "slurm" / "dcgan.sh"), *GAN,
-                           f"paths.results={work / 'results'}", *overrides],
-                          cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--nodes=2",
+            "--ntasks-per-node=1",
+            "--gpus-per-node=0",
+            "--cpus-per-task=1",
+            "--mem=1G",
+            "--time=5",
+            str(REPO / "slurm" / "dcgan.sh"),
+            *GAN,
+            f"paths.results={work / 'results'}",
+            *overrides,
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip().split(";")[0]
 
 
 def launch_gan(work: Path, env: dict, *overrides: str) -> str:
     """The launcher's submitit job on 2 nodes, one rank each."""
-    proc = run_cli("launch.py", *GAN, "cluster=slurm", "cluster.nodes=2", "cluster.gpus_per_node=0",
-                   "cluster.cpus_per_task=1", "cluster.mem_gb=null", "cluster.time_min=5", *overrides, cwd=work,
-                   env=env)
+    proc = run_cli(
+        "launch.py",
+        *GAN,
+        "cluster=slurm",
+        "cluster.nodes=2",
+        "cluster.gpus_per_node=0",
+        "cluster.cpus_per_task=1",
+        "cluster.mem_gb=null",
+        "cluster.time_min=5",
+        *overrides,
+        cwd=work,
+        env=env,
+    )
     match = re.search(r"submitted (?:array )?job (\d+)", proc.stdout)
     assert match, proc.stdout
     return match.group(1)
@@ -277,7 +356,7 @@ def stop_steps(work: Path) -> dict[int, list[int]]:
     return steps
 
 
-def stopped_again(work: Path, before: int) -> Optional[dict[int, list[int]]]:
+def stopped_again(work: Path, before: int) -> dict[int, list[int]] | None:
     """The ranks' stop steps once both have logged one more stop than ``before``, else None."""
     steps = stop_steps(work)
     return steps if min(len(steps[0]), len(steps[1])) > before else None
@@ -292,10 +371,12 @@ def job_state(job: str, env: dict) -> str:
 def rank_pid(job: str, rank: int, env: dict) -> int:
     """The pid of rank ``rank``'s Python process: ``scontrol listpids`` on each node of the job
     (the emulated nodes share this host, so their pids are ours to signal)."""
-    nodelist = subprocess.run(["squeue", "-h", "-j", job, "-o", "%N"], capture_output=True, text=True,
-                              env=env).stdout.strip()
-    nodes = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                           env=env).stdout.split()
+    nodelist = subprocess.run(
+        ["squeue", "-h", "-j", job, "-o", "%N"], capture_output=True, text=True, env=env
+    ).stdout.strip()
+    nodes = subprocess.run(
+        ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, env=env
+    ).stdout.split()
     for node in nodes:
         out = subprocess.run(["scontrol", "listpids", job, node], capture_output=True, text=True, env=env).stdout
         for line in out.splitlines()[1:]:
@@ -313,8 +394,10 @@ def test_sbatch_two_nodes_one_rank_each_equals_two_ranks_on_one_machine(two_node
     wait_job(job, env, 1200)
     log = job_logs(tmp_path)
     assert "accelerate: 2 process(es)" in log and job_state(job, env) == "COMPLETED", log[-3000:]
-    assert "NumNodes=2 " in subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True,
-                                           env=env).stdout
+    assert (
+        "NumNodes=2 "
+        in subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, env=env).stdout
+    )
     run_dir = tmp_path / "results" / GAN_GROUP / "nodes2"
     summary = json.loads((run_dir / "summary.json").read_text())
     diffs = {k: abs(gan_reference["metrics"][k] - v) for k, v in summary["metrics"].items()}
@@ -339,14 +422,21 @@ def test_requeue_then_usr2_on_a_running_two_node_job_resume_exactly(path, two_no
     stops: list[int] = []
     for signal_cmd in (["scontrol", "requeue", job], ["scancel", "--signal=USR2", job]):
         after = stops[-1] if stops else 0
-        wait_for(lambda: last_step(run_dir) > after, 900, f"step after {after} in {run_dir}/metrics.jsonl")
+        wait_for(lambda after=after: last_step(run_dir) > after, 900, f"step after {after} in {run_dir}/metrics.jsonl")
         subprocess.run(signal_cmd, check=True, env=env, timeout=60)
-        steps = wait_for(lambda: stopped_again(tmp_path, len(stops)), 600,
-                         f"'stopped at step' of both ranks after {' '.join(signal_cmd)}")
+        steps = wait_for(
+            lambda: stopped_again(tmp_path, len(stops)),
+            600,
+            f"'stopped at step' of both ranks after {' '.join(signal_cmd)}",
+        )
         assert steps[0] == steps[1], steps  # the ranks agreed on the stop step
         stops.append(steps[0][-1])
-    wait_for(lambda: job_state(job, env) in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "GONE"), 1200,
-             f"end of job {job}", poll=1)
+    wait_for(
+        lambda: job_state(job, env) in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "GONE"),
+        1200,
+        f"end of job {job}",
+        poll=1,
+    )
     log = job_logs(tmp_path)
     assert job_state(job, env) in ("COMPLETED", "GONE"), log[-3000:]
     assert 0 < stops[0] < stops[1] < GAN_STEPS, stops  # both landed mid-training
@@ -357,16 +447,19 @@ def test_requeue_then_usr2_on_a_running_two_node_job_resume_exactly(path, two_no
     starts = json.loads((run_dir / "slurm.json").read_text())["starts"]
     assert [s["restart"] for s in starts] == [0, 1, 2] and {s["job_id"] for s in starts} == {job}, starts
     with capsys.disabled():
-        print(f"\n{path}: requeue stopped both ranks at step {stops[0]}, USR2 at step {stops[1]}; starts on "
-              f"{[s.get('nodes') for s in starts]}; {time.time() - started:.0f} s from submission to the end")
+        print(
+            f"\n{path}: requeue stopped both ranks at step {stops[0]}, USR2 at step {stops[1]}; starts on "
+            f"{[s.get('nodes') for s in starts]}; {time.time() - started:.0f} s from submission to the end"
+        )
     assert_equals_reference(run_dir, gan_reference)
 
 
 @pytest.mark.slurm
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["KILL", "STOP"])
-def test_a_lost_rank_fails_the_two_node_job_within_the_collective_timeout(how, two_nodes, gan_reference, tmp_path,
-                                                                          capsys):
+def test_a_lost_rank_fails_the_two_node_job_within_the_collective_timeout(
+    how, two_nodes, gan_reference, tmp_path, capsys
+):
     """``kill -9`` of rank 1's Python (its sockets close: rank 0 fails at its next collective)
     or ``kill -STOP`` (a hung rank: rank 0 waits cluster.collective_timeout_s): the job fails
     long before its time limit with RankLost's one line and exit 4 (srun ends the other task).
@@ -382,8 +475,9 @@ def test_a_lost_rank_fails_the_two_node_job_within_the_collective_timeout(how, t
     subprocess.run(["kill", f"-{how}", str(pid)], check=True)
     killed = time.time()
     # generous: on a loaded machine srun's clean-up takes its time; what is checked is how the job ends
-    wait_for(lambda: job_state(job, env) not in ("RUNNING", "COMPLETING"), timeout_s + 600, f"end of job {job}",
-             poll=0.2)
+    wait_for(
+        lambda: job_state(job, env) not in ("RUNNING", "COMPLETING"), timeout_s + 600, f"end of job {job}", poll=0.2
+    )
     elapsed = time.time() - killed
     log = job_logs(tmp_path)
     lost = [line for line in log.splitlines() if "lost the other ranks at step" in line]

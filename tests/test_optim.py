@@ -14,11 +14,14 @@ from hpclab.errors import ConfigError
 from hpclab.optim import OPTIMIZERS, SCHEDULERS
 
 
-@pytest.mark.parametrize("command, key, value, known", [
-    (["experiment=ae_latent", "dry_run=true"], "train.scheduler.name", "linear", "none, cosine, onecycle, step"),
-    (["sweep=ae_latent", "dry_run=true"], "train.scheduler.name", "Cosine", "none, cosine, onecycle, step"),
-    (["experiment=fmnist_cnn", "dry_run=true"], "train.optimizer.name", "rmsprop", "adam, adamw, sgd"),
-])
+@pytest.mark.parametrize(
+    "command, key, value, known",
+    [
+        (["experiment=ae_latent", "dry_run=true"], "train.scheduler.name", "linear", "none, cosine, onecycle, step"),
+        (["sweep=ae_latent", "dry_run=true"], "train.scheduler.name", "Cosine", "none, cosine, onecycle, step"),
+        (["experiment=fmnist_cnn", "dry_run=true"], "train.optimizer.name", "rmsprop", "adam, adamw, sgd"),
+    ],
+)
 def test_an_unknown_name_is_one_line_at_composition_listing_the_known_names(workdir, command, key, value, known):
     proc = run_main("launch.py", *command, f"{key}={value}", cwd=workdir)
     assert proc.returncode == 2
@@ -43,14 +46,17 @@ def schedule(name: str, warmup_steps: int = 0, total_steps: int = 20) -> tuple[t
 
 # The torch schedulers each name builds (checkpoints hold their state_dicts: the same classes
 # and keys are what lets a run started before resume exactly).
-@pytest.mark.parametrize("name, warmup, expected", [
-    ("none", 0, ["ConstantLR"]),
-    ("none", 5, ["SequentialLR", "LinearLR", "ConstantLR"]),
-    ("cosine", 0, ["CosineAnnealingLR"]),
-    ("cosine", 5, ["SequentialLR", "LinearLR", "CosineAnnealingLR"]),
-    ("step", 5, ["SequentialLR", "LinearLR", "StepLR"]),
-    ("onecycle", 5, ["OneCycleLR"]),  # its own warm-up: warmup_steps is not added
-])
+@pytest.mark.parametrize(
+    "name, warmup, expected",
+    [
+        ("none", 0, ["ConstantLR"]),
+        ("none", 5, ["SequentialLR", "LinearLR", "ConstantLR"]),
+        ("cosine", 0, ["CosineAnnealingLR"]),
+        ("cosine", 5, ["SequentialLR", "LinearLR", "CosineAnnealingLR"]),
+        ("step", 5, ["SequentialLR", "LinearLR", "StepLR"]),
+        ("onecycle", 5, ["OneCycleLR"]),  # its own warm-up: warmup_steps is not added
+    ],
+)
 def test_each_schedule_builds_its_torch_schedulers(name, warmup, expected):
     _, sched = schedule(name, warmup)
     built = [type(sched).__name__] + [type(s).__name__ for s in getattr(sched, "_schedulers", [])]
@@ -71,17 +77,27 @@ def test_warmup_rises_linearly_then_cosine_decays_to_zero():
     assert rates[-1] == pytest.approx(0.0, abs=1e-12)
 
 
-@pytest.mark.parametrize("name, momentum, expected, nesterov", [
-    ("adam", 0.9, torch.optim.Adam, None), ("adamw", 0.9, torch.optim.AdamW, None),
-    ("sgd", 0.9, torch.optim.SGD, True), ("sgd", 0.0, torch.optim.SGD, False),
-])
+@pytest.mark.parametrize(
+    "name, momentum, expected, nesterov",
+    [
+        ("adam", 0.9, torch.optim.Adam, None),
+        ("adamw", 0.9, torch.optim.AdamW, None),
+        ("sgd", 0.9, torch.optim.SGD, True),
+        ("sgd", 0.0, torch.optim.SGD, False),
+    ],
+)
 def test_each_optimizer_name_builds_its_torch_optimizer(name, momentum, expected, nesterov):
-    cfg = compose([f"train.optimizer.name={name}", f"train.optimizer.momentum={momentum}",
-                   "train.optimizer.weight_decay=0.01", "train.optimizer.betas=[0.5,0.9]"]).train.optimizer
+    cfg = compose(
+        [
+            f"train.optimizer.name={name}",
+            f"train.optimizer.momentum={momentum}",
+            "train.optimizer.weight_decay=0.01",
+            "train.optimizer.betas=[0.5,0.9]",
+        ]
+    ).train.optimizer
     opt = build_optimizer(iter([torch.nn.Parameter(torch.zeros(2))]), cfg, fused=False)
     assert type(opt) is expected and opt.defaults["weight_decay"] == 0.01
     if nesterov is None:
         assert opt.defaults["betas"] == (0.5, 0.9)
     else:
         assert opt.defaults["nesterov"] is nesterov and opt.defaults["momentum"] == momentum
-

@@ -27,8 +27,9 @@ from hpclab.tasks.pix2pix import Pix2Pix
 # --------------------------------------------------------------------------- the discriminator
 
 
-@pytest.mark.parametrize("size, layers, grid, field", [(28, 1, 12, 16), (32, 1, 14, 16), (28, 2, 5, 34),
-                                                       (256, 3, 30, 70)])  # the last: the paper's 70x70
+@pytest.mark.parametrize(
+    "size, layers, grid, field", [(28, 1, 12, 16), (32, 1, 14, 16), (28, 2, 5, 34), (256, 3, 30, 70)]
+)  # the last: the paper's 70x70
 def test_patch_discriminator_gives_one_logit_per_patch(size, layers, grid, field):
     net = MODELS.build("patchgan", {"layers": layers}, in_channels=2, image_size=size)
     out = net(torch.rand(2, 2, size, size))
@@ -56,8 +57,9 @@ def test_patch_discriminator_refuses_an_image_too_small_for_its_layers():
 
 # --------------------------------------------------------------------------- the wrapped task
 
-INFO = DataInfo(in_channels=1, image_size=28, num_classes=10, class_names=[str(i) for i in range(10)],
-                path=Path("fashion_mnist.h5"))
+INFO = DataInfo(
+    in_channels=1, image_size=28, num_classes=10, class_names=[str(i) for i in range(10)], path=Path("fashion_mnist.h5")
+)
 GENERATOR = {"name": "fcn_ae", "channels": [8, 16], "skips": "concat"}
 
 
@@ -94,12 +96,15 @@ def test_discriminator_sees_the_input_and_an_image_concatenated():
     assert inpaint.build_models(dict(GENERATOR), INFO)["discriminator"].features[0].in_channels == 1 + 1
 
 
-@pytest.mark.parametrize("task, message", [
-    ({"base": {"name": "classify"}}, "pix2pix wraps an image-to-image task"),
-    ({"base": {"name": "inpaint", "size": 3}}, "'task.base.size': not a parameter of task.base 'inpaint'"),
-    ({"base": {}}, "'task.base.name': missing"),
-    ({"base": {"name": "inpaint"}, "l1_weight": -1}, "must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "task, message",
+    [
+        ({"base": {"name": "classify"}}, "pix2pix wraps an image-to-image task"),
+        ({"base": {"name": "inpaint", "size": 3}}, "'task.base.size': not a parameter of task.base 'inpaint'"),
+        ({"base": {}}, "'task.base.name': missing"),
+        ({"base": {"name": "inpaint"}, "l1_weight": -1}, "must be >= 0"),
+    ],
+)
 def test_bad_pix2pix_settings_are_one_line_errors(task, message):
     with pytest.raises(ConfigError, match=message):
         TASKS.build("pix2pix", task)
@@ -115,9 +120,13 @@ def test_a_base_task_that_predicts_no_image_is_refused(tmp_path):
 
 def test_pix2pix_experiments_keep_the_l2_runs_data_network_masks_and_budget():
     """The comparison differs in the loss (and the paper's optimizer), nothing else."""
-    pairs = [(compose(["experiment=pix2pix_inpaint"]), compose(["experiment=inpaint_ae"])),
-             (compose(["experiment=pix2pix_colourize"]),
-              compose(["experiment=colourize_cnn", "model=colour_unet", "run_name=colour_unet"]))]
+    pairs = [
+        (compose(["experiment=pix2pix_inpaint"]), compose(["experiment=inpaint_ae"])),
+        (
+            compose(["experiment=pix2pix_colourize"]),
+            compose(["experiment=colourize_cnn", "model=colour_unet", "run_name=colour_unet"]),
+        ),
+    ]
     for gan, l2 in pairs:
         assert OmegaConf.to_container(gan.task.base) == OmegaConf.to_container(l2.task)
         for key in ("data", "model"):
@@ -131,10 +140,20 @@ def test_pix2pix_experiments_keep_the_l2_runs_data_network_masks_and_budget():
 
 # --------------------------------------------------------------------------- training, stop and resume
 
-DIGITS_PIX2PIX = ["experiment=pix2pix_inpaint", "data=digits", "model.channels=[8,16]", "task.discriminator.channels=8",
-                  "train.epochs=null", "train.batch_size=64", "train.progress=log", "train.max_steps=12",
-                  "train.eval_every=6", "train.checkpoint_every=2", "train.log_every=1",
-                  "analysis=[]"]
+DIGITS_PIX2PIX = [
+    "experiment=pix2pix_inpaint",
+    "data=digits",
+    "model.channels=[8,16]",
+    "task.discriminator.channels=8",
+    "train.epochs=null",
+    "train.batch_size=64",
+    "train.progress=log",
+    "train.max_steps=12",
+    "train.eval_every=6",
+    "train.checkpoint_every=2",
+    "train.log_every=1",
+    "analysis=[]",
+]
 
 
 def test_pix2pix_trains_both_nets_and_resumes_after_a_stop_with_the_same_metrics(digits):
@@ -168,8 +187,14 @@ def test_pix2pix_trains_both_nets_and_resumes_after_a_stop_with_the_same_metrics
 
 # --------------------------------------------------------------------------- the comparison, through the CLI
 
-TINY = ["preset=smoke", "train.max_steps=6", "train.eval_every=3", "train.batch_size=16", "train.progress=log",
-        "model.channels=[8,16]"]
+TINY = [
+    "preset=smoke",
+    "train.max_steps=6",
+    "train.eval_every=3",
+    "train.batch_size=16",
+    "train.progress=log",
+    "model.channels=[8,16]",
+]
 
 
 @pytest.fixture(scope="module")
@@ -179,17 +204,44 @@ def fmnist_pair(tmp_path_factory: pytest.TempPathFactory, fmnist_mirror: Path) -
     outputs and the comparison with the inpaint_ae run), in the order of docs/drafts/pix2pix.md."""
     work = tmp_path_factory.mktemp("pix2pix_fmnist")
     env = {"HPCLAB_DATA": str(work / "data"), "HPCLAB_RESULTS": str(work / "results"), "OMP_NUM_THREADS": "1"}
-    run_cli("prepare_data.py", "data=fashion_mnist", f"data.mirrors=[{fmnist_mirror}]", "data.download=false",
-            cwd=work, env=env)
-    run_cli("launch.py", "experiment=fmnist_cnn", "preset=smoke", "train.max_steps=30", "train.eval_every=15",
-            "train.batch_size=32", "train.progress=log", cwd=work, env=env)
+    run_cli(
+        "prepare_data.py",
+        "data=fashion_mnist",
+        f"data.mirrors=[{fmnist_mirror}]",
+        "data.download=false",
+        cwd=work,
+        env=env,
+    )
+    run_cli(
+        "launch.py",
+        "experiment=fmnist_cnn",
+        "preset=smoke",
+        "train.max_steps=30",
+        "train.eval_every=15",
+        "train.batch_size=32",
+        "train.progress=log",
+        cwd=work,
+        env=env,
+    )
     run_cli("launch.py", "experiment=inpaint_ae", *TINY, cwd=work, env=env)
     results = work / "results"
-    analyzed = run_cli("analyze.py", str(results / "inpaint_ae-smoke" / "default"), "fd_outputs",
-                       f"classifier={results / 'fmnist_cnn-smoke' / 'default'}", cwd=work, env=env)
+    analyzed = run_cli(
+        "analyze.py",
+        str(results / "inpaint_ae-smoke" / "default"),
+        "fd_outputs",
+        f"classifier={results / 'fmnist_cnn-smoke' / 'default'}",
+        cwd=work,
+        env=env,
+    )
     run_cli("launch.py", "experiment=pix2pix_inpaint", *TINY, "task.discriminator.channels=8", cwd=work, env=env)
-    return {"work": work, "env": env, "results": results, "l2": results / "inpaint_ae-smoke" / "default",
-            "gan": results / "pix2pix_inpaint-smoke" / "default", "analyzed": analyzed.stdout}
+    return {
+        "work": work,
+        "env": env,
+        "results": results,
+        "l2": results / "inpaint_ae-smoke" / "default",
+        "gan": results / "pix2pix_inpaint-smoke" / "default",
+        "analyzed": analyzed.stdout,
+    }
 
 
 @pytest.mark.slow
@@ -224,8 +276,12 @@ def test_pix2pix_run_and_its_comparison_with_the_l2_run(fmnist_pair):
     assert compare["figure"] == str(figures / "compare_test.png") != compare["png"]
     lines = (figures / "compare_metrics_test.md").read_text().splitlines()
     rows = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ")}
-    assert list(rows)[:1] == ["method"] and set(rows) == {"method", "masked input (no learning)", "inpaint_ae",
-                                                          "pix2pix_inpaint"}
+    assert list(rows)[:1] == ["method"] and set(rows) == {
+        "method",
+        "masked input (no learning)",
+        "inpaint_ae",
+        "pix2pix_inpaint",
+    }
     assert "hole_psnr" in rows["method"]
     for run, label in ((fmnist_pair["l2"], "inpaint_ae"), (gan, "pix2pix_inpaint")):
         final = json.loads((run / "summary.json").read_text())["metrics"]
@@ -239,15 +295,34 @@ def test_comparison_refuses_a_run_with_other_inputs(fmnist_pair):
     """Another mask size in the other run, or no run there: one line, not a figure of
     incomparable outputs."""
     env = fmnist_pair["env"]
-    run_cli("launch.py", "experiment=inpaint_ae", *TINY, "task.fraction=0.5", "run_name=half", cwd=fmnist_pair["work"],
-            env=env)
-    proc = run_cli("analyze.py", str(fmnist_pair["gan"]), "compare_examples",
-                   f"other={fmnist_pair['results'] / 'inpaint_ae-smoke' / 'half'}", cwd=fmnist_pair["work"], env=env,
-                   check=False)
+    run_cli(
+        "launch.py",
+        "experiment=inpaint_ae",
+        *TINY,
+        "task.fraction=0.5",
+        "run_name=half",
+        cwd=fmnist_pair["work"],
+        env=env,
+    )
+    proc = run_cli(
+        "analyze.py",
+        str(fmnist_pair["gan"]),
+        "compare_examples",
+        f"other={fmnist_pair['results'] / 'inpaint_ae-smoke' / 'half'}",
+        cwd=fmnist_pair["work"],
+        env=env,
+        check=False,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: analysis compare_examples: ")
     assert "makes other network inputs from the same images" in proc.stderr
-    missing = run_cli("analyze.py", str(fmnist_pair["gan"]), "compare_examples",
-                      f"other={fmnist_pair['results'] / 'inpaint_ae-smoke' / 'nothing'}", cwd=fmnist_pair["work"], env=env,
-                      check=False)
+    missing = run_cli(
+        "analyze.py",
+        str(fmnist_pair["gan"]),
+        "compare_examples",
+        f"other={fmnist_pair['results'] / 'inpaint_ae-smoke' / 'nothing'}",
+        cwd=fmnist_pair["work"],
+        env=env,
+        check=False,
+    )
     assert missing.returncode == 2 and "no run at" in missing.stderr.strip().splitlines()[-1]

@@ -28,8 +28,17 @@ kept until it exists
 
 
 def test_publish_quotes_the_generated_summaries(digits: Path):
-    run_cli("launch.py", "sweep=ae_latent", "preset=smoke", "run_group=ae_latent", "data=digits", "train.max_steps=10",
-            "train.batch_size=32", "analysis=[]", cwd=digits)  # an explicit group: the folder the document quotes
+    run_cli(
+        "launch.py",
+        "sweep=ae_latent",
+        "preset=smoke",
+        "run_group=ae_latent",
+        "data=digits",
+        "train.max_steps=10",
+        "train.batch_size=32",
+        "analysis=[]",
+        cwd=digits,
+    )  # an explicit group: the folder the document quotes
     doc = digits / "docs" / "results.md"
     doc.parent.mkdir()
     doc.write_text(DOC)
@@ -54,7 +63,10 @@ def test_publish_quotes_the_generated_summaries(digits: Path):
     run_cli("report.py", "--publish", str(doc), "--curate", str(curated), cwd=digits)
     assert (curated / "ae_latent" / "summary.md").read_text() == summary
     assert {p.name for p in (curated / "ae_latent" / "latent_dim-2").iterdir()} == {
-        "summary.json", "environment.json", "config.yaml"}
+        "summary.json",
+        "environment.json",
+        "config.yaml",
+    }
     doc.write_text(DOC)
     run_cli("report.py", "--publish", str(doc), "--results", str(curated), cwd=digits)
     again = doc.read_text()
@@ -79,9 +91,20 @@ def test_sweep_summary_lists_every_finished_run_in_natural_order_with_its_own_va
     import csv
     import json
 
-    run_cli("launch.py", "sweep=ae_latent", "preset=smoke", "data=digits", "model.latent_dim=2", "train.max_steps=2",
-            "train.eval_every=2", "train.batch_size=32", "analysis=[]", "sweep.subset=0", "seed=range(0,11)",
-            cwd=digits)
+    run_cli(
+        "launch.py",
+        "sweep=ae_latent",
+        "preset=smoke",
+        "data=digits",
+        "model.latent_dim=2",
+        "train.max_steps=2",
+        "train.eval_every=2",
+        "train.batch_size=32",
+        "analysis=[]",
+        "sweep.subset=0",
+        "seed=range(0,11)",
+        cwd=digits,
+    )
     group = digits / "results" / "ae_latent-smoke"
     (group / "latent_dim-2__seed-5" / "config.yaml").write_text("- not\n- a mapping\n")
     proc = run_cli("report.py", str(group), cwd=digits)
@@ -104,12 +127,23 @@ def test_report_does_not_load_torch(digits: Path):
     import subprocess
     import sys
 
-    run_cli("launch.py", "experiment=ae_latent", "data=digits", "train.max_steps=2", "train.eval_every=2",
-            "analysis=[]", "model.latent_dim=2", "sweep.name=one", cwd=digits)
+    run_cli(
+        "launch.py",
+        "experiment=ae_latent",
+        "data=digits",
+        "train.max_steps=2",
+        "train.eval_every=2",
+        "analysis=[]",
+        "model.latent_dim=2",
+        "sweep.name=one",
+        cwd=digits,
+    )
     script = Path(__file__).resolve().parent.parent / "jobs" / "report.py"
-    code = (f"import runpy, sys\nsys.argv = [{str(script)!r}, 'results/one']\n"
-            f"try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit as exc:\n"
-            f"    assert not exc.code, exc.code\nprint('torch' in sys.modules)")
+    code = (
+        f"import runpy, sys\nsys.argv = [{str(script)!r}, 'results/one']\n"
+        f"try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit as exc:\n"
+        f"    assert not exc.code, exc.code\nprint('torch' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=digits, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (digits / "results" / "one" / "summary.csv").is_file() and proc.stdout.splitlines()[-1] == "False"
@@ -123,8 +157,16 @@ def test_tasks_finishing_together_share_the_summary_rebuild(digits: Path):
     from hpclab.launch.job import refresh_sweep_report
     from hpclab.launch.sweep import plan
 
-    run_cli("launch.py", "sweep=ae_latent", "preset=smoke", "data=digits", "train.max_steps=4", "train.batch_size=32",
-            "analysis=[]", cwd=digits)
+    run_cli(
+        "launch.py",
+        "sweep=ae_latent",
+        "preset=smoke",
+        "data=digits",
+        "train.max_steps=4",
+        "train.batch_size=32",
+        "analysis=[]",
+        cwd=digits,
+    )
     group = digits / "results" / "ae_latent-smoke"
     (group / "summary.md").unlink()
     cfg = plan(["sweep=ae_latent", "preset=smoke", "data=digits"]).run(0)
@@ -150,8 +192,11 @@ def test_an_axis_that_picks_a_config_group_shows_its_option(tmp_path: Path):
     for encoder, fraction, seed in [(e, f, s) for e in grid["encoder"] for f in (0.1, 1.0) for s in (0, 1)]:
         run = group / f"encoder-{encoder}__train_fraction-{fraction}__seed-{seed}"
         run.mkdir(parents=True)
-        cfg = {"seed": seed, "data": {"train_fraction": fraction},
-               "sweep": {"grid": grid, "report": {"x": "data.train_fraction", "metrics": ["test/acc"]}}}
+        cfg = {
+            "seed": seed,
+            "data": {"train_fraction": fraction},
+            "sweep": {"grid": grid, "report": {"x": "data.train_fraction", "metrics": ["test/acc"]}},
+        }
         (run / "config.yaml").write_text(yaml.safe_dump(cfg))
         acc = 0.8 + 0.1 * fraction + (0.02 if encoder == "simclr" else 0) + 0.001 * seed
         (run / "summary.json").write_text(json.dumps({"status": "completed", "metrics": {"test/acc": acc}}))
@@ -162,6 +207,8 @@ def test_an_axis_that_picks_a_config_group_shows_its_option(tmp_path: Path):
     assert {(r["encoder"], r["seed"]) for r in rows} == {(e, s) for e in ("scratch", "simclr") for s in ("0", "1")}
     assert all(r["run"].startswith(f"encoder-{r['encoder']}__") for r in rows)
     assert (group / "summary.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_each_baseline_is_drawn_on_the_axes_of_its_metric_in_words(digits: Path):
     """ae_latent's PCA baseline anchors test/mse and test/psnr (report.baselines): two panels,
     each with its baseline, labelled in words; the table keeps the baseline columns; TensorBoard's
@@ -173,8 +220,17 @@ def test_each_baseline_is_drawn_on_the_axes_of_its_metric_in_words(digits: Path)
 
     from hpclab.analysis.report import baselines_of, collect, select, summary_panels
 
-    run_cli("launch.py", "sweep=ae_latent", "preset=smoke", "data=digits", "model.channels=[8,16]", "train.max_steps=10",
-            "train.batch_size=32", "analysis=[pca_baseline]", cwd=digits)
+    run_cli(
+        "launch.py",
+        "sweep=ae_latent",
+        "preset=smoke",
+        "data=digits",
+        "model.channels=[8,16]",
+        "train.max_steps=10",
+        "train.batch_size=32",
+        "analysis=[pca_baseline]",
+        cwd=digits,
+    )
     group = digits / "results" / "ae_latent-smoke"
     with open(group / "summary.csv", newline="") as fh:
         header = next(csv.reader(fh))
@@ -183,7 +239,10 @@ def test_each_baseline_is_drawn_on_the_axes_of_its_metric_in_words(digits: Path)
     report = select(rows[0]["cfg"], "sweep.report")
     metrics = list(report["metrics"])
     panels = summary_panels(rows, report["x"], metrics, baselines_of(report, metrics), report["logx"])
-    assert [(p.xlabel, p.ylabel) for p in panels] == [("latent size l", "test MSE"), ("latent size l", "test PSNR (dB)")]
+    assert [(p.xlabel, p.ylabel) for p in panels] == [
+        ("latent size l", "test MSE"),
+        ("latent size l", "test PSNR (dB)"),
+    ]
     for panel, metric in zip(panels, metrics):
         model, pca = panel.lines
         assert (model.label, pca.label) == (panel.ylabel, "PCA, as many components") and panel.log_x_base == 2
@@ -192,11 +251,14 @@ def test_each_baseline_is_drawn_on_the_axes_of_its_metric_in_words(digits: Path)
     assert (group / "summary.png").is_file()
 
     event = next((group / "latent_dim-2" / "tb" / "hparams").glob("events.*"))
-    names = [[h.name for h in data.experiment.hparam_infos]
-             for e in EventFileLoader(str(event)).Load() for v in e.summary.value
-             if v.metadata.plugin_data.plugin_name == "hparams"
-             for data in [plugin_data_pb2.HParamsPluginData.FromString(v.metadata.plugin_data.content)]
-             if data.HasField("experiment")]
+    names = [
+        [h.name for h in data.experiment.hparam_infos]
+        for e in EventFileLoader(str(event)).Load()
+        for v in e.summary.value
+        if v.metadata.plugin_data.plugin_name == "hparams"
+        for data in [plugin_data_pb2.HParamsPluginData.FromString(v.metadata.plugin_data.content)]
+        if data.HasField("experiment")
+    ]
     assert names and names[0][:2] == ["model.latent_dim", "experiment"], names
 
     summary = (group / "summary.md").read_text()

@@ -15,8 +15,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import pytest
 from conftest import REPO, controller_problem, path_without, requires, run_cli
@@ -25,11 +25,29 @@ pytestmark = pytest.mark.slurm  # the tests that run jobs are also marked slow
 
 SLURM_OPTS = ["--gpus-per-node=0", "--cpus-per-task=1", "--mem=2G", "--time=15"]
 # preset=smoke's settings spelled out, so the runs keep their sweeps' own group folders
-TINY = ["train.epochs=null", "train.max_steps=200", "train.eval_every=100", "train.log_every=20", "sweep.subset=2",
-        "train.eval_batch_size=256", "model.channels=[4,8,8]", "train.batch_size=16", "data.limit=256",
-        "analysis=[]"]
-DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
-        "DEADLINE"}
+TINY = [
+    "train.epochs=null",
+    "train.max_steps=200",
+    "train.eval_every=100",
+    "train.log_every=20",
+    "sweep.subset=2",
+    "train.eval_batch_size=256",
+    "model.channels=[4,8,8]",
+    "train.batch_size=16",
+    "data.limit=256",
+    "analysis=[]",
+]
+DONE = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,30 +55,49 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, fmnist_mirror: Path) -> di
     """A working directory with Fashion-MNIST-format data staged, and the environment of jobs."""
     requires(controller_problem)
     work = tmp_path_factory.mktemp("slurm")
-    env = {**os.environ, "HPCLAB_DATA": str(work / "data"), "HPCLAB_RESULTS": str(work / "results"),
-           "HPCLAB_PYTHON": sys.executable, "PYTHONUNBUFFERED": "1"}
-    run_cli("prepare_data.py", "data=fashion_mnist", f"data.mirrors=[{fmnist_mirror}]", "data.download=false",
-            cwd=work, env=env)
+    env = {
+        **os.environ,
+        "HPCLAB_DATA": str(work / "data"),
+        "HPCLAB_RESULTS": str(work / "results"),
+        "HPCLAB_PYTHON": sys.executable,
+        "PYTHONUNBUFFERED": "1",
+    }
+    run_cli(
+        "prepare_data.py",
+        "data=fashion_mnist",
+        f"data.mirrors=[{fmnist_mirror}]",
+        "data.download=false",
+        cwd=work,
+        env=env,
+    )
     return {"dir": work, "env": env, "results": work / "results"}
 
 
 # --------------------------------------------------------------------------- helpers
 
+
 def sbatch(cluster: dict, script: str, *args: str, opts: tuple[str, ...] = ()) -> str:
-    out = subprocess.run(["sbatch", "--parsable", *SLURM_OPTS, *opts, str(REPO / "slurm" / script), *args],
-                         cwd=cluster["dir"], env=cluster["env"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["sbatch", "--parsable", *SLURM_OPTS, *opts, str(REPO / "slurm" / script), *args],
+        cwd=cluster["dir"],
+        env=cluster["env"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, f"sbatch failed: {out.stderr}"
     return out.stdout.strip().split(";")[0]
 
 
 def states(job: str) -> dict[str, str]:
     """Task -> state of a job or array, from squeue (no accounting needed)."""
-    out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", job, "-o", "%i %T"], capture_output=True,
-                         text=True, timeout=30)
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-t", "all", "-j", job, "-o", "%i %T"], capture_output=True, text=True, timeout=30
+    )
     return dict(line.split() for line in out.stdout.splitlines() if line.strip())
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str, log: Optional[Path] = None) -> None:
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if condition():
@@ -70,7 +107,7 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str, log: Op
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")
 
 
-def wait_done(job: str, count: int = 1, timeout: float = 240, log: Optional[Path] = None) -> dict[str, str]:
+def wait_done(job: str, count: int = 1, timeout: float = 240, log: Path | None = None) -> dict[str, str]:
     """Wait until the job's ``count`` tasks have all ended; return their final states."""
     wait_until(lambda: len(s := states(job)) >= count and set(s.values()) <= DONE, timeout, f"job {job}", log)
     return states(job)
@@ -100,8 +137,13 @@ def summary(run_dir: Path) -> dict:
 
 # --------------------------------------------------------------------------- the scripts themselves
 
-SCRIPTS = {"dcgan.sh": "experiment=dcgan", "ddpm.sh": "experiment=ddpm_flowers", "ae_pretrain.sh": "experiment=ae_pretrain",
-           "resnet_transfer.sh": "sweep=resnet_transfer", "pix2pix.sh": "experiment=pix2pix_colourize"}
+SCRIPTS = {
+    "dcgan.sh": "experiment=dcgan",
+    "ddpm.sh": "experiment=ddpm_flowers",
+    "ae_pretrain.sh": "experiment=ae_pretrain",
+    "resnet_transfer.sh": "sweep=resnet_transfer",
+    "pix2pix.sh": "experiment=pix2pix_colourize",
+}
 
 
 def sbatch_header(script: str) -> dict[str, str]:
@@ -120,27 +162,55 @@ def test_sbatch_script_header_and_command_lines(script, tmp_path):
     assert header["--open-mode"] == "append"  # a requeued job appends to its log
     assert header["--output"] == ("%x-%A_%a.out" if "--array" in header else "%x-%j.out")
     assert header["--job-name"] == f"hpclab-{SCRIPTS[script].split('=')[1]}"  # status finds queued tasks by it
-    env = {**os.environ, "HPCLAB_PRINT_ONLY": "1", "SLURM_JOB_ID": "4242", "SLURM_GPUS_ON_NODE": "2",
-           "SLURM_NTASKS": "2", "SLURM_NNODES": "1", "SLURM_CPUS_PER_TASK": "8",
-           "HPCLAB_DATA": str(tmp_path / "data"), "HPCLAB_RESULTS": str(tmp_path / "results")}
+    env = {
+        **os.environ,
+        "HPCLAB_PRINT_ONLY": "1",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_GPUS_ON_NODE": "2",
+        "SLURM_NTASKS": "2",
+        "SLURM_NNODES": "1",
+        "SLURM_CPUS_PER_TASK": "8",
+        "HPCLAB_DATA": str(tmp_path / "data"),
+        "HPCLAB_RESULTS": str(tmp_path / "results"),
+    }
     image = tmp_path / "hpclab.sif"
     image.write_bytes(b"")
-    plain = subprocess.run(["bash", str(REPO / "slurm" / script), "train.epochs=5", "data.classes=[a, b]"],
-                           env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    plain = subprocess.run(
+        ["bash", str(REPO / "slurm" / script), "train.epochs=5", "data.classes=[a, b]"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert plain.returncode == 0, plain.stderr
     out = plain.stdout
     assert f"2 task(s), master {socket.gethostname()}:24242," in out  # port from the job id
     assert f"--check '{SCRIPTS[script]}' 'train.epochs=5' 'data.classes=[a, b]'\n" in out
-    assert "'srun' '--kill-on-bad-exit=1' '--cpus-per-task=8' 'bash' '-c' " \
-           "'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec \"$@\"'" in out
+    assert (
+        "'srun' '--kill-on-bad-exit=1' '--cpus-per-task=8' 'bash' '-c' "
+        "'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec \"$@\"'" in out
+    )
     assert "apptainer" not in out and "'-m' 'hpclab.launch.run_one'" in out
     # A choice of experiment or sweep on the command line replaces the script's default.
-    other = subprocess.run(["bash", str(REPO / "slurm" / script), "experiment=ae_latent"], env=env,
-                           capture_output=True, text=True, timeout=60, cwd=tmp_path).stdout
+    other = subprocess.run(
+        ["bash", str(REPO / "slurm" / script), "experiment=ae_latent"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    ).stdout
     assert SCRIPTS[script] not in other and "--check 'experiment=ae_latent'" in other
     # With an image: apptainer exec --nv (GPUs allocated), data/results/cache bound at their paths.
-    boxed = subprocess.run(["bash", str(REPO / "slurm" / script)], env={**env, "HPCLAB_IMAGE": str(image)},
-                           capture_output=True, text=True, timeout=60, cwd=tmp_path).stdout
+    boxed = subprocess.run(
+        ["bash", str(REPO / "slurm" / script)],
+        env={**env, "HPCLAB_IMAGE": str(image)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    ).stdout
     prefix = f"'apptainer' 'exec' '--nv' '--bind' '{tmp_path}/data' '--bind' '{tmp_path}/results' '--env'"
     assert prefix in boxed and f"'{image}' 'python' '-m' 'hpclab.launch.run_one'" in boxed
     # ... exactly the prefix the launcher's submitit tasks use (hpclab/launch/container.py)
@@ -151,8 +221,14 @@ def test_sbatch_script_header_and_command_lines(script, tmp_path):
     assert " ".join(f"'{arg}'" for arg in launcher) + " 'python'" in boxed
     # ... also with podman (HPCLAB_CONTAINER=podman, an image reference): the same command.
     oci = "localhost/hpclab:0.1.0-abc"
-    podman = subprocess.run(["bash", str(REPO / "slurm" / script)], capture_output=True, text=True, timeout=60,
-                            env={**env, "HPCLAB_IMAGE": oci, "HPCLAB_CONTAINER": "podman"}, cwd=tmp_path)
+    podman = subprocess.run(
+        ["bash", str(REPO / "slurm" / script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, "HPCLAB_IMAGE": oci, "HPCLAB_CONTAINER": "podman"},
+        cwd=tmp_path,
+    )
     assert podman.returncode == 0, podman.stderr
     launcher = exec_prefix({"image": oci, "container": "podman", "gpus_per_node": 2}, paths)
     expected = " ".join(f"'{arg}'".replace("$SLURM_JOB_ID", "4242") for arg in launcher) + " 'python'"
@@ -165,10 +241,23 @@ def test_the_batch_setup_renders_with_the_standard_library_alone(tmp_path):
     with the system's python3: ``python -S`` (no site-packages: no torch, omegaconf, submitit)."""
     image = tmp_path / "hpclab.sif"
     image.write_bytes(b"")
-    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "HPCLAB_IMAGE": str(image), "HPCLAB_PRINT_ONLY": "1",
-           "HPCLAB_RESULTS": str(tmp_path / "results"), "HPCLAB_DATA": str(tmp_path / "data"), "SLURM_JOB_ID": "7"}
-    proc = subprocess.run([sys.executable, "-S", "-m", "hpclab.launch.batch"], env=env, capture_output=True,
-                          text=True, timeout=60, cwd=tmp_path)
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(REPO),
+        "HPCLAB_IMAGE": str(image),
+        "HPCLAB_PRINT_ONLY": "1",
+        "HPCLAB_RESULTS": str(tmp_path / "results"),
+        "HPCLAB_DATA": str(tmp_path / "data"),
+        "SLURM_JOB_ID": "7",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-S", "-m", "hpclab.launch.batch"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "export HDF5_USE_FILE_LOCKING=FALSE" in proc.stdout and "export MASTER_PORT=$((20000 + " in proc.stdout
     assert f"HPCLAB_PY=(apptainer exec --bind {tmp_path}/data --bind {tmp_path}/results" in proc.stdout
@@ -191,24 +280,48 @@ def test_sbatch_scripts_stop_at_once_on_bad_container_settings(tmp_path):
     that the suite's own check (inside the image) names the dataset instead of a mount error."""
     image = tmp_path / "hpclab.sif"
     image.write_bytes(b"")
-    env = {**os.environ, "SLURM_JOB_ID": "4242", "HPCLAB_DATA": str(tmp_path / "new-data"),
-           "HPCLAB_RESULTS": str(tmp_path / "results"), "HPCLAB_IMAGE": str(image)}
+    env = {
+        **os.environ,
+        "SLURM_JOB_ID": "4242",
+        "HPCLAB_DATA": str(tmp_path / "new-data"),
+        "HPCLAB_RESULTS": str(tmp_path / "results"),
+        "HPCLAB_IMAGE": str(image),
+    }
     no_engines = path_without(tmp_path, "apptainer", "singularity", "podman")
     cases = [
-        ({"HPCLAB_CONTAINER": "docker"}, "error: HPCLAB_CONTAINER: 'docker' is not one of apptainer, singularity, podman"),
-        ({"HPCLAB_IMAGE": str(tmp_path / "missing.sif")},
-         f"error: HPCLAB_IMAGE: apptainer image {tmp_path}/missing.sif not found (build it on a login node: "),
-        ({"HPCLAB_PRINT_ONLY": "1", "HPCLAB_BINDS": f"{tmp_path}/site:/site:ro"},
-         f"error: HPCLAB_BINDS: bind source {tmp_path}/site does not exist"),
+        (
+            {"HPCLAB_CONTAINER": "docker"},
+            "error: HPCLAB_CONTAINER: 'docker' is not one of apptainer, singularity, podman",
+        ),
+        (
+            {"HPCLAB_IMAGE": str(tmp_path / "missing.sif")},
+            f"error: HPCLAB_IMAGE: apptainer image {tmp_path}/missing.sif not found (build it on a login node: ",
+        ),
+        (
+            {"HPCLAB_PRINT_ONLY": "1", "HPCLAB_BINDS": f"{tmp_path}/site:/site:ro"},
+            f"error: HPCLAB_BINDS: bind source {tmp_path}/site does not exist",
+        ),
         ({"PATH": f"{no_engines}"}, "error: HPCLAB_CONTAINER: apptainer not found on PATH on "),
-        ({"PATH": f"{no_engines}", "HPCLAB_CONTAINER": "podman", "HPCLAB_IMAGE": "localhost/hpclab:x"},
-         "error: HPCLAB_CONTAINER: podman not found on PATH on "),
+        (
+            {"PATH": f"{no_engines}", "HPCLAB_CONTAINER": "podman", "HPCLAB_IMAGE": "localhost/hpclab:x"},
+            "error: HPCLAB_CONTAINER: podman not found on PATH on ",
+        ),
     ]
     for extra, expected in cases:
-        proc = subprocess.run(["/bin/bash", str(REPO / "slurm" / "dcgan.sh")], env={**env, **extra}, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            ["/bin/bash", str(REPO / "slurm" / "dcgan.sh")],
+            env={**env, **extra},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         lines = [line for line in proc.stdout.splitlines() if line.startswith("error:")]
-        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(expected), (extra, proc.stdout, proc.stderr)
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(expected), (
+            extra,
+            proc.stdout,
+            proc.stderr,
+        )
         assert "srun" not in proc.stdout
     assert (tmp_path / "new-data").is_dir()
 
@@ -239,11 +352,21 @@ def test_a_damaged_submission_record_is_a_warning_in_status_and_refused_by_a_sub
 
 # --------------------------------------------------------------------------- (1) submitit array
 
+
 @pytest.mark.slow
 def test_launcher_submits_one_array_whose_tasks_all_complete(cluster):
     args = ["sweep=ae_latent", "sweep.name=launcher_sweep", *TINY, "train.max_steps=60", "train.eval_every=30"]
-    proc = run_cli("launch.py", *args, "cluster=slurm", "cluster.gpus_per_node=0", "cluster.cpus_per_task=1",
-                   "cluster.mem_gb=null", "cluster.time_min=15", cwd=cluster["dir"], env=cluster["env"])
+    proc = run_cli(
+        "launch.py",
+        *args,
+        "cluster=slurm",
+        "cluster.gpus_per_node=0",
+        "cluster.cpus_per_task=1",
+        "cluster.mem_gb=null",
+        "cluster.time_min=15",
+        cwd=cluster["dir"],
+        env=cluster["env"],
+    )
     match = re.search(r"submitted array job (\d+) \((\d+) runs\)", proc.stdout)
     assert match, proc.stdout
     job, runs = match.group(1), int(match.group(2))
@@ -269,6 +392,7 @@ def test_launcher_submits_one_array_whose_tasks_all_complete(cluster):
 
 # --------------------------------------------------------------------------- (2) sbatch scripts
 
+
 @pytest.mark.slow
 def test_sbatch_array_script_runs_each_sweep_run_and_status_follows_it(cluster):
     args = ["sweep=ae_latent", "sweep.name=sbatch_sweep", *TINY, "train.max_steps=40", "train.eval_every=20"]
@@ -277,7 +401,9 @@ def test_sbatch_array_script_runs_each_sweep_run_and_status_follows_it(cluster):
     assert states(job) == {f"{job}_0": "PENDING", f"{job}_1": "PENDING"}
     rows = status(cluster, *args)
     assert {name: row[:2] for name, row in rows.items()} == {
-        "latent_dim-2": ["PENDING", f"{job}_0"], "latent_dim-256": ["PENDING", f"{job}_1"]}, rows
+        "latent_dim-2": ["PENDING", f"{job}_0"],
+        "latent_dim-256": ["PENDING", f"{job}_1"],
+    }, rows
     subprocess.run(["scontrol", "release", job], check=True, timeout=30)
     logs = [cluster["dir"] / f"hpclab-sbatch_sweep-{job}_{i}.out" for i in (0, 1)]
     final = wait_done(job, count=2, log=logs[0])
@@ -297,8 +423,17 @@ def test_sbatch_array_script_runs_each_sweep_run_and_status_follows_it(cluster):
 def test_sbatch_script_runs_one_task_per_process_with_ranks_from_slurm(cluster):
     """Two tasks (as on two GPUs): ranks, world size and the rendezvous come from SLURM."""
     log_of = lambda job: cluster["dir"] / f"hpclab-ae_pretrain-{job}.out"  # noqa: E731
-    job = sbatch(cluster, "ae_pretrain.sh", "experiment=ae_latent", *TINY, "model.latent_dim=4", "train.max_steps=40",
-                 "train.eval_every=20", "run_name=two_tasks", opts=("--ntasks-per-node=2",))
+    job = sbatch(
+        cluster,
+        "ae_pretrain.sh",
+        "experiment=ae_latent",
+        *TINY,
+        "model.latent_dim=4",
+        "train.max_steps=40",
+        "train.eval_every=20",
+        "run_name=two_tasks",
+        opts=("--ntasks-per-node=2",),
+    )
     final = wait_done(job, log=log_of(job))
     text = log_of(job).read_text()
     assert final == {job: "COMPLETED"}, text[-3000:]
@@ -310,7 +445,14 @@ def test_sbatch_script_runs_one_task_per_process_with_ranks_from_slurm(cluster):
 
 # --------------------------------------------------------------------------- (3) preemption
 
-PREEMPT_RUN = ["experiment=ae_latent", *TINY, "model.latent_dim=4", "train.max_steps=300", "train.eval_every=100", "train.log_every=20"]
+PREEMPT_RUN = [
+    "experiment=ae_latent",
+    *TINY,
+    "model.latent_dim=4",
+    "train.max_steps=300",
+    "train.eval_every=100",
+    "train.log_every=20",
+]
 # run -> (how it is submitted, how it is interrupted once it has trained 40 steps)
 INTERRUPTIONS = {
     "usr2": ("sbatch", "usr2"),  # what SLURM sends before the time limit (--signal=USR2@...)
@@ -324,12 +466,23 @@ INTERRUPTIONS = {
 def interrupted(cluster) -> dict:
     """Identical runs (same seed, 1 CPU): one left alone, the others interrupted mid-training by
     USR2 or by ``scontrol requeue``, as sbatch-script tasks and as launcher (submitit) tasks."""
-    jobs = {name: sbatch(cluster, "ae_pretrain.sh", *PREEMPT_RUN, f"run_name={name}")
-            for name in ("straight", "usr2", "requeue")}
+    jobs = {
+        name: sbatch(cluster, "ae_pretrain.sh", *PREEMPT_RUN, f"run_name={name}")
+        for name in ("straight", "usr2", "requeue")
+    }
     logs = {name: cluster["dir"] / f"hpclab-ae_pretrain-{job}.out" for name, job in jobs.items()}
-    proc = run_cli("launch.py", *PREEMPT_RUN, "run_name=sub_usr2,sub_requeue", "cluster=slurm",
-                   "cluster.gpus_per_node=0", "cluster.cpus_per_task=1", "cluster.mem_gb=null", "cluster.time_min=15",
-                   cwd=cluster["dir"], env=cluster["env"])
+    proc = run_cli(
+        "launch.py",
+        *PREEMPT_RUN,
+        "run_name=sub_usr2,sub_requeue",
+        "cluster=slurm",
+        "cluster.gpus_per_node=0",
+        "cluster.cpus_per_task=1",
+        "cluster.mem_gb=null",
+        "cluster.time_min=15",
+        cwd=cluster["dir"],
+        env=cluster["env"],
+    )
     assert "submitted array job" in proc.stdout, proc.stdout
     record = json.loads((cluster["results"] / "ae_latent" / "submissions.json").read_text())
     for name in ("run_name-sub_usr2", "run_name-sub_requeue"):
@@ -359,9 +512,15 @@ def interrupted(cluster) -> dict:
     requeued_status = status(cluster, *PREEMPT_RUN, "run_name=requeue")["requeue"]
     subprocess.run(["scontrol", "release", held], check=True, timeout=30)
     final = {name: wait_done(job, log=logs[name])[job] for name, job in jobs.items()}
-    return {"jobs": jobs, "run_dirs": run_dirs, "logs": logs, "seen": seen, "final": final,
-            "requeued_status": requeued_status,
-            "status": status(cluster, *PREEMPT_RUN, "run_name=usr2")["usr2"]}
+    return {
+        "jobs": jobs,
+        "run_dirs": run_dirs,
+        "logs": logs,
+        "seen": seen,
+        "final": final,
+        "requeued_status": requeued_status,
+        "status": status(cluster, *PREEMPT_RUN, "run_name=usr2")["usr2"],
+    }
 
 
 @pytest.mark.slow
@@ -394,10 +553,16 @@ def test_status_shows_a_requeued_task_and_then_its_completion(interrupted):
     state, job, step, _ = interrupted["requeued_status"]
     assert state == "REQUEUED" and job == interrupted["jobs"]["requeue"] and int(step) >= 40
     state, job, step, log = interrupted["status"]
-    assert [state, job, step, log] == ["COMPLETED", interrupted["jobs"]["usr2"], "300", str(interrupted["logs"]["usr2"])]
+    assert [state, job, step, log] == [
+        "COMPLETED",
+        interrupted["jobs"]["usr2"],
+        "300",
+        str(interrupted["logs"]["usr2"]),
+    ]
 
 
 # --------------------------------------------------------------------------- (4) bad override
+
 
 @pytest.mark.slow
 def test_bad_override_fails_the_job_at_once_with_one_line_and_writes_nothing(cluster):
@@ -414,6 +579,7 @@ def test_bad_override_fails_the_job_at_once_with_one_line_and_writes_nothing(clu
 
 # --------------------------------------------------------------------------- (4) sweep scale
 
+
 @pytest.mark.slow
 def test_sweep_scale_quick_mode_and_resubmission_queues_only_unfinished_runs(tmp_path):
     """benchmarks/sweep_scale.py at 6 runs, 2 of them trained locally first, the other 4 split
@@ -424,8 +590,24 @@ def test_sweep_scale_quick_mode_and_resubmission_queues_only_unfinished_runs(tmp
     sys.path.insert(0, str(REPO / "benchmarks"))
     import sweep_scale
 
-    assert sweep_scale.main(["--runs", "6", "--execute", "2", "--max-array-size", "2", "--finished-locally", "2",
-                             "--finish-all", "--out", str(tmp_path)]) == 0
+    assert (
+        sweep_scale.main(
+            [
+                "--runs",
+                "6",
+                "--execute",
+                "2",
+                "--max-array-size",
+                "2",
+                "--finished-locally",
+                "2",
+                "--finish-all",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     row = json.loads((tmp_path / "sweep_scale.json").read_text())
     assert len(row["arrays"]) == 2 and row["queued_tasks"] == 4, row
     assert 1 <= row["max_running"] <= row["array_parallelism"], row
@@ -454,14 +636,27 @@ def test_a_sweep_larger_than_max_array_size_is_split_to_fit_the_cluster(tmp_path
     sys.path.insert(0, str(REPO / "benchmarks"))
     import sweep_scale
 
-    env = {**os.environ, "HPCLAB_DATA": str(tmp_path / "data"), "HPCLAB_RESULTS": str(tmp_path / "results"),
-           "HPCLAB_WORK": str(tmp_path)}
+    env = {
+        **os.environ,
+        "HPCLAB_DATA": str(tmp_path / "data"),
+        "HPCLAB_RESULTS": str(tmp_path / "results"),
+        "HPCLAB_WORK": str(tmp_path),
+    }
     run_cli("prepare_data.py", "data=digits", cwd=tmp_path, env=env)
     runs = limit + 1
     sweep = [*sweep_scale.TINY, "sweep.name=too_big", "seed=" + ",".join(str(i) for i in range(runs))]
-    proc = run_cli("launch.py", *sweep, "cluster=slurm", "cluster.gpus_per_node=0", "cluster.cpus_per_task=1",
-                   "cluster.mem_gb=null", f"cluster.max_array_size={limit + 500}", "+cluster.extra.hold=true",
-                   cwd=tmp_path, env=env)
+    proc = run_cli(
+        "launch.py",
+        *sweep,
+        "cluster=slurm",
+        "cluster.gpus_per_node=0",
+        "cluster.cpus_per_task=1",
+        "cluster.mem_gb=null",
+        f"cluster.max_array_size={limit + 500}",
+        "+cluster.extra.hold=true",
+        cwd=tmp_path,
+        env=env,
+    )
     match = re.search(r"submitted array job ([\d, ]+) \((\d+) runs\)", proc.stdout)
     assert match, proc.stdout + proc.stderr
     ids = [j.strip() for j in match.group(1).split(",")]
@@ -476,11 +671,23 @@ def test_a_sweep_larger_than_max_array_size_is_split_to_fit_the_cluster(tmp_path
 
 def test_more_nodes_than_the_partition_has_is_refused_in_one_line_and_leaves_nothing(cluster):
     results = cluster["results"] / "too_many_nodes"
-    nodes = int(subprocess.run(["sinfo", "-h", "-o", "%D"], capture_output=True, text=True, timeout=30)
-                .stdout.split()[0]) + 1
-    proc = run_cli("launch.py", "sweep=ae_latent", "sweep.name=too_many_nodes", *TINY, "cluster=slurm",
-                   "cluster.gpus_per_node=0", "cluster.mem_gb=null", f"cluster.nodes={nodes}",
-                   cwd=cluster["dir"], env=cluster["env"], check=False)
+    nodes = (
+        int(subprocess.run(["sinfo", "-h", "-o", "%D"], capture_output=True, text=True, timeout=30).stdout.split()[0])
+        + 1
+    )
+    proc = run_cli(
+        "launch.py",
+        "sweep=ae_latent",
+        "sweep.name=too_many_nodes",
+        *TINY,
+        "cluster=slurm",
+        "cluster.gpus_per_node=0",
+        "cluster.mem_gb=null",
+        f"cluster.nodes={nodes}",
+        cwd=cluster["dir"],
+        env=cluster["env"],
+        check=False,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     (line,) = proc.stderr.splitlines()  # one line for every misfit (before: sbatch's, one at a time)
     assert line.startswith("error: the job does not fit partition '") and f"cluster.nodes={nodes} (" in line, line
@@ -488,39 +695,69 @@ def test_more_nodes_than_the_partition_has_is_refused_in_one_line_and_leaves_not
     assert not results.exists()  # nothing was written or submitted
 
 
-# --------------------------------------------------------------------------- (4) arrays share one limit (the layout itself: test_arrays.py)
+# ---------------------------------------------- (4) arrays share one limit (the layout itself: test_arrays.py)
+
 
 def test_dry_run_shows_the_arrays_and_how_they_share_the_limit(workdir):
-    proc = run_cli("launch.py", "sweep=ae_latent", "preset=smoke", "cluster=slurm", "cluster.max_array_size=1",
-                   "cluster.array_parallelism=1", "dry_run=true", cwd=workdir)
+    proc = run_cli(
+        "launch.py",
+        "sweep=ae_latent",
+        "preset=smoke",
+        "cluster=slurm",
+        "cluster.max_array_size=1",
+        "cluster.array_parallelism=1",
+        "dry_run=true",
+        cwd=workdir,
+    )
     assert "# 2 task(s) in 2 array(s), at most 1 at once: #1 1%1, #2 1%1 after #1" in proc.stdout, proc.stdout
 
 
-@pytest.mark.parametrize("override, message", [
-    ("cluster.array_parallelism=0", "'cluster.array_parallelism': 0 must be >= 1"),
-    ("cluster.array_parallelism=-2", "'cluster.array_parallelism': -2 must be >= 1"),
-    ("cluster.max_array_size=0", "'cluster.max_array_size': 0 must be >= 1"),
-    ("cluster.array_parallelism=many", "'cluster.array_parallelism': Value 'many' of type 'str' could not be "
-                                       "converted to Integer"),
-    ("cluster.time_min=10,20", "cluster.time_min differs between the runs (10, 20), but one submission has one "
-                               "cluster setting: give cluster.time_min one value, not a sweep axis"),
-    ("cluster.array_parallelism=1,2", "cluster.array_parallelism differs between the runs (1, 2)"),
-    ("cluster=local,slurm", "cluster differs between the runs (local, slurm)"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("cluster.array_parallelism=0", "'cluster.array_parallelism': 0 must be >= 1"),
+        ("cluster.array_parallelism=-2", "'cluster.array_parallelism': -2 must be >= 1"),
+        ("cluster.max_array_size=0", "'cluster.max_array_size': 0 must be >= 1"),
+        (
+            "cluster.array_parallelism=many",
+            "'cluster.array_parallelism': Value 'many' of type 'str' could not be converted to Integer",
+        ),
+        (
+            "cluster.time_min=10,20",
+            "cluster.time_min differs between the runs (10, 20), but one submission has one "
+            "cluster setting: give cluster.time_min one value, not a sweep axis",
+        ),
+        ("cluster.array_parallelism=1,2", "cluster.array_parallelism differs between the runs (1, 2)"),
+        ("cluster=local,slurm", "cluster differs between the runs (local, slurm)"),
+    ],
+)
 def test_bad_array_settings_are_refused_in_one_line_before_anything_is_submitted(workdir, override, message):
     """Nothing reaches sbatch (so no controller is needed): a limit below 1, and a sweep axis over
     cluster.* (each submission has one cluster setting; the axis would only duplicate runs)."""
     for extra in (["dry_run=true"], []):
-        proc = run_cli("launch.py", "sweep=ae_latent", "preset=smoke", "cluster=slurm", "cluster.gpus_per_node=0",
-                       override, *extra, cwd=workdir, check=False)
+        proc = run_cli(
+            "launch.py",
+            "sweep=ae_latent",
+            "preset=smoke",
+            "cluster=slurm",
+            "cluster.gpus_per_node=0",
+            override,
+            *extra,
+            cwd=workdir,
+            check=False,
+        )
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
         assert proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
     assert not (workdir / "results").exists()
 
 
 def running_tasks(ids: list[str]) -> set[str]:
-    out = subprocess.run(["squeue", "-h", "-r", "-t", "RUNNING", "-j", ",".join(ids), "-o", "%i"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-t", "RUNNING", "-j", ",".join(ids), "-o", "%i"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     return set(out.stdout.split())
 
 
@@ -535,17 +772,38 @@ def test_array_parallelism_holds_over_all_arrays_of_a_sweep(cluster):
     """A sweep split into several arrays runs at most cluster.array_parallelism tasks at once
     in all (squeue sampled while it runs), and every run finishes. The limit is below the
     cluster's CPUs, so that running more would have been possible."""
-    cpus = int(subprocess.run(["sinfo", "-h", "-o", "%C"], capture_output=True, text=True,
-                              timeout=30).stdout.split()[0].split("/")[3])
+    cpus = int(
+        subprocess.run(["sinfo", "-h", "-o", "%C"], capture_output=True, text=True, timeout=30)
+        .stdout.split()[0]
+        .split("/")[3]
+    )
     if cpus < 2:
         pytest.skip(f"{cpus} CPU: a limit below the CPUs cannot be tested")
     limit = min(cpus - 1, 3)
     size, runs = (3, 7) if limit == 1 else (2, 3 * limit - 1)
-    args = ["sweep=ae_latent", "sweep.name=shared_limit", *TINY, "sweep.subset=0", "model.latent_dim=2",
-            "train.max_steps=8", "train.eval_every=8", "seed=" + ",".join(str(i) for i in range(runs))]
-    proc = run_cli("launch.py", *args, "cluster=slurm", "cluster.gpus_per_node=0", "cluster.cpus_per_task=1",
-                   "cluster.mem_gb=null", "cluster.time_min=15", f"cluster.array_parallelism={limit}",
-                   f"cluster.max_array_size={size}", cwd=cluster["dir"], env=cluster["env"])
+    args = [
+        "sweep=ae_latent",
+        "sweep.name=shared_limit",
+        *TINY,
+        "sweep.subset=0",
+        "model.latent_dim=2",
+        "train.max_steps=8",
+        "train.eval_every=8",
+        "seed=" + ",".join(str(i) for i in range(runs)),
+    ]
+    proc = run_cli(
+        "launch.py",
+        *args,
+        "cluster=slurm",
+        "cluster.gpus_per_node=0",
+        "cluster.cpus_per_task=1",
+        "cluster.mem_gb=null",
+        "cluster.time_min=15",
+        f"cluster.array_parallelism={limit}",
+        f"cluster.max_array_size={size}",
+        cwd=cluster["dir"],
+        env=cluster["env"],
+    )
     ids = launched_ids(proc)
     assert len(ids) == -(-runs // size), proc.stdout
     seen: list[set[str]] = []
@@ -569,8 +827,16 @@ def test_array_parallelism_holds_over_all_arrays_of_a_sweep(cluster):
 def test_a_resubmission_leaves_out_runs_still_queued(cluster):
     """Submitting a sweep again while its tasks are still queued submits only the runs that are
     neither queued nor complete (they would run twice, and past the sweep's limit)."""
-    args = ["sweep=ae_latent", "sweep.name=queued_twice", *TINY, "cluster=slurm", "cluster.gpus_per_node=0",
-            "cluster.cpus_per_task=1", "cluster.mem_gb=null", "+cluster.extra.hold=true"]
+    args = [
+        "sweep=ae_latent",
+        "sweep.name=queued_twice",
+        *TINY,
+        "cluster=slurm",
+        "cluster.gpus_per_node=0",
+        "cluster.cpus_per_task=1",
+        "cluster.mem_gb=null",
+        "+cluster.extra.hold=true",
+    ]
     first = launched_ids(run_cli("launch.py", *args, "model.latent_dim=2", cwd=cluster["dir"], env=cluster["env"]))
     ids = list(first)
     try:
@@ -580,8 +846,10 @@ def test_a_resubmission_leaves_out_runs_still_queued(cluster):
         ids += second
         assert [sorted(states(job)) for job in second] == [[second[0]]]  # one run: latent 256
         record = json.loads((cluster["results"] / "queued_twice" / "submissions.json").read_text())
-        assert {name: r["job_id"] for name, r in record.items()} == {"latent_dim-2": f"{first[0]}",
-                                                                    "latent_dim-256": second[0]}
+        assert {name: r["job_id"] for name, r in record.items()} == {
+            "latent_dim-2": f"{first[0]}",
+            "latent_dim-256": second[0],
+        }
         third = run_cli("launch.py", *args, cwd=cluster["dir"], env=cluster["env"])
         assert "submitted" not in third.stdout and "2 run(s) are still queued" in third.stderr, third.stdout
     finally:
@@ -592,8 +860,16 @@ def test_the_same_sweep_from_another_results_folder_is_its_own(cluster, tmp_path
     """Jobs are matched by the results folder they write to (a tag in the job comment), not by
     name alone: the same sweep submitted with another HPCLAB_RESULTS while the first array is
     queued is submitted, and each folder's status shows its own jobs."""
-    args = ["sweep=ae_latent", "sweep.name=two_folders", *TINY, "cluster=slurm", "cluster.gpus_per_node=0",
-            "cluster.cpus_per_task=1", "cluster.mem_gb=null", "+cluster.extra.hold=true"]
+    args = [
+        "sweep=ae_latent",
+        "sweep.name=two_folders",
+        *TINY,
+        "cluster=slurm",
+        "cluster.gpus_per_node=0",
+        "cluster.cpus_per_task=1",
+        "cluster.mem_gb=null",
+        "+cluster.extra.hold=true",
+    ]
     other = {**cluster["env"], "HPCLAB_RESULTS": str(tmp_path / "other results")}
     ids = launched_ids(run_cli("launch.py", *args, cwd=cluster["dir"], env=cluster["env"]))
     try:
@@ -624,7 +900,9 @@ def test_a_sweep_the_controller_cannot_hold_is_refused_before_anything_is_queued
     monkeypatch.setattr(submit, "max_job_count", lambda: held + 2)  # room for one more job only
     for key in ("HPCLAB_DATA", "HPCLAB_RESULTS"):
         monkeypatch.setenv(key, cluster["env"][key])
-    sweep = plan(["sweep=ae_latent", "sweep.name=too_many_jobs", *TINY, "cluster=slurm_cpu", "+cluster.extra.hold=true"])
+    sweep = plan(
+        ["sweep=ae_latent", "sweep.name=too_many_jobs", *TINY, "cluster=slurm_cpu", "+cluster.extra.hold=true"]
+    )
     with pytest.raises(ConfigError, match=rf"at most MaxJobCount={held + 2} jobs .* has {held} now: 2 more do not fit"):
         submit.submit_slurm(sweep)
     assert not (cluster["results"] / "too_many_jobs").exists()
@@ -632,6 +910,7 @@ def test_a_sweep_the_controller_cannot_hold_is_refused_before_anything_is_queued
 
 
 # --------------------------------------------------------------------------- (5) a newcomer's first hour
+
 
 def default_partition():
     """The default partition as the launcher's fit check sees it (sinfo)."""
@@ -645,19 +924,27 @@ def test_a_request_that_does_not_fit_is_refused_once_naming_every_misfit_and_wha
     fit (sbatch refused them one at a time, a round trip each); those overrides, and the
     CPU-only profile, are then accepted. A dry run says the same as a warning."""
     part = default_partition()
-    too_big = [f"cluster.gpus_per_node={part.gpus + 1}", f"cluster.cpus_per_task={part.cpus + 1}",
-               f"cluster.mem_gb={part.mem_mb // 1024 + 2}"]
+    too_big = [
+        f"cluster.gpus_per_node={part.gpus + 1}",
+        f"cluster.cpus_per_task={part.cpus + 1}",
+        f"cluster.mem_gb={part.mem_mb // 1024 + 2}",
+    ]
     args = [*TINY, "cluster=slurm", *too_big, "+cluster.extra.hold=true"]
-    run = lambda *more, check=True: run_cli("launch.py", "sweep=ae_latent", *more, cwd=cluster["dir"],  # noqa: E731
-                                            env=cluster["env"], check=check)
+
+    def run(*more: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run_cli("launch.py", "sweep=ae_latent", *more, cwd=cluster["dir"], env=cluster["env"], check=check)
+
     proc = run("sweep.name=misfit", *args, check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     (line,) = proc.stderr.splitlines()
     assert line.startswith(f"error: the job does not fit partition '{part.name}' ("), line
     assert all(f"{setting} (" in line for setting in too_big), line
     fits = re.search(r"These fit: (.+?)(, or cluster=slurm_cpu)? \(set them once", line)
-    assert [f.split("=")[0] for f in fits[1].split()] == ["cluster.gpus_per_node", "cluster.cpus_per_task",
-                                                         "cluster.mem_gb"], line
+    assert [f.split("=")[0] for f in fits[1].split()] == [
+        "cluster.gpus_per_node",
+        "cluster.cpus_per_task",
+        "cluster.mem_gb",
+    ], line
     assert not (cluster["results"] / "misfit").exists()
     assert "# warning: the job does not fit" in run("sweep.name=misfit", *args, "dry_run=true").stdout
     ids: list[str] = []
@@ -672,7 +959,8 @@ def test_a_request_that_does_not_fit_is_refused_once_naming_every_misfit_and_wha
 
 @pytest.mark.slow
 def test_the_dcgan_scripts_small_partition_recipe_stages_its_data_and_its_log_ends_with_the_results(
-        tmp_path, fmnist_mirror):
+    tmp_path, fmnist_mirror
+):
     """The CPU recipe of slurm/dcgan.sh's header, as written (shorter), on a fresh data folder:
     the job stages Fashion-MNIST itself (from Debian's files, else data.mirrors), its log holds no
     other library's INFO lines (TensorBoard's event reader runs in gan_epoch_grids) and ends
@@ -688,10 +976,16 @@ def test_the_dcgan_scripts_small_partition_recipe_stages_its_data_and_its_log_en
     args += ["train.max_steps=40", "train.eval_every=20"]
     if not Path("/usr/share/datasets/fashion-mnist").is_dir():
         args.append(f"data.mirrors=[{fmnist_mirror}]")
-    env = {**os.environ, "HPCLAB_DATA": str(tmp_path / "data"), "HPCLAB_RESULTS": str(tmp_path / "results"),
-           "HPCLAB_PYTHON": sys.executable, "PYTHONUNBUFFERED": "1"}
-    out = subprocess.run([args[0], "--parsable", *args[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=60)
+    env = {
+        **os.environ,
+        "HPCLAB_DATA": str(tmp_path / "data"),
+        "HPCLAB_RESULTS": str(tmp_path / "results"),
+        "HPCLAB_PYTHON": sys.executable,
+        "PYTHONUNBUFFERED": "1",
+    }
+    out = subprocess.run(
+        [args[0], "--parsable", *args[1:]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     job = out.stdout.strip().split(";")[0]
     log = tmp_path / f"hpclab-dcgan-{job}.out"
@@ -717,13 +1011,32 @@ def test_local_and_slurm_runs_compute_with_the_same_threads_and_give_the_same_nu
     every logged value equal (before, local 2 threads vs SLURM's cpus-per-task differed)."""
     env = {k: v for k, v in cluster["env"].items() if k != "OMP_NUM_THREADS"}
     run_cli("prepare_data.py", "data=digits", cwd=cluster["dir"], env=env)
-    run = ["experiment=ae_latent", "data=digits", "model.latent_dim=8", "model.channels=[8,16]", "train.epochs=null",
-           "train.batch_size=64", "train.max_steps=40", "train.eval_every=20", "train.log_every=10",
-           "analysis=[pca_baseline]", "sweep.name=threads"]
+    run = [
+        "experiment=ae_latent",
+        "data=digits",
+        "model.latent_dim=8",
+        "model.channels=[8,16]",
+        "train.epochs=null",
+        "train.batch_size=64",
+        "train.max_steps=40",
+        "train.eval_every=20",
+        "train.log_every=10",
+        "analysis=[pca_baseline]",
+        "sweep.name=threads",
+    ]
     run_cli("launch.py", *run, "run_name=local", cwd=cluster["dir"], env=env)
     sbatch_job = sbatch(cluster, "ae_pretrain.sh", *run, "run_name=sbatch", opts=("--cpus-per-task=2",))
-    (array,) = launched_ids(run_cli("launch.py", *run, "run_name=submitit", "cluster=slurm_cpu", "cluster.time_min=15",
-                                    cwd=cluster["dir"], env=env))
+    (array,) = launched_ids(
+        run_cli(
+            "launch.py",
+            *run,
+            "run_name=submitit",
+            "cluster=slurm_cpu",
+            "cluster.time_min=15",
+            cwd=cluster["dir"],
+            env=env,
+        )
+    )
     assert wait_done(sbatch_job) == {sbatch_job: "COMPLETED"}
     assert set(wait_done(array).values()) == {"COMPLETED"}
     group = cluster["results"] / "threads"
@@ -745,7 +1058,7 @@ def test_the_slurm_walk_through_runs_as_written(cluster):
     import shlex
 
     text = (REPO / "docs" / "slurm.md").read_text()
-    section = text[text.index("\n## A first submission\n"):]
+    section = text[text.index("\n## A first submission\n") :]
     block = re.search(r"```bash\n(.*?)```", section, re.S)[1]
     commands = [shlex.split(line.split("  #")[0]) for line in block.splitlines() if line.strip()]
     assert [c[:2] for c in commands] == [["python", "jobs/launch.py"]] * 3 + [["python", "jobs/report.py"]], commands

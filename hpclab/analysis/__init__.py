@@ -13,14 +13,14 @@ other modules hold the analyses of one kind of experiment (``latents``, ``image2
 ``classification``, ``baselines``, ``activations``, ``architecture``, ``fid``).
 """
 
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from hpclab.errors import USER_ERRORS, ConfigError
 from hpclab.registry import Registry, UnknownName
 
 ANALYSES = Registry("analysis", __name__)
-
-import inspect  # noqa: E402
-from typing import Any, Callable, Iterable  # noqa: E402
-
-from hpclab.errors import USER_ERRORS, ConfigError  # noqa: E402
 
 SPLIT_ARGUMENTS = ("split", "reference", "real", "floor_split")  # arguments that name a split of the run's data
 
@@ -28,9 +28,11 @@ SPLIT_ARGUMENTS = ("split", "reference", "real", "floor_split")  # arguments tha
 def requires(check: Callable[..., None]) -> Callable[[Callable], Callable]:
     """Attach ``check(cfg, **kwargs)``, which raises a one-line user error when something the
     analysis needs (staged weights, another run) is missing, so a run finds out before step 0."""
+
     def attach(fn: Callable) -> Callable:
         fn.prerequisite = check
         return fn
+
     return attach
 
 
@@ -67,13 +69,16 @@ def check_analyses(cfg: Any, splits: set[str]) -> None:
         try:
             bound = inspect.signature(fn).bind(None, None, **kwargs)
         except TypeError as exc:
-            raise ConfigError(f"config key 'analysis': {name}: {exc} (arguments: "
-                              f"{', '.join(list(params)[2:])}){way_out}") from None
+            raise ConfigError(
+                f"config key 'analysis': {name}: {exc} (arguments: {', '.join(list(params)[2:])}){way_out}"
+            ) from None
         for arg in SPLIT_ARGUMENTS:
             value = bound.arguments.get(arg, params[arg].default if arg in params else None)
             if isinstance(value, str) and value not in splits:
-                raise ConfigError(f"config key 'analysis': {name} reads split '{value}', which the data has not "
-                                  f"(it has {', '.join(sorted(splits))}): pass {arg}=...{way_out}")
+                raise ConfigError(
+                    f"config key 'analysis': {name} reads split '{value}', which the data has not "
+                    f"(it has {', '.join(sorted(splits))}): pass {arg}=...{way_out}"
+                )
         check = getattr(fn, "prerequisite", None)
         if check is not None:
             try:

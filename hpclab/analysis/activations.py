@@ -38,8 +38,11 @@ def record_activations(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Ten
     """Run ``model(x)`` and return the output of each hooked layer (N x C x H x W, on CPU)."""
     from hpclab.analysis.hooks import forward_outputs
 
-    outputs = {name: out.detach().float().cpu() for name, _, out in forward_outputs(model, x, hooked_layers(model))
-               if isinstance(out, torch.Tensor) and out.dim() == 4}
+    outputs = {
+        name: out.detach().float().cpu()
+        for name, _, out in forward_outputs(model, x, hooked_layers(model))
+        if isinstance(out, torch.Tensor) and out.dim() == 4
+    }
     return outputs
 
 
@@ -66,13 +69,21 @@ def activation_cells(inputs: torch.Tensor, maps: torch.Tensor, max_channels: int
 def activation_grid(inputs: torch.Tensor, maps: torch.Tensor, title: str, path: Path, max_channels: int = 16) -> Path:
     """Rows: images; columns: the input, then up to ``max_channels`` channel maps."""
     channels = min(maps.shape[1], max_channels)
-    return labelled_grid(activation_cells(inputs, maps, max_channels), channels + 1, path, title,
-                         ["input", *[str(c) for c in range(channels)]], xlabel="channel", dpi=100)
+    return labelled_grid(
+        activation_cells(inputs, maps, max_channels),
+        channels + 1,
+        path,
+        title,
+        ["input", *[str(c) for c in range(channels)]],
+        xlabel="channel",
+        dpi=100,
+    )
 
 
 @ANALYSES.register("activations")
-def save_activations(run: TrainedRun, out_dir: Path, count: int = 4, split: str = "test", max_channels: int = 16,
-                     model: str = "model") -> dict[str, Any]:
+def save_activations(
+    run: TrainedRun, out_dir: Path, count: int = 4, split: str = "test", max_channels: int = 16, model: str = "model"
+) -> dict[str, Any]:
     """One grid per hooked layer of ``model`` for the first ``count`` images of ``split``."""
     net = run.unwrap(model)
     batch = first_batch(run, split, count)

@@ -95,8 +95,10 @@ def hook_chain(model: nn.Module, x: torch.Tensor) -> tuple[list[tuple[str, str]]
     call order as a chain."""
     from hpclab.analysis.hooks import forward_outputs
 
-    order = [(name.replace(".", "_") or "model", f"{name}\n{type(mod).__name__} {_spec(mod)}".strip())
-             for name, mod, _ in forward_outputs(model, x)]
+    order = [
+        (name.replace(".", "_") or "model", f"{name}\n{type(mod).__name__} {_spec(mod)}".strip())
+        for name, mod, _ in forward_outputs(model, x)
+    ]
     nodes = [("input", "input")] + order + [("output", "output")]
     return nodes, [(a[0], b[0]) for a, b in zip(nodes[:-1], nodes[1:])]
 
@@ -135,12 +137,29 @@ def draw(nodes: list[tuple[str, str]], edges: list[tuple[str, str]], path: Path,
     fig, ax = plt.subplots(figsize=(max(4.0, 2.6 * width), max(3.0, 0.62 * len(rows))))
     for a, b in edges:
         skip = depth[b] - depth[a] > 1 and abs(pos[a][0] - pos[b][0]) < 1e-6  # would hide behind the chain
-        ax.annotate("", xy=pos[b], xytext=pos[a], arrowprops=dict(
-            arrowstyle="->", color="#c0392b" if skip else "0.5", lw=0.8, shrinkA=9, shrinkB=9,
-            connectionstyle="arc3,rad=-0.35" if skip else "arc3"))
+        ax.annotate(
+            "",
+            xy=pos[b],
+            xytext=pos[a],
+            arrowprops=dict(
+                arrowstyle="->",
+                color="#c0392b" if skip else "0.5",
+                lw=0.8,
+                shrinkA=9,
+                shrinkB=9,
+                connectionstyle="arc3,rad=-0.35" if skip else "arc3",
+            ),
+        )
     for name, (x, y) in pos.items():
-        ax.text(x, y, labels[name], ha="center", va="center", fontsize=6,
-                bbox=dict(boxstyle="round,pad=0.25", fc="#e8f0fb", ec="#4a6fa5", lw=0.6))
+        ax.text(
+            x,
+            y,
+            labels[name],
+            ha="center",
+            va="center",
+            fontsize=6,
+            bbox=dict(boxstyle="round,pad=0.25", fc="#e8f0fb", ec="#4a6fa5", lw=0.6),
+        )
     ax.set_xlim(0, width)
     ax.set_ylim(-max(rows) - 0.6, 0.6)
     ax.axis("off")
@@ -185,5 +204,7 @@ def arch_graph(run: TrainedRun, out_dir: Path, model: str = "model", png: bool =
                     torch.onnx.export(net, (x,), str(tmp))
                 out["onnx"] = str(onnx_path)
             except Exception as exc:  # exporter extras (onnxscript) missing, unsupported op
-                log.warning("ONNX export of %s failed: %s", type(net).__name__, str(exc).splitlines()[0] if str(exc) else exc)
+                log.warning(
+                    "ONNX export of %s failed: %s", type(net).__name__, str(exc).splitlines()[0] if str(exc) else exc
+                )
     return out

@@ -10,7 +10,7 @@ where it beats PCA with ``l`` components. Reported with the engine's metric defi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -25,8 +25,9 @@ def _flat_images(run: TrainedRun, split: str) -> np.ndarray:
 
 
 @ANALYSES.register("pca_baseline")
-def pca_baseline(run: TrainedRun, out_dir: Path, components: Optional[int] = None, split: str = "test",
-                 seed: int = 0) -> dict[str, Any]:
+def pca_baseline(
+    run: TrainedRun, out_dir: Path, components: int | None = None, split: str = "test", seed: int = 0
+) -> dict[str, Any]:
     """Test MSE/PSNR of PCA with ``components`` (default: the model's ``latent_dim``) fitted on
     the training split."""
     from sklearn.decomposition import PCA
@@ -42,13 +43,23 @@ def pca_baseline(run: TrainedRun, out_dir: Path, components: Optional[int] = Non
     recon = np.clip(pca.inverse_transform(pca.transform(test)), 0.0, 1.0)  # outputs are images too
     mse = ((recon - test) ** 2).mean(axis=1)
     psnr = 10 * np.log10(1.0 / np.maximum(mse, 1e-10))
-    return {"components": k, f"{split}_mse": float(mse.mean()), f"{split}_psnr": float(psnr.mean()),
-            "explained_variance": float(pca.explained_variance_ratio_.sum())}
+    return {
+        "components": k,
+        f"{split}_mse": float(mse.mean()),
+        f"{split}_psnr": float(psnr.mean()),
+        "explained_variance": float(pca.explained_variance_ratio_.sum()),
+    }
 
 
 @ANALYSES.register("pixel_probe")
-def pixel_probe(run: TrainedRun, out_dir: Path, epochs: int = 20, lr: float = 1e-3, batch_size: int = 256,
-                mlp_hidden: tuple[int, ...] = (256, 256)) -> dict[str, Any]:
+def pixel_probe(
+    run: TrainedRun,
+    out_dir: Path,
+    epochs: int = 20,
+    lr: float = 1e-3,
+    batch_size: int = 256,
+    mlp_hidden: tuple[int, ...] = (256, 256),
+) -> dict[str, Any]:
     """The probes of ``latent_probe`` (a linear layer, an MLP; same training) on the raw pixels
     instead of the codes: what a representation must beat to be worth extracting."""
     import torch
@@ -64,10 +75,28 @@ def pixel_probe(run: TrainedRun, out_dir: Path, epochs: int = 20, lr: float = 1e
     evals = {s: labelled(s) for s in ("val", "test") if run.data.has(s)}
     features = int(train[0].shape[1])
     record: dict[str, Any] = {"features": features, "train_images": len(train[0])}
-    record.update(fit_probes(train, evals, run.data.info.num_classes, mlp_hidden, epochs, lr, batch_size, run.cfg.seed,
-                             f"{features} raw pixels"))
-    files = write_probe_table(record, "features", features, list(evals), mlp_hidden, out_dir / "pixel_probe",
-                              f"probes on the raw pixels ({epochs} epochs, standardised)")
+    record.update(
+        fit_probes(
+            train,
+            evals,
+            run.data.info.num_classes,
+            mlp_hidden,
+            epochs,
+            lr,
+            batch_size,
+            run.cfg.seed,
+            f"{features} raw pixels",
+        )
+    )
+    files = write_probe_table(
+        record,
+        "features",
+        features,
+        list(evals),
+        mlp_hidden,
+        out_dir / "pixel_probe",
+        f"probes on the raw pixels ({epochs} epochs, standardised)",
+    )
     return {**record, **files}
 
 

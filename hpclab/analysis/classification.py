@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,8 +25,8 @@ from omegaconf import OmegaConf
 
 from hpclab.analysis import ANALYSES
 from hpclab.analysis.architecture import conv_summary
-from hpclab.analysis.group_tables import write_group_table
 from hpclab.analysis.grids import captioned_grid
+from hpclab.analysis.group_tables import write_group_table
 from hpclab.analysis.inputs import available_split
 from hpclab.analysis.report import final_metrics
 from hpclab.engine.evaluation import TrainedRun
@@ -38,9 +38,11 @@ TABLE_NAME = "results_table"
 
 # --------------------------------------------------------------------------- reconstructions
 
+
 @ANALYSES.register("reconstruction_grid")
-def reconstruction_grid(run: TrainedRun, out_dir: Path, split: str = "test", count: int = 9, seed: int = 0,
-                        columns: int = 3) -> dict[str, Any]:
+def reconstruction_grid(
+    run: TrainedRun, out_dir: Path, split: str = "test", count: int = 9, seed: int = 0, columns: int = 3
+) -> dict[str, Any]:
     """``count`` random images of ``split`` and the model's reconstructions, as (image,
     reconstruction) pairs in a grid of ``columns`` pairs per row; per-image MSE in the titles."""
     split = available_split(run, split)
@@ -50,19 +52,27 @@ def reconstruction_grid(run: TrainedRun, out_dir: Path, split: str = "test", cou
     with run.evaluating():
         shown = run.task.images(run.models, batch, run.eval_generator())
     if "output" not in shown or "target" not in shown:
-        raise ValueError(f"reconstruction_grid needs a task whose images() gives output and target "
-                         f"(task {run.cfg.task.name} gives {', '.join(shown) or 'none'})")
+        raise ValueError(
+            f"reconstruction_grid needs a task whose images() gives output and target "
+            f"(task {run.cfg.task.name} gives {', '.join(shown) or 'none'})"
+        )
     target, output = shown["target"].float().cpu(), shown["output"].float().clamp(0, 1).cpu()
     mse = (output - target).pow(2).flatten(1).mean(1)
     pairs = torch.stack([target, output], 1).flatten(0, 1)  # image, its reconstruction, next image, ...
     captions = [text for i, m in zip(picks, mse) for text in (f"image {int(i)}", f"recon. mse {m:.4f}")]
-    path = captioned_grid(pairs, captions, out_dir / f"reconstructions_{split}.png", ncol=2 * columns,
-                          title=f"{run.cfg.run_name}: {len(target)} random {split} images and their reconstructions",
-                          inches=2.0)
+    path = captioned_grid(
+        pairs,
+        captions,
+        out_dir / f"reconstructions_{split}.png",
+        ncol=2 * columns,
+        title=f"{run.cfg.run_name}: {len(target)} random {split} images and their reconstructions",
+        inches=2.0,
+    )
     return {"figure": str(path), "indices": [int(i) for i in picks], "mse": round(float(mse.mean()), 6)}
 
 
 # --------------------------------------------------------------------------- results table
+
 
 def model_label(model_cfg: dict[str, Any]) -> str:
     """The registered model name plus the options that tell variants apart."""
@@ -80,9 +90,14 @@ def hyper_parameters(cfg: Any) -> str:
     t, d = cfg.train, cfg.data
     length = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs} epochs"
     task = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k != "name"}
-    parts = [f"{t.optimizer.name} lr={t.optimizer.lr:g} wd={t.optimizer.weight_decay:g}", f"{t.scheduler.name} schedule",
-             f"batch {t.batch_size}", length, f"label fraction {d.train_fraction:g}",
-             ", ".join(f"{k}={v}" for k, v in task.items())]
+    parts = [
+        f"{t.optimizer.name} lr={t.optimizer.lr:g} wd={t.optimizer.weight_decay:g}",
+        f"{t.scheduler.name} schedule",
+        f"batch {t.batch_size}",
+        length,
+        f"label fraction {d.train_fraction:g}",
+        ", ".join(f"{k}={v}" for k, v in task.items()),
+    ]
     return "; ".join(p for p in parts if p)
 
 
@@ -91,8 +106,9 @@ def table_row(run: TrainedRun, model: str = "model") -> dict[str, Any]:
     finals = final_metrics(run.run_dir)
     net = run.unwrap(model)
     best = run.best
-    best_text = (f"{cfg.train.monitor_mode} {cfg.train.monitor}" +
-                 (f" = {best['value']:.4f} at step {best['step']}" if best.get("value") is not None else " (never evaluated)"))
+    best_text = f"{cfg.train.monitor_mode} {cfg.train.monitor}" + (
+        f" = {best['value']:.4f} at step {best['step']}" if best.get("value") is not None else " (never evaluated)"
+    )
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     return {
         "run": cfg.run_name,
@@ -110,19 +126,35 @@ def table_row(run: TrainedRun, model: str = "model") -> dict[str, Any]:
     }
 
 
-COLUMNS = ["experiment", "model", "architecture", "parameters", "trainable", "best_checkpoint",
-          "train_acc", "val_acc", "test_acc", "hyper_parameters", "data"]
+COLUMNS = [
+    "experiment",
+    "model",
+    "architecture",
+    "parameters",
+    "trainable",
+    "best_checkpoint",
+    "train_acc",
+    "val_acc",
+    "test_acc",
+    "hyper_parameters",
+    "data",
+]
 
 
 def write_results_table(group_dir: Path | str) -> dict[str, str]:
     """Rebuild ``results_table.md`` / ``.csv`` from the rows of every run in ``group_dir``."""
     group_dir = Path(group_dir)
-    note = ("Accuracies are fractions, measured with the best checkpoint's weights (train accuracy without "
-            "augmentation); architecture lists filters@kernel/stride/padding of each conv layer and FC widths.")
-    files = write_group_table(group_dir, RECORD, COLUMNS, f"{group_dir.name}: classification results", note,
-                              table=TABLE_NAME, digits=4)
+    note = (
+        "Accuracies are fractions, measured with the best checkpoint's weights (train accuracy without "
+        "augmentation); architecture lists filters@kernel/stride/padding of each conv layer and FC widths."
+    )
+    files = write_group_table(
+        group_dir, RECORD, COLUMNS, f"{group_dir.name}: classification results", note, table=TABLE_NAME, digits=4
+    )
     if files is None:
-        raise FileNotFoundError(f"no {RECORD}.json under {group_dir}/*/figures/ (add results_table to the runs' analysis)")
+        raise FileNotFoundError(
+            f"no {RECORD}.json under {group_dir}/*/figures/ (add results_table to the runs' analysis)"
+        )
     return files
 
 
@@ -135,7 +167,7 @@ def results_table(run: TrainedRun, out_dir: Path, model: str = "model") -> dict[
     return {"train_acc": row["train_acc"], "test_acc": row["test_acc"], "table": files["md"]}
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m hpclab.analysis.classification results/<group>", file=sys.stderr)

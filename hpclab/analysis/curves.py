@@ -3,13 +3,14 @@ metrics.jsonl, and the generic ``curves`` analysis (also ``jobs/compare_runs.py`
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from hpclab.analysis import ANALYSES
 from hpclab.analysis.figures import Line, Panel, plot_panels
-from hpclab.rundir import read_metrics
 from hpclab.engine.evaluation import TrainedRun
+from hpclab.rundir import read_metrics
 
 
 def series(records: Sequence[Mapping[str, Any]], split: str, name: str, x: str = "epoch") -> tuple[list, list]:
@@ -42,6 +43,5 @@ def plot_curves(runs: Mapping[str, Path], metrics: Sequence[str], path: Path, ti
 @ANALYSES.register("curves")
 def curves(run: TrainedRun, out_dir: Path, metrics: Sequence[str] = ("loss",)) -> dict[str, Any]:
     """Training/validation curves of this run."""
-    path = plot_curves({run.cfg.run_name: run.run_dir}, list(metrics), out_dir / "curves.png",
-                       title=run.cfg.run_name)
+    path = plot_curves({run.cfg.run_name: run.run_dir}, list(metrics), out_dir / "curves.png", title=run.cfg.run_name)
     return {"figure": str(path)}

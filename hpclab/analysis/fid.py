@@ -23,8 +23,9 @@ are the same numbers as every other run's with the same classifier, data and ima
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 from unittest import mock
 
 import numpy as np
@@ -45,8 +46,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("hpclab")
 
 
-def inception(dims: int = 2048, cache: Optional[str | Path] = None, weights: str = "fid_inception",
-              device: torch.device | str = "cpu", resize: bool = True) -> torch.nn.Module:
+def inception(
+    dims: int = 2048,
+    cache: str | Path | None = None,
+    weights: str = "fid_inception",
+    device: torch.device | str = "cpu",
+    resize: bool = True,
+) -> torch.nn.Module:
     """pytorch-fid's InceptionV3 up to the block giving ``dims`` features, with the staged
     weights ``weights`` (a name in hpclab.weights.WEIGHTS) from ``cache``. ``resize``: bilinear
     to 299x299 first, as FID is defined (off only to test the arithmetic cheaply)."""
@@ -102,7 +108,7 @@ def _chunks(images: torch.Tensor, size: int) -> Iterable[torch.Tensor]:
         yield images[i : i + size]
 
 
-def split_images(run: TrainedRun, split: str, limit: Optional[int], size: int) -> Iterable[torch.Tensor]:
+def split_images(run: TrainedRun, split: str, limit: int | None, size: int) -> Iterable[torch.Tensor]:
     """The run's real images of ``split`` (uint8, in order), the first ``limit`` of them (None:
     all), in chunks of ``size``."""
     left = limit
@@ -121,8 +127,16 @@ def _weights_staged(cfg: Any, weights: str = "fid_inception", **_: Any) -> None:
 
 @ANALYSES.register("fid")
 @requires(_weights_staged)
-def fid(run: TrainedRun, out_dir: Path, split: str = "train", num_images: Optional[int] = None, batch_size: int = 100,
-        dims: int = 2048, weights: str = "fid_inception", seed: int = 99) -> dict[str, Any]:
+def fid(
+    run: TrainedRun,
+    out_dir: Path,
+    split: str = "train",
+    num_images: int | None = None,
+    batch_size: int = 100,
+    dims: int = 2048,
+    weights: str = "fid_inception",
+    seed: int = 99,
+) -> dict[str, Any]:
     """FID of generated images (eval mode, the task's seeded inputs: GAN latents, or a diffusion
     model's initial noise sampled with its DDIM steps) against the real images of ``split``
     (all of them unless ``num_images``; as many generated as real). ``weights`` names the staged
@@ -144,10 +158,21 @@ def fid(run: TrainedRun, out_dir: Path, split: str = "train", num_images: Option
 
     fake = activations(model, fake_batches(), device)
     if n <= dims:
-        log.warning("FID from %d images with %d features: the covariances are singular and the value is biased "
-                    "upwards; compare only runs with the same count", n, dims)
-    result = {"fid": frechet(real, fake), "real_images": n, "generated_images": len(fake), "split": split,
-              "dims": dims, "weights": weights, "seed": seed}
+        log.warning(
+            "FID from %d images with %d features: the covariances are singular and the value is biased "
+            "upwards; compare only runs with the same count",
+            n,
+            dims,
+        )
+    result = {
+        "fid": frechet(real, fake),
+        "real_images": n,
+        "generated_images": len(fake),
+        "split": split,
+        "dims": dims,
+        "weights": weights,
+        "seed": seed,
+    }
     write_json(Path(out_dir) / "fid.json", result)
     log.info("FID (%s, %d real vs %d generated, %d dims): %.3f", split, n, len(fake), dims, result["fid"])
     return result
@@ -155,8 +180,14 @@ def fid(run: TrainedRun, out_dir: Path, split: str = "train", num_images: Option
 
 # --------------------------------------------------------------------------- FD in a classifier's features
 
-DATA_TITLES = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST", "notmnist": "notMNIST", "cifar10": "CIFAR-10",
-               "digits": "digits", "stl10": "STL-10"}
+DATA_TITLES = {
+    "fashion_mnist": "Fashion-MNIST",
+    "mnist": "MNIST",
+    "notmnist": "notMNIST",
+    "cifar10": "CIFAR-10",
+    "digits": "digits",
+    "stl10": "STL-10",
+}
 
 
 class ClassifierFeatures:
@@ -173,31 +204,38 @@ class ClassifierFeatures:
         from hpclab.tasks import TASKS
 
         weights, run_dir = run_weights(run), run_of(run)
-        fix = ("train the classifier first: python jobs/launch.py experiment=fmnist_cnn (or point classifier= at "
-               "results/<group>/<run> of a finished classification run)")
+        fix = (
+            "train the classifier first: python jobs/launch.py experiment=fmnist_cnn (or point classifier= at "
+            "results/<group>/<run> of a finished classification run)"
+        )
         if not weights.is_file() or not (run_dir / CONFIG).is_file():
-            raise WeightsMissing(f"fd_classifier: no trained classifier at {run_dir} ({weights.name} or {CONFIG} "
-                                 f"missing); {fix}")
+            raise WeightsMissing(
+                f"fd_classifier: no trained classifier at {run_dir} ({weights.name} or {CONFIG} missing); {fix}"
+            )
         cfg = load_run_config(run_dir)
         self.task = TASKS.build(cfg.task.name, kwargs_of(cfg.task))
         if not hasattr(self.task, "inputs"):
             raise ConfigError(f"fd_classifier: {run_dir} is a '{cfg.task.name}' run, not a classification run")
         data_file = hdf5_path(cfg)
         if not data_file.is_file():
-            raise WeightsMissing(f"fd_classifier: the classifier's data {data_file} is missing (its image size comes "
-                                 f"from there); stage it: python jobs/prepare_data.py data={cfg.data.name}")
+            raise WeightsMissing(
+                f"fd_classifier: the classifier's data {data_file} is missing (its image size comes "
+                f"from there); stage it: python jobs/prepare_data.py data={cfg.data.name}"
+            )
         info = describe(data_file)
         channels, size = info["splits"]["train"]["images"][1:3]
         classes = list(cfg.data.classes) if cfg.data.classes else info["class_names"]
-        data_info = DataInfo(in_channels=channels, image_size=size, num_classes=len(classes), class_names=classes,
-                             path=data_file)
+        data_info = DataInfo(
+            in_channels=channels, image_size=size, num_classes=len(classes), class_names=classes, path=data_file
+        )
         model = self.task.build_models(OmegaConf.to_container(cfg.model, resolve=True), data_info)["model"]
         state = read_weights(weights)
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:  # keys or shapes of another model
-            raise ConfigError(f"fd_classifier: {weights} does not fit the model of {run_dir} "
-                              f"({str(exc).splitlines()[0][:160]})") from None
+            raise ConfigError(
+                f"fd_classifier: {weights} does not fit the model of {run_dir} ({str(exc).splitlines()[0][:160]})"
+            ) from None
         self.model = model.eval().to(device)
         linears = [m for m in self.model.modules() if isinstance(m, torch.nn.Linear)]
         if not linears:
@@ -213,7 +251,9 @@ class ClassifierFeatures:
         x = images.to(self.device)
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
         if x.shape[1] != self.channels:
-            raise ValueError(f"fd_classifier: images have {x.shape[1]} channel(s), the classifier takes {self.channels}")
+            raise ValueError(
+                f"fd_classifier: images have {x.shape[1]} channel(s), the classifier takes {self.channels}"
+            )
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
         captured: list[torch.Tensor] = []
@@ -238,6 +278,8 @@ def _classifier_run(classifier: str) -> str:
     if not classifier:
         raise ConfigError("the FD needs classifier=results/<group>/<run> (a finished classification run)")
     return classifier
+
+
 class FrechetTable:
     """What every FD table of a generative run shares, so the rows of different models and
     studies compare: ``classifier``'s features, the Gaussian of the real ``reference`` images
@@ -245,8 +287,9 @@ class FrechetTable:
     ceiling row (as many uniform-noise images). Generated images come from the task's seeded
     inputs (``seed``) and go through the same resizing to the classifier's size."""
 
-    def __init__(self, run: TrainedRun, classifier: str, reference: str, real: str, num_images: int,
-                 batch_size: int, seed: int) -> None:
+    def __init__(
+        self, run: TrainedRun, classifier: str, reference: str, real: str, num_images: int, batch_size: int, seed: int
+    ) -> None:
         from hpclab.analysis.samples import generative_task
 
         self.task = generative_task(run)
@@ -263,17 +306,25 @@ class FrechetTable:
         inputs = self.task.fixed_inputs(torch.device("cpu"), n=self.n, seed=self.seed)
         generator = torch.Generator(self.run.device).manual_seed(self.seed)  # a stochastic sampler's draws
         with torch.no_grad():
-            batches = (self.task.generate(models, chunk.to(self.run.device), generator=generator, **options)
-                       for chunk in _chunks(inputs, self.batch_size))
+            batches = (
+                self.task.generate(models, chunk.to(self.run.device), generator=generator, **options)
+                for chunk in _chunks(inputs, self.batch_size)
+            )
             return frechet_to(self.ref, self.net.of_batches(batches))
 
     def ceiling(self) -> dict[str, Any]:
-        noise = torch.rand((self.n, *self.run.data.split(self.reference).item_shape),
-                           generator=torch.Generator().manual_seed(self.seed))
-        return {"images": "uniform noise", "fd": frechet_to(self.ref, self.net.of_batches(_chunks(noise, self.batch_size)))}
+        noise = torch.rand(
+            (self.n, *self.run.data.split(self.reference).item_shape),
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+        return {
+            "images": "uniform noise",
+            "fd": frechet_to(self.ref, self.net.of_batches(_chunks(noise, self.batch_size))),
+        }
 
-    def write(self, out_dir: Path, name: str, rows: list[dict[str, Any]], keys: list[str], panel: "Panel"
-              ) -> dict[str, Any]:
+    def write(
+        self, out_dir: Path, name: str, rows: list[dict[str, Any]], keys: list[str], panel: Panel
+    ) -> dict[str, Any]:
         """``name``.{md,csv} (columns: images, ``keys``, FD), the curve ``panel`` (with the floor and
         the ceiling drawn as levels) as ``name``.png, and the fields every FD record has."""
         from hpclab.analysis.figures import Level, plot_panels
@@ -281,23 +332,44 @@ class FrechetTable:
 
         out_dir = Path(out_dir)
         body = [[r["images"], *(r.get(k) for k in keys), round(r["fd"], 4)] for r in rows]
-        title = (f"{self.label} against the {len(self.run.data.indices[self.reference])} real {self.reference} images; "
-                 f"{self.n} images per row; classifier {self.net.run_dir}")
+        title = (
+            f"{self.label} against the {len(self.run.data.indices[self.reference])} real {self.reference} images; "
+            f"{self.n} images per row; classifier {self.net.run_dir}"
+        )
         files = write_table(["images", *keys, self.label], body, out_dir / name, title)
-        panel.levels = [Level(rows[0]["fd"], f"real {self.real} set (floor)", "--", "green"),
-                        Level(rows[-1]["fd"], "uniform noise", ":", "red")]
+        panel.levels = [
+            Level(rows[0]["fd"], f"real {self.real} set (floor)", "--", "green"),
+            Level(rows[-1]["fd"], "uniform noise", ":", "red"),
+        ]
         plot_panels([panel], out_dir / f"{name}.png", panel_size=(6, 3.6))
-        return {"metric": self.label, "classifier": str(self.net.run_dir), "reference": self.reference,
-                "reference_images": len(self.run.data.indices[self.reference]), "images_per_set": self.n,
-                "seed": self.seed, "floor_real": rows[0]["fd"], "noise": rows[-1]["fd"],
-                "figure": str(out_dir / f"{name}.png"), **files}
+        return {
+            "metric": self.label,
+            "classifier": str(self.net.run_dir),
+            "reference": self.reference,
+            "reference_images": len(self.run.data.indices[self.reference]),
+            "images_per_set": self.n,
+            "seed": self.seed,
+            "floor_real": rows[0]["fd"],
+            "noise": rows[-1]["fd"],
+            "figure": str(out_dir / f"{name}.png"),
+            **files,
+        }
 
 
 @ANALYSES.register("fd_classifier")
 @requires(classifier_trained)
-def fd_classifier(run: TrainedRun, out_dir: Path, classifier: str = "", reference: str = "train", real: str = "test",
-                  num_images: int = 10000, batch_size: int = 500, epochs: Optional[list[float]] = None,
-                  seed: int = 99, sample_steps: Optional[int] = None) -> dict[str, Any]:
+def fd_classifier(
+    run: TrainedRun,
+    out_dir: Path,
+    classifier: str = "",
+    reference: str = "train",
+    real: str = "test",
+    num_images: int = 10000,
+    batch_size: int = 500,
+    epochs: list[float] | None = None,
+    seed: int = 99,
+    sample_steps: int | None = None,
+) -> dict[str, Any]:
     """FD in ``classifier``'s feature space (a classification run folder or its
     best_model.safetensors) against the real images of ``reference`` (all of them), for: the
     real images of ``real`` (the floor), ``num_images`` samples of the generative model (GAN or
@@ -313,25 +385,48 @@ def fd_classifier(run: TrainedRun, out_dir: Path, classifier: str = "", referenc
     keys = ["epoch", "step"] + (["DDIM steps"] if steps else [])
     rows: list[dict[str, Any]] = [{**table.floor, "epoch": None, "step": None}]
     for what, step, epoch, models in models_over_training(run, epochs):
-        rows.append({"images": what, "epoch": epoch, "step": step, "DDIM steps": steps,
-                     "fd": table.of_models(models, **options)})
+        rows.append(
+            {
+                "images": what,
+                "epoch": epoch,
+                "step": step,
+                "DDIM steps": steps,
+                "fd": table.of_models(models, **options),
+            }
+        )
     rows.append({**table.ceiling(), "epoch": None, "step": None})
     gen = [r for r in rows if r["images"].startswith("generated")]
-    panel = Panel([Line([r["epoch"] for r in gen], [r["fd"] for r in gen], "generated", "o-")], "epoch", table.label,
-                  log_y=True)
+    panel = Panel(
+        [Line([r["epoch"] for r in gen], [r["fd"] for r in gen], "generated", "o-")], "epoch", table.label, log_y=True
+    )
     result = table.write(Path(out_dir), "fd_classifier", rows, keys, panel)
     result.update(final=gen[-1]["fd"], by_epoch={str(r["epoch"]): r["fd"] for r in gen}, **options)
     write_json(Path(out_dir) / "fd_classifier.json", result)
-    log.info("%s: real %s %.3f, final generator %.3f, noise %.3f", table.label, real, result["floor_real"],
-             result["final"], result["noise"])
+    log.info(
+        "%s: real %s %.3f, final generator %.3f, noise %.3f",
+        table.label,
+        real,
+        result["floor_real"],
+        result["final"],
+        result["noise"],
+    )
     return result
 
 
 @ANALYSES.register("fd_sampling_steps")
 @requires(classifier_trained)
-def fd_sampling_steps(run: TrainedRun, out_dir: Path, classifier: str = "", steps: Sequence[int] = (5, 10, 20, 50, 100),
-                      reference: str = "train", real: str = "test", num_images: int = 10000, batch_size: int = 500,
-                      seed: int = 99, show: int = 10) -> dict[str, Any]:
+def fd_sampling_steps(
+    run: TrainedRun,
+    out_dir: Path,
+    classifier: str = "",
+    steps: Sequence[int] = (5, 10, 20, 50, 100),
+    reference: str = "train",
+    real: str = "test",
+    num_images: int = 10000,
+    batch_size: int = 500,
+    seed: int = 99,
+    show: int = 10,
+) -> dict[str, Any]:
     """FD in ``classifier``'s features (as ``fd_classifier``: the same floor, ceiling and image
     count) of a diffusion model's final weights sampled with each number of DDIM ``steps``, as a
     table and a curve (fd_sampling_steps.{json,md,png}), and the first ``show`` samples of every
@@ -341,7 +436,9 @@ def fd_sampling_steps(run: TrainedRun, out_dir: Path, classifier: str = "", step
     from hpclab.analysis.samples import generate
 
     if not hasattr(run.task, "sample_steps"):
-        raise ValueError(f"fd_sampling_steps needs a diffusion run (task=diffusion), the run uses {run.cfg.task.name!r}")
+        raise ValueError(
+            f"fd_sampling_steps needs a diffusion run (task=diffusion), the run uses {run.cfg.task.name!r}"
+        )
     counts = sorted({int(k) for k in steps})
     if not counts or counts[0] < 1:
         raise ValueError(f"fd_sampling_steps: steps must be positive step counts, got {list(steps)}")
@@ -349,22 +446,42 @@ def fd_sampling_steps(run: TrainedRun, out_dir: Path, classifier: str = "", step
     models = {n: run.unwrap(n) for n in table.task.sampling_models}
     rows: list[dict[str, Any]] = [{**table.floor, "DDIM steps": None}]
     with run.evaluating():
-        rows += [{"images": "generated (final weights)", "DDIM steps": k, "fd": table.of_models(models, steps=k)}
-                 for k in counts]
+        rows += [
+            {"images": "generated (final weights)", "DDIM steps": k, "fd": table.of_models(models, steps=k)}
+            for k in counts
+        ]
     rows.append({**table.ceiling(), "DDIM steps": None})
     gen = rows[1:-1]
-    panel = Panel([Line(counts, [r["fd"] for r in gen], "generated (final weights)", "o-")], "DDIM sampling steps",
-                  table.label, log_y=True, log_x_base=10)
+    panel = Panel(
+        [Line(counts, [r["fd"] for r in gen], "generated (final weights)", "o-")],
+        "DDIM sampling steps",
+        table.label,
+        log_y=True,
+        log_x_base=10,
+    )
     out_dir = Path(out_dir)
     result = table.write(out_dir, "fd_sampling_steps", rows, ["DDIM steps"], panel)
     noise = table.task.fixed_inputs(torch.device("cpu"), n=show, seed=seed)
     strips = {f"{k} steps": generate(run, noise, steps=k) for k in counts}
-    result.update(epoch=round(run.step / run.steps_per_epoch, 6), step=run.step,
-                  by_steps={str(r["DDIM steps"]): r["fd"] for r in gen},
-                  samples=str(image_rows(strips, out_dir / "samples_by_steps.png",
-                                         title="the same initial noise, sampled with each number of DDIM steps")))
+    result.update(
+        epoch=round(run.step / run.steps_per_epoch, 6),
+        step=run.step,
+        by_steps={str(r["DDIM steps"]): r["fd"] for r in gen},
+        samples=str(
+            image_rows(
+                strips,
+                out_dir / "samples_by_steps.png",
+                title="the same initial noise, sampled with each number of DDIM steps",
+            )
+        ),
+    )
     write_json(out_dir / "fd_sampling_steps.json", result)
-    log.info("%s by DDIM steps: %s (real %s %.3f, noise %.3f)", table.label,
-             ", ".join(f"{k}: {v:.3f}" for k, v in result["by_steps"].items()), real, result["floor_real"],
-             result["noise"])
+    log.info(
+        "%s by DDIM steps: %s (real %s %.3f, noise %.3f)",
+        table.label,
+        ", ".join(f"{k}: {v:.3f}" for k, v in result["by_steps"].items()),
+        real,
+        result["floor_real"],
+        result["noise"],
+    )
     return result

@@ -3,9 +3,9 @@ of lines drawn one way (curves, sweep summaries, GAN and FD figures)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
 
 import matplotlib
 
@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from hpclab.utils import atomic_path  # noqa: E402
 
 
-def save_figure(fig: "plt.Figure", path: Path, dpi: int = 120) -> Path:
+def save_figure(fig: plt.Figure, path: Path, dpi: int = 120) -> Path:
     """Save a matplotlib figure atomically as PNG and close it."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
@@ -31,9 +31,9 @@ class Line:
     y: Sequence[float]
     label: str
     style: str = "-"
-    width: Optional[float] = None
-    marker_size: Optional[float] = None
-    spread: Optional[Sequence[Sequence[float]]] = None  # [below, above] each point: an error bar
+    width: float | None = None
+    marker_size: float | None = None
+    spread: Sequence[Sequence[float]] | None = None  # [below, above] each point: an error bar
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Level:
     y: float
     label: str
     style: str = "--"
-    colour: Optional[str] = None
+    colour: str | None = None
 
 
 @dataclass
@@ -55,21 +55,30 @@ class Panel:
     ylabel: str = ""
     title: str = ""
     levels: list[Level] = field(default_factory=list)
-    ylim: Optional[tuple[float, float]] = None
+    ylim: tuple[float, float] | None = None
     log_y: bool = False
-    log_x_base: Optional[int] = None  # a logarithmic x axis of this base
+    log_x_base: int | None = None  # a logarithmic x axis of this base
 
 
-def plot_panels(panels: Sequence[Panel], path: Path, title: str = "",
-                panel_size: tuple[float, float] = (4.4, 3.4)) -> Path:
+def plot_panels(
+    panels: Sequence[Panel], path: Path, title: str = "", panel_size: tuple[float, float] = (4.4, 3.4)
+) -> Path:
     """The panels side by side, each with a grid and a legend, saved as one PNG."""
     width, height = panel_size
     fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), height), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         for line in panel.lines:
             if line.spread is not None:
-                ax.errorbar(line.x, line.y, yerr=line.spread, fmt=line.style, label=line.label, linewidth=line.width,
-                            markersize=line.marker_size, capsize=3)
+                ax.errorbar(
+                    line.x,
+                    line.y,
+                    yerr=line.spread,
+                    fmt=line.style,
+                    label=line.label,
+                    linewidth=line.width,
+                    markersize=line.marker_size,
+                    capsize=3,
+                )
             else:
                 ax.plot(line.x, line.y, line.style, label=line.label, linewidth=line.width, markersize=line.marker_size)
         for level in panel.levels:

@@ -8,8 +8,9 @@ the fixed [0, 1] scale so that figures of different runs compare.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import torch
 
@@ -31,8 +32,13 @@ def show_image(ax: Any, image: torch.Tensor) -> None:
     ax.set_yticks([])
 
 
-def image_rows(rows: Mapping[str, torch.Tensor], path: Path, title: str = "",
-               column_titles: Optional[Sequence[str]] = None, inches: float = 1.3) -> Path:
+def image_rows(
+    rows: Mapping[str, torch.Tensor],
+    path: Path,
+    title: str = "",
+    column_titles: Sequence[str] | None = None,
+    inches: float = 1.3,
+) -> Path:
     """One row per named batch, one column per image (as many as the shortest batch has), the
     name at the left; ``column_titles`` over the top row (a class name, a score). ``inches``:
     the width of one image in the figure."""
@@ -55,8 +61,9 @@ def image_rows(rows: Mapping[str, torch.Tensor], path: Path, title: str = "",
     return save_figure(fig, path)
 
 
-def captioned_grid(images: torch.Tensor, captions: Sequence[str], path: Path, ncol: int = 8, title: str = "",
-                   inches: float = 1.6) -> Path:
+def captioned_grid(
+    images: torch.Tensor, captions: Sequence[str], path: Path, ncol: int = 8, title: str = "", inches: float = 1.6
+) -> Path:
     """The images ``ncol`` per row, each with its caption above it (category and count, index
     and score, interpolation weight)."""
     n = len(images)
@@ -87,15 +94,22 @@ def mosaic(images: torch.Tensor, ncol: int, gap: int = 2) -> torch.Tensor:
     return out
 
 
-def image_strips(rows: Mapping[str, torch.Tensor], path: Path, title: str = "", width: float = 12.0,
-                 gap: int = 2) -> Path:
+def image_strips(
+    rows: Mapping[str, torch.Tensor], path: Path, title: str = "", width: float = 12.0, gap: int = 2
+) -> Path:
     """One strip per named batch (its images side by side), the name at the left; batches may
     differ in image size (one picture at several resolutions) and a strip may be one large image
     (a whole logged grid)."""
     strips = [mosaic(images, len(images), gap) for images in rows.values()]
     aspects = [s.shape[0] / s.shape[1] for s in strips]
-    fig, axes = plt.subplots(len(strips), 1, figsize=(width, width * sum(aspects) + 0.6), squeeze=False,
-                             gridspec_kw={"height_ratios": aspects}, layout="constrained")
+    fig, axes = plt.subplots(
+        len(strips),
+        1,
+        figsize=(width, width * sum(aspects) + 0.6),
+        squeeze=False,
+        gridspec_kw={"height_ratios": aspects},
+        layout="constrained",
+    )
     for ax, name, strip in zip(axes[:, 0], rows, strips):
         ax.imshow(strip.numpy(), interpolation="nearest")
         ax.set_xticks([])
@@ -106,9 +120,18 @@ def image_strips(rows: Mapping[str, torch.Tensor], path: Path, title: str = "", 
     return save_figure(fig, path)
 
 
-def labelled_grid(images: torch.Tensor, ncol: int, path: Path, title: str, column_labels: Sequence[str],
-                  row_labels: Sequence[str] = (), xlabel: str = "", ylabel: str = "", gap: int = 2,
-                  dpi: int = 120) -> Path:
+def labelled_grid(
+    images: torch.Tensor,
+    ncol: int,
+    path: Path,
+    title: str,
+    column_labels: Sequence[str],
+    row_labels: Sequence[str] = (),
+    xlabel: str = "",
+    ylabel: str = "",
+    gap: int = 2,
+    dpi: int = 120,
+) -> Path:
     """Equal-sized images as one mosaic of ``ncol`` columns with a label under every column and
     beside every row (the latent values that decoded them, the channel a map comes from)."""
     grid = mosaic(images, ncol, gap)

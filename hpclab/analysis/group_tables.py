@@ -4,15 +4,22 @@ local sweep or a SLURM array, whatever order the runs finish in."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from hpclab.analysis.report import run_records, write_table
 
 
-def write_group_table(group_dir: Path, record: str, columns: Sequence[str], title: str, note: str = "",
-                      table: Optional[str] = None, digits: int = 5,
-                      sort_by: Optional[str] = None) -> Optional[dict[str, str]]:
+def write_group_table(
+    group_dir: Path,
+    record: str,
+    columns: Sequence[str],
+    title: str,
+    note: str = "",
+    table: str | None = None,
+    digits: int = 5,
+    sort_by: str | None = None,
+) -> dict[str, str] | None:
     """``<group>/<table>.md`` and ``.csv`` (``table`` defaults to ``record``): per run folder
     holding ``figures/<record>.json`` its name and the record's ``columns``, floats rounded to
     ``digits`` decimals, in folder order or by ``sort_by``; under ``title``, the number of runs

@@ -26,8 +26,9 @@ analysis, whose rows are the task's ``images``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,28 +49,35 @@ log = logging.getLogger("hpclab")
 
 # --------------------------------------------------------------------------- layer table
 
+
 @ANALYSES.register("layer_table")
 def layer_table(run: TrainedRun, out_dir: Path, model: str = "model", split: str = "test") -> dict[str, Any]:
     """The layers of the network as a table: layer count, filter sizes, numbers of filters."""
     net = run.unwrap(model)
     rows = [r for r in run_layer_rows(run, model, split) if isinstance(r["output"], tuple)]
     convs = [r for r in rows if r["filters"] is not None]
-    title = (f"{type(net).__name__}: {len(convs)} conv layers, "
-             f"{sum(p.numel() for p in net.parameters()):,} parameters")
+    title = f"{type(net).__name__}: {len(convs)} conv layers, {sum(p.numel() for p in net.parameters()):,} parameters"
     files = write_layer_table(rows, out_dir / f"layers_{model}", title)
-    return {"conv_layers": len(convs), "filters": [r["filters"] for r in convs],
-            "kernels": sorted({r["kernel"] for r in convs}), "layers": len(rows), **files}
+    return {
+        "conv_layers": len(convs),
+        "filters": [r["filters"] for r in convs],
+        "kernels": sorted({r["kernel"] for r in convs}),
+        "layers": len(rows),
+        **files,
+    }
 
 
 # --------------------------------------------------------------------------- metric tables
+
 
 @ANALYSES.register("image_metrics")
 def image_metrics(run: TrainedRun, out_dir: Path, split: str = "test") -> dict[str, Any]:
     """Table of the network's metrics on ``split`` next to the task's baseline (if any)."""
     if not run.data.has(split):
         return {}
-    values = {k.split("/", 1)[1]: v for k, v in final_metrics(run.run_dir).items()
-              if k.startswith(f"{split}/")} or run.evaluate(split)
+    values = {
+        k.split("/", 1)[1]: v for k, v in final_metrics(run.run_dir).items() if k.startswith(f"{split}/")
+    } or run.evaluate(split)
     baseline = getattr(run.task, "baseline_name", None)
     rows: dict[str, dict[str, float]] = {"network": {}}
     for key, value in values.items():
@@ -81,8 +89,12 @@ def image_metrics(run: TrainedRun, out_dir: Path, split: str = "test") -> dict[s
     columns = [k for k in order if any(k in r for r in rows.values())]
     columns += sorted({k for r in rows.values() for k in r} - set(columns))
     body = [[name, *[r.get(c) for c in columns]] for name, r in rows.items()]
-    files = write_table(["method", *columns], body, out_dir / f"metrics_{split}",
-                        f"{run.cfg.run_name}: {split} split ({run.cfg.task.name})")
+    files = write_table(
+        ["method", *columns],
+        body,
+        out_dir / f"metrics_{split}",
+        f"{run.cfg.run_name}: {split} split ({run.cfg.task.name})",
+    )
     return {"metrics": values, **files}
 
 
@@ -90,15 +102,23 @@ def _resize_batch(batch: dict[str, torch.Tensor], size: int) -> dict[str, torch.
     """Images resized (bilinear, antialiased) to ``size``; masks with nearest neighbours."""
     out = dict(batch)
     x = to_float(batch["images"])
-    out["images"] = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+    out["images"] = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(
+        0, 1
+    )
     if "masks" in batch:
         out["masks"] = F.interpolate(batch["masks"].float(), size=(size, size), mode="nearest")
     return out
 
 
 @ANALYSES.register("other_sizes")
-def other_sizes(run: TrainedRun, out_dir: Path, sizes: Sequence[int] = (24, 48), split: str = "test",
-                count: int = 8, max_images: int = 1000) -> dict[str, Any]:
+def other_sizes(
+    run: TrainedRun,
+    out_dir: Path,
+    sizes: Sequence[int] = (24, 48),
+    split: str = "test",
+    count: int = 8,
+    max_images: int = 1000,
+) -> dict[str, Any]:
     """Evaluate the trained network on the first ``max_images`` images of ``split`` resized to
     each of ``sizes`` (and to the trained size, for reference); a table plus example rows."""
     split = available_split(run, split)
@@ -109,22 +129,42 @@ def other_sizes(run: TrainedRun, out_dir: Path, sizes: Sequence[int] = (24, 48),
     with run.evaluating():
         for size in [trained, *[int(s) for s in sizes if int(s) != trained]]:
             # the engine's evaluation (same batches, same per-batch noise), on resized images
-            results[size] = run.evaluate(split, transform=lambda batch, size=size: _resize_batch(batch, size),
-                                             max_images=max_images)
-            rows = run.task.images(run.models, _resize_batch(first_batch(run, split, count), size),
-                                       run.eval_generator())
+            results[size] = run.evaluate(
+                split, transform=lambda batch, size=size: _resize_batch(batch, size), max_images=max_images
+            )
+            rows = run.task.images(
+                run.models, _resize_batch(first_batch(run, split, count), size), run.eval_generator()
+            )
             shown.update({f"{size}px {name}": images for name, images in rows.items()})
-    figure = image_strips(shown, out_dir / f"other_sizes_{split}_examples.png",
-                          title=f"{run.cfg.run_name}: trained at {trained}x{trained}") if shown else None
+    figure = (
+        image_strips(
+            shown,
+            out_dir / f"other_sizes_{split}_examples.png",
+            title=f"{run.cfg.run_name}: trained at {trained}x{trained}",
+        )
+        if shown
+        else None
+    )
     columns = sorted({k for r in results.values() for k in r}, key=lambda k: (k not in ("mse", "psnr"), k))
-    body = [[f"{s}x{s}" + (" (trained)" if s == trained else ""), *[r.get(c) for c in columns]] for s, r in results.items()]
-    files = write_table(["size", *columns], body, out_dir / f"other_sizes_{split}",
-                        f"{run.cfg.run_name}: trained at {trained}x{trained}, {seen} {split} images")
-    return {"sizes": {str(s): r for s, r in results.items()}, "images": seen, "figure": str(figure) if figure else None,
-            **files}
+    body = [
+        [f"{s}x{s}" + (" (trained)" if s == trained else ""), *[r.get(c) for c in columns]] for s, r in results.items()
+    ]
+    files = write_table(
+        ["size", *columns],
+        body,
+        out_dir / f"other_sizes_{split}",
+        f"{run.cfg.run_name}: trained at {trained}x{trained}, {seen} {split} images",
+    )
+    return {
+        "sizes": {str(s): r for s, r in results.items()},
+        "images": seen,
+        "figure": str(figure) if figure else None,
+        **files,
+    }
 
 
 # --------------------------------------------------------------------------- segmentation overlays
+
 
 def overlay(scan: torch.Tensor, mask: torch.Tensor, colour: Sequence[float], alpha: float = 0.45) -> torch.Tensor:
     """Grey (or RGB) scan N x C x H x W with ``mask`` (N x 1 x H x W) tinted in ``colour``."""
@@ -148,27 +188,39 @@ def seg_overlays(run: TrainedRun, out_dir: Path, split: str = "test", count: int
         rows = run.task.images(run.models, batch, run.eval_generator())
     scan, truth, pred = rows["scan"].float().cpu(), rows["truth"].float().cpu(), rows["prediction"].float().cpu()
     dice, iou = overlap_scores(pred, truth, getattr(run.task, "eps", 1e-6))
-    panels = {"scan": scan, "truth": overlay(scan, truth, (1.0, 0.1, 0.1)), "prediction": overlay(scan, pred, (0.1, 1.0, 0.2))}
-    path = image_rows(panels, out_dir / f"segmentation_{split}.png",
-                      f"{run.cfg.run_name}: scan / truth / prediction ({split})",
-                      [f"Dice {d:.3f}  IoU {i:.3f}" for d, i in zip(dice, iou)], inches=2.0)
+    panels = {
+        "scan": scan,
+        "truth": overlay(scan, truth, (1.0, 0.1, 0.1)),
+        "prediction": overlay(scan, pred, (0.1, 1.0, 0.2)),
+    }
+    path = image_rows(
+        panels,
+        out_dir / f"segmentation_{split}.png",
+        f"{run.cfg.run_name}: scan / truth / prediction ({split})",
+        [f"Dice {d:.3f}  IoU {i:.3f}" for d, i in zip(dice, iou)],
+        inches=2.0,
+    )
     return {"figure": str(path), "dice": [round(float(v), 4) for v in dice], "iou": [round(float(v), 4) for v in iou]}
 
 
 # --------------------------------------------------------------------------- outputs, FD, two runs
 
+
 def image_task(run: TrainedRun) -> Any:
     """The run's task when it maps an input image to an output image (inpaint, colourize,
     super_resolve, denoise and their pix2pix versions): ``make_input``, ``predict``, ``baseline``."""
     if not all(callable(getattr(run.task, m, None)) for m in ("make_input", "predict", "baseline", "images")):
-        raise ValueError(f"this analysis needs an image-to-image task (inpaint, colourize, pix2pix, ...); the run "
-                         f"uses {run.cfg.task.name!r}")
+        raise ValueError(
+            f"this analysis needs an image-to-image task (inpaint, colourize, pix2pix, ...); the run "
+            f"uses {run.cfg.task.name!r}"
+        )
     return run.task
 
 
 @torch.no_grad()
-def output_batches(run: TrainedRun, split: str, max_images: int
-                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def output_batches(
+    run: TrainedRun, split: str, max_images: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(target, network input, output clamped to [0, 1]) of the first ``max_images`` images of
     ``split``, batch by batch, with the inputs the engine's evaluation makes (same seeds, same
     cut of the last batch as ``evaluate(max_images=...)``), models in evaluation mode."""
@@ -197,8 +249,14 @@ def _fd_classifier_trained(cfg: Any, classifier: str = "", **_: Any) -> None:
 
 @ANALYSES.register("fd_outputs")
 @requires(_fd_classifier_trained)
-def fd_outputs(run: TrainedRun, out_dir: Path, classifier: str = "", split: str = "test", floor_split: str = "train",
-               num_images: int = 10000) -> dict[str, Any]:
+def fd_outputs(
+    run: TrainedRun,
+    out_dir: Path,
+    classifier: str = "",
+    split: str = "test",
+    floor_split: str = "train",
+    num_images: int = 10000,
+) -> dict[str, Any]:
     """Fréchet distance, in the features of ``classifier`` (a finished classification run, as
     ``fd_classifier`` uses), between the real images of ``split`` (the first ``num_images``) and:
     the network's outputs for them (the filled, colourized ... images, from the inputs the
@@ -231,16 +289,36 @@ def fd_outputs(run: TrainedRun, out_dir: Path, classifier: str = "", split: str 
         rows.append((f"{task.baseline_name} input (no learning)", base_fd))
     fd = frechet_to(ref, np.concatenate(outputs))
     rows.append((f"network output ({run_label(run)})", fd))
-    title = (f"{net.label} of {n} {split} images against the same real images; classifier {net.run_dir} "
-             f"(not FID: comparable only within this classifier's features)")
-    files = write_table(["images", net.label], [[name, round(v, 4)] for name, v in rows], Path(out_dir) / "fd_outputs",
-                        title)
-    result = {"metric": net.label, "classifier": str(net.run_dir), "split": split, "images": n, "fd": fd,
-              "baseline_name": task.baseline_name, "baseline": base_fd,
-              "floor_split": floor_split if floor is not None else None, "floor": floor, **files}
+    title = (
+        f"{net.label} of {n} {split} images against the same real images; classifier {net.run_dir} "
+        f"(not FID: comparable only within this classifier's features)"
+    )
+    files = write_table(
+        ["images", net.label], [[name, round(v, 4)] for name, v in rows], Path(out_dir) / "fd_outputs", title
+    )
+    result = {
+        "metric": net.label,
+        "classifier": str(net.run_dir),
+        "split": split,
+        "images": n,
+        "fd": fd,
+        "baseline_name": task.baseline_name,
+        "baseline": base_fd,
+        "floor_split": floor_split if floor is not None else None,
+        "floor": floor,
+        **files,
+    }
     write_json(Path(out_dir) / "fd_outputs.json", result)
-    log.info("%s, %d %s images: network %.4f, %s input %s, real floor %s", net.label, n, split, fd, task.baseline_name,
-             f"{base_fd:.4f}" if base_fd is not None else "-", f"{floor:.4f}" if floor is not None else "-")
+    log.info(
+        "%s, %d %s images: network %.4f, %s input %s, real floor %s",
+        net.label,
+        n,
+        split,
+        fd,
+        task.baseline_name,
+        f"{base_fd:.4f}" if base_fd is not None else "-",
+        f"{floor:.4f}" if floor is not None else "-",
+    )
     return result
 
 
@@ -251,7 +329,7 @@ def _rows_of(run: TrainedRun, batch: dict[str, torch.Tensor]) -> dict[str, torch
         return task.images(run.models, batch, run.eval_generator())
 
 
-def _fd_record(run_dir: Path) -> Optional[dict[str, Any]]:
+def _fd_record(run_dir: Path) -> dict[str, Any] | None:
     """A run's ``fd_outputs`` record when it has a readable one with numeric values."""
     path = run_dir / FIGURES / "fd_outputs.json"
     if not path.is_file():
@@ -260,33 +338,45 @@ def _fd_record(run_dir: Path) -> Optional[dict[str, Any]]:
         record = read_json(path)
     except (OSError, ValueError):
         record = None
-    if not (isinstance(record, dict) and isinstance(record.get("fd"), (int, float))
-            and isinstance(record.get("baseline"), (int, float, type(None)))
-            and all(isinstance(record.get(k), str) for k in ("metric", "classifier", "split"))):
+    if not (
+        isinstance(record, dict)
+        and isinstance(record.get("fd"), (int, float))
+        and isinstance(record.get("baseline"), (int, float, type(None)))
+        and all(isinstance(record.get(k), str) for k in ("metric", "classifier", "split"))
+    ):
         log.warning("compare_examples: %s is not an fd_outputs record; its FD is left out", path)
         return None
     return record
 
 
-def comparison_table(runs: dict[str, Path], split: str, baseline: Optional[str], base: Path) -> dict[str, str]:
+def comparison_table(runs: dict[str, Path], split: str, baseline: str | None, base: Path) -> dict[str, str]:
     """One row per run (its final ``split`` metrics and its ``fd_outputs`` FD) and one for the
     task's baseline, with the metrics every run has: mse, psnr and the hole's where in-painting."""
-    metrics = {label: {k.split("/", 1)[1]: v for k, v in final_metrics(d).items() if k.startswith(f"{split}/")}
-               for label, d in runs.items()}
+    metrics = {
+        label: {k.split("/", 1)[1]: v for k, v in final_metrics(d).items() if k.startswith(f"{split}/")}
+        for label, d in runs.items()
+    }
     columns = [c for c in ("mse", "psnr", "hole_mse", "hole_psnr") if all(c in m for m in metrics.values())]
     records = {label: _fd_record(d) for label, d in runs.items()}
     classifiers = {(r["classifier"], r["split"]) for r in records.values() if r is not None}
     fd_label = next((r["metric"] for r in records.values() if r is not None), "FD")
     if len(classifiers) > 1:
-        log.warning("compare_examples: the runs' fd_outputs used other classifiers or splits %s: FD left out",
-                    sorted(classifiers))
+        log.warning(
+            "compare_examples: the runs' fd_outputs used other classifiers or splits %s: FD left out",
+            sorted(classifiers),
+        )
         records = {label: None for label in records}
     first = next(iter(runs))
     body = []
     if baseline:
         record = records[first]
-        body.append([f"{baseline} input (no learning)", *[metrics[first].get(f"{baseline}_{c}") for c in columns],
-                     record.get("baseline") if record else None])
+        body.append(
+            [
+                f"{baseline} input (no learning)",
+                *[metrics[first].get(f"{baseline}_{c}") for c in columns],
+                record.get("baseline") if record else None,
+            ]
+        )
     body += [[label, *[metrics[label][c] for c in columns], r["fd"] if r else None] for label, r in records.items()]
     title = f"{split} split; {fd_label} from each run's fd_outputs (empty: not computed)"
     return write_table(["method", *columns, fd_label], body, base, title)
@@ -300,14 +390,17 @@ def _other_trained(cfg: Any, other: str = "", **_: Any) -> None:
         raise ConfigError("compare_examples needs other=results/<group>/<run> (a finished image-to-image run)")
     other_cfg = load_run_config(Path(other))  # not a run folder, or a damaged config: one line
     if not best_weights(Path(other)).is_file() and not step_checkpoints(Path(other)):
-        raise WeightsMissing(f"{other} has no trained weights yet; train it first: "
-                             f"python jobs/launch.py experiment={other_cfg.experiment}")
+        raise WeightsMissing(
+            f"{other} has no trained weights yet; train it first: "
+            f"python jobs/launch.py experiment={other_cfg.experiment}"
+        )
 
 
 @ANALYSES.register("compare_examples")
 @requires(_other_trained)
-def compare_examples(run: TrainedRun, out_dir: Path, other: str = "", split: str = "test", count: int = 10
-                     ) -> dict[str, Any]:
+def compare_examples(
+    run: TrainedRun, out_dir: Path, other: str = "", split: str = "test", count: int = 10
+) -> dict[str, Any]:
     """The first ``count`` images of ``split`` through ``other`` (a finished image-to-image run
     folder, loaded with its own config and weights: ``hpclab.engine.load_trained``) and through
     this run, from the same inputs (the same seeded masks, checked): rows input / other's output
@@ -322,8 +415,10 @@ def compare_examples(run: TrainedRun, out_dir: Path, other: str = "", split: str
         raise ValueError("compare_examples builds a second run: run it in one process (python jobs/analyze.py)")
     other_dir = Path(other)
     if not (other_dir / CONFIG).is_file():
-        raise ValueError(f"no run at {other_dir} (no {CONFIG}): train the run to compare with first (the "
-                         f"experiment's config names its command), or pass other=results/<group>/<run>")
+        raise ValueError(
+            f"no run at {other_dir} (no {CONFIG}): train the run to compare with first (the "
+            f"experiment's config names its command), or pass other=results/<group>/<run>"
+        )
     split = available_split(run, split)
     batch = first_batch(run, split, count)
     ours = _rows_of(run, batch)
@@ -336,12 +431,25 @@ def compare_examples(run: TrainedRun, out_dir: Path, other: str = "", split: str
         their_in, their_out, _ = image_task(theirs).row_names
         label = run_label(theirs)
     if not torch.equal(rows[their_in], ours[in_name]):
-        raise ValueError(f"{other_dir} makes other network inputs from the same images (its task: "
-                         f"{theirs.cfg.task.name}); the outputs would not compare")
-    shown = {in_name.replace("_", " "): ours[in_name], label: rows[their_out], run_label(run): ours[out_name],
-             target_name.replace("_", " "): ours[target_name]}
-    figure = image_rows(shown, Path(out_dir) / f"compare_{split}.png",
-                        title=f"{split} images: {' | '.join(shown)} (the runs' outputs from the same inputs)")
-    files = comparison_table({label: other_dir, run_label(run): run.run_dir}, split,
-                             getattr(run.task, "baseline_name", None), Path(out_dir) / f"compare_metrics_{split}")
+        raise ValueError(
+            f"{other_dir} makes other network inputs from the same images (its task: "
+            f"{theirs.cfg.task.name}); the outputs would not compare"
+        )
+    shown = {
+        in_name.replace("_", " "): ours[in_name],
+        label: rows[their_out],
+        run_label(run): ours[out_name],
+        target_name.replace("_", " "): ours[target_name],
+    }
+    figure = image_rows(
+        shown,
+        Path(out_dir) / f"compare_{split}.png",
+        title=f"{split} images: {' | '.join(shown)} (the runs' outputs from the same inputs)",
+    )
+    files = comparison_table(
+        {label: other_dir, run_label(run): run.run_dir},
+        split,
+        getattr(run.task, "baseline_name", None),
+        Path(out_dir) / f"compare_metrics_{split}",
+    )
     return {"figure": str(figure), "other": str(other_dir), "images": len(batch["images"]), **files}

@@ -4,7 +4,6 @@ what the task makes of a batch for the network, and one example of every class."
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 import numpy as np
 import torch
@@ -27,7 +26,7 @@ def available_split(run: TrainedRun, split: str) -> str:
     raise ValueError("the run's data has no split with images")
 
 
-def first_batch(run: TrainedRun, split: str, count: Optional[int] = None) -> dict[str, torch.Tensor]:
+def first_batch(run: TrainedRun, split: str, count: int | None = None) -> dict[str, torch.Tensor]:
     """The first evaluation batch of ``split`` (see ``available_split``), cut to ``count``."""
     batch = next(run.data.batches(available_split(run, split), train=False).epoch(0))
     return {k: v[:count] for k, v in batch.items()} if count else batch
@@ -39,8 +38,9 @@ def network_input(run: TrainedRun, batch: dict[str, torch.Tensor]) -> torch.Tens
     return fn(batch, run.eval_generator()) if fn else to_float(batch["images"])
 
 
-def first_of_each_class(run: TrainedRun, split: str, count: bool = True
-                        ) -> tuple[dict[int, dict[str, torch.Tensor]], Optional[np.ndarray]]:
+def first_of_each_class(
+    run: TrainedRun, split: str, count: bool = True
+) -> tuple[dict[int, dict[str, torch.Tensor]], np.ndarray | None]:
     """The first item of every class in ``split`` (a batch of one, by label) and, with ``count``,
     how many items each of the data's classes has there (else None, and reading stops as soon
     as every class is found)."""

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,8 +21,8 @@ from torch import nn
 
 from hpclab.analysis import ANALYSES
 from hpclab.analysis.figures import plt, save_figure
-from hpclab.analysis.group_tables import write_group_table
 from hpclab.analysis.grids import image_rows, labelled_grid
+from hpclab.analysis.group_tables import write_group_table
 from hpclab.analysis.inputs import first_batch, first_of_each_class
 from hpclab.analysis.layers import keras_shape, run_layer_rows, summary_text
 from hpclab.analysis.probes import fit_probes, write_probe_table
@@ -35,15 +36,18 @@ log = logging.getLogger("hpclab")
 
 # --------------------------------------------------------------------------- helpers
 
+
 def _require(model: nn.Module, method: str, analysis: str) -> None:
     if not callable(getattr(model, method, None)):
-        raise ValueError(f"analysis '{analysis}' needs a model with a {method}() method; "
-                         f"{type(model).__name__} has none")
+        raise ValueError(
+            f"analysis '{analysis}' needs a model with a {method}() method; {type(model).__name__} has none"
+        )
 
 
 @torch.no_grad()
-def encode_split(run: TrainedRun, split: str, limit: Optional[int] = None, seed: int = 0,
-                 keep_images: bool = False) -> dict[str, np.ndarray]:
+def encode_split(
+    run: TrainedRun, split: str, limit: int | None = None, seed: int = 0, keep_images: bool = False
+) -> dict[str, np.ndarray]:
     """Codes (N x D float32) and labels of a split, optionally a seeded random subset of
     ``limit`` items (file order may be sorted by class) and the flattened images."""
     model = run.unwrap()
@@ -98,6 +102,7 @@ def _to_tensorboard(run: TrainedRun, tag: str, images: torch.Tensor, nrow: int) 
 
 # --------------------------------------------------------------------------- layer table
 
+
 @ANALYSES.register("layer_summary")
 def layer_summary(run: TrainedRun, out_dir: Path, model: str = "model", split: str = "test") -> dict[str, Any]:
     """Every layer's output shape and the trainable parameter count, printed and saved
@@ -111,21 +116,29 @@ def layer_summary(run: TrainedRun, out_dir: Path, model: str = "model", split: s
     log.info("layer summary of %s: %d trainable parameters", type(net).__name__, trainable)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "layer_summary.txt", text)
-    layers = [{"name": r["name"], "type": r["type"], "output_shape": keras_shape(r["output"]),
-               "parameters": r["params"]} for r in rows]
+    layers = [
+        {"name": r["name"], "type": r["type"], "output_shape": keras_shape(r["output"]), "parameters": r["params"]}
+        for r in rows
+    ]
     write_json(out_dir / "layer_summary.json", {"layers": layers, "total": total, "trainable": trainable})
-    return {"parameters": total, "trainable": trainable, "layers": len(rows),
-            "file": str(out_dir / "layer_summary.txt")}
+    return {
+        "parameters": total,
+        "trainable": trainable,
+        "layers": len(rows),
+        "file": str(out_dir / "layer_summary.txt"),
+    }
 
 
 # --------------------------------------------------------------------------- latent space pictures
+
 
 def _embed(codes: np.ndarray, method: str, seed: int) -> np.ndarray:
     if method == "tsne":
         from sklearn.manifold import TSNE
 
-        return TSNE(n_components=2, init="pca", perplexity=min(30.0, max(2.0, (len(codes) - 1) / 3)),
-                    random_state=seed).fit_transform(codes)
+        return TSNE(
+            n_components=2, init="pca", perplexity=min(30.0, max(2.0, (len(codes) - 1) / 3)), random_state=seed
+        ).fit_transform(codes)
     if method == "umap":
         import umap
 
@@ -134,8 +147,14 @@ def _embed(codes: np.ndarray, method: str, seed: int) -> np.ndarray:
 
 
 @ANALYSES.register("latent_scatter")
-def latent_scatter(run: TrainedRun, out_dir: Path, split: str = "train", max_points: Optional[int] = None,
-                   methods: Sequence[str] = ("tsne", "umap"), embed_points: int = 3000) -> dict[str, Any]:
+def latent_scatter(
+    run: TrainedRun,
+    out_dir: Path,
+    split: str = "train",
+    max_points: int | None = None,
+    methods: Sequence[str] = ("tsne", "umap"),
+    embed_points: int = 3000,
+) -> dict[str, Any]:
     """Latents coloured by class: plotted directly when 2-d (or 3-d, as a 3-d scatter of
     the whole split by default); larger latents through t-SNE and UMAP on ``embed_points``."""
     enc = encode_split(run, split, limit=max_points, seed=run.cfg.seed)
@@ -149,7 +168,11 @@ def latent_scatter(run: TrainedRun, out_dir: Path, split: str = "train", max_poi
             ax.set_zlabel("z3")
         else:
             ax = fig.add_subplot()
-        points = codes if dim > 1 else np.stack([codes[:, 0], labels + np.random.default_rng(0).uniform(-0.3, 0.3, len(labels))], 1)
+        points = (
+            codes
+            if dim > 1
+            else np.stack([codes[:, 0], labels + np.random.default_rng(0).uniform(-0.3, 0.3, len(labels))], 1)
+        )
         _class_colours(ax, points, labels, names, size=1.5 if len(codes) > 5000 else 6)
         ax.set_xlabel("z1")
         ax.set_ylabel("z2" if dim > 1 else "class (jittered)")
@@ -198,14 +221,28 @@ def latent_grid(run: TrainedRun, out_dir: Path, steps: int = 12, split: str = "t
                 z[:, 2] = z3
             images = model.decode(torch.from_numpy(z).to(run.device)).float().clamp(0, 1).cpu()
             title = f"z3 = {z3:.3g}" if z3 is not None else "decoded latent grid"
-            figures.append(labelled_grid(images, len(cols), out_dir / f"latent_grid_{k:02d}.png", title,
-                                         [f"{v:.2g}" for v in cols], [f"{v:.2g}" for v in rows], "z2", "z1"))
+            figures.append(
+                labelled_grid(
+                    images,
+                    len(cols),
+                    out_dir / f"latent_grid_{k:02d}.png",
+                    title,
+                    [f"{v:.2g}" for v in cols],
+                    [f"{v:.2g}" for v in rows],
+                    "z2",
+                    "z1",
+                )
+            )
             _to_tensorboard(run, f"latent_grid/{k:02d}", images, nrow=len(cols))
-    return {"figures": len(figures), "range": [[float(a), float(b)] for a, b in zip(lo, hi)],
-            "files": [str(f) for f in figures]}
+    return {
+        "figures": len(figures),
+        "range": [[float(a), float(b)] for a, b in zip(lo, hi)],
+        "files": [str(f) for f in figures],
+    }
 
 
 # --------------------------------------------------------------------------- reconstructions
+
 
 @ANALYSES.register("class_reconstructions")
 @torch.no_grad()
@@ -222,8 +259,13 @@ def class_reconstructions(run: TrainedRun, out_dir: Path, split: str = "test") -
     rows = {labels[k]: shown[k] for k in ("target", "input", "output") if k in shown}
     mse = (shown["output"].float() - shown["target"].float()).pow(2).flatten(1).mean(1).cpu().tolist()
     titles = [f"{names[c]}\n{m:.4f}" for c, m in zip(classes, mse)]
-    path = image_rows(rows, out_dir / f"class_reconstructions_{split}.png",
-                      f"one {split} image per class next to its reconstruction (MSE)", titles, inches=1.25)
+    path = image_rows(
+        rows,
+        out_dir / f"class_reconstructions_{split}.png",
+        f"one {split} image per class next to its reconstruction (MSE)",
+        titles,
+        inches=1.25,
+    )
     _to_tensorboard(run, "class_reconstructions", torch.cat(list(rows.values())), nrow=len(classes))
     return {"figure": str(path), "mse": {names[c]: round(m, 6) for c, m in zip(classes, mse)}}
 
@@ -247,17 +289,25 @@ def inputs_over_encodings(run: TrainedRun, out_dir: Path, count: int = 10, split
     names = run.data.info.class_names
     titles = [names[int(y)] if int(y) < len(names) else str(int(y)) for y in batch["labels"]]
     rows = {"input": x, "encoding": encoding, "output": out}
-    path = image_rows(rows, out_dir / "inputs_over_encodings.png", f"inputs over their {dim}-d encodings", titles,
-                      inches=1.25)
+    path = image_rows(
+        rows, out_dir / "inputs_over_encodings.png", f"inputs over their {dim}-d encodings", titles, inches=1.25
+    )
     _to_tensorboard(run, "inputs_over_encodings", torch.cat([x, out]), nrow=len(x))
     return {"figure": str(path), "dim": dim}
 
 
 # --------------------------------------------------------------------------- classifiers on codes
 
+
 @ANALYSES.register("svm_codes")
-def svm_codes(run: TrainedRun, out_dir: Path, max_train: int = 10000, max_test: Optional[int] = None,
-              kernel: str = "rbf", C: float = 1.0) -> dict[str, Any]:
+def svm_codes(
+    run: TrainedRun,
+    out_dir: Path,
+    max_train: int = 10000,
+    max_test: int | None = None,
+    kernel: str = "rbf",
+    C: float = 1.0,
+) -> dict[str, Any]:
     """scikit-learn SVC (standardised features) trained on the encodings vs on the raw
     pixels of the same images; test accuracy of both in ``svm_codes.md``/``.csv``."""
     from sklearn.pipeline import make_pipeline
@@ -277,31 +327,59 @@ def svm_codes(run: TrainedRun, out_dir: Path, max_train: int = 10000, max_test: 
         rows.append([label, train[key].shape[1], len(train[key]), len(test[key]), round(acc, 4), round(seconds, 2)])
         log.info("SVM on %s (%d features): test accuracy %.4f (%.1f s)", label, train[key].shape[1], acc, seconds)
     header = ["features", "dim", "train images", "test images", "test accuracy", "fit+predict s"]
-    table = write_table(header, rows, out_dir / "svm_codes", f"SVC ({kernel}, C={C}) on encodings vs raw pixels", figure=False)
+    table = write_table(
+        header, rows, out_dir / "svm_codes", f"SVC ({kernel}, C={C}) on encodings vs raw pixels", figure=False
+    )
     return {**results, **table}
 
 
 @ANALYSES.register("latent_probe")
-def latent_probe(run: TrainedRun, out_dir: Path, epochs: int = 20, lr: float = 1e-3, batch_size: int = 256,
-                 mlp_hidden: Sequence[int] = (256, 256), max_train: Optional[int] = None) -> dict[str, Any]:
+def latent_probe(
+    run: TrainedRun,
+    out_dir: Path,
+    epochs: int = 20,
+    lr: float = 1e-3,
+    batch_size: int = 256,
+    mlp_hidden: Sequence[int] = (256, 256),
+    max_train: int | None = None,
+) -> dict[str, Any]:
     """Classification of AE representations: extract latents with the trained encoder, then
     train a single linear layer and an MLP on them; report test (and val) accuracy of both.
     Also rebuilds ``<group>/latent_probe.md``: one row per run, i.e. per latent size in a sweep."""
-    sets = {s: encode_split(run, s, limit=max_train if s == "train" else None, seed=run.cfg.seed)
-            for s in ("train", "val", "test") if run.data.has(s)}
+    sets = {
+        s: encode_split(run, s, limit=max_train if s == "train" else None, seed=run.cfg.seed)
+        for s in ("train", "val", "test")
+        if run.data.has(s)
+    }
     tensors = {s: (torch.from_numpy(v["codes"]), torch.from_numpy(v["labels"])) for s, v in sets.items()}
     evals = {s: t for s, t in tensors.items() if s != "train"}
     dim = tensors["train"][0].shape[1]
     record: dict[str, Any] = {"latent_dim": dim, "train_images": len(tensors["train"][0])}
-    record.update(fit_probes(tensors["train"], evals, run.data.info.num_classes, mlp_hidden, epochs, lr, batch_size,
-                             run.cfg.seed, f"{dim}-d latents"))
+    record.update(
+        fit_probes(
+            tensors["train"],
+            evals,
+            run.data.info.num_classes,
+            mlp_hidden,
+            epochs,
+            lr,
+            batch_size,
+            run.cfg.seed,
+            f"{dim}-d latents",
+        )
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "latent_probe.json", record)
     split = "test" if "test" in evals else next(iter(evals))
-    table = write_probe_table(record, "latent_dim", dim, [split], mlp_hidden, out_dir / "latent_probe",
-                              f"probes on {dim}-d latents")
+    table = write_probe_table(
+        record, "latent_dim", dim, [split], mlp_hidden, out_dir / "latent_probe", f"probes on {dim}-d latents"
+    )
     group_dir = Path(run.run_dir).parent
-    group = write_group_table(group_dir, "latent_probe",
-                              ["latent_dim", f"linear_{split}_acc", f"mlp_{split}_acc", "train_images"],
-                              f"{group_dir.name}: latent_probe", sort_by="latent_dim")
+    group = write_group_table(
+        group_dir,
+        "latent_probe",
+        ["latent_dim", f"linear_{split}_acc", f"mlp_{split}_acc", "train_images"],
+        f"{group_dir.name}: latent_probe",
+        sort_by="latent_dim",
+    )
     return {**record, **table, "group_table": group["md"] if group else None}

@@ -6,8 +6,9 @@ Markdown/CSV/PNG table of the conv settings (``layer_table``) and the text of Ke
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,16 +40,32 @@ def _scalar(value: Any) -> Any:
 
 def describe_layer(name: str, module: nn.Module, output: Any) -> dict[str, Any]:
     """One layer call as a row: name, type, display label, settings, output shape, own parameters."""
-    row: dict[str, Any] = {"name": name, "type": type(module).__name__, "layer": type(module).__name__, "in": None,
-                           "filters": None, "kernel": None, "stride": None, "padding": None, "dilation": None,
-                           "output": output_shape(output),
-                           "params": sum(p.numel() for p in module.parameters(recurse=False))}
+    row: dict[str, Any] = {
+        "name": name,
+        "type": type(module).__name__,
+        "layer": type(module).__name__,
+        "in": None,
+        "filters": None,
+        "kernel": None,
+        "stride": None,
+        "padding": None,
+        "dilation": None,
+        "output": output_shape(output),
+        "params": sum(p.numel() for p in module.parameters(recurse=False)),
+    }
     if isinstance(module, Conv2d):
         row["layer"] = "Conv2d (own, unfold/matmul)"
     if isinstance(module, CONVOLUTIONS):
-        row.update({"in": module.in_channels, "filters": module.out_channels,
-                    "kernel": "x".join(map(str, module.kernel_size)), "stride": _scalar(module.stride),
-                    "padding": _scalar(module.padding), "dilation": _scalar(module.dilation)})
+        row.update(
+            {
+                "in": module.in_channels,
+                "filters": module.out_channels,
+                "kernel": "x".join(map(str, module.kernel_size)),
+                "stride": _scalar(module.stride),
+                "padding": _scalar(module.padding),
+                "dilation": _scalar(module.dilation),
+            }
+        )
     elif isinstance(module, nn.MaxPool2d):
         row.update(kernel=str(module.kernel_size), stride=_scalar(module.stride))
     elif isinstance(module, nn.Upsample):
@@ -98,7 +115,15 @@ def summary_text(rows: Sequence[dict[str, Any]], total: int, trainable: int, tit
     def fmt(r: Sequence[Any]) -> str:
         return "  ".join(str(v).ljust(w) if i < 3 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
 
-    body = [title, line, fmt(header), line, *[fmt(r) for r in cells], line,
-            f"Total params: {total:,}", f"Trainable params: {trainable:,}",
-            f"Non-trainable params: {total - trainable:,}"]
+    body = [
+        title,
+        line,
+        fmt(header),
+        line,
+        *[fmt(r) for r in cells],
+        line,
+        f"Total params: {total:,}",
+        f"Trainable params: {trainable:,}",
+        f"Non-trainable params: {total - trainable:,}",
+    ]
     return "\n".join(body) + "\n"

@@ -7,8 +7,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,8 +33,16 @@ class Probe(nn.Module):
         return self.net(z)
 
 
-def train_probe(train: tuple[torch.Tensor, torch.Tensor], evals: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                classes: int, hidden: Sequence[int], epochs: int, lr: float, batch_size: int, seed: int) -> dict[str, float]:
+def train_probe(
+    train: tuple[torch.Tensor, torch.Tensor],
+    evals: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    classes: int,
+    hidden: Sequence[int],
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+) -> dict[str, float]:
     """Fit a probe with Adam on fixed features; return its accuracy on each evaluation set."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -53,9 +62,17 @@ def train_probe(train: tuple[torch.Tensor, torch.Tensor], evals: dict[str, tuple
         return {name: float((probe(ez).argmax(1) == ey).float().mean()) for name, (ez, ey) in evals.items()}
 
 
-
-def fit_probes(train: Labelled, evals: dict[str, Labelled], classes: int, mlp_hidden: Sequence[int], epochs: int,
-               lr: float, batch_size: int, seed: int, features: str) -> dict[str, float]:
+def fit_probes(
+    train: Labelled,
+    evals: dict[str, Labelled],
+    classes: int,
+    mlp_hidden: Sequence[int],
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    features: str,
+) -> dict[str, float]:
     """Standardise every set with the training set's mean and deviation, fit the linear probe
     and the MLP; their accuracy on each evaluation set as ``{linear,mlp}_<split>_acc``."""
     x, y = train
@@ -66,14 +83,28 @@ def fit_probes(train: Labelled, evals: dict[str, Labelled], classes: int, mlp_hi
         started = time.perf_counter()
         accs = train_probe(((x - mean) / std, y), scaled, classes, hidden, epochs, lr, batch_size, seed)
         record.update({f"{name}_{split}_acc": acc for split, acc in accs.items()})
-        log.info("%s probe on %s: %s (%.1f s)", name, features, " ".join(f"{s}={a:.4f}" for s, a in accs.items()),
-                 time.perf_counter() - started)
+        log.info(
+            "%s probe on %s: %s (%.1f s)",
+            name,
+            features,
+            " ".join(f"{s}={a:.4f}" for s, a in accs.items()),
+            time.perf_counter() - started,
+        )
     return record
 
 
-def write_probe_table(record: dict[str, Any], size_column: str, size: int, splits: Sequence[str],
-                      mlp_hidden: Sequence[int], base: Path, title: str) -> dict[str, str]:
+def write_probe_table(
+    record: dict[str, Any],
+    size_column: str,
+    size: int,
+    splits: Sequence[str],
+    mlp_hidden: Sequence[int],
+    base: Path,
+    title: str,
+) -> dict[str, str]:
     """The two probes' accuracies on ``splits`` as ``base``.md/.csv, beside the feature size."""
-    rows = [[probe, size, *(round(record[f"{key}_{s}_acc"], 4) for s in splits)]
-            for probe, key in (("linear", "linear"), (f"MLP {list(mlp_hidden)}", "mlp"))]
+    rows = [
+        [probe, size, *(round(record[f"{key}_{s}_acc"], 4) for s in splits)]
+        for probe, key in (("linear", "linear"), (f"MLP {list(mlp_hidden)}", "mlp"))
+    ]
     return write_table(["probe", size_column, *(f"{s} accuracy" for s in splits)], rows, base, title, figure=False)

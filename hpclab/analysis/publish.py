@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from hpclab.analysis.report import run_records
-from hpclab.rundir import CONFIG, ENVIRONMENT, SUMMARY, is_run_folder_name, summary_problem
 from hpclab.errors import ConfigError
+from hpclab.rundir import CONFIG, ENVIRONMENT, SUMMARY, is_run_folder_name, summary_problem
 from hpclab.utils import atomic_path, atomic_write_text
 
-BLOCK = re.compile(r"(?P<open><!-- generated: (?P<spec>[^>]+?) -->\n)(?P<body>.*?)(?P<close><!-- end generated -->)",
-                   re.S)
+BLOCK = re.compile(
+    r"(?P<open><!-- generated: (?P<spec>[^>]+?) -->\n)(?P<body>.*?)(?P<close><!-- end generated -->)", re.S
+)
 
 
 MAX_WIDTH = 900  # pixels of a figure copied into the document's folder
@@ -67,10 +68,12 @@ def _runs(group: Path) -> str:
             cpus.add("GPU " + ", ".join(map(str, env["cuda_devices"])))
     wall = sum(float(s.get("wall_time_s") or 0) for s in done.values())
     total = sum(1 for p in group.iterdir() if p.is_dir() and is_run_folder_name(p.name))
-    return (f"- runs: {len(done)} finished of {total}; training and analyses took {wall / 3600:.2f} h in all "
-            f"({wall / len(done) / 60:.1f} min per run on average)\n"
-            f"- machine: host {', '.join(sorted(hosts))}; CPU {'; '.join(sorted(cpus))}\n"
-            f"- software: {'; '.join(sorted(versions))}; commit {', '.join(sorted(commits))}\n")
+    return (
+        f"- runs: {len(done)} finished of {total}; training and analyses took {wall / 3600:.2f} h in all "
+        f"({wall / len(done) / 60:.1f} min per run on average)\n"
+        f"- machine: host {', '.join(sorted(hosts))}; CPU {'; '.join(sorted(cpus))}\n"
+        f"- software: {'; '.join(sorted(versions))}; commit {', '.join(sorted(commits))}\n"
+    )
 
 
 def _figure(source: Path, dest: Path, doc: Path, width: int = MAX_WIDTH) -> str:
@@ -113,8 +116,12 @@ def sources(spec: str, results: Path) -> list[Path]:
         return [results / args[0]]
     if kind == "runs" and args:
         group = results / args[0]
-        return [path for name in (SUMMARY, ENVIRONMENT, CONFIG) for path in sorted(group.glob(f"*/{name}"))
-                if is_run_folder_name(path.parent.name)]
+        return [
+            path
+            for name in (SUMMARY, ENVIRONMENT, CONFIG)
+            for path in sorted(group.glob(f"*/{name}"))
+            if is_run_folder_name(path.parent.name)
+        ]
     return []
 
 
@@ -134,8 +141,9 @@ def block_group(spec: str) -> str:
     return parts[1].split("/", 1)[0] if len(parts) > 1 else ""
 
 
-def publish(doc: Path | str, results: Path | str, only: Optional[set[str]] = None,
-            curate_into: Optional[Path | str] = None) -> tuple[int, list[str]]:
+def publish(
+    doc: Path | str, results: Path | str, only: set[str] | None = None, curate_into: Path | str | None = None
+) -> tuple[int, list[str]]:
     """Refresh every block of ``doc`` whose source exists (with ``only``: of those groups, so one
     study's section is refreshed without touching the others), and with ``curate_into`` keep a
     copy of each refreshed block's sources there (the curated summaries a clone carries);

@@ -6,8 +6,9 @@ import csv
 import io
 import logging
 import re
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from hpclab.rundir import CONFIG, SUMMARY, is_run_folder_name, read_config, read_metrics, summary_problem
 from hpclab.utils import atomic_write_text, read_json
@@ -103,7 +104,9 @@ def final_metrics(run_dir: Path | str) -> dict[str, float]:
     for record in read_metrics(Path(run_dir)):
         split = record["split"]
         if split.startswith("final_"):
-            out.update({f"{split[len('final_'):]}/{k}": v for k, v in record.items() if k not in ("step", "epoch", "split")})
+            out.update(
+                {f"{split[len('final_') :]}/{k}": v for k, v in record.items() if k not in ("step", "epoch", "split")}
+            )
     return out
 
 
@@ -120,7 +123,7 @@ def axis_value(row: dict[str, Any], key: str) -> Any:
     if value is not None or "." in key or key in row["cfg"]:
         return value
     prefix = f"{key}-"
-    return next((part[len(prefix):] for part in row["run"].split("__") if part.startswith(prefix)), None)
+    return next((part[len(prefix) :] for part in row["run"].split("__") if part.startswith(prefix)), None)
 
 
 def table(rows: list[dict[str, Any]], keys: list[str], metrics: list[str]) -> tuple[list[str], list[list[Any]]]:
@@ -128,14 +131,16 @@ def table(rows: list[dict[str, Any]], keys: list[str], metrics: list[str]) -> tu
     body = []
     for row in rows:
         s = row["summary"]
-        body.append([
-            row["run"],
-            *[axis_value(row, k) for k in keys],
-            *[_number(metric_of(s, m)) for m in metrics],
-            sum(s.get("parameters", {}).values()),
-            s.get("epochs"),
-            s.get("wall_time_s"),
-        ])
+        body.append(
+            [
+                row["run"],
+                *[axis_value(row, k) for k in keys],
+                *[_number(metric_of(s, m)) for m in metrics],
+                sum(s.get("parameters", {}).values()),
+                s.get("epochs"),
+                s.get("wall_time_s"),
+            ]
+        )
     return header, body
 
 
@@ -153,8 +158,9 @@ def to_csv(header: list[str], body: list[list[Any]]) -> str:
     return buf.getvalue()
 
 
-def write_table(header: list[str], body: list[list[Any]], base: Path, title: str = "",
-                figure: bool = True) -> dict[str, str]:
+def write_table(
+    header: list[str], body: list[list[Any]], base: Path, title: str = "", figure: bool = True
+) -> dict[str, str]:
     """One result table as ``base``.md and .csv (and .png of the table with ``figure``), atomic
     writes; floats to 6 significant digits. The one writer of the analyses' small tables."""
     body = [[float(f"{v:.6g}") if isinstance(v, float) else v for v in row] for row in body]
@@ -178,16 +184,19 @@ def write_table(header: list[str], body: list[list[Any]], base: Path, title: str
     return {k: str(v) for k, v in files.items()}
 
 
-def write_report(group_dir: Path | str, report: Mapping[str, Any] | None = None,
-                 name: str = "summary") -> dict[str, Path]:
+def write_report(
+    group_dir: Path | str, report: Mapping[str, Any] | None = None, name: str = "summary"
+) -> dict[str, Path]:
     """Rebuild ``summary.csv``, ``summary.md`` and ``summary.png`` of a sweep folder (``name``:
     another view of the same runs beside them, e.g. fewer metrics, leaving the summary alone)."""
     group_dir = Path(group_dir)
     rows, damaged = collect(group_dir)
     rows, others = sweep_rows(rows)
     if not rows:
-        raise FileNotFoundError(f"no finished runs (summary.json with status completed) under {group_dir}"
-                                + (f"; damaged: {'; '.join(damaged)}" if damaged else ""))
+        raise FileNotFoundError(
+            f"no finished runs (summary.json with status completed) under {group_dir}"
+            + (f"; damaged: {'; '.join(damaged)}" if damaged else "")
+        )
     recorded = dict(select(rows[0]["cfg"], "sweep.report") or {})  # what the runs themselves recorded
     report = {**recorded, **dict(report or {})}
     grid_keys = list(select(rows[0]["cfg"], "sweep.grid") or {})
@@ -200,11 +209,15 @@ def write_report(group_dir: Path | str, report: Mapping[str, Any] | None = None,
     header, body = table(rows, keys, columns)
     out = {"csv": group_dir / f"{name}.csv", "md": group_dir / f"{name}.md"}
     atomic_write_text(out["csv"], to_csv(header, body))
-    title = f"# {group_dir.name}\n\n{len(rows)} finished run(s); metrics on the final split(s) with the best weights.\n\n"
+    title = (
+        f"# {group_dir.name}\n\n{len(rows)} finished run(s); metrics on the final split(s) with the best weights.\n\n"
+    )
     notes = "".join(f"\nSkipped, damaged records: {line}\n" for line in damaged)
     if others:
-        notes += (f"\nLeft out, not runs of the sweep (e.g. single runs of the experiment in this folder): "
-                  f"{', '.join(others)}\n")
+        notes += (
+            f"\nLeft out, not runs of the sweep (e.g. single runs of the experiment in this folder): "
+            f"{', '.join(others)}\n"
+        )
     atomic_write_text(out["md"], title + to_markdown(header, body) + notes)
     numeric_x = x and all(isinstance(axis_value(r, x), (int, float)) for r in rows)
     if numeric_x and len(rows) > 1:
@@ -264,8 +277,17 @@ DISPLAY_NAMES = {
     "test/bilinear_psnr": "bilinear upsampling",
     "test/noisy_psnr": "the noisy input itself",
 }
-METRIC_NAMES = {"mse": "MSE", "psnr": "PSNR (dB)", "acc": "accuracy", "loss": "loss", "dice": "Dice", "iou": "IoU",
-                "dice_loss": "Dice loss", "bce": "binary cross-entropy", "ssim": "SSIM"}
+METRIC_NAMES = {
+    "mse": "MSE",
+    "psnr": "PSNR (dB)",
+    "acc": "accuracy",
+    "loss": "loss",
+    "dice": "Dice",
+    "iou": "IoU",
+    "dice_loss": "Dice loss",
+    "bce": "binary cross-entropy",
+    "ssim": "SSIM",
+}
 SPLIT_NAMES = {"test": "test", "val": "validation", "train": "training"}
 
 
@@ -302,8 +324,14 @@ def _mean_line(points: dict[Any, list[dict[str, Any]]], key: str, label: str, st
     return Line(xs, means, label, style, spread=[low, high] if repeated else None)
 
 
-def summary_panels(rows: list[dict[str, Any]], x: str, metrics: list[str], baselines: Mapping[str, list[str]],
-                   logx: bool, series: Sequence[str] = ()) -> list:
+def summary_panels(
+    rows: list[dict[str, Any]],
+    x: str,
+    metrics: list[str],
+    baselines: Mapping[str, list[str]],
+    logx: bool,
+    series: Sequence[str] = (),
+) -> list:
     """One panel per metric against ``x``: one line per combination of the ``series`` axes'
     values, each point the mean over the runs that share it (seeds) with their range, and each
     baseline drawn dashed on the axes of the metric it anchors; axes and legends in words."""
@@ -320,7 +348,9 @@ def summary_panels(rows: list[dict[str, Any]], x: str, metrics: list[str], basel
         for label, points in groups.items():
             name = ", ".join(f"{display_name(k)} {v}" for k, v in zip(series, label))
             lines.append(_mean_line(points, metric, name or display_name(metric), "o-"))
-            lines += [_mean_line(points, b, f"{display_name(b)}{', ' + name if name else ''}", "s--")
-                      for b in baselines.get(metric, [])]
+            lines += [
+                _mean_line(points, b, f"{display_name(b)}{', ' + name if name else ''}", "s--")
+                for b in baselines.get(metric, [])
+            ]
         panels.append(Panel(lines, display_name(x), display_name(metric), log_x_base=2 if logx else None))
     return panels

@@ -8,9 +8,10 @@ merged into ``summary.json``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from hpclab.analysis import ANALYSES
 from hpclab.config import ConfigError, load_run_config

@@ -7,8 +7,9 @@ models at every kept checkpoint, and the ``sample_grids`` analysis (also registe
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,12 +35,17 @@ def generate(run: TrainedRun, inputs: torch.Tensor, batch_size: int = 256, **opt
     """Images in [0, 1] (on the CPU) of ``inputs`` with the run's models in evaluation mode."""
     task = generative_task(run)
     with run.evaluating():
-        return torch.cat([task.generate(run.models, inputs[i : i + batch_size].to(run.device), **options).cpu()
-                          for i in range(0, len(inputs), batch_size)])
+        return torch.cat(
+            [
+                task.generate(run.models, inputs[i : i + batch_size].to(run.device), **options).cpu()
+                for i in range(0, len(inputs), batch_size)
+            ]
+        )
 
 
-def models_over_training(run: TrainedRun, epochs: Optional[list[float]] = None
-                         ) -> Iterator[tuple[str, int, float, dict[str, nn.Module]]]:
+def models_over_training(
+    run: TrainedRun, epochs: list[float] | None = None
+) -> Iterator[tuple[str, int, float, dict[str, nn.Module]]]:
     """``(what, step, epoch, models)``: copies of the task's sampling models (eval mode) with the
     weights of every kept checkpoint in step order (``epochs`` picks some), then with the run's
     final weights (``what`` says which). One copy is reloaded for every checkpoint."""
@@ -100,8 +106,9 @@ def sample_grids(run: TrainedRun, out_dir: Path, rows: int = 8) -> dict[str, Any
             with Image.open(files[i][1]) as img:
                 pixels = torch.from_numpy(np.asarray(img.convert("RGB")).copy())
             grids[f"epoch {files[i][0]:.3g}"] = pixels.permute(2, 0, 1)[None].float() / 255
-        overview = image_strips(grids, out_dir / "samples_by_epoch.png", width=10,
-                                title=f"the same {task.inputs_name} through training")
+        overview = image_strips(
+            grids, out_dir / "samples_by_epoch.png", width=10, title=f"the same {task.inputs_name} through training"
+        )
         result.update(overview=str(overview), shown=[round(files[i][0], 6) for i in picks])
     return result
 

@@ -11,9 +11,10 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
@@ -129,9 +130,7 @@ def describe(path: Path) -> dict[str, Any]:
     """Splits, shapes and attributes of a prepared file (without reading the arrays)."""
     with h5py.File(path, "r", locking=False) as f:
         splits = {
-            name: {key: list(ds.shape) for key, ds in group.items()}
-            for name, group in f.items()
-            if name != "extra"
+            name: {key: list(ds.shape) for key, ds in group.items()} for name, group in f.items() if name != "extra"
         }
         attrs = {k: f.attrs[k] for k in f.attrs}
         extra = list(f["extra"].keys()) if "extra" in f else []
@@ -171,13 +170,18 @@ def file_problems(path: Path | str) -> list[str]:
             problems.append("holds no split")
         elif "train" not in splits:
             problems.append(f"has no train split (it has {', '.join(splits)})")
-        shapes = {name: f[name]["images"].shape[1:] for name in splits
-                  if isinstance(f[name], h5py.Group) and "images" in f[name] and f[name]["images"].ndim == 4}
+        shapes = {
+            name: f[name]["images"].shape[1:]
+            for name in splits
+            if isinstance(f[name], h5py.Group) and "images" in f[name] and f[name]["images"].ndim == 4
+        }
         first = shapes.get("train") or next(iter(shapes.values()), None)
         for split, shape in shapes.items():
             if shape != first:
-                problems.append(f"/{split}/images are {'x'.join(map(str, shape))} (C x H x W), the train images "
-                                f"{'x'.join(map(str, first))}: every split must hold images of one size")
+                problems.append(
+                    f"/{split}/images are {'x'.join(map(str, shape))} (C x H x W), the train images "
+                    f"{'x'.join(map(str, first))}: every split must hold images of one size"
+                )
         for split in splits:
             group = f[split]
             if not isinstance(group, h5py.Group) or "images" not in group:
@@ -185,31 +189,45 @@ def file_problems(path: Path | str) -> list[str]:
                 continue
             images = group["images"]
             if images.dtype != np.uint8 or images.ndim != 4:
-                problems.append(f"/{split}/images is {images.dtype} of shape {images.shape}, "
-                                f"not uint8 N x C x H x W")
+                problems.append(f"/{split}/images is {images.dtype} of shape {images.shape}, not uint8 N x C x H x W")
             if len(images) == 0:
                 problems.append(f"/{split}/images is empty")
             for key, array in group.items():
                 if key != "images" and array.shape[:1] != images.shape[:1]:
-                    problems.append(f"/{split}/{key} has {array.shape[0] if array.ndim else 0} rows, "
-                                    f"/{split}/images {images.shape[0]}")
+                    problems.append(
+                        f"/{split}/{key} has {array.shape[0] if array.ndim else 0} rows, "
+                        f"/{split}/images {images.shape[0]}"
+                    )
             if "labels" in group:
                 labels = group["labels"]
                 if labels.ndim != 1 or labels.dtype.kind not in "iu":
-                    problems.append(f"/{split}/labels is {labels.dtype} of shape {labels.shape}, not integer class indices")
+                    problems.append(
+                        f"/{split}/labels is {labels.dtype} of shape {labels.shape}, not integer class indices"
+                    )
                 elif len(labels):
                     values = labels[()]  # -1: an unlabelled image (STL-10's unlabelled split)
                     if not class_names and values.max() >= 0:
-                        problems.append(f"/{split}/labels hold class indices but the file has no class_names "
-                                        f"attribute to say how many classes there are")
+                        problems.append(
+                            f"/{split}/labels hold class indices but the file has no class_names "
+                            f"attribute to say how many classes there are"
+                        )
                     elif values.min() < -1 or values.max() >= max(len(class_names), 1):
-                        problems.append(f"/{split}/labels run from {values.min()} to {values.max()}, "
-                                        f"outside the {len(class_names)} classes")
+                        problems.append(
+                            f"/{split}/labels run from {values.min()} to {values.max()}, "
+                            f"outside the {len(class_names)} classes"
+                        )
             if "masks" in group:
                 masks = group["masks"]
-                if masks.dtype != np.uint8 or masks.ndim != 4 or masks.shape[1] != 1 or masks.shape[2:] != images.shape[2:]:
-                    problems.append(f"/{split}/masks is {masks.dtype} of shape {masks.shape}, not uint8 N x 1 x H x W "
-                                    f"matching the images")
+                if (
+                    masks.dtype != np.uint8
+                    or masks.ndim != 4
+                    or masks.shape[1] != 1
+                    or masks.shape[2:] != images.shape[2:]
+                ):
+                    problems.append(
+                        f"/{split}/masks is {masks.dtype} of shape {masks.shape}, not uint8 N x 1 x H x W "
+                        f"matching the images"
+                    )
     return problems
 
 
@@ -226,8 +244,14 @@ class H5Split(torch.utils.data.Dataset):
     a fork), so it works under DataLoader workers. ``load()`` reads the split into memory.
     """
 
-    def __init__(self, path: Path | str, split: str, indices: Sequence[int] | None = None,
-                 keys: Sequence[str] | None = None, cache_bytes: int = 256 * 2**20) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        split: str,
+        indices: Sequence[int] | None = None,
+        keys: Sequence[str] | None = None,
+        cache_bytes: int = 256 * 2**20,
+    ) -> None:
         self.path = str(path)
         self.cache_bytes = cache_bytes
         self.split = split
@@ -268,11 +292,17 @@ class H5Split(torch.utils.data.Dataset):
         arrays = self.arrays()
         if np.isscalar(index):
             row = int(self.indices[int(index)])
-            return {k: a[row].clone() if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a[row]))
-                    for k, a in arrays.items()}
+            return {
+                k: a[row].clone() if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a[row]))
+                for k, a in arrays.items()
+            }
         rows = self.indices[np.asarray(index, dtype=np.int64)]
-        return {k: a.index_select(0, torch.from_numpy(rows)) if isinstance(a, torch.Tensor)
-                else torch.from_numpy(read_rows(a, rows)) for k, a in arrays.items()}
+        return {
+            k: a.index_select(0, torch.from_numpy(rows))
+            if isinstance(a, torch.Tensor)
+            else torch.from_numpy(read_rows(a, rows))
+            for k, a in arrays.items()
+        }
 
     def load(self) -> dict[str, torch.Tensor]:
         """The whole (indexed) split as tensors in memory."""

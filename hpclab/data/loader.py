@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
 
 import h5py
 import numpy as np
@@ -39,8 +39,9 @@ class EpochBatches(torch.utils.data.Sampler):
     """Index batches of one epoch: a seeded permutation, sharded by rank, resumable mid-epoch
     (``skip``), or a run of batches of it (``skip`` to ``stop``: a rank's share of an evaluation)."""
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, rank: int = 0,
-                 world: int = 1, drop_last: bool = True) -> None:
+    def __init__(
+        self, n: int, batch_size: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1, drop_last: bool = True
+    ) -> None:
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.rank, self.world, self.drop_last = rank, world, drop_last
         self.epoch, self.skip, self.stop = 0, 0, None
@@ -51,7 +52,7 @@ class EpochBatches(torch.utils.data.Sampler):
         else:
             self.num_batches = math.ceil(per_rank / batch_size)
 
-    def set_epoch(self, epoch: int, skip: int = 0, stop: Optional[int] = None) -> None:
+    def set_epoch(self, epoch: int, skip: int = 0, stop: int | None = None) -> None:
         self.epoch, self.skip, self.stop = epoch, skip, stop
 
     @property
@@ -75,22 +76,38 @@ class EpochBatches(torch.utils.data.Sampler):
 class SplitBatches:
     """Iterate one split as batches (dicts of tensors on ``device``)."""
 
-    def __init__(self, split: H5Split, batch_size: int, shuffle: bool, seed: int, device: torch.device,
-                 rank: int = 0, world: int = 1, in_memory: bool = True, on_device: bool = True,
-                 num_workers: int = 0, label_map: Optional[torch.Tensor] = None) -> None:
+    def __init__(
+        self,
+        split: H5Split,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        device: torch.device,
+        rank: int = 0,
+        world: int = 1,
+        in_memory: bool = True,
+        on_device: bool = True,
+        num_workers: int = 0,
+        label_map: torch.Tensor | None = None,
+    ) -> None:
         self.split = split
         self.device = device
         self.label_map = label_map
         self.sampler = EpochBatches(len(split), batch_size, shuffle, seed, rank, world, drop_last=shuffle)
-        self.tensors: Optional[dict[str, torch.Tensor]] = None
-        self.loader: Optional[torch.utils.data.DataLoader] = None
+        self.tensors: dict[str, torch.Tensor] | None = None
+        self.loader: torch.utils.data.DataLoader | None = None
         if in_memory:
             store = device if on_device else torch.device("cpu")
             self.tensors = {k: v.to(store) for k, v in split.load().items()}
         elif num_workers > 0:
             self.loader = torch.utils.data.DataLoader(
-                split, sampler=self.sampler, batch_size=None, num_workers=num_workers,
-                persistent_workers=True, pin_memory=device.type == "cuda", prefetch_factor=4,
+                split,
+                sampler=self.sampler,
+                batch_size=None,
+                num_workers=num_workers,
+                persistent_workers=True,
+                pin_memory=device.type == "cuda",
+                prefetch_factor=4,
             )
 
     def __len__(self) -> int:
@@ -100,7 +117,7 @@ class SplitBatches:
     def num_items(self) -> int:
         return len(self.split)
 
-    def epoch(self, epoch: int = 0, skip: int = 0, stop: Optional[int] = None) -> Iterator[dict[str, torch.Tensor]]:
+    def epoch(self, epoch: int = 0, skip: int = 0, stop: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """The batches of ``epoch`` from batch ``skip`` (resuming mid-epoch) to ``stop`` (excluded)."""
         self.sampler.set_epoch(epoch, skip, stop)
         if self.tensors is not None:
@@ -123,7 +140,7 @@ class SplitBatches:
         return out
 
 
-def split_indices(path: Path, cfg: DictConfig) -> tuple[dict[str, np.ndarray], Optional[np.ndarray]]:
+def split_indices(path: Path, cfg: DictConfig) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Indices of train/val/test (and other file splits) after class filter, val hold-out,
     label fraction and limit; plus the label remapping when a class subset is chosen."""
     d = cfg.data
@@ -135,7 +152,9 @@ def split_indices(path: Path, cfg: DictConfig) -> tuple[dict[str, np.ndarray], O
     if d.classes:
         unknown = [c for c in d.classes if isinstance(c, str) and c not in class_names]
         if unknown:
-            raise ConfigError(f"config key 'data.classes': unknown class {unknown[0]!r} (classes: {', '.join(class_names)})")
+            raise ConfigError(
+                f"config key 'data.classes': unknown class {unknown[0]!r} (classes: {', '.join(class_names)})"
+            )
         keep_classes = [class_names.index(c) if isinstance(c, str) else int(c) for c in d.classes]
         label_map = np.full(max(len(class_names), max(keep_classes) + 1), -1, dtype=np.int64)
         label_map[keep_classes] = np.arange(len(keep_classes))
@@ -183,8 +202,9 @@ class RunData:
         if label_map is not None:
             kept = np.flatnonzero(label_map >= 0)[np.argsort(label_map[label_map >= 0])]
             names = [names[i] if i < len(names) else str(i) for i in kept]
-        self.info = DataInfo(in_channels=shape[1], image_size=shape[2], num_classes=max(len(names), 1),
-                             class_names=names, path=self.path)
+        self.info = DataInfo(
+            in_channels=shape[1], image_size=shape[2], num_classes=max(len(names), 1), class_names=names, path=self.path
+        )
         self._cache: dict[tuple[str, bool], SplitBatches] = {}
 
     def has(self, split: str) -> bool:
@@ -199,7 +219,7 @@ class RunData:
             batch["labels"] = self.label_map[batch["labels"]]
         return {k: v.to(self.device) for k, v in batch.items()}
 
-    def labels(self, name: str) -> Optional[np.ndarray]:
+    def labels(self, name: str) -> np.ndarray | None:
         """Every label of split ``name`` (mapped like a batch's), or None when it has none."""
         split = self.split(name)
         with h5py.File(self.path, "r", locking=False) as f:
@@ -221,10 +241,17 @@ class RunData:
             split = self.split(name)
             in_memory = d.in_memory == "true" or (d.in_memory == "auto" and split.nbytes < d.max_memory_gb * 2**30)
             self._cache[key] = SplitBatches(
-                split, rank_batch_size(self.cfg, self.world) if train else t.eval_batch_size, shuffle=train,
+                split,
+                rank_batch_size(self.cfg, self.world) if train else t.eval_batch_size,
+                shuffle=train,
                 seed=self.cfg.seed,
-                device=self.device, rank=self.rank if train else 0, world=self.world if train else 1,
-                in_memory=in_memory, on_device=d.on_device, num_workers=d.num_workers, label_map=self.label_map,
+                device=self.device,
+                rank=self.rank if train else 0,
+                world=self.world if train else 1,
+                in_memory=in_memory,
+                on_device=d.on_device,
+                num_workers=d.num_workers,
+                label_map=self.label_map,
             )
         return self._cache[key]
 
@@ -236,9 +263,11 @@ def rank_batch_size(cfg: DictConfig, world: int = 1) -> int:
     if total is None:
         return cfg.train.batch_size
     if total % world:
-        raise ConfigError(f"config key 'train.global_batch_size': {total} images do not split evenly over {world} "
-                          f"data-parallel ranks (nodes x tasks per node); choose a multiple of {world}, or set "
-                          f"train.batch_size (per rank) instead")
+        raise ConfigError(
+            f"config key 'train.global_batch_size': {total} images do not split evenly over {world} "
+            f"data-parallel ranks (nodes x tasks per node); choose a multiple of {world}, or set "
+            f"train.batch_size (per rank) instead"
+        )
     return total // world
 
 
@@ -268,8 +297,10 @@ def _check_not_empty(indices: dict[str, np.ndarray], cfg: DictConfig, world: int
     for name, idx in indices.items():
         need = world if name == "train" else 1
         if name in used and len(idx) < need:
-            raise ConfigError(f"config key 'data': the {name} split of {path.name} has {len(idx)} image(s) after "
-                              f"data.classes/limit/train_fraction/val_fraction (needs at least {need})")
+            raise ConfigError(
+                f"config key 'data': the {name} split of {path.name} has {len(idx)} image(s) after "
+                f"data.classes/limit/train_fraction/val_fraction (needs at least {need})"
+            )
 
 
 def _file_splits(path: Path) -> list[str]:

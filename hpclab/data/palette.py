@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import h5py
 import numpy as np
@@ -27,7 +27,7 @@ MAX_PIXELS = 50_000  # k-means sample: plenty for 24 centres in 3-d, about a sec
 PALETTE_SEED = 0
 
 
-def palette_path(h5_path: Path, k: int, classes: Optional[Sequence[str]] = None) -> Path:
+def palette_path(h5_path: Path, k: int, classes: Sequence[str] | None = None) -> Path:
     """The sidecar of ``h5_path`` for ``k`` colours over ``classes`` (None: all classes)."""
     suffix = ""
     if classes:
@@ -35,8 +35,9 @@ def palette_path(h5_path: Path, k: int, classes: Optional[Sequence[str]] = None)
     return h5_path.with_name(f"{h5_path.name}.palette{k}{suffix}.npy")
 
 
-def training_pixels(h5_path: Path, classes: Optional[Sequence[str]] = None, max_pixels: int = MAX_PIXELS,
-                    seed: int = PALETTE_SEED) -> np.ndarray:
+def training_pixels(
+    h5_path: Path, classes: Sequence[str] | None = None, max_pixels: int = MAX_PIXELS, seed: int = PALETTE_SEED
+) -> np.ndarray:
     """A seeded random sample of RGB pixels (float32 in [0, 1], M x 3) of the train split."""
     with h5py.File(h5_path, "r", locking=False) as f:
         if "train" not in f:
@@ -72,7 +73,7 @@ def compute_palette(pixels: np.ndarray, k: int, seed: int = PALETTE_SEED) -> np.
     return centres[order].astype(np.float32)
 
 
-def load_or_compute_palette(h5_path: Path | str, k: int = 24, classes: Optional[Sequence[str]] = None) -> np.ndarray:
+def load_or_compute_palette(h5_path: Path | str, k: int = 24, classes: Sequence[str] | None = None) -> np.ndarray:
     """The saved palette of ``h5_path`` (and ``classes``), computing and saving it first if
     it is missing or older than the data file."""
     h5_path = Path(h5_path)

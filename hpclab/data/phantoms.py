@@ -62,8 +62,15 @@ def _save(array: np.ndarray, path: Path) -> None:
         Image.fromarray(array).save(tmp, format=fmt)
 
 
-def write_phantoms(out_dir: Path | str, count: int, size: int = 240, seed: int = 0, layout: str = "folders",
-                   empty_fraction: float = 0.15, slices_per_case: int = 5) -> Path:
+def write_phantoms(
+    out_dir: Path | str,
+    count: int,
+    size: int = 240,
+    seed: int = 0,
+    layout: str = "folders",
+    empty_fraction: float = 0.15,
+    slices_per_case: int = 5,
+) -> Path:
     """Write ``count`` phantom slices and masks under ``out_dir`` in ``layout``; return it."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")

@@ -43,8 +43,10 @@ def check_size(cfg: DictConfig, path: Path) -> None:
         return
     shape = next(iter(describe(path)["splits"].values()))["images"]
     if tuple(shape[2:]) != (size, size):
-        raise DataMissing(f"{path} holds {shape[2]}x{shape[3]} px images, not data.image_size={size}; "
-                          f"stage it again: {stage_command(cfg)} force=true")
+        raise DataMissing(
+            f"{path} holds {shape[2]}x{shape[3]} px images, not data.image_size={size}; "
+            f"stage it again: {stage_command(cfg)} force=true"
+        )
 
 
 _CHECKED: dict[tuple[str, int, int], list[str]] = {}  # (path, size, mtime) -> problems, per process
@@ -67,9 +69,11 @@ def require_prepared(cfg: DictConfig) -> Path:
         raise DataMissing(f"dataset '{cfg.data.name}' is not prepared ({path} missing); run: {stage_command(cfg)}")
     problems = problems_of(path)
     if problems:
-        raise DataMissing(f"{path} is unusable: {problems[0]}"
-                          f"{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}; "
-                          f"re-stage it: {stage_command(cfg)} force=true")
+        raise DataMissing(
+            f"{path} is unusable: {problems[0]}"
+            f"{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}; "
+            f"re-stage it: {stage_command(cfg)} force=true"
+        )
     check_size(cfg, path)
     return path
 
@@ -97,11 +101,19 @@ def resize_staged(staged: DatasetArrays, size: int, chunk: int = 4096) -> Datase
     originals = {split: list(arrays["images"].shape[2:]) for split, arrays in staged.splits.items()}
     if all(shape == [size, size] for shape in originals.values()):
         return staged
-    splits = {split: {key: resize(value, "nearest" if key == "masks" else "bilinear") if key in ("images", "masks")
-                      else value for key, value in arrays.items()}
-              for split, arrays in staged.splits.items()}
-    attrs = {**staged.attrs, "image_size": size, "resized_from": originals,
-             "resize": "bilinear, antialiased (torch.nn.functional.interpolate), at staging"}
+    splits = {
+        split: {
+            key: resize(value, "nearest" if key == "masks" else "bilinear") if key in ("images", "masks") else value
+            for key, value in arrays.items()
+        }
+        for split, arrays in staged.splits.items()
+    }
+    attrs = {
+        **staged.attrs,
+        "image_size": size,
+        "resized_from": originals,
+        "resize": "bilinear, antialiased (torch.nn.functional.interpolate), at staging",
+    }
     return dataclasses.replace(staged, splits=splits, attrs=attrs)
 
 
@@ -149,7 +161,9 @@ def stage(cfg: DictConfig, force: bool = False, repair: bool = False) -> Path:
         tried.append("download disabled (data.download=false)")
 
     raise DataMissing(
-        f"cannot stage '{name}': " + "; ".join(tried) + f". Put the original files ({source.help}) in a directory and run: "
+        f"cannot stage '{name}': "
+        + "; ".join(tried)
+        + f". Put the original files ({source.help}) in a directory and run: "
         f"python jobs/prepare_data.py data={name} data.mirrors=[/path/to/dir] (or run it on a node with internet)"
     )
 

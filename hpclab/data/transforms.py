@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -14,8 +14,9 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
 
 
-def add_gaussian_noise(x: torch.Tensor, std: float = 0.2, mean: float = 0.0,
-                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def add_gaussian_noise(
+    x: torch.Tensor, std: float = 0.2, mean: float = 0.0, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """x + N(mean, std^2), clamped to [0, 1] (the course brief's noise helper, defaults std 0.2)."""
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return (x + mean + std * noise).clamp_(0.0, 1.0)
@@ -62,9 +63,13 @@ def centre_mask(x: torch.Tensor, fraction: float = 0.25) -> tuple[torch.Tensor, 
     return x * (1 - mask), mask
 
 
-def random_resized_crop(x: torch.Tensor, scale: Sequence[float] = (0.3, 1.0),
-                        ratio: Sequence[float] = (3 / 4, 4 / 3), flip: bool = True,
-                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def random_resized_crop(
+    x: torch.Tensor,
+    scale: Sequence[float] = (0.3, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    flip: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Per image: a random crop of area fraction uniform in ``scale`` and aspect ratio
     log-uniform in ``ratio`` (torchvision's RandomResizedCrop draws), mirrored left-right with
     probability 0.5 when ``flip``, resized back to the image size (bilinear). One affine
@@ -85,8 +90,9 @@ def random_resized_crop(x: torch.Tensor, scale: Sequence[float] = (0.3, 1.0),
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def jitter_brightness_contrast(x: torch.Tensor, strength: float = 0.4, p: float = 0.8,
-                               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def jitter_brightness_contrast(
+    x: torch.Tensor, strength: float = 0.4, p: float = 0.8, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Per image, with probability ``p``: brightness then contrast scaled by factors uniform in
     [1 - strength, 1 + strength], as torchvision's ColorJitter applies them (brightness: x * b;
     contrast: blend with the image's mean, (x - m) * c + m), each clamped to [0, 1]."""

@@ -11,9 +11,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -62,7 +63,7 @@ class RunParts:
         return self.accelerator.unwrap_model(self.models[name])
 
 
-def make_accelerator(precision: str, collective_timeout_s: int, cpu: Optional[bool] = None) -> Accelerator:
+def make_accelerator(precision: str, collective_timeout_s: int, cpu: bool | None = None) -> Accelerator:
     """A fresh ``Accelerator`` for one run, in mixed ``precision`` (no | fp16 | bf16).
 
     accelerate keeps one state per process and refuses a second Accelerator with another
@@ -75,8 +76,12 @@ def make_accelerator(precision: str, collective_timeout_s: int, cpu: Optional[bo
     AcceleratorState._reset_state()
     GradientState._reset_state()
     timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=collective_timeout_s))
-    accelerator = Accelerator(mixed_precision=precision, step_scheduler_with_optimizer=False,
-                              cpu=not torch.cuda.is_available() if cpu is None else cpu, kwargs_handlers=[timeout])
+    accelerator = Accelerator(
+        mixed_precision=precision,
+        step_scheduler_with_optimizer=False,
+        cpu=not torch.cuda.is_available() if cpu is None else cpu,
+        kwargs_handlers=[timeout],
+    )
     if accelerator.device.type == "cpu":
         keep_freed_memory()
     return accelerator
@@ -107,9 +112,14 @@ def build_scheduler(opt: torch.optim.Optimizer, s: DictConfig, lr: float, total_
     return choose(SCHEDULERS, "scheduler.name", s.name)(opt, s, lr, total_steps)
 
 
-def prepare_models(accelerator: Accelerator, task: Task, models: dict[str, nn.Module], train: DictConfig,
-                   total_steps: int, optimize: bool = True
-                   ) -> tuple[dict[str, nn.Module], dict[str, torch.optim.Optimizer], dict[str, Any]]:
+def prepare_models(
+    accelerator: Accelerator,
+    task: Task,
+    models: dict[str, nn.Module],
+    train: DictConfig,
+    total_steps: int,
+    optimize: bool = True,
+) -> tuple[dict[str, nn.Module], dict[str, torch.optim.Optimizer], dict[str, Any]]:
     """Move the task's models to the device (channels_last, torch.compile as configured) and,
     with ``optimize``, give each model the task trains its optimizer and schedule; all through
     ``accelerator.prepare`` (DDP when data parallel)."""

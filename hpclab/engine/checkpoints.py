@@ -19,9 +19,10 @@ import io
 import logging
 import random
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,9 +64,14 @@ def clean_temporaries(run_dir: Path) -> list[Path]:
 
 # --------------------------------------------------------------------------- validation
 
-def state_problems(state: Any, models: Mapping[str, nn.Module],
-                   optimizers: Optional[Mapping[str, torch.optim.Optimizer]],
-                   schedulers: Optional[Mapping[str, Any]], scaler: Any = None) -> list[str]:
+
+def state_problems(
+    state: Any,
+    models: Mapping[str, nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer] | None,
+    schedulers: Mapping[str, Any] | None,
+    scaler: Any = None,
+) -> list[str]:
     """Everything that keeps ``state`` from being loaded whole into these live objects; [] when
     it can be. Checked before anything is loaded, so a bad file changes nothing. Optimizers and
     schedulers of None are not checked (loading the weights alone, for an analysis)."""
@@ -97,8 +103,10 @@ def state_problems(state: Any, models: Mapping[str, nn.Module],
     ranks = state.get("rng_ranks", [])
     if not isinstance(ranks, list):
         problems.append("per-rank RNG states are not a list")
-    elif not all(isinstance(rng, dict) and all(k in rng for k in RNG_KEYS) and isinstance(rng["torch"], torch.Tensor)
-                 for rng in [state["rng"], *ranks]):
+    elif not all(
+        isinstance(rng, dict) and all(k in rng for k in RNG_KEYS) and isinstance(rng["torch"], torch.Tensor)
+        for rng in [state["rng"], *ranks]
+    ):
         problems.append("incomplete RNG state")
     if not isinstance(state["step"], int) or state["step"] < 0:
         problems.append(f"step {state['step']!r} is not a step count")
@@ -131,7 +139,11 @@ def _tensor_dict_problems(saved: Any, live: Mapping[str, torch.Tensor]) -> list[
 
 
 def _optimizer_problems(saved: Any, opt: torch.optim.Optimizer) -> list[str]:
-    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict) or not isinstance(saved.get("param_groups"), list):
+    if (
+        not isinstance(saved, dict)
+        or not isinstance(saved.get("state"), dict)
+        or not isinstance(saved.get("param_groups"), list)
+    ):
         return ["not an optimizer state"]
     groups = opt.param_groups
     if len(saved["param_groups"]) != len(groups):
@@ -147,8 +159,9 @@ def _optimizer_problems(saved: Any, opt: torch.optim.Optimizer) -> list[str]:
             continue
         for key, value in entry.items():  # moments have the parameter's shape; counters are scalars
             if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != params[index].shape:
-                problems.append(f"{key} of parameter {index} is {tuple(value.shape)}, "
-                                f"the parameter {tuple(params[index].shape)}")
+                problems.append(
+                    f"{key} of parameter {index} is {tuple(value.shape)}, the parameter {tuple(params[index].shape)}"
+                )
     return problems
 
 
@@ -163,12 +176,16 @@ def _model_problems(saved: Any, models: Mapping[str, nn.Module]) -> list[str]:
     missing = sorted(set(models) - set(saved["models"]))
     if missing:
         return [f"no weights of {', '.join(missing)}"]
-    return [f"model {name}: {p}" for name, model in models.items()
-            for p in _tensor_dict_problems(saved["models"][name], model.state_dict())]
+    return [
+        f"model {name}: {p}"
+        for name, model in models.items()
+        for p in _tensor_dict_problems(saved["models"][name], model.state_dict())
+    ]
 
 
-def model_states(run_dir: Path, models: Mapping[str, nn.Module]
-                 ) -> Iterator[tuple[int, dict[str, dict[str, torch.Tensor]]]]:
+def model_states(
+    run_dir: Path, models: Mapping[str, nn.Module]
+) -> Iterator[tuple[int, dict[str, dict[str, torch.Tensor]]]]:
     """``(step, {name: state dict})`` of ``models`` from each kept step checkpoint of the run,
     oldest first: read with ``weights_only=True`` and checked against the live models (keys,
     shapes, dtypes) before they are handed out. A checkpoint that does not read or fit is passed
@@ -186,6 +203,7 @@ def model_states(run_dir: Path, models: Mapping[str, nn.Module]
 
 
 # --------------------------------------------------------------------------- RNG state
+
 
 def capture_rng() -> dict[str, Any]:
     np_state = np.random.get_state()
@@ -236,13 +254,14 @@ def _tuplify(x: Any) -> Any:
 
 # --------------------------------------------------------------------------- a run's checkpoints
 
+
 @dataclass
 class RunState:
     """Where training stands: what a checkpoint restores besides weights and optimizers."""
 
     step: int = 0
     best: dict[str, Any] = field(default_factory=lambda: {"value": None, "step": None})
-    stopped: Optional[str] = None  # why training stopped early, once it has
+    stopped: str | None = None  # why training stopped early, once it has
     running: dict[str, torch.Tensor] = field(default_factory=dict)  # metric sums since the last log line
 
 
@@ -260,8 +279,11 @@ class Checkpointer:
         """The objects a checkpoint restores, by section (only the models when not training)."""
         p = self.parts
         models = {n: p.accelerator.unwrap_model(m) for n, m in p.models.items()}
-        return {"models": models, "optimizers": p.optimizers if training else {},
-                "schedulers": p.schedulers if training else {}}
+        return {
+            "models": models,
+            "optimizers": p.optimizers if training else {},
+            "schedulers": p.schedulers if training else {},
+        }
 
     def state_dict(self, rngs: list[dict[str, Any]]) -> dict[str, Any]:
         """What ``step<N>.pt`` holds; ``rngs``: every rank's RNG state (:func:`capture_rng_ranks`)."""
@@ -295,7 +317,8 @@ class Checkpointer:
             raise RunConflict(
                 f"{path.name} was trained on other data than {now['file']} holds now ({record['identity'][:20]} in "
                 f"{record.get('file')}, now {now['identity'][:20]}): put the original data back to resume, or pass "
-                f"force=true to start over on this data")
+                f"force=true to start over on this data"
+            )
 
     def save(self) -> None:
         """Write ``step<N>.pt`` atomically (rank 0) and keep the newest ``keep`` of them; a full
@@ -313,8 +336,9 @@ class Checkpointer:
                 raise CheckpointWriteError(
                     f"could not write {path} ({one_line(exc)}); disk full or not writable? "
                     f"{'the newest good checkpoint ' + kept[0].name + ' is kept' if kept else 'no checkpoint was kept'}"
-                    f": free space and run the same command to resume") from None
-            for old in step_checkpoints(self.run_dir)[self.keep:]:
+                    f": free space and run the same command to resume"
+                ) from None
+            for old in step_checkpoints(self.run_dir)[self.keep :]:
                 old.unlink(missing_ok=True)
         accelerator.wait_for_everyone()
 
@@ -335,7 +359,8 @@ class Checkpointer:
             except Exception as exc:  # OSError, or safetensors' own error on a full disk
                 raise CheckpointWriteError(
                     f"could not write {path} ({one_line(exc)}); disk full or not writable? the previous best weights "
-                    f"and the newest checkpoint are kept: free space and run the same command to resume") from None
+                    f"and the newest checkpoint are kept: free space and run the same command to resume"
+                ) from None
 
     def load_best(self) -> bool:
         """Load the best weights into the models; False when the run kept none."""
@@ -382,15 +407,21 @@ class Checkpointer:
             tried = True
             try:
                 saved = torch.load(path, map_location="cpu", weights_only=True)
-                problems = state_problems(saved, live["models"], live["optimizers"] if training else None,
-                                          live["schedulers"] if training else None, scaler)
+                problems = state_problems(
+                    saved,
+                    live["models"],
+                    live["optimizers"] if training else None,
+                    live["schedulers"] if training else None,
+                    scaler,
+                )
             except Exception as exc:  # truncated zip, bad pickle opcode, refused global
                 problems = [one_line(exc)]
             if self._everyone(not problems):  # all ranks resume from the same state, or none does
                 self.check_same_data(saved, path)
                 if fresh is None:
-                    fresh = copy.deepcopy({section: {n: o.state_dict() for n, o in objects.items()}
-                                           for section, objects in live.items()})
+                    fresh = copy.deepcopy(
+                        {section: {n: o.state_dict() for n, o in objects.items()} for section, objects in live.items()}
+                    )
                 try:
                     self._load(saved, live, scaler)
                 except Exception as exc:
@@ -405,12 +436,17 @@ class Checkpointer:
                     return True
                 self._load(fresh, live, None)
             aside = set_aside(path) if self.parts.is_main and path.exists() else path
-            log.error("checkpoint %s is unusable (%s); set aside as %s, trying an older one",
-                      path, "; ".join(problems[:3]) or "unusable on another rank", aside.name)
+            log.error(
+                "checkpoint %s is unusable (%s); set aside as %s, trying an older one",
+                path,
+                "; ".join(problems[:3]) or "unusable on another rank",
+                aside.name,
+            )
             self.parts.accelerator.wait_for_everyone()
         if tried:
-            log.warning("no usable checkpoint in %s: starting from a fresh initialisation",
-                        checkpoint_dir(self.run_dir))
+            log.warning(
+                "no usable checkpoint in %s: starting from a fresh initialisation", checkpoint_dir(self.run_dir)
+            )
         return False
 
     def _everyone(self, flag: bool) -> bool:

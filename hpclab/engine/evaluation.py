@@ -8,9 +8,10 @@ once.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -91,7 +92,9 @@ class TrainedRun:
             for name, model in self.models.items():
                 model.train(modes[name])
 
-    def eval_batches(self, split: str, first: int = 0, stop: Optional[int] = None) -> Iterator[tuple[Batch, torch.Generator]]:
+    def eval_batches(
+        self, split: str, first: int = 0, stop: int | None = None
+    ) -> Iterator[tuple[Batch, torch.Generator]]:
         """The evaluation batches ``[first, stop)`` of ``split`` in order, each with the generator
         seeded for that batch (``EVAL_SEED + i``)."""
         gen = self.eval_generator()
@@ -100,8 +103,13 @@ class TrainedRun:
             yield batch, gen
 
     @torch.no_grad()
-    def evaluate(self, split: str, sharded: bool = False, transform: Optional[Callable[[Batch], Batch]] = None,
-                 max_images: Optional[int] = None) -> dict[str, float]:
+    def evaluate(
+        self,
+        split: str,
+        sharded: bool = False,
+        transform: Callable[[Batch], Batch] | None = None,
+        max_images: int | None = None,
+    ) -> dict[str, float]:
         """Metrics of ``split`` with the parameters fixed: sums over all batches, divided once.
 
         ``sharded`` (every rank calls it: the engine's evaluations): data-parallel ranks each

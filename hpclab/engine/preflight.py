@@ -45,9 +45,11 @@ def preflight(cfg: DictConfig) -> set[str]:
             metrics = task.eval_step(models, batch, torch.Generator().manual_seed(0))
     except SHAPE_ERRORS as exc:
         shape = "x".join(str(d) for d in batch["images"].shape[1:])
-        raise ConfigError(f"model '{cfg.model.name}' cannot run task '{cfg.task.name}' on {data.path.name} "
-                          f"({shape} images): {one_line(exc)}; check the model's sizes against the data "
-                          f"(data.image_size=... resizes it at staging)") from None
+        raise ConfigError(
+            f"model '{cfg.model.name}' cannot run task '{cfg.task.name}' on {data.path.name} "
+            f"({shape} images): {one_line(exc)}; check the model's sizes against the data "
+            f"(data.image_size=... resizes it at staging)"
+        ) from None
     names = sorted(k for k in metrics if k != "count")
     _check_metric("train.monitor", cfg.train.monitor, names, cfg.train.eval_splits, allow_none=True)
     if cfg.train.stop.metric:
@@ -60,15 +62,19 @@ def _check_splits_exist(cfg: DictConfig, available: set[str], data: RunData) -> 
     monitored and the early-stop metric; other evaluation splits the data lacks are skipped."""
     missing = [s for s in cfg.train.final_splits if s not in available]
     if missing:
-        raise ConfigError(f"config key 'train.final_splits': {data.path.name} has no '{missing[0]}' split after the "
-                          f"data options (it has {', '.join(sorted(available))}); name splits it has")
+        raise ConfigError(
+            f"config key 'train.final_splits': {data.path.name} has no '{missing[0]}' split after the "
+            f"data options (it has {', '.join(sorted(available))}); name splits it has"
+        )
     for key, value in (("train.monitor", cfg.train.monitor), ("train.stop.metric", cfg.train.stop.metric)):
         split = str(value).split("/", 1)[0]
         if value and value != "none" and split not in available:
             hint = "data.val_fraction > 0 holds one out of train, or " if split == "val" else ""
-            raise ConfigError(f"config key '{key}': {data.path.name} has no '{split}' split after the data options "
-                              f"(it has {', '.join(sorted(available))}); {hint}name a split it has"
-                              f"{' or none (keep the last weights)' if key == 'train.monitor' else ''}")
+            raise ConfigError(
+                f"config key '{key}': {data.path.name} has no '{split}' split after the data options "
+                f"(it has {', '.join(sorted(available))}); {hint}name a split it has"
+                f"{' or none (keep the last weights)' if key == 'train.monitor' else ''}"
+            )
 
 
 def _check_labels(data: RunData, split: str) -> None:
@@ -79,9 +85,11 @@ def _check_labels(data: RunData, split: str) -> None:
         raise ConfigError(f"{data.path.name}: split '{split}' has no labels, and task classify learns from labels")
     if len(labels) and (labels.min() < 0 or labels.max() >= classes):
         bad = int(labels[(labels < 0) | (labels >= classes)][0])
-        raise ConfigError(f"{data.path.name}: split '{split}' has label {bad}, outside the {classes} class(es) "
-                          f"{'(-1 marks an unlabelled image) ' if bad == -1 else ''}a classifier can learn; "
-                          f"re-stage the data or choose data.classes=[...]")
+        raise ConfigError(
+            f"{data.path.name}: split '{split}' has label {bad}, outside the {classes} class(es) "
+            f"{'(-1 marks an unlabelled image) ' if bad == -1 else ''}a classifier can learn; "
+            f"re-stage the data or choose data.classes=[...]"
+        )
 
 
 def _check_metric(key: str, value: Any, names: list[str], splits: Any, allow_none: bool = False) -> None:
@@ -93,6 +101,7 @@ def _check_metric(key: str, value: Any, names: list[str], splits: Any, allow_non
     known = [f"{s}/{n}" for s in splits for n in names]
     close = difflib.get_close_matches(str(value), known, n=1)
     hint = f"did you mean {close[0]}? " if close else ""
-    raise ConfigError(f"config key '{key}': {value!r} is not a metric this run evaluates; {hint}"
-                      f"known: {', '.join(known)}{', none' if allow_none else ''}")
-
+    raise ConfigError(
+        f"config key '{key}': {value!r} is not a metric this run evaluates; {hint}"
+        f"known: {', '.join(known)}{', none' if allow_none else ''}"
+    )

@@ -10,7 +10,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -48,13 +48,19 @@ def hparam_rank(key: str, swept: list[str]) -> tuple[int, int]:
 class RunLog:
     """One run's metric record and TensorBoard events; every method is a no-op off rank 0."""
 
-    def __init__(self, run_dir: Path, is_main: bool, steps_per_epoch: int, total_steps: Optional[int] = None,
-                 batch_per_rank: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        is_main: bool,
+        steps_per_epoch: int,
+        total_steps: int | None = None,
+        batch_per_rank: int | None = None,
+    ) -> None:
         self.run_dir, self.is_main, self.steps_per_epoch = run_dir, is_main, steps_per_epoch
         self.total_steps, self.batch_per_rank = total_steps, batch_per_rank
         self.metrics_file = run_dir / METRICS
         self._writer: Any = None
-        self._purge_step: Optional[int] = None
+        self._purge_step: int | None = None
         self._started = (time.monotonic(), 0)  # (clock, step) of this start: elapsed and ETA
 
     def start(self, step: int) -> None:
@@ -65,8 +71,14 @@ class RunLog:
         self._purge_step = step
         self._started = (time.monotonic(), step)
         if self.is_main and self.total_steps:
-            write_json(self.run_dir / PROGRESS, {"total_steps": self.total_steps, "batch_per_rank": self.batch_per_rank,
-                                                      "steps_per_epoch": self.steps_per_epoch})
+            write_json(
+                self.run_dir / PROGRESS,
+                {
+                    "total_steps": self.total_steps,
+                    "batch_per_rank": self.batch_per_rank,
+                    "steps_per_epoch": self.steps_per_epoch,
+                },
+            )
         if not self.is_main or not self.metrics_file.is_file():
             return
         kept = [r for r in read_metrics(self.run_dir) if r["step"] <= step and not r["split"].startswith("final_")]
@@ -115,8 +127,11 @@ class RunLog:
         """The run's scalar config values beside its final metrics (TensorBoard's HParams tab)."""
         if self._writer is None:
             return
-        values = {k: v for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()
-                  if isinstance(v, (int, float, str, bool))}
+        values = {
+            k: v
+            for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()
+            if isinstance(v, (int, float, str, bool))
+        }
         hparams = dict(sorted(values.items(), key=lambda item: hparam_rank(item[0], list(cfg.sweep.grid))))
         self._writer.add_hparams(hparams, {f"hparam/{k}": v for k, v in final.items()}, run_name="hparams")
         self._writer.flush()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -34,11 +35,11 @@ class StopSignals:
 
     def __init__(self, resume_hint: str = "the same command resumes from there") -> None:
         self.resume_hint = resume_hint  # what the user types to resume (force=true would start over)
-        self.received: Optional[int] = None
+        self.received: int | None = None
         self.previous: dict[int, Any] = {}
         self.handed_over = False
 
-    def install(self) -> "StopSignals":
+    def install(self) -> StopSignals:
         if not can_set_signal_handlers():
             return self
         for sig in self.SIGNALS:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -31,15 +31,25 @@ class Stepper:
     either way).
     """
 
-    def __init__(self, accelerator: Accelerator, models: dict[str, nn.Module],
-                 optimizers: dict[str, torch.optim.Optimizer], schedulers: dict[str, Any], precision: str,
-                 grad_clip: Optional[float] = None, channels_last: bool = False) -> None:
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        models: dict[str, nn.Module],
+        optimizers: dict[str, torch.optim.Optimizer],
+        schedulers: dict[str, Any],
+        precision: str,
+        grad_clip: float | None = None,
+        channels_last: bool = False,
+    ) -> None:
         self.accelerator = accelerator
         self.models, self.optimizers, self.schedulers = models, optimizers, schedulers
         self.precision, self.grad_clip, self.channels_last = precision, grad_clip, channels_last
-        self.direct = (accelerator.scaler is None and accelerator.gradient_accumulation_steps == 1 and
-                       accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU,
-                                                        DistributedType.MULTI_GPU))
+        self.direct = (
+            accelerator.scaler is None
+            and accelerator.gradient_accumulation_steps == 1
+            and accelerator.distributed_type
+            in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+        )
 
     def autocast(self) -> AbstractContextManager:
         return autocast(self.accelerator.device, self.precision)

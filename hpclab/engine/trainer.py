@@ -40,19 +40,31 @@ class Trainer:
         self.state = RunState()
         self.log = RunLog(self.run_dir, p.is_main, p.steps_per_epoch, p.total_steps, rank_batch_size(cfg, p.world))
         self.run = TrainedRun(p, self.run_dir, self.state, self.log)
-        self.stepper = Stepper(p.accelerator, p.models, p.optimizers, p.schedulers, t.mixed_precision, t.grad_clip,
-                               t.channels_last)
+        self.stepper = Stepper(
+            p.accelerator, p.models, p.optimizers, p.schedulers, t.mixed_precision, t.grad_clip, t.channels_last
+        )
         self.checkpoints = Checkpointer(self.run_dir, p, self.state, t.keep_checkpoints)
         starts_over = bool(cfg.force) or t.resume == "never"
-        self.signals = StopSignals("run the same command without force=true (and without train.resume=never) to "
-                                   "resume from there" if starts_over else "the same command resumes from there")
+        self.signals = StopSignals(
+            "run the same command without force=true (and without train.resume=never) to resume from there"
+            if starts_over
+            else "the same command resumes from there"
+        )
         self.eval_every = t.eval_every or p.steps_per_epoch
         self.ckpt_every = t.checkpoint_every or self.eval_every
         self.image_every = t.image_every or self.eval_every
         batch = rank_batch_size(cfg, p.world)
-        log.info("accelerate: %d process(es), device %s, mixed precision %s; %d steps (%d per epoch), batch %d per "
-                 "rank (global %d)", p.world, p.device, t.mixed_precision, p.total_steps, p.steps_per_epoch, batch,
-                 batch * p.world)
+        log.info(
+            "accelerate: %d process(es), device %s, mixed precision %s; %d steps (%d per epoch), batch %d per "
+            "rank (global %d)",
+            p.world,
+            p.device,
+            t.mixed_precision,
+            p.total_steps,
+            p.steps_per_epoch,
+            batch,
+            batch * p.world,
+        )
 
     def fit(self) -> dict[str, Any]:
         """Train to the end (or early stop), resuming first; return the final metrics. A rank
@@ -67,8 +79,12 @@ class Trainer:
                 f"rank {self.parts.accelerator.process_index} of {self.parts.world} lost the other ranks at "
                 f"step {self.state.step} ({one_line(exc)[:200]}): a rank died, or hung for more than "
                 f"cluster.collective_timeout_s={self.cfg.cluster.collective_timeout_s} s; "
-                + (f"resubmit the job to resume from {kept[0].name}" if kept else
-                   "no checkpoint yet: resubmit the job to start it again")) from None
+                + (
+                    f"resubmit the job to resume from {kept[0].name}"
+                    if kept
+                    else "no checkpoint yet: resubmit the job to start it again"
+                )
+            ) from None
 
     def _fit(self) -> dict[str, Any]:
         t = self.cfg.train
@@ -133,8 +149,13 @@ class Trainer:
         if bar is not None:
             bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4g}")
         else:
-            log.info("step %d/%d %s %s", self.state.step, self.parts.total_steps, format_values(values),
-                     self.log.timing(self.state.step))
+            log.info(
+                "step %d/%d %s %s",
+                self.state.step,
+                self.parts.total_steps,
+                format_values(values),
+                self.log.timing(self.state.step),
+            )
 
     def _log_images(self) -> None:
         split = "val" if self.parts.data.has("val") else "test"
@@ -155,12 +176,16 @@ class Trainer:
             log.info("step %d eval: %s", state.step, format_values(values))
         check_finite(values, f"evaluation at step {state.step}", self.run_dir)
         current = values.get(t.monitor)
-        if current is not None and (state.best["value"] is None or (
-                current < state.best["value"] if t.monitor_mode == "min" else current > state.best["value"])):
+        if current is not None and (
+            state.best["value"] is None
+            or (current < state.best["value"] if t.monitor_mode == "min" else current > state.best["value"])
+        ):
             state.best = {"value": current, "step": state.step}
             self.checkpoints.save_best()
         crossed = values.get(t.stop.metric) if t.stop.metric and t.stop.threshold is not None else None
-        if crossed is not None and ((crossed < t.stop.threshold) if t.stop.mode == "min" else (crossed > t.stop.threshold)):
+        if crossed is not None and (
+            (crossed < t.stop.threshold) if t.stop.mode == "min" else (crossed > t.stop.threshold)
+        ):
             state.stopped = f"{t.stop.metric}={crossed:.5g} crossed {t.stop.threshold} at step {state.step}"
             log.info("early stop: %s", state.stopped)
         return values
@@ -204,16 +229,32 @@ def check_finite(values: dict[str, float], what: str, run_dir: Path) -> None:
     bad = {k: v for k, v in values.items() if not math.isfinite(v)}
     if bad:
         kept = step_checkpoints(run_dir)
-        raise NonFiniteLoss(f"non-finite {what}: {format_values(bad)}; "
-                            + (f"the last good checkpoint {kept[0].name} is kept" if kept else "no checkpoint was written")
-                            + " (lower train.optimizer.lr or set train.grad_clip, then run again with force=true)")
+        raise NonFiniteLoss(
+            f"non-finite {what}: {format_values(bad)}; "
+            + (f"the last good checkpoint {kept[0].name} is kept" if kept else "no checkpoint was written")
+            + " (lower train.optimizer.lr or set train.grad_clip, then run again with force=true)"
+        )
 
 
 # What torch.distributed's backends say when a peer is gone (gloo: the socket closed, a timeout;
 # NCCL: a watchdog timeout or a remote error); DistError is their base class in torch >= 2.2.
-_PEER_ERRORS = ("Connection closed by peer", "Connection reset by peer", "Connection refused", "Timed out", "timed out",
-                "Broken pipe", "NCCL communicator was aborted", "remote process exited", "Socket Timeout",
-                "pair closure", "Application timeout", "ProcessGroupGloo", "ProcessGroupNCCL", "gloo", "NCCL error")
+_PEER_ERRORS = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Connection refused",
+    "Timed out",
+    "timed out",
+    "Broken pipe",
+    "NCCL communicator was aborted",
+    "remote process exited",
+    "Socket Timeout",
+    "pair closure",
+    "Application timeout",
+    "ProcessGroupGloo",
+    "ProcessGroupNCCL",
+    "gloo",
+    "NCCL error",
+)
 
 
 def lost_peer(exc: BaseException) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import heapq
 import logging
 from dataclasses import dataclass
-from typing import Optional
 
 from omegaconf import DictConfig
 
@@ -28,7 +27,7 @@ class ArraySpec:
     start: int
     stop: int
     parallelism: int
-    after: Optional[int] = None  # index into the layout
+    after: int | None = None  # index into the layout
 
     @property
     def tasks(self) -> int:
@@ -53,14 +52,14 @@ def array_layout(tasks: int, size: int, parallelism: int) -> list[ArraySpec]:
     sizes = [min(size, tasks - start) for start in range(0, tasks, size)]
     if not sizes:
         return []
-    best: Optional[tuple[int, list[int], list[int]]] = None
+    best: tuple[int, list[int], list[int]] | None = None
     for lanes in range(1, min(parallelism, len(sizes)) + 1):
         lane_of, load = [], [0] * lanes
         for n in sizes:  # each array to the lane with the fewest tasks so far, in order
             lane = min(range(lanes), key=lambda i: (load[i], i))
             lane_of.append(lane)
             load[lane] += n
-        members = [[n for n, l in zip(sizes, lane_of) if l == lane] for lane in range(lanes)]
+        members = [[n for n, at in zip(sizes, lane_of) if at == lane] for lane in range(lanes)]
         shares = share_out(parallelism, members)
         finish = max(sum(-(-n // share) for n in arrays) for arrays, share in zip(members, shares))
         if best is None or finish <= best[0]:
@@ -94,10 +93,14 @@ def share_out(parallelism: int, members: list[list[int]]) -> list[int]:
 
 def describe_layout(layout: list[ArraySpec], parallelism: int) -> str:
     """One line: the arrays of a submission, their limits and chaining."""
-    parts = [f"{spec.tasks}%{spec.parallelism}" + (f" after #{spec.after + 1}" if spec.after is not None else "")
-             for spec in layout]
-    return (f"{sum(s.tasks for s in layout)} task(s) in {len(layout)} array(s), at most {parallelism} at once: "
-            + ", ".join(f"#{i + 1} {part}" for i, part in enumerate(parts)))
+    parts = [
+        f"{spec.tasks}%{spec.parallelism}" + (f" after #{spec.after + 1}" if spec.after is not None else "")
+        for spec in layout
+    ]
+    return (
+        f"{sum(s.tasks for s in layout)} task(s) in {len(layout)} array(s), at most {parallelism} at once: "
+        + ", ".join(f"#{i + 1} {part}" for i, part in enumerate(parts))
+    )
 
 
 def array_size(cluster: DictConfig, tasks: int) -> int:
@@ -106,8 +109,12 @@ def array_size(cluster: DictConfig, tasks: int) -> int:
     limit = max_array_tasks()
     if limit is not None and size > limit:  # sbatch would refuse the whole array
         if tasks > limit:
-            log.info("cluster.max_array_size=%d is above this cluster's MaxArraySize - 1 = %d: arrays of %d tasks",
-                     size, limit, limit)
+            log.info(
+                "cluster.max_array_size=%d is above this cluster's MaxArraySize - 1 = %d: arrays of %d tasks",
+                size,
+                limit,
+                limit,
+            )
         size = limit
     return size
 

@@ -4,7 +4,8 @@ scripts of ``slurm/`` evaluate what ``python -m hpclab.launch.batch`` prints (:f
 change is made here only.
 
 Every job: no HDF5 file locks (Lustre/GPFS/NFS), unbuffered Python, srun steps that keep
---cpus-per-task (SLURM >= 22.05 no longer passes it on), gloo on the CPU when no GPU is allocated, a warning when GPUs would sit idle, the rendezvous of
+--cpus-per-task (SLURM >= 22.05 no longer passes it on), gloo on the CPU when no GPU is
+allocated, a warning when GPUs would sit idle, the rendezvous of
 multi-task jobs (the first node at the address SLURM reaches it, a port from the job id) and
 where SLURM writes the job's log. The sbatch scripts also get their folders, the container
 command with its checks (``HPCLAB_IMAGE`` ...) and the Python that runs each task.
@@ -21,8 +22,8 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from hpclab.errors import ConfigError
 from hpclab.launch import container
@@ -37,7 +38,8 @@ def job_lines() -> list[str]:
         "export HDF5_USE_FILE_LOCKING=FALSE",
         "export PYTHONUNBUFFERED=1",
         "export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-1}",
-        'if [ "${SLURM_GPUS_ON_NODE:-0}" = 0 ] && [ "${SLURM_NTASKS:-1}" -gt 1 ]; then export ACCELERATE_USE_CPU=true; fi',
+        'if [ "${SLURM_GPUS_ON_NODE:-0}" = 0 ] && [ "${SLURM_NTASKS:-1}" -gt 1 ]; then '
+        "export ACCELERATE_USE_CPU=true; fi",
         "hpclab_tasks_per_node=$(( ${SLURM_NTASKS:-1} / ${SLURM_NNODES:-1} ))",
         'if [ "${SLURM_GPUS_ON_NODE:-0}" -gt "$hpclab_tasks_per_node" ]; then',
         '  echo "hpclab: warning: $SLURM_GPUS_ON_NODE GPUs per node but $hpclab_tasks_per_node task(s) per node;"'
@@ -71,12 +73,18 @@ def script_lines(env: Mapping[str, str]) -> list[str]:
     and cache folders, and ``HPCLAB_PY``, the command that runs a task: inside the image
     (``HPCLAB_IMAGE``, checked first) or with ``HPCLAB_PYTHON``. Raises ConfigError (one line)."""
     data = Path(env.get("HPCLAB_DATA") or "data").absolute()
-    paths = {"data": data, "results": Path(env.get("HPCLAB_RESULTS") or "results").absolute(),
-             "cache": Path(env.get("HPCLAB_CACHE") or data / "cache").absolute()}
+    paths = {
+        "data": data,
+        "results": Path(env.get("HPCLAB_RESULTS") or "results").absolute(),
+        "cache": Path(env.get("HPCLAB_CACHE") or data / "cache").absolute(),
+    }
     lines = [f"export HPCLAB_{key.upper()}={shlex.quote(str(path))}" for key, path in paths.items()]
-    cluster = {"image": env.get(container.IMAGE_ENV), "container": env.get(container.ENGINE_ENV),
-               "binds": [b for b in (env.get("HPCLAB_BINDS") or "").split(",") if b],
-               "gpus_per_node": int(env.get("SLURM_GPUS_ON_NODE") or 0)}
+    cluster = {
+        "image": env.get(container.IMAGE_ENV),
+        "container": env.get(container.ENGINE_ENV),
+        "binds": [b for b in (env.get("HPCLAB_BINDS") or "").split(",") if b],
+        "gpus_per_node": int(env.get("SLURM_GPUS_ON_NODE") or 0),
+    }
     if not cluster["image"]:
         python = env.get("HPCLAB_PYTHON") or "python3"
         return lines + [f"HPCLAB_PY=({shlex.quote(python)} -m {TASK_MODULE})"]

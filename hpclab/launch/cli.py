@@ -7,7 +7,7 @@ import errno
 import logging
 import sys
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from hpclab.config import CONFIG_DIR
 from hpclab.errors import USER_ERRORS, Preempted, RankLost
@@ -29,8 +29,9 @@ def doc_parser(doc: str) -> argparse.ArgumentParser:
     may run over several lines) as description, the rest (usage examples) verbatim after the
     options."""
     first, _, rest = doc.strip().partition("\n\n")
-    return argparse.ArgumentParser(description=" ".join(first.split()), epilog=rest,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    return argparse.ArgumentParser(
+        description=" ".join(first.split()), epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
 
 
 # Exit codes of the jobs/ entry points (docs/runs.md, "Exit codes").
@@ -73,8 +74,11 @@ def main_guard(main: Callable[[list[str]], int]) -> None:
         if exc.errno not in WRITE_ERRNOS:
             raise
         where = f" {exc.filename}" if exc.filename else ""
-        print(f"error: cannot write{where}: {exc.strerror}; files are written whole or not at all, so free "
-              f"space (or fix permissions) and run the same command again", file=sys.stderr)
+        print(
+            f"error: cannot write{where}: {exc.strerror}; files are written whole or not at all, so free "
+            f"space (or fix permissions) and run the same command again",
+            file=sys.stderr,
+        )
         code = EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -46,9 +46,10 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from hpclab.errors import ConfigError
 
@@ -61,9 +62,23 @@ APPTAINER_FAMILY = ("apptainer", "singularity")
 # a name that is not set on the host is left out): SLURM's and submitit's job description,
 # the ranks and rendezvous of slurm/common.sh, threads, NCCL settings, the GPUs SLURM
 # allocated, and the batch script's requeue relay and log path.
-PODMAN_PASS = ("SLURM_*", "SUBMITIT_*", "NCCL_*", "ACCELERATE_*", "CUDA_VISIBLE_DEVICES", "RANK", "LOCAL_RANK",
-               "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS", "HDF5_USE_FILE_LOCKING",
-               REQUEUE_ENV, "HPCLAB_SLURM_LOG", "HPCLAB_PARENT_PID")
+PODMAN_PASS = (
+    "SLURM_*",
+    "SUBMITIT_*",
+    "NCCL_*",
+    "ACCELERATE_*",
+    "CUDA_VISIBLE_DEVICES",
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "OMP_NUM_THREADS",
+    "HDF5_USE_FILE_LOCKING",
+    REQUEUE_ENV,
+    "HPCLAB_SLURM_LOG",
+    "HPCLAB_PARENT_PID",
+)
 # The label that marks a task's podman container with its SLURM job (see slurm_setup).
 PODMAN_JOB_LABEL = "hpclab.slurm_job"
 # podman runs as the task's own process with its pid in HPCLAB_PARENT_PID: the image's entry
@@ -100,7 +115,7 @@ def engine_of(cluster: Mapping[str, Any], settings: Settings = LAUNCHER_SETTINGS
     return engine
 
 
-def image_of(cluster: Mapping[str, Any]) -> Optional[str]:
+def image_of(cluster: Mapping[str, Any]) -> str | None:
     """The configured image (``cluster.image``, else $HPCLAB_IMAGE), or None: for Apptainer an
     absolute path to the SIF file, for podman the image reference as given."""
     image = cluster.get("image") or os.environ.get(IMAGE_ENV) or None
@@ -121,30 +136,40 @@ def check_image(cluster: Mapping[str, Any], settings: Settings = LAUNCHER_SETTIN
     named, host = settings.named, socket.gethostname()
     if engine != "podman" and not Path(image).is_file():
         hint = f" (an OCI image? set {settings.container}=podman)" if ":" in str(cluster.get("image") or "") else ""
-        raise ConfigError(f"{named(settings.image)}: {engine} image {image} not found{hint} "
-                          f"(build it on a login node: containers/build.sh {image})")
+        raise ConfigError(
+            f"{named(settings.image)}: {engine} image {image} not found{hint} "
+            f"(build it on a login node: containers/build.sh {image})"
+        )
     for bind in cluster.get("binds") or []:
         source = str(bind).split(":", 1)[0]
         if not Path(source).exists():
-            raise ConfigError(f"{named(settings.binds)}: bind source {source} does not exist on {host} "
-                              f"(create it, or remove '{bind}' from {settings.binds})")
+            raise ConfigError(
+                f"{named(settings.binds)}: bind source {source} does not exist on {host} "
+                f"(create it, or remove '{bind}' from {settings.binds})"
+            )
     if not engine_here:
         return
     if not shutil.which(engine):
-        fix = (f"install it (Debian/Ubuntu: apt-get install podman runc) or use Apptainer: {settings.container}=apptainer"
-               if engine == "podman" else
-               f"load it (e.g. module load apptainer; cluster.setup=['module load apptainer'] for the launcher's "
-               f"tasks) or run an OCI image with podman: {settings.container}=podman")
+        fix = (
+            f"install it (Debian/Ubuntu: apt-get install podman runc) or use Apptainer: {settings.container}=apptainer"
+            if engine == "podman"
+            else f"load it (e.g. module load apptainer; cluster.setup=['module load apptainer'] for the launcher's "
+            f"tasks) or run an OCI image with podman: {settings.container}=podman"
+        )
         raise ConfigError(f"{named(settings.container)}: {engine} not found on PATH on {host}: {fix}")
     if engine == "podman":
         found = subprocess.run(["podman", "image", "exists", image], capture_output=True, text=True, timeout=120)
         if found.returncode == 1:
-            raise ConfigError(f"{named(settings.image)}: podman on {host} has no image {image!r} (build it: "
-                              f"containers/build.sh --engine podman; list the images: podman images)")
+            raise ConfigError(
+                f"{named(settings.image)}: podman on {host} has no image {image!r} (build it: "
+                f"containers/build.sh --engine podman; list the images: podman images)"
+            )
         if found.returncode != 0:
             last = (found.stderr.strip().splitlines() or ["no output"])[-1]
-            raise ConfigError(f"{named(settings.container)}: podman does not work on {host} ({last}); "
-                              f"check its setup with: podman info")
+            raise ConfigError(
+                f"{named(settings.container)}: podman does not work on {host} ({last}); "
+                f"check its setup with: podman info"
+            )
 
 
 def _plain_path(key: str, value: str | Path) -> str:
@@ -234,8 +259,13 @@ def container_python(cluster: Mapping[str, Any], paths: Mapping[str, Any], folde
     return shell_prefix([*prefix, "python"]) if prefix else shlex.quote(sys.executable)
 
 
-def slurm_setup(cluster: Mapping[str, Any], paths: Mapping[str, Any], folder: str | Path,
-                command: Optional[str] = None, remove_leftovers: bool = True) -> list[str]:
+def slurm_setup(
+    cluster: Mapping[str, Any],
+    paths: Mapping[str, Any],
+    folder: str | Path,
+    command: str | None = None,
+    remove_leftovers: bool = True,
+) -> list[str]:
     """Batch-script lines (outside the container) for tasks that run in the image; none without one.
 
     They create the bound directories (a missing bind source stops either engine), print the
@@ -254,8 +284,10 @@ def slurm_setup(cluster: Mapping[str, Any], paths: Mapping[str, Any], folder: st
     flag = shlex.quote(str(Path(_plain_path("cluster.folder", folder)) / ".requeue-")) + '"${SLURM_JOB_ID:-none}"'
     lines = ["mkdir -p " + " ".join(shlex.quote(d) for d in task_dirs(paths, folder))]
     if engine == "podman" and remove_leftovers:
-        lines.append(f'if [ -n "${{SLURM_JOB_ID:-}}" ]; then podman ps -aq --filter "label={PODMAN_JOB_LABEL}='
-                     f'$SLURM_JOB_ID" | xargs -r podman rm -f; fi')
+        lines.append(
+            f'if [ -n "${{SLURM_JOB_ID:-}}" ]; then podman ps -aq --filter "label={PODMAN_JOB_LABEL}='
+            f'$SLURM_JOB_ID" | xargs -r podman rm -f; fi'
+        )
     return lines + [
         f"export {REQUEUE_ENV}={flag}",
         f'rm -f "${REQUEUE_ENV}"',

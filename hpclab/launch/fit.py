@@ -8,7 +8,6 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -27,7 +26,7 @@ class Partition:
     cpus: int
     mem_mb: int
     gpus: int
-    time_min: Optional[int]  # None: no limit
+    time_min: int | None  # None: no limit
 
     def describe(self) -> str:
         time = "no time limit" if self.time_min is None else f"at most {self.time_min} min"
@@ -36,7 +35,7 @@ class Partition:
         return f"partition '{self.name}' ({nodes}: {self.cpus} CPUs, {self.mem_mb / 1024:.1f} GB, {gpus}; {time})"
 
 
-def partitions() -> Optional[dict[str, Partition]]:
+def partitions() -> dict[str, Partition] | None:
     """The partitions ``sinfo`` reports (one call); None when it does not answer."""
     try:
         out = subprocess.run(["sinfo", "-h", "-o", "%P|%D|%c|%m|%G|%l"], capture_output=True, text=True, timeout=30)
@@ -50,12 +49,20 @@ def partitions() -> Optional[dict[str, Partition]]:
         if len(fields) != 6:
             continue
         name, nodes, cpus, mem, gres, limit = fields
-        part = Partition(name.rstrip("*"), name.endswith("*"), _int(nodes), _int(cpus), _int(mem), gpus_of(gres),
-                         minutes(limit))
+        part = Partition(
+            name.rstrip("*"), name.endswith("*"), _int(nodes), _int(cpus), _int(mem), gpus_of(gres), minutes(limit)
+        )
         if part.name in found:  # nodes of another configuration in the same partition
             seen = found[part.name]
-            part = Partition(part.name, seen.default or part.default, seen.nodes + part.nodes, max(seen.cpus, part.cpus),
-                             max(seen.mem_mb, part.mem_mb), max(seen.gpus, part.gpus), seen.time_min)
+            part = Partition(
+                part.name,
+                seen.default or part.default,
+                seen.nodes + part.nodes,
+                max(seen.cpus, part.cpus),
+                max(seen.mem_mb, part.mem_mb),
+                max(seen.gpus, part.gpus),
+                seen.time_min,
+            )
         found[part.name] = part
     return found or None
 
@@ -75,7 +82,7 @@ def gpus_of(gres: str) -> int:
     return total
 
 
-def minutes(limit: str) -> Optional[int]:
+def minutes(limit: str) -> int | None:
     """sinfo's time limit in minutes: ``30:00`` (min:s), ``4:00:00``, ``1-12:00:00``; None for
     ``infinite`` (or anything unreadable: sbatch then judges)."""
     days, _, clock = limit.strip().rpartition("-")
@@ -93,41 +100,60 @@ def minutes(limit: str) -> Optional[int]:
     return day_count * 1440 + hours * 60 + mins
 
 
-def misfits(cluster: DictConfig, parts: dict[str, Partition]) -> tuple[Optional[Partition], list[tuple[str, str]]]:
+def misfits(cluster: DictConfig, parts: dict[str, Partition]) -> tuple[Partition | None, list[tuple[str, str]]]:
     """The partition the job would go to, and each setting that does not fit it as
     ``(what is wrong, the override that fits)``."""
     found: list[tuple[str, str]] = []
     default = next((p for p in parts.values() if p.default), next(iter(parts.values())))
     part = parts.get(cluster.partition) if cluster.partition else default
     if part is None:
-        found.append((f"cluster.partition={cluster.partition} (there are {', '.join(parts)})",
-                      f"cluster.partition={default.name}"))
+        found.append(
+            (
+                f"cluster.partition={cluster.partition} (there are {', '.join(parts)})",
+                f"cluster.partition={default.name}",
+            )
+        )
         part = default
     if cluster.nodes > part.nodes:
         found.append((f"cluster.nodes={cluster.nodes} ({part.nodes} there)", f"cluster.nodes={part.nodes}"))
     gpus = min(cluster.gpus_per_node, part.gpus)
     if gpus < cluster.gpus_per_node:
-        found.append((f"cluster.gpus_per_node={cluster.gpus_per_node} ({part.gpus or 'no'} GPUs a node)",
-                      f"cluster.gpus_per_node={gpus}"))
+        found.append(
+            (
+                f"cluster.gpus_per_node={cluster.gpus_per_node} ({part.gpus or 'no'} GPUs a node)",
+                f"cluster.gpus_per_node={gpus}",
+            )
+        )
     tasks = max(gpus, 1)  # one task per GPU
     per_task = max(part.cpus // tasks, 1)  # the most CPUs each task can have
     cpus = min(cluster.cpus_per_task, per_task)
     if cpus < cluster.cpus_per_task:
-        found.append((f"cluster.cpus_per_task={cluster.cpus_per_task} ({part.cpus} CPUs a node"
-                      + (f" for {tasks} tasks)" if tasks > 1 else ")"), f"cluster.cpus_per_task={cpus}"))
+        found.append(
+            (
+                f"cluster.cpus_per_task={cluster.cpus_per_task} ({part.cpus} CPUs a node"
+                + (f" for {tasks} tasks)" if tasks > 1 else ")"),
+                f"cluster.cpus_per_task={cpus}",
+            )
+        )
     if cluster.threads > cpus:  # more threads than CPUs: every step waits for the ones without a core
         fix = f"cluster.cpus_per_task={cluster.threads}" if cluster.threads <= per_task else f"cluster.threads={cpus}"
         found.append((f"cluster.threads={cluster.threads} (more than cluster.cpus_per_task={cpus})", fix))
     if cluster.mem_gb and cluster.mem_gb * 1024 > part.mem_mb:
         fitting = int(part.mem_mb // 1024)
-        found.append((f"cluster.mem_gb={cluster.mem_gb:g} ({part.mem_mb / 1024:.1f} GB a node)",
-                      f"cluster.mem_gb={fitting}" if fitting else "cluster.mem_gb=null"))
+        found.append(
+            (
+                f"cluster.mem_gb={cluster.mem_gb:g} ({part.mem_mb / 1024:.1f} GB a node)",
+                f"cluster.mem_gb={fitting}" if fitting else "cluster.mem_gb=null",
+            )
+        )
     if part.time_min is not None and cluster.time_min > part.time_min:
-        found.append((f"cluster.time_min={cluster.time_min} (limit {part.time_min})", f"cluster.time_min={part.time_min}"))
+        found.append(
+            (f"cluster.time_min={cluster.time_min} (limit {part.time_min})", f"cluster.time_min={part.time_min}")
+        )
     return part, found
 
 
-def fit_problem(cluster: DictConfig) -> Optional[str]:
+def fit_problem(cluster: DictConfig) -> str | None:
     """One line naming every setting that does not fit the cluster, with the overrides that do
     (and the CPU profile when it fits); None when all fit or sinfo does not answer."""
     parts = partitions()
@@ -136,8 +162,10 @@ def fit_problem(cluster: DictConfig) -> Optional[str]:
     part, found = misfits(cluster, parts)
     if not found:
         return None
-    line = (f"the job does not fit {part.describe()}: {', '.join(what for what, _ in found)}. "
-            f"These fit: {' '.join(fix for _, fix in found)}")
+    line = (
+        f"the job does not fit {part.describe()}: {', '.join(what for what, _ in found)}. "
+        f"These fit: {' '.join(fix for _, fix in found)}"
+    )
     profile = OmegaConf.load(Path(CONFIG_DIR) / "cluster" / f"{CPU_PROFILE}.yaml")
     as_profile = OmegaConf.merge(cluster, {k: v for k, v in profile.items() if k != "defaults"})
     if cluster.gpus_per_node and not misfits(as_profile, parts)[1]:

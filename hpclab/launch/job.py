@@ -15,19 +15,40 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
 from hpclab.config import save_yaml
 from hpclab.errors import Preempted, RankLost, RunConflict, RunFolderError
-from hpclab.rundir.lock import TOKEN_ENV, add_writers, run_lock, unwritable
 from hpclab.launch.slurm import JobSignals, export_rank_env, record_task, restart_count
-from hpclab.rundir import (ATTEMPTS, CONFIG, ENVIRONMENT, FIGURES, LOCK, RUN_LOG, SUMMARY, RunRecordError,
-                           completed_summary, has_progress, moved_aside, read_attempts, read_config)
-from hpclab.utils import (die_with_parent, environment_record, job_ref, one_line, setup_logging, under_slurm, use_threads,
-                          write_json)
+from hpclab.rundir import (
+    ATTEMPTS,
+    CONFIG,
+    ENVIRONMENT,
+    FIGURES,
+    LOCK,
+    RUN_LOG,
+    SUMMARY,
+    RunRecordError,
+    completed_summary,
+    has_progress,
+    moved_aside,
+    read_attempts,
+    read_config,
+)
+from hpclab.rundir.lock import TOKEN_ENV, add_writers, run_lock, unwritable
+from hpclab.utils import (
+    die_with_parent,
+    environment_record,
+    job_ref,
+    one_line,
+    setup_logging,
+    under_slurm,
+    use_threads,
+    write_json,
+)
 
 log = logging.getLogger("hpclab")
 
@@ -36,7 +57,7 @@ def run_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.paths.results) / cfg.run_group / cfg.run_name
 
 
-def completed_with(run_dir: Path, cfg: DictConfig) -> Optional[dict[str, Any]]:
+def completed_with(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
     """The summary of ``run_dir`` when it completed with ``cfg``'s config (the keys that say what
     it trains: a smoke run, or a run of other overrides, is not complete for this config); else None."""
     from hpclab.launch.sweep import config_diff
@@ -74,8 +95,10 @@ _CHECKED: set[str] = set()  # runs' check keys already checked in this process
 def _check_key(cfg: DictConfig) -> str:
     """What decides the outcome of :func:`check_run` (not the seed, name or training length)."""
     parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "task", "data", "analysis", "paths")}
-    parts["train"] = {k: OmegaConf.to_container(cfg.train, resolve=True)[k]
-                      for k in ("eval_splits", "final_splits", "monitor", "stop")}
+    parts["train"] = {
+        k: OmegaConf.to_container(cfg.train, resolve=True)[k]
+        for k in ("eval_splits", "final_splits", "monitor", "stop")
+    }
     return json.dumps(parts, sort_keys=True, default=str)
 
 
@@ -125,7 +148,7 @@ def train_run(cfg: DictConfig, folder_ready: bool = False) -> dict[str, Any]:
         return done if done is not None else _train(cfg, run_dir, rank)
 
 
-def prepare_folder(cfg: DictConfig, run_dir: Path) -> Optional[dict[str, Any]]:
+def prepare_folder(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     """Under the run's lock: the summary when the run is complete with this config (nothing to
     do, None otherwise), after readying the folder: another config's results are refused (or,
     when its start never reached a checkpoint, moved aside), force=true moves old results
@@ -137,11 +160,17 @@ def prepare_folder(cfg: DictConfig, run_dir: Path) -> Optional[dict[str, Any]]:
     if old is not None and not _starts_over(cfg):
         changed = config_diff(old, cfg)
         if changed and has_progress(run_dir):
-            raise RunConflict(f"{run_dir} holds a run with another config ({'; '.join(changed[:3])}); "
-                              f"choose another run_name=... or pass force=true to replace it")
+            raise RunConflict(
+                f"{run_dir} holds a run with another config ({'; '.join(changed[:3])}); "
+                f"choose another run_name=... or pass force=true to replace it"
+            )
         if changed:
-            log.info("%s: its earlier start had another config (%s) and never reached a checkpoint; starting "
-                     "over with this one", run_dir, "; ".join(changed[:3]))
+            log.info(
+                "%s: its earlier start had another config (%s) and never reached a checkpoint; starting "
+                "over with this one",
+                run_dir,
+                "; ".join(changed[:3]),
+            )
             _clear_run(run_dir)
     done = None if _starts_over(cfg) else completed_with(run_dir, cfg)
     if done is not None:
@@ -169,8 +198,12 @@ def _train(cfg: DictConfig, run_dir: Path, rank: int) -> dict[str, Any]:
             result = trainer.fit()
             analyses = _analyse(trainer, cfg, run_dir) if trainer.parts.is_main else {}
         except (Preempted, SystemExit):  # a stop signal: each rank says where it stopped (they agree)
-            log.warning("rank %d of %d stopped at step %d", trainer.parts.accelerator.process_index,
-                        trainer.parts.world, trainer.state.step)
+            log.warning(
+                "rank %d of %d stopped at step %d",
+                trainer.parts.accelerator.process_index,
+                trainer.parts.world,
+                trainer.state.step,
+            )
             raise
         except BaseException:  # failed: srun's SIGTERM to the other ranks must not turn it into a stop (exit 3)
             if under_slurm():
@@ -184,7 +217,9 @@ def _train(cfg: DictConfig, run_dir: Path, rank: int) -> dict[str, Any]:
             "run": cfg.run_name,
             "group": cfg.run_group,
             "experiment": cfg.experiment,
-            "parameters": {n: sum(p.numel() for p in trainer.parts.unwrap(n).parameters()) for n in trainer.parts.models},
+            "parameters": {
+                n: sum(p.numel() for p in trainer.parts.unwrap(n).parameters()) for n in trainer.parts.models
+            },
             "wall_time_s": round(sum(a.get("wall_time_s") or 0 for a in attempts), 2),
             "attempts": len(attempts),
             "data": trainer.checkpoints.data_record(),
@@ -211,8 +246,10 @@ def _make_trainer(cfg: DictConfig, run_dir: Path) -> Any:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world == 1 or not lost_peer(exc):
             raise
-        raise RankLost(f"rank {os.environ.get('RANK', '0')} of {world} could not reach the other ranks at the start "
-                       f"({one_line(exc)[:200]}); resubmit the job") from None
+        raise RankLost(
+            f"rank {os.environ.get('RANK', '0')} of {world} could not reach the other ranks at the start "
+            f"({one_line(exc)[:200]}); resubmit the job"
+        ) from None
 
 
 def _analyse(trainer: Any, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -222,8 +259,10 @@ def _analyse(trainer: Any, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from hpclab.engine.signals import stop_at_once
 
     analyses: dict[str, Any] = {}
-    what = (f"during the analyses: training is complete (checkpointed at step {trainer.state.step}); run the same "
-            f"command{' without force=true' if cfg.force else ''} to run the analyses again")
+    what = (
+        f"during the analyses: training is complete (checkpointed at step {trainer.state.step}); run the same "
+        f"command{' without force=true' if cfg.force else ''} to run the analyses again"
+    )
     with stop_at_once(what):
         for name, kwargs in analysis_items(cfg.analysis):
             log.info("analysis %s", name)
@@ -241,16 +280,25 @@ def start_attempt(run_dir: Path) -> list[dict[str, Any]]:
         if entry.get("wall_time_s") is None and entry.get("start_ts") is not None:
             last = run_log.stat().st_mtime if run_log.is_file() else entry["start_ts"]
             entry.update(wall_time_s=round(max(last - entry["start_ts"], 0.0), 2), ended="killed")
-    attempts.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "start_ts": time.time(),
-                     "host": socket.gethostname(), "job": job_ref()})
+    attempts.append(
+        {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "start_ts": time.time(),
+            "host": socket.gethostname(),
+            "job": job_ref(),
+        }
+    )
     write_json(run_dir / ATTEMPTS, attempts)
     return attempts
 
 
 def end_attempt(run_dir: Path, attempts: list[dict[str, Any]], step: int) -> list[dict[str, Any]]:
     entry = attempts[-1]
-    entry.update(wall_time_s=round(time.time() - entry["start_ts"], 2), reached_step=step,
-                 ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    entry.update(
+        wall_time_s=round(time.time() - entry["start_ts"], 2),
+        reached_step=step,
+        ended=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
     write_json(run_dir / ATTEMPTS, attempts)
     return attempts
 
@@ -270,8 +318,14 @@ def _clear_run(run_dir: Path) -> None:
 
 def _spawned(rank: int, cfg_yaml: str, world: int, port: int, token: str, parent: int) -> None:
     die_with_parent(parent)  # a killed launcher leaves no rank training on in its run folder
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **{TOKEN_ENV: token})
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        **{TOKEN_ENV: token},
+    )
     train_run(OmegaConf.create(cfg_yaml), folder_ready=True)
 
 
@@ -294,8 +348,13 @@ def train_local_processes(cfg: DictConfig, processes: int) -> dict[str, Any]:
         done = prepare_folder(cfg, run_dir)
         if done is not None:
             return done
-        context = mp.start_processes(_spawned, args=(OmegaConf.to_yaml(cfg), processes, port, me["token"], os.getpid()),
-                                     nprocs=processes, start_method="spawn", join=False)
+        context = mp.start_processes(
+            _spawned,
+            args=(OmegaConf.to_yaml(cfg), processes, port, me["token"], os.getpid()),
+            nprocs=processes,
+            start_method="spawn",
+            join=False,
+        )
         add_writers(run_dir, me, [p.pid for p in context.processes])
         while not context.join():
             pass
@@ -397,5 +456,6 @@ def refresh_sweep_report(cfg: DictConfig) -> None:
             finally:
                 lock.release()
     except Exception as exc:  # the run itself succeeded; the summary can be rebuilt later
-        log.warning("sweep summary not refreshed (%s: %s); run: python jobs/report.py %s",
-                    type(exc).__name__, exc, group)
+        log.warning(
+            "sweep summary not refreshed (%s: %s); run: python jobs/report.py %s", type(exc).__name__, exc, group
+        )

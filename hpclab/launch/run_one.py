@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -28,7 +27,7 @@ from hpclab.config import ConfigError
 USAGE = __doc__
 
 
-def parse_args(argv: list[str]) -> tuple[list[str], Optional[int], bool]:
+def parse_args(argv: list[str]) -> tuple[list[str], int | None, bool]:
     """Split off ``task_index=N`` and ``--check`` from the Hydra overrides."""
     overrides, index, check = [], None, False
     for arg in argv:
@@ -44,26 +43,30 @@ def parse_args(argv: list[str]) -> tuple[list[str], Optional[int], bool]:
     return overrides, index, check
 
 
-def choose_index(n_runs: int, index: Optional[int], group: str) -> int:
+def choose_index(n_runs: int, index: int | None, group: str) -> int:
     """The run this task runs: task_index=N, else the array task id, else the only run."""
     if index is None and os.environ.get("SLURM_ARRAY_TASK_ID"):
         index = int(os.environ["SLURM_ARRAY_TASK_ID"])
     if index is None:
         if n_runs == 1:
             return 0
-        raise ConfigError(f"'{group}' has {n_runs} runs: pick one with task_index=0..{n_runs - 1} "
-                          f"(or submit them all: python jobs/launch.py ... cluster=slurm)")
+        raise ConfigError(
+            f"'{group}' has {n_runs} runs: pick one with task_index=0..{n_runs - 1} "
+            f"(or submit them all: python jobs/launch.py ... cluster=slurm)"
+        )
     return index
 
 
-def coverage_warning(n_runs: int) -> Optional[str]:
+def coverage_warning(n_runs: int) -> str | None:
     """In an array smaller than the sweep, say which runs no task covers and how to submit them."""
     top = os.environ.get("SLURM_ARRAY_TASK_MAX")
     if top is None or int(top) >= n_runs - 1:
         return None
     first, last = int(top) + 1, n_runs - 1
-    return (f"this array covers runs 0..{top} but the sweep has {n_runs}: submit the rest with "
-            f"sbatch --array={first}-{last} <the same script and overrides>")
+    return (
+        f"this array covers runs 0..{top} but the sweep has {n_runs}: submit the rest with "
+        f"sbatch --array={first}-{last} <the same script and overrides>"
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import textwrap
-from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -13,7 +12,7 @@ from hpclab.launch.sweep import plan as make_plan
 from hpclab.utils import did_you_mean, flatten
 
 
-def split_key(args: list[str]) -> tuple[list[str], Optional[str]]:
+def split_key(args: list[str]) -> tuple[list[str], str | None]:
     """(overrides, the one KEY to show): a bare word (no ``=``, not a flag or deletion) is the key."""
     keys = [a for a in args if "=" not in a and not a.startswith(("-", "~", "+"))]
     if len(keys) > 1:
@@ -32,9 +31,11 @@ def show(args: list[str]) -> str:
     where = f"{plan.run_dir(0)}/"
     if len(plan) > 1:
         axes = ", ".join(k for k in _swept(plan))
-        head = (f"# run 1 of {len(plan)} of sweep '{plan.group}' ({plan.run_names[0]}) -> {where}\n"
-                f"# the others differ in: {axes or 'run_name'}; python jobs/launch.py {' '.join(overrides)} "
-                f"dry_run=true lists them\n")
+        head = (
+            f"# run 1 of {len(plan)} of sweep '{plan.group}' ({plan.run_names[0]}) -> {where}\n"
+            f"# the others differ in: {axes or 'run_name'}; python jobs/launch.py {' '.join(overrides)} "
+            f"dry_run=true lists them\n"
+        )
     else:
         head = f"# {plan.group}/{plan.run_names[0]} -> {where}\n"
     return head + OmegaConf.to_yaml(cfg).rstrip()

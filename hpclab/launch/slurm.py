@@ -17,8 +17,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 from hpclab.rundir import SLURM_RECORD, read_slurm_record
 from hpclab.utils import can_set_signal_handlers, job_ref, under_slurm, write_json
@@ -56,14 +57,14 @@ def export_rank_env() -> None:
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")  # gloo on the CPU, as accelerate launch --cpu
 
 
-def _scontrol(*args: str) -> Optional[str]:
+def _scontrol(*args: str) -> str | None:
     try:
         return subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
 
 
-def controller_setting(name: str) -> Optional[int]:
+def controller_setting(name: str) -> int | None:
     """An integer setting of the controller (``scontrol show config``); None when scontrol does
     not answer or does not list it."""
     for line in (_scontrol("show", "config") or "").splitlines():
@@ -73,14 +74,14 @@ def controller_setting(name: str) -> Optional[int]:
     return None
 
 
-def max_array_tasks() -> Optional[int]:
+def max_array_tasks() -> int | None:
     """The most tasks one job array may have here: the controller's MaxArraySize - 1 (array
     indices run from 0 to MaxArraySize - 1). None when scontrol does not answer."""
     size = controller_setting("MaxArraySize")
     return None if size is None else size - 1
 
 
-def max_job_count() -> Optional[int]:
+def max_job_count() -> int | None:
     """The controller's MaxJobCount (every array task counts as one job); None when unknown."""
     return controller_setting("MaxJobCount")
 
@@ -121,8 +122,13 @@ def requeue_job() -> bool:
         log.error("could not requeue SLURM job %s (%s); resubmit it to resume from the checkpoint", job, exc)
         return False
     if proc.returncode != 0:
-        log.error("scontrol requeue %s failed: %s; resubmit it to resume from the checkpoint", job,
-                  (proc.stderr or proc.stdout).strip().splitlines()[0] if (proc.stderr or proc.stdout).strip() else proc.returncode)
+        log.error(
+            "scontrol requeue %s failed: %s; resubmit it to resume from the checkpoint",
+            job,
+            (proc.stderr or proc.stdout).strip().splitlines()[0]
+            if (proc.stderr or proc.stdout).strip()
+            else proc.returncode,
+        )
         return False
     log.warning("requeued SLURM job %s: it resumes from the checkpoint when it restarts", job_ref())
     return True
@@ -154,7 +160,7 @@ class JobSignals:
     checkpoints at the next step boundary first) and hands the signal back to these handlers.
     """
 
-    def install(self) -> "JobSignals":
+    def install(self) -> JobSignals:
         if not can_set_signal_handlers():
             return self
         signal.signal(signal.SIGUSR2, self._on_usr2)
@@ -191,7 +197,7 @@ class JobSignals:
         self.exit()
 
 
-def slurm_log_path() -> Optional[str]:
+def slurm_log_path() -> str | None:
     """The job's stdout file: $HPCLAB_SLURM_LOG (set by slurm/common.sh), else scontrol's StdOut."""
     if os.environ.get("HPCLAB_SLURM_LOG"):
         return os.environ["HPCLAB_SLURM_LOG"]
@@ -205,7 +211,7 @@ def slurm_log_path() -> Optional[str]:
     return scontrol_field(out, "StdOut")
 
 
-def scontrol_field(line: str, key: str) -> Optional[str]:
+def scontrol_field(line: str, key: str) -> str | None:
     """The value of ``key`` in one ``scontrol show ... -o`` line; values may hold spaces (a path
     under "My results/"), so a value runs up to the next `` Key=``, not the next space."""
     match = re.search(rf"(?:^|\s){re.escape(key)}=(.*?)(?=\s+[A-Za-z][A-Za-z0-9:/_]*=|\s*$)", line)

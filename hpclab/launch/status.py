@@ -14,7 +14,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -29,8 +29,10 @@ def describe_plan(plan: SweepPlan) -> str:
     lines = [f"{len(plan)} run(s) -> {plan.group_dir}/"]
     for cfg in plan.runs:
         state = "complete" if completed_with(run_dir_of(cfg), cfg) else "to run"
-        lines.append(f"  {cfg.run_name:<32} {state:<9} model={cfg.model.name} data={cfg.data.name} "
-                     f"task={cfg.task.name} steps={cfg.train.max_steps or str(cfg.train.epochs) + ' epochs'}")
+        lines.append(
+            f"  {cfg.run_name:<32} {state:<9} model={cfg.model.name} data={cfg.data.name} "
+            f"task={cfg.task.name} steps={cfg.train.max_steps or str(cfg.train.epochs) + ' epochs'}"
+        )
     return "\n".join(lines)
 
 
@@ -44,11 +46,23 @@ TAG = re.compile(r"hpclab:[0-9a-f]{16}")  # any submission_tag: a job the launch
 
 
 # squeue states of jobs that are not over yet (squeue -t all also lists recently ended ones).
-ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
-          "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
+ACTIVE = {
+    "PENDING",
+    "RUNNING",
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESIZING",
+    "SIGNALING",
+    "STAGE_OUT",
+    "STOPPED",
+}
 
 
-def squeue_jobs(everyone: bool = False) -> Optional[dict[str, dict[str, str]]]:
+def squeue_jobs(everyone: bool = False) -> dict[str, dict[str, str]] | None:
     """This user's jobs (``everyone``: all users') the controller knows, array tasks one by one
     (queued, running, recently ended; no accounting needed): ``'123_4'`` / ``'125'`` -> state,
     reason, name. None when squeue does not answer."""
@@ -56,8 +70,12 @@ def squeue_jobs(everyone: bool = False) -> Optional[dict[str, dict[str, str]]]:
 
     who = ["-a"] if everyone else ["-u", getpass.getuser()]
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-t", "all", *who, "-o", "%i|%T|%r|%k|%j"],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-t", "all", *who, "-o", "%i|%T|%r|%k|%j"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:
@@ -70,7 +88,7 @@ def squeue_jobs(everyone: bool = False) -> Optional[dict[str, dict[str, str]]]:
     return jobs
 
 
-def _job_number(job: Optional[str]) -> int:
+def _job_number(job: str | None) -> int:
     """Submission order of a job reference (array job id of ``123_4``)."""
     try:
         return int(str(job).split("_")[0])
@@ -85,8 +103,11 @@ def _queued_by_sbatch(plan: SweepPlan, jobs: dict[str, dict[str, str]], submitit
     are not this sweep's); array task i runs run i, a plain job the only run of a single-run plan."""
     found: dict[int, str] = {}
     for job, info in jobs.items():
-        if (info["name"] != f"hpclab-{plan.group}" or _job_number(job) in submitit_jobs
-                or TAG.search(info.get("comment", ""))):
+        if (
+            info["name"] != f"hpclab-{plan.group}"
+            or _job_number(job) in submitit_jobs
+            or TAG.search(info.get("comment", ""))
+        ):
             continue
         index = int(job.split("_")[1]) if "_" in job else 0 if len(plan) == 1 else None
         if index is not None and index < len(plan) and _job_number(job) > _job_number(found.get(index)):
@@ -94,8 +115,15 @@ def _queued_by_sbatch(plan: SweepPlan, jobs: dict[str, dict[str, str]], submitit
     return found
 
 
-def run_state(run_dir: Path, cfg: DictConfig, job: Optional[str], squeued: Optional[dict[str, str]],
-              starts: list[dict[str, Any]], submitit_log: Optional[str], submitit_dir: Path) -> str:
+def run_state(
+    run_dir: Path,
+    cfg: DictConfig,
+    job: str | None,
+    squeued: dict[str, str] | None,
+    starts: list[dict[str, Any]],
+    submitit_log: str | None,
+    submitit_dir: Path,
+) -> str:
     """One run's state from squeue (if it still knows the job), the results folder and the
     task records: PENDING, REQUEUED (pending again after a requeue), RUNNING, COMPLETED (with
     this config), OTHER-CONFIG (the folder holds a finished run of another config), FAILED,
@@ -125,9 +153,9 @@ class RunJob:
 
     name: str
     run_dir: Path
-    job: Optional[str]
-    log_path: Optional[str]
-    submitit_log: Optional[str]  # the log of the job submitit submitted, when that is the newest
+    job: str | None
+    log_path: str | None
+    submitit_log: str | None  # the log of the job submitit submitted, when that is the newest
     starts: list[dict[str, Any]]
 
 
@@ -149,8 +177,9 @@ def run_jobs(plan: SweepPlan) -> tuple[list[RunJob], set[int]]:
     return runs, {_job_number(r.get("job_id")) for r in record.values()}
 
 
-def _add_queued_by_sbatch(plan: SweepPlan, runs: list[RunJob], submitit_jobs: set[int],
-                          jobs: dict[str, dict[str, str]]) -> None:
+def _add_queued_by_sbatch(
+    plan: SweepPlan, runs: list[RunJob], submitit_jobs: set[int], jobs: dict[str, dict[str, str]]
+) -> None:
     """Point runs at sbatch array tasks still queued for them (newer than what they record)."""
     for index, queued in _queued_by_sbatch(plan, jobs, submitit_jobs).items():
         run = runs[index]

@@ -9,7 +9,7 @@ import io
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -68,13 +68,19 @@ def make_executor(plan: SweepPlan):
 
     cluster, paths, folder = plan.base.cluster, plan.base.paths, plan.submitit_folder
     try:
-        executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=cluster.max_requeues,
-                                         slurm_python=container.container_python(cluster, paths, folder))
+        executor = submitit.AutoExecutor(
+            folder=folder,
+            cluster="slurm",
+            slurm_max_num_timeout=cluster.max_requeues,
+            slurm_python=container.container_python(cluster, paths, folder),
+        )
     except RuntimeError as exc:  # submitit looks for srun: not on a machine without a SLURM client
         if "srun" not in str(exc):
             raise
-        raise ConfigError("no SLURM client on this machine (srun not found): submit from a login node of the "
-                          "cluster, or run here with cluster=local") from None
+        raise ConfigError(
+            "no SLURM client on this machine (srun not found): submit from a login node of the "
+            "cluster, or run here with cluster=local"
+        ) from None
     params = slurm_parameters(cluster, f"hpclab-{plan.group}")
     params["slurm_setup"] += container.slurm_setup(cluster, paths, folder)  # binds, requeue relay
     executor.update_parameters(**params)
@@ -90,10 +96,12 @@ def check_capacity(plan: SweepPlan, tasks: int) -> None:
     if limit is None or jobs is None:
         return
     if len(jobs) + tasks >= limit:
-        raise ConfigError(f"the controller holds at most MaxJobCount={limit} jobs (each array task counts) and "
-                          f"has {len(jobs)} now: {tasks} more do not fit; submit the sweep in parts (e.g. a narrower "
-                          f"grid or seed range per submission: they all go to {plan.group_dir}/) or when the "
-                          f"queue has emptied")
+        raise ConfigError(
+            f"the controller holds at most MaxJobCount={limit} jobs (each array task counts) and "
+            f"has {len(jobs)} now: {tasks} more do not fit; submit the sweep in parts (e.g. a narrower "
+            f"grid or seed range per submission: they all go to {plan.group_dir}/) or when the "
+            f"queue has emptied"
+        )
 
 
 def check_one_cluster_setting(plan: SweepPlan, pending: list[DictConfig]) -> None:
@@ -107,8 +115,10 @@ def check_one_cluster_setting(plan: SweepPlan, pending: list[DictConfig]) -> Non
         key = "name" if "name" in differ else differ[0]
         seen = list(dict.fromkeys(str(own.get(key)) for own in sections))
         what = "cluster" if key == "name" else f"cluster.{key}"
-        raise ConfigError(f"{what} differs between the runs ({', '.join(seen)}), but one submission has one "
-                          f"cluster setting: give {what} one value, not a sweep axis")
+        raise ConfigError(
+            f"{what} differs between the runs ({', '.join(seen)}), but one submission has one "
+            f"cluster setting: give {what} one value, not a sweep axis"
+        )
 
 
 def to_submit(plan: SweepPlan) -> tuple[list[DictConfig], dict[str, str]]:
@@ -116,8 +126,11 @@ def to_submit(plan: SweepPlan) -> tuple[list[DictConfig], dict[str, str]]:
     under an earlier submission (those run already: queueing them again would run them twice,
     and past cluster.array_parallelism). Also the skipped runs: name -> job."""
     active = active_jobs(plan)
-    pending = [cfg for cfg in plan.runs
-               if (cfg.force or not completed_with(run_dir_of(cfg), cfg)) and cfg.run_name not in active]
+    pending = [
+        cfg
+        for cfg in plan.runs
+        if (cfg.force or not completed_with(run_dir_of(cfg), cfg)) and cfg.run_name not in active
+    ]
     return pending, active
 
 
@@ -138,11 +151,12 @@ def render_sbatch(plan: SweepPlan) -> str:
     head = f"# {describe_layout(layout, cluster.array_parallelism)}\n"
     if active:
         head += f"# {len(active)} run(s) still queued or running under earlier submissions are left out\n"
-    return head + _make_sbatch_string(command=inner._submitit_command_str, folder=inner.folder,
-                                      map_count=layout[0].tasks, **inner.parameters)
+    return head + _make_sbatch_string(
+        command=inner._submitit_command_str, folder=inner.folder, map_count=layout[0].tasks, **inner.parameters
+    )
 
 
-def _configure_array(executor: Any, spec: ArraySpec, extra: dict[str, Any], after: Optional[str]) -> None:
+def _configure_array(executor: Any, spec: ArraySpec, extra: dict[str, Any], after: str | None) -> None:
     """Set ``executor`` up for one array: its own ``%`` limit, and afterany on the array before
     it in its lane (``after``, already submitted), added to any dependency of cluster.extra."""
     extra = dict(extra)
@@ -157,8 +171,10 @@ def submit_slurm(plan: SweepPlan) -> dict[str, int]:
     its number of tasks (empty when nothing was left to submit)."""
     pending, active = to_submit(plan)
     if active:
-        log.info("%d run(s) are still queued or running under earlier submissions (launch.py status): "
-                 "not submitted again", len(active))
+        log.info(
+            "%d run(s) are still queued or running under earlier submissions (launch.py status): not submitted again",
+            len(active),
+        )
     if not pending:
         if not active:
             log.info("all %d runs are complete; nothing to submit (force=true re-runs them)", len(plan))
@@ -228,25 +244,35 @@ def _remove_new_files(folder: Path, before: set[Path]) -> None:
 # sbatch's reasons for refusing a job, and the setting that usually fixes each.
 _SBATCH_HINTS = (
     ("Invalid generic resource", "this cluster has no GPUs there: cluster.gpus_per_node=0"),
-    ("More processors requested than permitted",
-     "the job asks for more nodes or CPUs than the partition has (sinfo -o '%P %D %c' lists them): lower "
-     "cluster.nodes or cluster.cpus_per_task"),
-    ("Requested node configuration is not available",
-     "no node has what the job asks for: lower cluster.gpus_per_node (0 without GPUs), cluster.cpus_per_task, "
-     "cluster.mem_gb or cluster.nodes"),
+    (
+        "More processors requested than permitted",
+        "the job asks for more nodes or CPUs than the partition has (sinfo -o '%P %D %c' lists them): lower "
+        "cluster.nodes or cluster.cpus_per_task",
+    ),
+    (
+        "Requested node configuration is not available",
+        "no node has what the job asks for: lower cluster.gpus_per_node (0 without GPUs), cluster.cpus_per_task, "
+        "cluster.mem_gb or cluster.nodes",
+    ),
     ("Invalid partition", "name a partition that exists (sinfo lists them): cluster.partition=..."),
-    ("Invalid feature specification",
-     "no node has that feature: fix cluster.extra.constraint (sinfo -o '%P %f' lists the features)"),
+    (
+        "Invalid feature specification",
+        "no node has that feature: fix cluster.extra.constraint (sinfo -o '%P %f' lists the features)",
+    ),
     ("Invalid account", "name an account you may use (sacctmgr show assoc user=$USER): cluster.account=..."),
     ("Invalid qos", "name a QOS your account may use: cluster.qos=..."),
     ("time limit", "ask for less time: cluster.time_min=..."),
     ("No such file or directory: 'sbatch'", "no SLURM client here: submit from a login node, or use cluster=local"),
-    ("Resource temporarily unavailable",
-     "the controller's queue is full (MaxJobCount, every array task counts): submit the rest when it has emptied; "
-     "the same command skips what is queued or complete"),
-    ("job submit limit",
-     "your account or QOS may not queue that many jobs (MaxSubmitJobs, every array task counts): submit the sweep in "
-     "parts, e.g. a narrower grid or seed range per submission"),
+    (
+        "Resource temporarily unavailable",
+        "the controller's queue is full (MaxJobCount, every array task counts): submit the rest when it has emptied; "
+        "the same command skips what is queued or complete",
+    ),
+    (
+        "job submit limit",
+        "your account or QOS may not queue that many jobs (MaxSubmitJobs, every array task counts): "
+        "submit the sweep in parts, e.g. a narrower grid or seed range per submission",
+    ),
 )
 
 

@@ -64,8 +64,10 @@ class SweepPlan:
         """``cfg``, once it is known to write where ``run_dir`` (and so ``status``) looks."""
         where = Path(cfg.paths.results) / cfg.run_group / cfg.run_name
         if where != self.run_dir(index):
-            raise ConfigError(f"run {index} of '{self.group}' would write to {where}, not {self.run_dir(index)}: "
-                              f"a grid point may not choose where results go (paths.results)")
+            raise ConfigError(
+                f"run {index} of '{self.group}' would write to {where}, not {self.run_dir(index)}: "
+                f"a grid point may not choose where results go (paths.results)"
+            )
         return cfg
 
 
@@ -172,21 +174,27 @@ def plan(overrides: list[str]) -> SweepPlan:
     axes.update(cli_axes)
     placing = [k for k in axes if k == "paths" or k.startswith("paths.")]
     if placing:  # (a run_name or run_group axis is harmless: each run is named after its grid point)
-        raise ConfigError(f"sweep axis '{placing[0]}' would move runs between folders: "
-                          f"set it as one value (key=value), not a list")
+        raise ConfigError(
+            f"sweep axis '{placing[0]}' would move runs between folders: set it as one value (key=value), not a list"
+        )
     if base.sweep.subset:
         axes = {k: subset(v, base.sweep.subset) for k, v in axes.items()}
     points = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())] if axes else [{}]
     names = run_names(points)
     explicit_name = any(o.startswith("run_name=") for o in plain)
     if explicit_name and len(points) > 1:
-        raise ConfigError(f"run_name names one run, but '{group}' has {len(points)}: drop run_name=... "
-                          f"(each run is named after its grid point), or narrow the grid to one point")
+        raise ConfigError(
+            f"run_name names one run, but '{group}' has {len(points)}: drop run_name=... "
+            f"(each run is named after its grid point), or narrow the grid to one point"
+        )
     identity = [[f"run_group={group}"] + ([] if explicit_name else [f"run_name={name}"]) for name in names]
-    run_overrides = [experiment_overrides + plain + [f"{k}={v}" for k, v in point.items()] + ids
-                     for point, ids in zip(points, identity)]
-    return SweepPlan(group=group, run_overrides=run_overrides, base=base,
-                run_names=[base.run_name] if explicit_name else names)
+    run_overrides = [
+        experiment_overrides + plain + [f"{k}={v}" for k, v in point.items()] + ids
+        for point, ids in zip(points, identity)
+    ]
+    return SweepPlan(
+        group=group, run_overrides=run_overrides, base=base, run_names=[base.run_name] if explicit_name else names
+    )
 
 
 # Keys that say how or where a run is executed or shown, not what it trains: they may differ
@@ -206,6 +214,9 @@ def config_diff(old: Any, new: Any, ignore: tuple[str, ...] = EXECUTION_KEYS) ->
     b = flatten(new if isinstance(new, dict) else OmegaConf.to_container(new, resolve=True))
     defaults = schema_defaults()
     keys = sorted(set(a) | set(b))
-    return [f"{k}: {a.get(k, defaults.get(k))!r} -> {b.get(k, defaults.get(k))!r}" for k in keys
-            if a.get(k, defaults.get(k)) != b.get(k, defaults.get(k))
-            and not any(k == i or k.startswith(i + ".") for i in ignore)]
+    return [
+        f"{k}: {a.get(k, defaults.get(k))!r} -> {b.get(k, defaults.get(k))!r}"
+        for k in keys
+        if a.get(k, defaults.get(k)) != b.get(k, defaults.get(k))
+        and not any(k == i or k.startswith(i + ".") for i in ignore)
+    ]

@@ -14,8 +14,9 @@ its projection head as the head): only the encoder's weights are taken.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,8 +38,10 @@ class AutoEncoderFeatures(nn.Module):
         self.autoencoder = autoencoder
         self.pool = pool_flatten(pool)
         used: list[str] = []
-        hooks = [child.register_forward_hook(lambda *_, name=name: used.append(name))
-                 for name, child in autoencoder.named_children()]
+        hooks = [
+            child.register_forward_hook(lambda *_, name=name: used.append(name))
+            for name, child in autoencoder.named_children()
+        ]
         try:
             with torch.no_grad():  # in eval mode: the probe must not move BatchNorm statistics
                 code = self.eval().autoencoder.encode(torch.zeros(2, in_channels, image_size, image_size))
@@ -47,8 +50,10 @@ class AutoEncoderFeatures(nn.Module):
                 hook.remove()
             self.train()
         if code.dim() != 4 and pool != "flatten":
-            raise ConfigError(f"model.pool: {type(autoencoder).__name__} encodes to a vector; "
-                              f"pool '{pool}' needs feature maps (use flatten)")
+            raise ConfigError(
+                f"model.pool: {type(autoencoder).__name__} encodes to a vector; "
+                f"pool '{pool}' needs feature maps (use flatten)"
+            )
         self.width = self.pool(code).shape[1]
         for name in [n for n, _ in autoencoder.named_children() if n not in used]:
             delattr(autoencoder, name)
@@ -62,18 +67,22 @@ class AutoEncoderFeatures(nn.Module):
 NESTED_ENCODER = "features.autoencoder."
 
 
-def trained_weights(encoder_from: Optional[str]) -> Path:
+def trained_weights(encoder_from: str | None) -> Path:
     """The best weights of the pretraining run ``encoder_from`` (its folder, or the file itself)."""
     if not encoder_from:
-        raise ConfigError("model.encoder_from: set it to a finished autoencoder or contrastive run "
-                          "(results/<group>/<run>) when model.pretrained=true")
+        raise ConfigError(
+            "model.encoder_from: set it to a finished autoencoder or contrastive run "
+            "(results/<group>/<run>) when model.pretrained=true"
+        )
     weights = run_weights(encoder_from)
     if not weights.is_file():
         run_dir = run_of(encoder_from)
-        raise WeightsMissing(f"model.encoder_from: {weights} does not exist; train the pretraining run first "
-                             f"(python jobs/launch.py experiment=<its experiment> run_group={run_dir.parent.name} "
-                             f"run_name={run_dir.name}) or point model.encoder_from at a finished autoencoder or "
-                             f"contrastive run")
+        raise WeightsMissing(
+            f"model.encoder_from: {weights} does not exist; train the pretraining run first "
+            f"(python jobs/launch.py experiment=<its experiment> run_group={run_dir.parent.name} "
+            f"run_name={run_dir.name}) or point model.encoder_from at a finished autoencoder or "
+            f"contrastive run"
+        )
     return weights
 
 
@@ -82,18 +91,24 @@ def load_encoder(features: AutoEncoderFeatures, weights: Path) -> None:
     encoder must be there with its shape (the decoder's keys are not used). The file may also hold
     the weights of a model built on that encoder (under ``features.autoencoder.``; its head is
     not used): a contrastive run's, or a classifier's. A file cut short is one line."""
-    state = read_weights(weights, fix="train the pretraining run again (force=true), or point model.encoder_from at "
-                                      "another finished run")
+    state = read_weights(
+        weights, fix="train the pretraining run again (force=true), or point model.encoder_from at another finished run"
+    )
     nested = {k.removeprefix(NESTED_ENCODER): v for k, v in state.items() if k.startswith(NESTED_ENCODER)}
     state = nested or state
     own = features.autoencoder.state_dict()
     missing = sorted(set(own) - set(state))
     mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
     if missing or mismatched:
-        what = (f"missing {missing[:3]}" if missing else
-                f"shape of {mismatched[0]} {tuple(state[mismatched[0]].shape)} != {tuple(own[mismatched[0]].shape)}")
-        raise ConfigError(f"model.encoder_from: {weights} does not fit model.ae ({what}); "
-                          f"model.ae must repeat the autoencoder's name and arguments")
+        what = (
+            f"missing {missing[:3]}"
+            if missing
+            else f"shape of {mismatched[0]} {tuple(state[mismatched[0]].shape)} != {tuple(own[mismatched[0]].shape)}"
+        )
+        raise ConfigError(
+            f"model.encoder_from: {weights} does not fit model.ae ({what}); "
+            f"model.ae must repeat the autoencoder's name and arguments"
+        )
     features.autoencoder.load_state_dict({k: state[k] for k in own})
 
 
@@ -102,10 +117,19 @@ class AEEncoderClassifier(FeatureClassifier):
     """The encoder of the autoencoder ``ae`` (pretrained and frozen, pretrained and fine-tuned,
     or from scratch), ``pool``, then an MLP head with ``hidden`` widths and ``dropout``."""
 
-    def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
-                 ae: Optional[dict[str, Any]] = None, pretrained: bool = False, encoder_from: Optional[str] = None,
-                 freeze: bool = False, pool: str = "flatten", hidden: Sequence[int] = (128,),
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 28,
+        num_classes: int = 10,
+        ae: dict[str, Any] | None = None,
+        pretrained: bool = False,
+        encoder_from: str | None = None,
+        freeze: bool = False,
+        pool: str = "flatten",
+        hidden: Sequence[int] = (128,),
+        dropout: float = 0.0,
+    ) -> None:
         if freeze and not pretrained:
             raise ConfigError("model.freeze=true needs model.pretrained=true (a frozen random encoder learns nothing)")
         spec = dict(ae or {"name": "conv_ae"})

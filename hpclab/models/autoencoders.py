@@ -7,14 +7,13 @@ Part 2). Classifiers on their encoders are in ``ae_classifiers``."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from hpclab.models import MODELS
 from hpclab.models.layers import conv_bn, mlp
-
 
 UPSAMPLING = ("transpose", "transpose3", "bilinear")
 
@@ -29,8 +28,9 @@ def upsample_block(c_in: int, c_out: int, mode: str) -> nn.Module:
     if mode == "transpose3":
         return nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1)
     if mode == "bilinear":
-        return nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                             nn.Conv2d(c_in, c_out, 3, padding=1))
+        return nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), nn.Conv2d(c_in, c_out, 3, padding=1)
+        )
     raise ValueError(f"model.upsampling must be one of {', '.join(UPSAMPLING)}, got {mode!r}")
 
 
@@ -59,8 +59,14 @@ class ConvAutoEncoder(nn.Module):
     there and centre-crops the few extra pixels (32 -> 28).
     """
 
-    def __init__(self, in_channels: int = 1, image_size: int = 28, latent_dim: int = 32,
-                 channels: Sequence[int] = (32, 64, 128), upsampling: str = "transpose") -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 28,
+        latent_dim: int = 32,
+        channels: Sequence[int] = (32, 64, 128),
+        upsampling: str = "transpose",
+    ) -> None:
         super().__init__()
         self.image_size = image_size
         self.latent_dim = latent_dim
@@ -76,7 +82,7 @@ class ConvAutoEncoder(nn.Module):
         self.from_latent = nn.Sequential(nn.Linear(latent_dim, flat), nn.ReLU(inplace=True))
         ups: list[nn.Module] = []
         widths = list(channels[::-1]) + [channels[0]]
-        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        for a, b in zip(widths[:-1], widths[1:]):
             ups += [upsample_block(a, b, upsampling), nn.ReLU(inplace=True)]
         ups += [nn.Conv2d(widths[-1], in_channels, 3, padding=1), nn.Sigmoid()]
         self.decoder_convs = nn.Sequential(*ups)
@@ -100,6 +106,7 @@ class ConvAutoEncoder(nn.Module):
 
 # --------------------------------------------------------------------------- course-brief models
 
+
 def _activation(name: str) -> nn.Module:
     """``relu`` | ``sigmoid`` | ``none`` as a module (for configurable latent activations)."""
     table = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "none": nn.Identity}
@@ -118,15 +125,20 @@ class LinearAutoEncoder(SequentialAutoEncoder):
     practical (784-32-784). ``encoder`` and ``decoder`` are separate modules, usable alone.
     """
 
-    def __init__(self, in_channels: int = 1, image_size: int = 28, hidden: Sequence[int] = (128, 64, 32),
-                 latent_dim: int = 15, latent_activation: str = "none") -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 28,
+        hidden: Sequence[int] = (128, 64, 32),
+        latent_dim: int = 15,
+        latent_activation: str = "none",
+    ) -> None:
         super().__init__()
         self.shape = (in_channels, image_size, image_size)
         self.latent_dim = latent_dim
         pixels = in_channels * image_size * image_size
         self.encoder = nn.Sequential(nn.Flatten(), *mlp(pixels, hidden, latent_dim), _activation(latent_activation))
         self.decoder = nn.Sequential(*mlp(latent_dim, hidden[::-1], pixels), nn.Sigmoid(), nn.Unflatten(1, self.shape))
-
 
 
 @MODELS.register("cnn_ae")
@@ -144,16 +156,21 @@ class AutoEncoderCNN(nn.Module):
         super().__init__()
         c1, c2, c3 = channels
         self.encoder = nn.Sequential(
-            nn.Conv2d(in_channels, c1, 3, stride=2, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, c1, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
             nn.Conv2d(c2, c3, 5),
         )
         self.pool = nn.MaxPool2d(2, stride=2, ceil_mode=True, return_indices=True)
         self.unpool = nn.MaxUnpool2d(2, stride=2)
         self.decoder = nn.Sequential(
-            nn.ConvTranspose2d(c3, c2, 5), nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(c2, c1, 3, stride=2, padding=1, output_padding=1), nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(c1, in_channels, 3, stride=2, padding=1, output_padding=1), nn.Sigmoid(),
+            nn.ConvTranspose2d(c3, c2, 5),
+            nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(c2, c1, 3, stride=2, padding=1, output_padding=1),
+            nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(c1, in_channels, 3, stride=2, padding=1, output_padding=1),
+            nn.Sigmoid(),
         )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,8 +192,14 @@ class StridedConvAutoEncoder(SequentialAutoEncoder):
     ones use output_padding 1 so 7 -> 14 -> 28), ReLU between, Sigmoid output.
     """
 
-    def __init__(self, in_channels: int = 1, image_size: int = 28, channels: Sequence[int] = (64, 32, 16, 2),
-                 strides: Sequence[int] = (2, 2, 1, 1), latent_dim: int = 3) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 28,
+        channels: Sequence[int] = (64, 32, 16, 2),
+        strides: Sequence[int] = (2, 2, 1, 1),
+        latent_dim: int = 3,
+    ) -> None:
         super().__init__()
         if len(channels) != len(strides):
             raise ValueError("model.channels and model.strides must have the same length")
@@ -198,7 +221,6 @@ class StridedConvAutoEncoder(SequentialAutoEncoder):
         self.decoder = nn.Sequential(*dec)
 
 
-
 @MODELS.register("pool_upsample_ae")
 class PoolUpsampleAutoEncoder(SequentialAutoEncoder):
     """Conv + max-pool encoder, conv + upsample decoder ("same" 3x3 convs, ReLU, Sigmoid out).
@@ -207,8 +229,14 @@ class PoolUpsampleAutoEncoder(SequentialAutoEncoder):
     The code is the encoder's feature maps, flattened by ``encode`` and reshaped by ``decode``.
     """
 
-    def __init__(self, in_channels: int = 1, image_size: int = 28, encoder: Sequence[int] = (32, 64, 128),
-                 decoder: Sequence[int] = (128, 64), upsample_mode: str = "nearest") -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 28,
+        encoder: Sequence[int] = (32, 64, 128),
+        decoder: Sequence[int] = (128, 64),
+        upsample_mode: str = "nearest",
+    ) -> None:
         super().__init__()
         if image_size % 2 ** (len(encoder) - 1):
             raise ValueError(f"image_size {image_size} is not divisible by 2**{len(encoder) - 1} (pooling steps)")
@@ -222,7 +250,11 @@ class PoolUpsampleAutoEncoder(SequentialAutoEncoder):
         self.encoder = nn.Sequential(*enc)
         dec: list[nn.Module] = []
         for width in decoder:
-            dec += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU(inplace=True), nn.Upsample(scale_factor=2, mode=upsample_mode)]
+            dec += [
+                nn.Conv2d(c, width, 3, padding=1),
+                nn.ReLU(inplace=True),
+                nn.Upsample(scale_factor=2, mode=upsample_mode),
+            ]
             c = width
         dec += [nn.Conv2d(c, in_channels, 3, padding=1), nn.Sigmoid()]
         self.decoder = nn.Sequential(*dec)
@@ -240,7 +272,9 @@ def deconv_layer(c_in: int, c_out: int, stride: int, last: bool) -> nn.Sequentia
     """Transposed conv that doubles the size (stride 2) or keeps it (stride 1); the last one has
     no BatchNorm and ends in Sigmoid (pixels in [0, 1])."""
     conv = nn.ConvTranspose2d(c_in, c_out, 3, stride=stride, padding=1, output_padding=stride - 1, bias=last)
-    return nn.Sequential(conv, nn.Sigmoid()) if last else nn.Sequential(conv, nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+    return (
+        nn.Sequential(conv, nn.Sigmoid()) if last else nn.Sequential(conv, nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+    )
 
 
 @MODELS.register("stl_ae")
@@ -250,7 +284,9 @@ class STLAutoEncoder(SequentialAutoEncoder):
     the mirror image in transposed convs, Sigmoid out. 196,035 parameters with the shipped
     channels (the brief asks for about 200,000)."""
 
-    def __init__(self, in_channels: int = 3, channels: Sequence[int] = (32, 48, 64, 96), extra_conv: bool = False) -> None:
+    def __init__(
+        self, in_channels: int = 3, channels: Sequence[int] = (32, 48, 64, 96), extra_conv: bool = False
+    ) -> None:
         super().__init__()
         widths = list(channels) + ([channels[-1]] if extra_conv else [])
         strides = [2] * len(channels) + ([1] if extra_conv else [])
@@ -260,6 +296,8 @@ class STLAutoEncoder(SequentialAutoEncoder):
             c = width
         self.encoder = nn.Sequential(*enc)
         outs = widths[::-1][1:] + [in_channels]
-        dec = [deconv_layer(a, b, s, last=i == len(outs) - 1)
-               for i, (a, b, s) in enumerate(zip(widths[::-1], outs, strides[::-1]))]
+        dec = [
+            deconv_layer(a, b, s, last=i == len(outs) - 1)
+            for i, (a, b, s) in enumerate(zip(widths[::-1], outs, strides[::-1]))
+        ]
         self.decoder = nn.Sequential(*dec)

@@ -9,7 +9,7 @@ Dropout2d``; the head pools (global average, or flatten) and ends in an MLP.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -73,10 +73,21 @@ class CNNClassifier(nn.Module):
     """Stages of ``block`` (plain | multipath | residual), each followed by 2x2 max pooling and
     spatial dropout, then pooling and an MLP head."""
 
-    def __init__(self, in_channels: int = 3, image_size: int = 32, num_classes: int = 10,
-                 channels: Sequence[int] = (32, 64, 128), block: str = "plain", convs: int = 2,
-                 kernel_size: int = 3, kernels: Sequence[int] = (1, 3, 5), conv_dropout: float = 0.1,
-                 pool: str = "avg", hidden: Sequence[int] = (128,), dropout: float = 0.3) -> None:
+    def __init__(
+        self,
+        in_channels: int = 3,
+        image_size: int = 32,
+        num_classes: int = 10,
+        channels: Sequence[int] = (32, 64, 128),
+        block: str = "plain",
+        convs: int = 2,
+        kernel_size: int = 3,
+        kernels: Sequence[int] = (1, 3, 5),
+        conv_dropout: float = 0.1,
+        pool: str = "avg",
+        hidden: Sequence[int] = (128,),
+        dropout: float = 0.3,
+    ) -> None:
         super().__init__()
         if block not in ("plain", "multipath", "residual"):
             raise ValueError(f"model.block must be plain, multipath or residual, got {block!r}")
@@ -94,7 +105,9 @@ class CNNClassifier(nn.Module):
         self.features = nn.Sequential(*stages)
         side = image_size // 2 ** len(channels)
         if side < 1:
-            raise ValueError(f"{len(channels)} pooling stages shrink {image_size}px images below 1px; use fewer channels")
+            raise ValueError(
+                f"{len(channels)} pooling stages shrink {image_size}px images below 1px; use fewer channels"
+            )
         flat = pooled_features(pool, c, side)
         self.pool = pool_flatten(pool)
         self.head = mlp(flat, hidden, num_classes, dropout)

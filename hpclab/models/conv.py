@@ -10,13 +10,12 @@ out: every receptive field becomes a column, and the filters are one ``(out, in*
 from __future__ import annotations
 
 import math
-from typing import Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-IntPair = Union[int, tuple[int, int]]
+IntPair = int | tuple[int, int]
 
 
 def _pair(value: IntPair) -> tuple[int, int]:
@@ -28,8 +27,14 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, 
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def unfold_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                  stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1) -> torch.Tensor:
+def unfold_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+) -> torch.Tensor:
     """Convolution (cross-correlation, like torch) of ``x`` (N, C, H, W) with ``weight``
     (O, C, kh, kw) as ``weight_matrix @ unfold(x)``."""
     n, c, h, w = x.shape
@@ -55,8 +60,16 @@ class Conv2d(nn.Module):
     Parameters are initialised like ``nn.Conv2d`` so both choices train alike.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntPair, stride: IntPair = 1,
-                 padding: IntPair | None = 0, dilation: IntPair = 1, bias: bool = True) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntPair,
+        stride: IntPair = 1,
+        padding: IntPair | None = 0,
+        dilation: IntPair = 1,
+        bias: bool = True,
+    ) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
@@ -78,15 +91,24 @@ class Conv2d(nn.Module):
         return unfold_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}"
+        )
 
 
 CONV_IMPLEMENTATIONS = ("own", "torch")
 
 
-def make_conv(impl: str, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-              padding: int | None = None, dilation: int = 1) -> nn.Module:
+def make_conv(
+    impl: str,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    stride: int = 1,
+    padding: int | None = None,
+    dilation: int = 1,
+) -> nn.Module:
     """A conv layer of the chosen implementation: ``own`` (unfold/matmul above) or ``torch``."""
     if padding is None:
         padding = dilation * (kernel_size - 1) // 2

@@ -30,8 +30,10 @@ def _levels(image_size: int, channels: int) -> int:
         raise ValueError(f"model.channels (CHANNEL_NUM) must be a power of two, got {channels}")
     levels = int(math.log2(image_size // 4))
     if channels >> (levels - 1) < 1:
-        raise ValueError(f"model.channels={channels} is too small for {image_size} px: "
-                         f"it halves {levels - 1} times (use at least {2 ** (levels - 1)})")
+        raise ValueError(
+            f"model.channels={channels} is too small for {image_size} px: "
+            f"it halves {levels - 1} times (use at least {2 ** (levels - 1)})"
+        )
     return levels
 
 
@@ -49,16 +51,29 @@ def init_dcgan_weights(module: nn.Module, std: float = 0.02) -> None:
 
 
 class Generator(nn.Module):
-    def __init__(self, latent_dim: int = 128, channels: int = 512, image_size: int = 256,
-                 out_channels: int = 3, init_std: float = 0.02) -> None:
+    def __init__(
+        self,
+        latent_dim: int = 128,
+        channels: int = 512,
+        image_size: int = 256,
+        out_channels: int = 3,
+        init_std: float = 0.02,
+    ) -> None:
         super().__init__()
         levels = _levels(image_size, channels)
         self.latent_dim, self.image_size = latent_dim, image_size
-        layers: list[nn.Module] = [nn.ConvTranspose2d(latent_dim, channels, 4, 1, 0, bias=False),
-                                   nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(latent_dim, channels, 4, 1, 0, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+        ]
         c = channels
         for _ in range(levels - 1):
-            layers += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(c // 2), nn.ReLU(inplace=True)]
+            layers += [
+                nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(c // 2),
+                nn.ReLU(inplace=True),
+            ]
             c //= 2
         layers += [nn.ConvTranspose2d(c, out_channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
@@ -70,16 +85,26 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, channels: int = 512, image_size: int = 256, in_channels: int = 3,
-                 leaky_slope: float = 0.2, spectral: bool = True, init_std: float = 0.02) -> None:
+    def __init__(
+        self,
+        channels: int = 512,
+        image_size: int = 256,
+        in_channels: int = 3,
+        leaky_slope: float = 0.2,
+        spectral: bool = True,
+        init_std: float = 0.02,
+    ) -> None:
         super().__init__()
         levels = _levels(image_size, channels)
         sn = spectral_norm if spectral else (lambda m: m)
         c = channels >> (levels - 1)
         layers: list[nn.Module] = [sn(nn.Conv2d(in_channels, c, 4, 2, 1)), nn.LeakyReLU(leaky_slope, inplace=True)]
         for _ in range(levels - 1):
-            layers += [sn(nn.Conv2d(c, c * 2, 4, 2, 1, bias=False)), nn.BatchNorm2d(c * 2),
-                       nn.LeakyReLU(leaky_slope, inplace=True)]
+            layers += [
+                sn(nn.Conv2d(c, c * 2, 4, 2, 1, bias=False)),
+                nn.BatchNorm2d(c * 2),
+                nn.LeakyReLU(leaky_slope, inplace=True),
+            ]
             c *= 2
         self.features = nn.Sequential(*layers)
         self.head = sn(nn.Conv2d(c, 1, 4, 1, 0))  # 4x4 -> 1x1 logit
@@ -96,8 +121,16 @@ class DCGAN(nn.Module):
     """The pair, built from one config section; the ``gan`` task trains its two parts with
     their own optimizers. ``channels`` is CHANNEL_NUM, ``latent_dim`` is LATENT_DIM."""
 
-    def __init__(self, in_channels: int = 3, image_size: int = 256, latent_dim: int = 128, channels: int = 512,
-                 leaky_slope: float = 0.2, spectral_norm: bool = True, init_std: float = 0.02) -> None:
+    def __init__(
+        self,
+        in_channels: int = 3,
+        image_size: int = 256,
+        latent_dim: int = 128,
+        channels: int = 512,
+        leaky_slope: float = 0.2,
+        spectral_norm: bool = True,
+        init_std: float = 0.02,
+    ) -> None:
         super().__init__()
         self.generator = Generator(latent_dim, channels, image_size, in_channels, init_std)
         self.discriminator = Discriminator(channels, image_size, in_channels, leaky_slope, spectral_norm, init_std)

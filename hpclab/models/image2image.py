@@ -15,7 +15,7 @@ with ``skips: none | add | concat`` (concatenation fused by a 1x1 conv).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +24,8 @@ from torch import nn
 from hpclab.models import MODELS
 from hpclab.models.conv import make_conv
 
-
 # --------------------------------------------------------------------------- colourization CNN
+
 
 @MODELS.register("colour_cnn")
 class ColourCNN(nn.Module):
@@ -38,8 +38,9 @@ class ColourCNN(nn.Module):
     layer_names = ("downconv1", "downconv2", "rfconv", "upconv1", "upconv2", "finalconv")
     skip = False
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 3, kernel: int = 3, num_filters: int = 32,
-                 conv: str = "own") -> None:
+    def __init__(
+        self, in_channels: int = 1, out_channels: int = 3, kernel: int = 3, num_filters: int = 32, conv: str = "own"
+    ) -> None:
         super().__init__()
         if kernel % 2 != 1:
             raise ValueError(f"model.kernel must be odd (same-size convs), got {kernel}")
@@ -60,7 +61,9 @@ class ColourCNN(nn.Module):
 
     def _check(self, x: torch.Tensor) -> None:
         if x.shape[-1] % 4 or x.shape[-2] % 4:
-            raise ValueError(f"{type(self).__name__} needs image sides divisible by 4 (two 2x2 poolings), got {tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"{type(self).__name__} needs image sides divisible by 4 (two 2x2 poolings), got {tuple(x.shape[-2:])}"
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
@@ -69,6 +72,7 @@ class ColourCNN(nn.Module):
 
 
 # --------------------------------------------------------------------------- learned upsampling
+
 
 class LearnedUpsampling(nn.Module):
     """A network that runs at the low resolution, then learns the upsampling: ``body`` (any
@@ -80,7 +84,9 @@ class LearnedUpsampling(nn.Module):
         super().__init__()
         steps = factor.bit_length() - 1
         if factor < 2 or 2**steps != factor:
-            raise ValueError(f"learned upsampling doubles the size per step: factor must be a power of two, got {factor}")
+            raise ValueError(
+                f"learned upsampling doubles the size per step: factor must be a power of two, got {factor}"
+            )
         self.body = body
         layers: list[nn.Module] = []
         for _ in range(steps):
@@ -98,6 +104,7 @@ class LearnedUpsampling(nn.Module):
 
 
 # --------------------------------------------------------------------------- encoder-decoder
+
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Replicate-pad H and W up to a multiple of ``multiple``; return the original (H, W)."""
@@ -130,7 +137,9 @@ class Merge(nn.Module):
         if mode not in SKIPS:
             raise ValueError(f"model.skips must be one of {', '.join(SKIPS)}, got {mode!r}")
         self.mode = mode
-        self.fuse = nn.Sequential(nn.Conv2d(2 * channels, channels, 1), nn.ReLU(inplace=True)) if mode == "concat" else None
+        self.fuse = (
+            nn.Sequential(nn.Conv2d(2 * channels, channels, 1), nn.ReLU(inplace=True)) if mode == "concat" else None
+        )
 
     def forward(self, up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         if self.mode == "add":
@@ -150,9 +159,18 @@ class EncoderDecoder(nn.Module):
     size works: it is padded to a multiple of 2^(levels-1) and the output cropped back.
     """
 
-    def __init__(self, in_channels: int = 3, out_channels: int | None = None, channels: Sequence[int] = (32, 64, 128),
-                 skips: str = "none", down: str = "stride", batch_norm: bool = False, convs_per_level: int = 2,
-                 output: str = "sigmoid", conv: str = "torch") -> None:
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int | None = None,
+        channels: Sequence[int] = (32, 64, 128),
+        skips: str = "none",
+        down: str = "stride",
+        batch_norm: bool = False,
+        convs_per_level: int = 2,
+        output: str = "sigmoid",
+        conv: str = "torch",
+    ) -> None:
         super().__init__()
         if down not in ("stride", "pool"):
             raise ValueError(f"model.down must be stride or pool, got {down!r}")
@@ -169,7 +187,9 @@ class EncoderDecoder(nn.Module):
             if i == 0:
                 self.encoder.append(conv_stack(conv, c_prev, c, convs_per_level, batch_norm))
             elif down == "pool":
-                self.encoder.append(nn.Sequential(nn.MaxPool2d(2), conv_stack(conv, c_prev, c, convs_per_level, batch_norm)))
+                self.encoder.append(
+                    nn.Sequential(nn.MaxPool2d(2), conv_stack(conv, c_prev, c, convs_per_level, batch_norm))
+                )
             else:
                 self.encoder.append(conv_stack(conv, c_prev, c, convs_per_level, batch_norm, stride=2))
             c_prev = c
@@ -180,7 +200,9 @@ class EncoderDecoder(nn.Module):
             self.up.append(nn.Sequential(nn.ConvTranspose2d(c_high, c_low, 2, stride=2), nn.ReLU(inplace=True)))
             self.merge.append(Merge(skips, c_low))
             self.decoder.append(conv_stack(conv, c_low, c_low, convs_per_level, batch_norm))
-        self.head = nn.Conv2d(channels[0], out_channels, 1 if output == "logits" else 3, padding=0 if output == "logits" else 1)
+        self.head = nn.Conv2d(
+            channels[0], out_channels, 1 if output == "logits" else 3, padding=0 if output == "logits" else 1
+        )
 
     @property
     def layer_names(self) -> list[str]:

@@ -3,15 +3,18 @@ that turns feature maps into a classifier head's input."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
 
 def conv_bn(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
     """Conv (no bias: BatchNorm has one) -> BatchNorm -> ReLU, 'same' padding."""
-    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
-                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
 
 
 def mlp(in_features: int, hidden: Sequence[int], out_features: int, dropout: float = 0.0) -> nn.Sequential:
@@ -25,7 +28,7 @@ def mlp(in_features: int, hidden: Sequence[int], out_features: int, dropout: flo
     return nn.Sequential(*layers)
 
 
-def _grid(pool: str) -> Optional[int]:
+def _grid(pool: str) -> int | None:
     """Side of the average-pooled grid of ``pool``: avg -> 1, avgN -> N, flatten -> None."""
     if pool == "flatten":
         return None
@@ -33,8 +36,9 @@ def _grid(pool: str) -> Optional[int]:
         return 1
     if pool.startswith("avg") and pool[3:].isdigit() and int(pool[3:]) > 0:
         return int(pool[3:])
-    raise ValueError(f"model.pool must be 'avg', 'avgN' (an N x N average-pooled grid, e.g. avg3) or 'flatten', "
-                     f"got {pool!r}")
+    raise ValueError(
+        f"model.pool must be 'avg', 'avgN' (an N x N average-pooled grid, e.g. avg3) or 'flatten', got {pool!r}"
+    )
 
 
 def pool_flatten(pool: str) -> nn.Module:

@@ -36,8 +36,16 @@ class PatchDiscriminator(nn.Module):
     (the paper's BatchNorm after every inner conv), ``spectral`` (spectral normalisation of
     every conv weight instead) or ``none``. Weights N(0, 0.02) as in pix2pix and DCGAN."""
 
-    def __init__(self, in_channels: int = 2, channels: int = 64, layers: int = 1, norm: str = "batch",
-                 image_size: int | None = None, leaky_slope: float = 0.2, init_std: float = 0.02) -> None:
+    def __init__(
+        self,
+        in_channels: int = 2,
+        channels: int = 64,
+        layers: int = 1,
+        norm: str = "batch",
+        image_size: int | None = None,
+        leaky_slope: float = 0.2,
+        init_std: float = 0.02,
+    ) -> None:
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"discriminator norm must be one of {', '.join(NORMS)}, got {norm!r}")
@@ -47,8 +55,10 @@ class PatchDiscriminator(nn.Module):
         wrap = spectral_norm if norm == "spectral" else (lambda m: m)
         convs = [nn.Conv2d(in_channels, channels, 4, 2, 1)]
         widths = [channels * min(2**n, 8) for n in range(layers + 1)]
-        convs += [nn.Conv2d(widths[n - 1], widths[n], 4, 2 if n < layers else 1, 1, bias=norm != "batch")
-                  for n in range(1, layers + 1)]
+        convs += [
+            nn.Conv2d(widths[n - 1], widths[n], 4, 2 if n < layers else 1, 1, bias=norm != "batch")
+            for n in range(1, layers + 1)
+        ]
         convs.append(nn.Conv2d(widths[-1], 1, 4, 1, 1))
         self.receptive_field = receptive_field(convs)
         body: list[nn.Module] = [wrap(convs[0]), nn.LeakyReLU(leaky_slope, inplace=True)]
@@ -58,8 +68,9 @@ class PatchDiscriminator(nn.Module):
         self.features = nn.Sequential(*body)
         self.head = wrap(convs[-1])
         if image_size is not None and self.grid(image_size) < 1:
-            raise ValueError(f"discriminator layers={layers} leave no patch of a {image_size} px image; "
-                             f"use fewer layers")
+            raise ValueError(
+                f"discriminator layers={layers} leave no patch of a {image_size} px image; use fewer layers"
+            )
         init_dcgan_weights(self, init_std)
 
     def grid(self, image_size: int) -> int:

@@ -14,7 +14,7 @@ mean/std themselves.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +30,18 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class FeatureClassifier(nn.Module):
     """``features`` (N x C x H x W -> N x F) then an MLP head with ``hidden`` widths."""
 
-    def __init__(self, features: nn.Module, num_features: int, num_classes: int, hidden: Sequence[int] = (),
-                 dropout: float = 0.0, freeze: bool = True, mean: Optional[Sequence[float]] = None,
-                 std: Optional[Sequence[float]] = None, resize: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        features: nn.Module,
+        num_features: int,
+        num_classes: int,
+        hidden: Sequence[int] = (),
+        dropout: float = 0.0,
+        freeze: bool = True,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        resize: int | None = None,
+    ) -> None:
         super().__init__()
         self.features = features
         self.head = mlp(num_features, hidden, num_classes, dropout)
@@ -47,7 +56,7 @@ class FeatureClassifier(nn.Module):
             self.features.requires_grad_(False)
             self.features.eval()
 
-    def train(self, mode: bool = True) -> "FeatureClassifier":
+    def train(self, mode: bool = True) -> FeatureClassifier:
         super().train(mode)
         if self.freeze:
             self.features.eval()  # keep pretrained BatchNorm statistics and no dropout
@@ -81,7 +90,7 @@ def strip_classifier(model: nn.Module) -> int:
     return linear.in_features
 
 
-def imagenet_backbone(backbone: str, weights: Optional[str], cache: Optional[str]) -> tuple[nn.Module, int]:
+def imagenet_backbone(backbone: str, weights: str | None, cache: str | None) -> tuple[nn.Module, int]:
     """A torchvision classification model with ``weights`` (a hpclab.weights entry name, or None
     for random initialisation) loaded offline; its classifier stripped."""
     import torchvision
@@ -97,8 +106,9 @@ def imagenet_backbone(backbone: str, weights: Optional[str], cache: Optional[str
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
-            raise WeightsMissing(f"weights '{weights}' do not fit backbone '{backbone}': "
-                                 f"{str(exc).splitlines()[0]}") from None
+            raise WeightsMissing(
+                f"weights '{weights}' do not fit backbone '{backbone}': {str(exc).splitlines()[0]}"
+            ) from None
     return model, strip_classifier(model)
 
 
@@ -111,9 +121,17 @@ class TransferClassifier(FeatureClassifier):
     ``cache``: the staged cache (configs pass ``${paths.cache}``; None means $TORCH_HOME).
     """
 
-    def __init__(self, num_classes: int = 10, backbone: str = "resnet18", weights: Optional[str] = "imagenet",
-                 cache: Optional[str] = None, freeze: bool = True, hidden: Sequence[int] = (),
-                 dropout: float = 0.0, resize: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        backbone: str = "resnet18",
+        weights: str | None = "imagenet",
+        cache: str | None = None,
+        freeze: bool = True,
+        hidden: Sequence[int] = (),
+        dropout: float = 0.0,
+        resize: int | None = None,
+    ) -> None:
         entry = backbone if weights == "imagenet" else weights
         features, width = imagenet_backbone(backbone, entry, cache)
         super().__init__(features, width, num_classes, hidden, dropout, freeze, IMAGENET_MEAN, IMAGENET_STD, resize)

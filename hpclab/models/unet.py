@@ -13,7 +13,7 @@ skips: mirrored levels joined by concatenation (fused with a 1x1 conv) unless ``
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -43,10 +43,25 @@ class SegUNet(EncoderDecoder):
     """Max-pool encoder, transposed-conv decoder, batch norm, padded convs: output size = input
     size (240 -> 120 -> 60 -> 30 and back with the default four levels); logits out."""
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 1, channels: Sequence[int] = (16, 32, 64, 128),
-                 skips: str = "concat", batch_norm: bool = True, conv: str = "torch") -> None:
-        super().__init__(in_channels, out_channels, channels, skips=skips, down="pool", batch_norm=batch_norm,
-                         output="logits", conv=conv)
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        channels: Sequence[int] = (16, 32, 64, 128),
+        skips: str = "concat",
+        batch_norm: bool = True,
+        conv: str = "torch",
+    ) -> None:
+        super().__init__(
+            in_channels,
+            out_channels,
+            channels,
+            skips=skips,
+            down="pool",
+            batch_norm=batch_norm,
+            output="logits",
+            conv=conv,
+        )
 
 
 @MODELS.register("seg_ae")
@@ -54,6 +69,12 @@ class SegAutoEncoder(SegUNet):
     """The brief's symmetric padded encoder-decoder: ``seg_unet``'s layers without skips (the
     decoder reconstructs the mask from the 30x30 bottleneck alone)."""
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 1, channels: Sequence[int] = (16, 32, 64, 128),
-                 batch_norm: bool = True, conv: str = "torch") -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        channels: Sequence[int] = (16, 32, 64, 128),
+        batch_norm: bool = True,
+        conv: str = "torch",
+    ) -> None:
         super().__init__(in_channels, out_channels, channels, skips="none", batch_norm=batch_norm, conv=conv)

@@ -15,8 +15,9 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from hpclab.errors import RunConflict
 from hpclab.utils import read_json
@@ -49,7 +50,7 @@ class RunRecordError(RunConflict):
     """A record in a run folder is damaged; the message names the file and what to do."""
 
 
-def name_problem(name: Any) -> Optional[str]:
+def name_problem(name: Any) -> str | None:
     """Why ``name`` cannot name a group or run folder (None when it can)."""
     if not isinstance(name, str) or not name:
         return "is empty"
@@ -58,8 +59,10 @@ def name_problem(name: Any) -> Optional[str]:
     if MOVED_ASIDE in name:
         return f"contains '{MOVED_ASIDE}', which marks results moved aside by force=true"
     if not NAME_PATTERN.fullmatch(name):
-        return ("must be one plain folder name (letters, digits and . _ + = , @ -, not starting with '.'; "
-                "no '/', spaces, '.' or '..')")
+        return (
+            "must be one plain folder name (letters, digits and . _ + = , @ -, not starting with '.'; "
+            "no '/', spaces, '.' or '..')"
+        )
     return None
 
 
@@ -112,6 +115,7 @@ def is_run_folder_name(name: str) -> bool:
 
 # --------------------------------------------------------------------------- checks of shapes
 
+
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -145,7 +149,7 @@ SUMMARY_FIELDS: dict[str, Callable[[Any], bool]] = {
 }
 
 
-def summary_problem(summary: Any) -> Optional[str]:
+def summary_problem(summary: Any) -> str | None:
     """What is wrong with a parsed summary.json (None when its fields have their types)."""
     if not isinstance(summary, dict):
         return f"holds a JSON {type(summary).__name__}, not an object"
@@ -162,7 +166,7 @@ def _load(path: Path) -> Any:
         raise ValueError(f"not readable JSON ({type(exc).__name__})") from None
 
 
-def read_summary(run_dir: Path, strict: bool = False) -> Optional[dict[str, Any]]:
+def read_summary(run_dir: Path, strict: bool = False) -> dict[str, Any] | None:
     """The run's summary.json; None when there is none. A damaged one (not JSON, not an
     object, fields of the wrong type) is a :class:`RunRecordError` with ``strict``, else None
     with a warning: the run is then not finished, and the same command finishes it again from
@@ -184,15 +188,19 @@ def read_summary(run_dir: Path, strict: bool = False) -> Optional[dict[str, Any]
     return None
 
 
-def completed_summary(run_dir: Path) -> Optional[dict[str, Any]]:
+def completed_summary(run_dir: Path) -> dict[str, Any] | None:
     """The summary of a run that completed (status "completed"), else None."""
     summary = read_summary(run_dir)
     return summary if summary is not None and summary.get("status") == "completed" else None
 
 
 def _valid_attempt(entry: Any) -> bool:
-    return (isinstance(entry, dict) and _optional(_number)(entry.get("start_ts"))
-            and _optional(_number)(entry.get("wall_time_s")) and _optional(lambda v: isinstance(v, int))(entry.get("reached_step")))
+    return (
+        isinstance(entry, dict)
+        and _optional(_number)(entry.get("start_ts"))
+        and _optional(_number)(entry.get("wall_time_s"))
+        and _optional(lambda v: isinstance(v, int))(entry.get("reached_step"))
+    )
 
 
 def read_attempts(run_dir: Path) -> list[dict[str, Any]]:
@@ -258,16 +266,22 @@ def read_submissions(group_dir: Path, strict: bool = True) -> dict[str, dict[str
     if problem is None:
         return record
     if strict:
-        raise RunRecordError(f"{path} is damaged ({problem}); it holds the job ids of earlier submissions: "
-                             f"repair it, or move it away to submit as if for the first time")
+        raise RunRecordError(
+            f"{path} is damaged ({problem}); it holds the job ids of earlier submissions: "
+            f"repair it, or move it away to submit as if for the first time"
+        )
     log.warning("%s is damaged (%s); the jobs of earlier submissions are not shown", path, problem)
     return {}
 
 
 def is_metric_record(record: Any) -> bool:
     """A metrics.jsonl line: an object with an integer ``step`` and a string ``split``."""
-    return (isinstance(record, dict) and isinstance(record.get("step"), int) and not isinstance(record["step"], bool)
-            and isinstance(record.get("split"), str))
+    return (
+        isinstance(record, dict)
+        and isinstance(record.get("step"), int)
+        and not isinstance(record["step"], bool)
+        and isinstance(record.get("split"), str)
+    )
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -289,11 +303,13 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
         else:
             skipped += 1
     if skipped:
-        log.warning("%s: skipped %d line(s) that are not metric records (cut short by a kill, or damaged)", path, skipped)
+        log.warning(
+            "%s: skipped %d line(s) that are not metric records (cut short by a kill, or damaged)", path, skipped
+        )
     return records
 
 
-def last_records(run_dir: Path) -> tuple[Optional[int], Optional[dict[str, Any]]]:
+def last_records(run_dir: Path) -> tuple[int | None, dict[str, Any] | None]:
     """(the last step logged, the last training record) of metrics.jsonl, read from the end (a
     long log is not parsed whole); lines that are not records (one a kill cut short) are passed over."""
     path = Path(run_dir) / METRICS
@@ -317,12 +333,12 @@ def last_records(run_dir: Path) -> tuple[Optional[int], Optional[dict[str, Any]]
     return step, fit
 
 
-def last_step(run_dir: Path) -> Optional[int]:
+def last_step(run_dir: Path) -> int | None:
     """The last step logged in metrics.jsonl."""
     return last_records(run_dir)[0]
 
 
-def read_progress(run_dir: Path) -> tuple[Optional[int], Optional[int]]:
+def read_progress(run_dir: Path) -> tuple[int | None, int | None]:
     """(total steps, batch per rank) from progress.json; (None, None) where absent or damaged."""
     path = Path(run_dir) / PROGRESS
     try:
@@ -349,7 +365,7 @@ def _interpolations(tree: Any, prefix: str = "") -> list[str]:
     return [prefix[:-1]] if isinstance(tree, str) and "${" in tree else []
 
 
-def read_config(run_dir: Path) -> Optional[dict[str, Any]]:
+def read_config(run_dir: Path) -> dict[str, Any] | None:
     """The config a run folder was started with, as plain data (None for a new folder).
 
     Runs write their config resolved, so it is read with YAML's safe loader and never
@@ -372,12 +388,16 @@ def read_config(run_dir: Path) -> Optional[dict[str, Any]]:
         raise RunRecordError(f"{path} is damaged (not a mapping); {what}")
     found = _interpolations(cfg)
     if found:
-        raise RunRecordError(f"{path} is damaged: key '{found[0]}' holds an interpolation (${{...}}), which is never "
-                             f"resolved from a run folder (runs write resolved configs); {what}")
+        raise RunRecordError(
+            f"{path} is damaged: key '{found[0]}' holds an interpolation (${{...}}), which is never "
+            f"resolved from a run folder (runs write resolved configs); {what}"
+        )
     return cfg
 
 
-def read_weights(path: Path | str, device: str = "cpu", fix: str = "train its run again (force=true)") -> dict[str, Any]:
+def read_weights(
+    path: Path | str, device: str = "cpu", fix: str = "train its run again (force=true)"
+) -> dict[str, Any]:
     """A safetensors weights file of a run (its best weights, or another run's used as a
     starting point) as tensors; a truncated or foreign file is one line naming it and ``fix``."""
     from safetensors.torch import load_file
@@ -386,5 +406,6 @@ def read_weights(path: Path | str, device: str = "cpu", fix: str = "train its ru
         return load_file(str(path), device=device)
     except Exception as exc:  # safetensors' own error for a file cut short, OSError, ...
         text = str(exc).strip().splitlines()
-        raise RunRecordError(f"{path} is not a readable weights file ({type(exc).__name__}: "
-                             f"{text[0] if text else 'unreadable'}); {fix}") from None
+        raise RunRecordError(
+            f"{path} is not a readable weights file ({type(exc).__name__}: {text[0] if text else 'unreadable'}); {fix}"
+        ) from None

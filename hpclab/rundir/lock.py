@@ -6,8 +6,9 @@ mounts without ``-o flock`` refuse and ``localflock`` makes node-local. It recor
 (host, pid, the process's start time, SLURM job), so a lock whose holder is gone is recognised
 and taken over: on the same host, a pid that no longer runs (or now runs another process);
 from another host, the holder's SLURM job when this process is that job again (a requeue keeps
-the job id and may land on another node) or when the controller no longer runs it. A lock whose holder cannot be checked (another host, no
-SLURM) is never broken silently: the error names the holder and the file to remove.
+the job id and may land on another node) or when the controller no longer runs it. A lock whose
+holder cannot be checked (another host, no SLURM) is never broken silently: the error names the
+holder and the file to remove.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 from hpclab.errors import RunFolderError, RunLocked
 from hpclab.rundir import LOCK as LOCK_NAME
@@ -29,7 +31,7 @@ from hpclab.utils import job_ref
 TOKEN_ENV = "HPCLAB_RUN_LOCK"  # set for child processes that work under their parent's lock
 
 
-def _start_time(pid: int) -> Optional[str]:
+def _start_time(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
@@ -38,8 +40,13 @@ def _start_time(pid: int) -> Optional[str]:
 
 
 def holder_record() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _start_time(os.getpid()),
-            "job": job_ref(), "token": uuid.uuid4().hex}
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "start": _start_time(os.getpid()),
+        "job": job_ref(),
+        "token": uuid.uuid4().hex,
+    }
 
 
 def describe(holder: dict[str, Any]) -> str:
@@ -47,7 +54,7 @@ def describe(holder: dict[str, Any]) -> str:
     return f"pid {holder.get('pid')} on {holder.get('host')}{job}"
 
 
-def _slurm_job_running(job: str) -> Optional[bool]:
+def _slurm_job_running(job: str) -> bool | None:
     """Whether SLURM still runs ``job``; None when the controller cannot be asked."""
     try:
         out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=30)
@@ -71,8 +78,10 @@ def is_stale(holder: dict[str, Any]) -> bool:
     holder and every writer it named (local data-parallel ranks)."""
     if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
         writers = holder.get("writers") if isinstance(holder.get("writers"), list) else []
-        if any(isinstance(w, dict) and w.get("pid") != os.getpid() and not _gone(w.get("pid"), w.get("start"))
-               for w in writers):
+        if any(
+            isinstance(w, dict) and w.get("pid") != os.getpid() and not _gone(w.get("pid"), w.get("start"))
+            for w in writers
+        ):
             return False  # a rank of a killed launcher still writes
         if holder["pid"] == os.getpid():
             return True  # our own leftover
@@ -94,7 +103,7 @@ def _age(path: Path) -> float:
         return WRITE_GRACE_S
 
 
-def _read(path: Path) -> tuple[Optional[dict[str, Any]], str]:
+def _read(path: Path) -> tuple[dict[str, Any] | None, str]:
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -120,11 +129,14 @@ def acquire(run_dir: Path) -> dict[str, Any]:
             if holder is None:
                 continue  # released meanwhile
             if not holder and _age(path) < WRITE_GRACE_S:
-                raise RunLocked(f"{run_dir} is being taken by another process right now ({path}); "
-                                f"try again in a moment") from None
+                raise RunLocked(
+                    f"{run_dir} is being taken by another process right now ({path}); try again in a moment"
+                ) from None
             if holder and not is_stale(holder):
-                raise RunLocked(f"{run_dir} is in use by {describe(holder)}; wait until it ends "
-                                f"(or, if that process is gone, remove {path})") from None
+                raise RunLocked(
+                    f"{run_dir} is in use by {describe(holder)}; wait until it ends "
+                    f"(or, if that process is gone, remove {path})"
+                ) from None
             _break(path, text)
             continue
         except OSError as exc:
@@ -157,8 +169,10 @@ def _break(path: Path, judged: str) -> None:
 
 def unwritable(directory: Path, exc: OSError) -> str:
     """The one-line message for a run folder that cannot be written."""
-    return (f"cannot write to {directory} ({exc.strerror or type(exc).__name__}); fix its permissions or free "
-            f"space, or choose another paths.results=...")
+    return (
+        f"cannot write to {directory} ({exc.strerror or type(exc).__name__}); fix its permissions or free "
+        f"space, or choose another paths.results=..."
+    )
 
 
 def add_writers(run_dir: Path, me: dict[str, Any], pids: list[int]) -> None:

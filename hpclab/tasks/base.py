@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -30,13 +31,17 @@ class Task:
 
     uses_labels = False  # learns from (or is scored on) class labels: they are checked before a run
 
-    def build_models(self, model_cfg: dict[str, Any], info: "DataInfo") -> dict[str, nn.Module]:
+    def build_models(self, model_cfg: dict[str, Any], info: DataInfo) -> dict[str, nn.Module]:
         name = model_cfg.pop("name")
-        return {"model": MODELS.build(name, model_cfg, in_channels=info.in_channels,
-                                      image_size=info.image_size, num_classes=info.num_classes)}
+        return {
+            "model": MODELS.build(
+                name, model_cfg, in_channels=info.in_channels, image_size=info.image_size, num_classes=info.num_classes
+            )
+        }
 
-    def loss(self, models: dict[str, nn.Module], batch: Metrics, train: bool,
-             generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, Metrics]:
+    def loss(
+        self, models: dict[str, nn.Module], batch: Metrics, train: bool, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, Metrics]:
         raise NotImplementedError
 
     def optimizer_configs(self, optimizer: DictConfig, models: list[str]) -> dict[str, DictConfig]:
@@ -44,7 +49,7 @@ class Task:
         model, with ``train.optimizer``. A model left out gets no optimizer (it stays fixed)."""
         return {name: optimizer for name in models}
 
-    def train_step(self, stepper: "Stepper", batch: Metrics) -> Metrics:
+    def train_step(self, stepper: Stepper, batch: Metrics) -> Metrics:
         """One optimisation step on ``batch`` through the engine's ``stepper``; metric sums."""
         with stepper.autocast():
             loss, metrics = self.loss(stepper.models, batch, train=True)
@@ -56,7 +61,9 @@ class Task:
         return self.loss(models, batch, train=False, generator=generator)[1]
 
     @torch.no_grad()
-    def images(self, models: dict[str, nn.Module], batch: Metrics, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def images(
+        self, models: dict[str, nn.Module], batch: Metrics, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
         """Named image batches in [0, 1] for TensorBoard grids and figures."""
         return {}
 
@@ -73,19 +80,24 @@ class GenerativeTask(Task):
 
     def __init__(self, samples: int = 16, sample_seed: int = 1234) -> None:
         self.samples, self.sample_seed = samples, sample_seed
-        self._fixed: Optional[torch.Tensor] = None
+        self._fixed: torch.Tensor | None = None
 
     def input_shape(self) -> tuple[int, ...]:
         """The shape of one input of ``generate`` (without the batch dimension)."""
         raise NotImplementedError
 
-    def generate(self, models: dict[str, nn.Module], inputs: torch.Tensor, generator: Optional[torch.Generator] = None,
-                 **options: Any) -> torch.Tensor:
+    def generate(
+        self,
+        models: dict[str, nn.Module],
+        inputs: torch.Tensor,
+        generator: torch.Generator | None = None,
+        **options: Any,
+    ) -> torch.Tensor:
         """Images in [0, 1] of ``inputs`` (the caller puts the models in eval mode, without
         gradients); a stochastic sampler draws from ``generator``."""
         raise NotImplementedError
 
-    def fixed_inputs(self, device: torch.device, n: Optional[int] = None, seed: Optional[int] = None) -> torch.Tensor:
+    def fixed_inputs(self, device: torch.device, n: int | None = None, seed: int | None = None) -> torch.Tensor:
         """The same ``n`` inputs in every epoch and on every device: drawn on the CPU from
         ``seed`` (default ``sample_seed``) one row at a time, so the first k rows never depend on n."""
         n = n or self.samples
@@ -128,7 +140,7 @@ class Reconstruct(Task):
         self.noise_std = noise_std
         self.loss_name = loss
 
-    def corrupt(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    def corrupt(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         return add_gaussian_noise(x, self.noise_std, generator=generator) if self.noise_std > 0 else x
 
     def loss(self, models, batch, train, generator=None):
@@ -157,8 +169,9 @@ class Classify(Task):
 
     uses_labels = True
 
-    def __init__(self, augment: bool = False, crop_padding: int = 4, label_smoothing: float = 0.0,
-                 normalize: bool = True) -> None:
+    def __init__(
+        self, augment: bool = False, crop_padding: int = 4, label_smoothing: float = 0.0, normalize: bool = True
+    ) -> None:
         self.augment = augment
         self.crop_padding = crop_padding
         self.label_smoothing = label_smoothing

@@ -23,7 +23,8 @@ is set by the per-rank batch size.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,7 @@ from hpclab.data.transforms import jitter_brightness_contrast, random_resized_cr
 from hpclab.errors import ConfigError
 from hpclab.models import MODELS
 from hpclab.tasks import TASKS
-from hpclab.tasks.base import Metrics, Task, batch_count
+from hpclab.tasks.base import Task, batch_count
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,16 +56,26 @@ class Contrastive(Task):
     in ``crop_scale`` (flipped when ``flip``) and jittered by ``jitter`` with probability
     ``jitter_p``."""
 
-    def __init__(self, temperature: float = 0.5, projection_hidden: int = 128, projection_dim: int = 64,
-                 crop_scale: Sequence[float] = (0.3, 1.0), flip: bool = True, jitter: float = 0.4,
-                 jitter_p: float = 0.8) -> None:
+    def __init__(
+        self,
+        temperature: float = 0.5,
+        projection_hidden: int = 128,
+        projection_dim: int = 64,
+        crop_scale: Sequence[float] = (0.3, 1.0),
+        flip: bool = True,
+        jitter: float = 0.4,
+        jitter_p: float = 0.8,
+    ) -> None:
         if temperature <= 0:
             raise ConfigError(f"config key 'task.temperature': must be > 0, got {temperature}")
         if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
-            raise ConfigError(f"config key 'task.crop_scale': two area fractions 0 < low <= high <= 1, got {list(crop_scale)}")
+            raise ConfigError(
+                f"config key 'task.crop_scale': two area fractions 0 < low <= high <= 1, got {list(crop_scale)}"
+            )
         if not 0 <= jitter < 1 or not 0 <= jitter_p <= 1:
-            raise ConfigError(f"config keys 'task.jitter' (in [0, 1)) and 'task.jitter_p' (in [0, 1]): "
-                              f"got {jitter} and {jitter_p}")
+            raise ConfigError(
+                f"config keys 'task.jitter' (in [0, 1)) and 'task.jitter_p' (in [0, 1]): got {jitter} and {jitter_p}"
+            )
         self.temperature = temperature
         self.projection_hidden, self.projection_dim = projection_hidden, projection_dim
         self.crop_scale = tuple(float(s) for s in crop_scale)
@@ -74,12 +85,16 @@ class Contrastive(Task):
         name = model_cfg.get("name")
         if not callable(getattr(MODELS[name], "encode", None)):
             raise ConfigError(f"task 'contrastive' trains an autoencoder's encoder; model '{name}' has no encode()")
-        network = MODELS.build("ae_encoder_classifier", {"ae": model_cfg, "hidden": [self.projection_hidden]},
-                               in_channels=info.in_channels, image_size=info.image_size,
-                               num_classes=self.projection_dim)
+        network = MODELS.build(
+            "ae_encoder_classifier",
+            {"ae": model_cfg, "hidden": [self.projection_hidden]},
+            in_channels=info.in_channels,
+            image_size=info.image_size,
+            num_classes=self.projection_dim,
+        )
         return {"model": network}
 
-    def views(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def views(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Two random views of every image of ``x`` (N x C x H x W in [0, 1]): 2N images, the
         first views then the second ones."""
         both = random_resized_crop(torch.cat([x, x]), self.crop_scale, flip=self.flip, generator=generator)
@@ -97,4 +112,4 @@ class Contrastive(Task):
     def images(self, models, batch, generator):
         x = to_float(batch["images"])
         views = self.views(x, generator)
-        return {"image": x, "view_1": views[: len(x)], "view_2": views[len(x):]}
+        return {"image": x, "view_1": views[: len(x)], "view_2": views[len(x) :]}

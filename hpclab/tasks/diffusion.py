@@ -9,9 +9,10 @@ of timesteps). Written here: the training objective (a uniform timestep and Gaus
 image, MSE between the true and the predicted noise: Ho et al.'s L_simple), the evaluation at
 seeded timesteps and noise, an exponential moving average of the weights kept as a second model
 (``ema``, a ``torch.optim.swa_utils.AveragedModel`` with the decay warm-up of diffusers'
-``EMAModel``, so checkpoints, resumes and best weights carry it like any model), and :func:`ddim_sample`, the one sampling loop that TensorBoard
-images, sample grids and the FD analyses all use. diffusers' ``DDIMPipeline`` draws its own
-initial noise; the loop here starts from given noise, so every grid and score is reproducible
+``EMAModel``, so checkpoints, resumes and best weights carry it like any model), and
+:func:`ddim_sample`, the one sampling loop that TensorBoard images, sample grids and the FD
+analyses all use. diffusers' ``DDIMPipeline`` draws its own initial noise; the loop here starts
+from given noise, so every grid and score is reproducible
 row by row.
 
 All training randomness (timesteps, noise) comes from the global generators the engine seeds
@@ -21,10 +22,10 @@ metrics; evaluation draws from the engine's per-batch seeded generator.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hpclab.tasks import TASKS
@@ -42,8 +43,14 @@ SPACINGS = ("trailing", "leading", "linspace")
 
 
 @torch.no_grad()
-def ddim_sample(model: nn.Module, noise: torch.Tensor, scheduler: Any, steps: int, eta: float = 0.0,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def ddim_sample(
+    model: nn.Module,
+    noise: torch.Tensor,
+    scheduler: Any,
+    steps: int,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Images in [0, 1] from initial ``noise`` (N x C x H x W, the model's device) after ``steps``
     DDIM updates of ``scheduler`` (a ``diffusers.DDIMScheduler``; its timesteps are set here).
     ``eta=0`` is deterministic; ``eta > 0`` adds noise from ``generator`` at every update."""
@@ -76,10 +83,20 @@ class Diffusion(GenerativeTask):
     timesteps spaced ``timestep_spacing`` (trailing: the first step is at t = T - 1, where
     training put pure noise)."""
 
-    def __init__(self, schedule: str = "linear", num_train_timesteps: int = 1000, beta_start: float = 1e-4,
-                 beta_end: float = 0.02, ema_decay: Optional[float] = 0.999, sample_steps: int = 50, eta: float = 0.0,
-                 timestep_spacing: str = "trailing", clip_sample: bool = True, samples: int = 16,
-                 sample_seed: int = 1234) -> None:
+    def __init__(
+        self,
+        schedule: str = "linear",
+        num_train_timesteps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        ema_decay: float | None = 0.999,
+        sample_steps: int = 50,
+        eta: float = 0.0,
+        timestep_spacing: str = "trailing",
+        clip_sample: bool = True,
+        samples: int = 16,
+        sample_seed: int = 1234,
+    ) -> None:
         from diffusers import DDPMScheduler
 
         if schedule not in SCHEDULES:
@@ -89,17 +106,22 @@ class Diffusion(GenerativeTask):
         if ema_decay is not None and not 0 <= ema_decay < 1:
             raise ValueError(f"task.ema_decay must be in [0, 1) or null, got {ema_decay}")
         super().__init__(samples, sample_seed)
-        self.noise_schedule = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=SCHEDULES[schedule],
-                                            beta_start=beta_start, beta_end=beta_end, clip_sample=clip_sample,
-                                            timestep_spacing=timestep_spacing)
+        self.noise_schedule = DDPMScheduler(
+            num_train_timesteps=num_train_timesteps,
+            beta_schedule=SCHEDULES[schedule],
+            beta_start=beta_start,
+            beta_end=beta_end,
+            clip_sample=clip_sample,
+            timestep_spacing=timestep_spacing,
+        )
         self.timesteps = num_train_timesteps
         self.ema_decay = ema_decay or None
         self.sample_steps, self.eta = sample_steps, eta
         self.sampling_models = ("ema",) if self.ema_decay else ("model",)
         self.inputs_name = "initial noise"
-        self.shape: Optional[tuple[int, ...]] = None
+        self.shape: tuple[int, ...] | None = None
 
-    def build_models(self, model_cfg: dict[str, Any], info: "DataInfo") -> dict[str, nn.Module]:
+    def build_models(self, model_cfg: dict[str, Any], info: DataInfo) -> dict[str, nn.Module]:
         models = Task.build_models(self, model_cfg, info)
         self.shape = (info.in_channels, info.image_size, info.image_size)
         if self.ema_decay:
@@ -109,7 +131,7 @@ class Diffusion(GenerativeTask):
             models["ema"] = ema.requires_grad_(False)  # no optimizer, no gradients, never DDP-wrapped
         return models
 
-    def optimizer_configs(self, optimizer: "DictConfig", models: list[str]) -> dict[str, "DictConfig"]:
+    def optimizer_configs(self, optimizer: DictConfig, models: list[str]) -> dict[str, DictConfig]:
         return {"model": optimizer}  # the EMA copy follows the trained weights, it is not optimised
 
     def input_shape(self) -> tuple[int, ...]:
@@ -117,8 +139,9 @@ class Diffusion(GenerativeTask):
         return self.shape
 
     # ---- training and evaluation
-    def noise_loss(self, model: nn.Module, images: torch.Tensor, generator: Optional[torch.Generator]
-                   ) -> tuple[torch.Tensor, Metrics]:
+    def noise_loss(
+        self, model: nn.Module, images: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, Metrics]:
         """L_simple: MSE between the noise added at a uniform timestep and the model's prediction."""
         x0 = to_signed(images)
         n = x0.shape[0]
@@ -128,7 +151,7 @@ class Diffusion(GenerativeTask):
         per_image = (predicted.float() - noise).pow(2).flatten(1).mean(1)
         return per_image.mean(), {"loss": per_image.detach().sum(), "count": batch_count(n, per_image)}
 
-    def train_step(self, stepper: "Stepper", batch: Metrics) -> Metrics:
+    def train_step(self, stepper: Stepper, batch: Metrics) -> Metrics:
         with stepper.autocast():
             loss, metrics = self.noise_loss(stepper.models["model"], batch["images"], None)
         stepper.step(loss, "model")
@@ -149,13 +172,27 @@ class Diffusion(GenerativeTask):
         return DDIMScheduler.from_config(self.noise_schedule.config, set_alpha_to_one=True)
 
     @torch.no_grad()
-    def generate(self, models: dict[str, nn.Module], inputs: torch.Tensor, generator: Optional[torch.Generator] = None,
-                 steps: Optional[int] = None, eta: Optional[float] = None) -> torch.Tensor:
+    def generate(
+        self,
+        models: dict[str, nn.Module],
+        inputs: torch.Tensor,
+        generator: torch.Generator | None = None,
+        steps: int | None = None,
+        eta: float | None = None,
+    ) -> torch.Tensor:
         """DDIM samples in [0, 1] from initial noise ``inputs`` (default steps and eta: the task's)."""
-        return ddim_sample(models[self.sampling_models[0]], inputs, self.sampler(), steps or self.sample_steps,
-                           self.eta if eta is None else eta, generator)
+        return ddim_sample(
+            models[self.sampling_models[0]],
+            inputs,
+            self.sampler(),
+            steps or self.sample_steps,
+            self.eta if eta is None else eta,
+            generator,
+        )
 
     @torch.no_grad()
-    def images(self, models: dict[str, nn.Module], batch: Metrics, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def images(
+        self, models: dict[str, nn.Module], batch: Metrics, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
         """DDIM samples of the fixed initial noise (TensorBoard grid at every evaluation)."""
         return {"samples": self.generate(models, self.fixed_inputs(batch["images"].device), generator=generator)}

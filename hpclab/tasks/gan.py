@@ -8,8 +8,9 @@ engine. ``images`` always shows the same seeded latent batch, so epochs can be c
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -71,21 +72,29 @@ class GAN(GenerativeTask):
     sampling_models = ("generator",)
     inputs_name = "latent vectors"
 
-    def __init__(self, betas: Sequence[float] = (0.5, 0.999), lr_generator: Optional[float] = None,
-                 lr_discriminator: Optional[float] = None, samples: int = 16, sample_seed: int = 1234) -> None:
+    def __init__(
+        self,
+        betas: Sequence[float] = (0.5, 0.999),
+        lr_generator: float | None = None,
+        lr_discriminator: float | None = None,
+        samples: int = 16,
+        sample_seed: int = 1234,
+    ) -> None:
         super().__init__(samples, sample_seed)
         self.betas = [float(b) for b in betas]
         self.lr = {"generator": lr_generator, "discriminator": lr_discriminator}
-        self.latent_dim: Optional[int] = None
+        self.latent_dim: int | None = None
 
-    def build_models(self, model_cfg: dict[str, Any], info: "DataInfo") -> dict[str, nn.Module]:
+    def build_models(self, model_cfg: dict[str, Any], info: DataInfo) -> dict[str, nn.Module]:
         name = model_cfg.pop("name")
         try:
             pair = MODELS.build(name, model_cfg, in_channels=info.in_channels, image_size=info.image_size)
         except ValueError as exc:  # e.g. a DCGAN on 28 px images: sizes must be powers of two
-            raise ConfigError(f"model '{name}' on {info.path.name} ({info.image_size} px): {str(exc).splitlines()[0]}; "
-                              f"add data.image_size=32 (or 64) to train on the data resized at staging "
-                              f"(prepare_data.py takes the same override)") from None
+            raise ConfigError(
+                f"model '{name}' on {info.path.name} ({info.image_size} px): {str(exc).splitlines()[0]}; "
+                f"add data.image_size=32 (or 64) to train on the data resized at staging "
+                f"(prepare_data.py takes the same override)"
+            ) from None
         if not (hasattr(pair, "generator") and hasattr(pair, "discriminator")):
             raise ValueError(f"task gan needs a model with .generator and .discriminator (model '{name}' has not)")
         self.latent_dim = pair.generator.latent_dim
@@ -103,7 +112,7 @@ class GAN(GenerativeTask):
         return configs
 
     # ---- latents
-    def latents(self, n: int, device: torch.device, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def latents(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
         assert self.latent_dim is not None, "build_models sets latent_dim"
         return torch.randn(n, self.latent_dim, device=device, generator=generator)
 
@@ -113,15 +122,20 @@ class GAN(GenerativeTask):
 
     fixed_latents = GenerativeTask.fixed_inputs  # the seeded latent vectors of grids, FD and favourites
 
-    def generate(self, models: dict[str, nn.Module], inputs: torch.Tensor, generator: Optional[torch.Generator] = None,
-                 **options: Any) -> torch.Tensor:
+    def generate(
+        self,
+        models: dict[str, nn.Module],
+        inputs: torch.Tensor,
+        generator: torch.Generator | None = None,
+        **options: Any,
+    ) -> torch.Tensor:
         """G(z) in [0, 1] (deterministic: ``generator`` is not used)."""
         if options:
             raise ValueError(f"a GAN generates from its latents alone; no {', '.join(sorted(options))}")
         return to_unit(models["generator"](inputs))
 
     # ---- training
-    def train_step(self, stepper: "Stepper", batch: Metrics) -> Metrics:
+    def train_step(self, stepper: Stepper, batch: Metrics) -> Metrics:
         G, D = stepper.models["generator"], stepper.models["discriminator"]
         real = to_signed(batch["images"])
         if stepper.channels_last:
@@ -139,8 +153,13 @@ class GAN(GenerativeTask):
         g_loss = bce(d_gen, True)
         stepper.step(g_loss, "generator")
         count = batch_count(n, real)
-        return {"d_loss": d_loss.detach() * count, "g_loss": g_loss.detach() * count,
-                "d_real": d_real.detach().float().sum(), "d_fake": d_fake.detach().float().sum(), "count": count}
+        return {
+            "d_loss": d_loss.detach() * count,
+            "g_loss": g_loss.detach() * count,
+            "d_real": d_real.detach().float().sum(),
+            "d_fake": d_fake.detach().float().sum(),
+            "count": count,
+        }
 
     @torch.no_grad()
     def eval_step(self, models: dict[str, nn.Module], batch: Metrics, generator: torch.Generator) -> Metrics:
@@ -150,11 +169,18 @@ class GAN(GenerativeTask):
         d_real = models["discriminator"](real)
         d_fake = models["discriminator"](models["generator"](self.latents(n, real.device, generator)))
         count = batch_count(n, real)
-        return {"d_loss": (bce(d_real, True) + bce(d_fake, False)) * count, "g_loss": bce(d_fake, True) * count,
-                "d_real": d_real.float().sum(), "d_fake": d_fake.float().sum(), "count": count}
+        return {
+            "d_loss": (bce(d_real, True) + bce(d_fake, False)) * count,
+            "g_loss": bce(d_fake, True) * count,
+            "d_real": d_real.float().sum(),
+            "d_fake": d_fake.float().sum(),
+            "count": count,
+        }
 
     @torch.no_grad()
-    def images(self, models: dict[str, nn.Module], batch: Metrics, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def images(
+        self, models: dict[str, nn.Module], batch: Metrics, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
         """Generated images of the fixed latent batch (TensorBoard grid at every evaluation)."""
         device = batch["images"].device
         return {"samples": self.generate(models, self.fixed_latents(device))}

@@ -11,14 +11,14 @@ Metrics are computed on outputs clamped to [0, 1]; PSNR is per image, then avera
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpclab.errors import ConfigError
 from hpclab.data.transforms import add_gaussian_noise, centre_mask, downscale, to_float, to_grey
+from hpclab.errors import ConfigError
 from hpclab.models import MODELS
 from hpclab.models.conv import is_conv
 from hpclab.models.image2image import LearnedUpsampling
@@ -29,7 +29,7 @@ from hpclab.tasks.base import Metrics, Task, batch_count, image_error_sums
 class ImageToImage(Task):
     """target = clean image in [0, 1]; input = ``make_input(target)``; L2 loss."""
 
-    baseline_name: Optional[str] = None  # name of the no-learning baseline in the metrics
+    baseline_name: str | None = None  # name of the no-learning baseline in the metrics
     baseline_row = False  # show the baseline as its own row in image figures
     row_names = ("input", "output", "target")  # labels of the figure rows
 
@@ -40,10 +40,10 @@ class ImageToImage(Task):
     def out_channels(self, data_channels: int) -> int:
         return data_channels
 
-    def make_input(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    def make_input(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         raise NotImplementedError
 
-    def baseline(self, x: torch.Tensor, inp: torch.Tensor) -> Optional[torch.Tensor]:
+    def baseline(self, x: torch.Tensor, inp: torch.Tensor) -> torch.Tensor | None:
         """The no-learning answer for ``inp`` (same shape as ``x``), or None."""
         return None
 
@@ -57,12 +57,17 @@ class ImageToImage(Task):
     def build_models(self, model_cfg: dict[str, Any], info: Any) -> dict[str, nn.Module]:
         self.check_data(info)
         name = model_cfg.pop("name")
-        model = MODELS.build(name, model_cfg, in_channels=self.in_channels(info.in_channels),
-                             out_channels=self.out_channels(info.in_channels), image_size=info.image_size,
-                             num_classes=info.num_classes)
+        model = MODELS.build(
+            name,
+            model_cfg,
+            in_channels=self.in_channels(info.in_channels),
+            out_channels=self.out_channels(info.in_channels),
+            image_size=info.image_size,
+            num_classes=info.num_classes,
+        )
         return {"model": model}
 
-    def model_input(self, batch: Metrics, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def model_input(self, batch: Metrics, generator: torch.Generator | None = None) -> torch.Tensor:
         """What the network sees for ``batch`` (used by the activation figures too)."""
         return self.make_input(to_float(batch["images"]), generator)
 
@@ -144,7 +149,7 @@ class ColourizeClasses(Colourize):
         if num_colours < 2:
             raise ConfigError(f"config key 'task.num_colours': need at least 2 colours, got {num_colours}")
         self.num_colours = num_colours
-        self.palette: Optional[torch.Tensor] = None
+        self.palette: torch.Tensor | None = None
 
     def build_models(self, model_cfg, info):
         from hpclab.data.palette import load_or_compute_palette
@@ -216,8 +221,9 @@ class SuperResolve(ImageToImage):
     row_names = ("input", "network", "truth")
     UPSAMPLE = ("learned", "bilinear", "bicubic", "nearest")
 
-    def __init__(self, factor: int = 2, upsample: str = "learned", residual: Optional[bool] = None,
-                 width: int = 32) -> None:
+    def __init__(
+        self, factor: int = 2, upsample: str = "learned", residual: bool | None = None, width: int = 32
+    ) -> None:
         if residual is None:  # the natural pairing: a resized input gets a residual output
             residual = upsample != "learned"
         if factor < 2:
@@ -225,11 +231,15 @@ class SuperResolve(ImageToImage):
         if upsample not in self.UPSAMPLE:
             raise ConfigError(f"config key 'task.upsample': one of {', '.join(self.UPSAMPLE)}, got {upsample!r}")
         if upsample == "learned" and residual:
-            raise ConfigError("config key 'task.residual': a residual correction needs a resized input "
-                              "(task.upsample=bilinear|bicubic|nearest); learned upsampling has none")
+            raise ConfigError(
+                "config key 'task.residual': a residual correction needs a resized input "
+                "(task.upsample=bilinear|bicubic|nearest); learned upsampling has none"
+            )
         if upsample == "learned" and factor & (factor - 1):
-            raise ConfigError(f"config key 'task.factor': learned upsampling doubles per step, so the factor must be "
-                              f"a power of two, got {factor}")
+            raise ConfigError(
+                f"config key 'task.factor': learned upsampling doubles per step, so the factor must be "
+                f"a power of two, got {factor}"
+            )
         self.factor, self.upsample, self.residual, self.width = factor, upsample, residual, width
 
     @property
@@ -254,7 +264,9 @@ class SuperResolve(ImageToImage):
 
     def check_data(self, info):
         if info.image_size % self.factor:
-            raise ConfigError(f"config key 'task.factor': image size {info.image_size} is not divisible by {self.factor}")
+            raise ConfigError(
+                f"config key 'task.factor': image size {info.image_size} is not divisible by {self.factor}"
+            )
 
     def low_res(self, x: torch.Tensor) -> torch.Tensor:
         return downscale(x, self.factor)
@@ -331,6 +343,7 @@ class Inpaint(ImageToImage):
 
 # --------------------------------------------------------------------------- segmentation
 
+
 def dice_loss(p: torch.Tensor, t: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """1 - (2 * sum(p * t) + eps) / (sum(p^2) + sum(t^2) + eps), sums over all elements
     (in float32, or float64 when ``p`` is float64)."""
@@ -365,10 +378,13 @@ class Segment(Task):
 
     def build_models(self, model_cfg, info):
         name = model_cfg.pop("name")
-        return {"model": MODELS.build(name, model_cfg, in_channels=info.in_channels, out_channels=1,
-                                      image_size=info.image_size, num_classes=1)}
+        return {
+            "model": MODELS.build(
+                name, model_cfg, in_channels=info.in_channels, out_channels=1, image_size=info.image_size, num_classes=1
+            )
+        }
 
-    def model_input(self, batch: Metrics, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def model_input(self, batch: Metrics, generator: torch.Generator | None = None) -> torch.Tensor:
         if "masks" not in batch:
             raise ConfigError("task 'segment' needs a 'masks' array in the data (e.g. data=brain_mri)")
         return to_float(batch["images"])
@@ -383,8 +399,15 @@ class Segment(Task):
         loss = {"dice": dice, "mse": mse, "bce": bce}[self.loss_name]
         n = batch_count(len(logits), logits)
         dice_coef, iou = overlap_scores(p.detach() > self.threshold, target, self.eps)
-        return loss, {"loss": loss.detach() * n, "dice_loss": dice.detach() * n, "mse": mse.detach() * n,
-                      "bce": bce.detach() * n, "dice": dice_coef.sum(), "iou": iou.sum(), "count": n}
+        return loss, {
+            "loss": loss.detach() * n,
+            "dice_loss": dice.detach() * n,
+            "mse": mse.detach() * n,
+            "bce": bce.detach() * n,
+            "dice": dice_coef.sum(),
+            "iou": iou.sum(),
+            "count": n,
+        }
 
     @torch.no_grad()
     def images(self, models, batch, generator):

@@ -25,7 +25,7 @@ before its update), and the base metrics ``mse``/``psnr`` of the generated image
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -66,16 +66,25 @@ def signed(images: torch.Tensor) -> torch.Tensor:
 class Pix2Pix(Task):
     """L1 + conditional GAN training of ``base``'s generator; ``base``'s evaluation."""
 
-    def __init__(self, base: Optional[dict[str, Any]] = None, l1_weight: float = 100.0, adversarial_weight: float = 1.0,
-                 discriminator: Optional[dict[str, Any]] = None) -> None:
+    def __init__(
+        self,
+        base: dict[str, Any] | None = None,
+        l1_weight: float = 100.0,
+        adversarial_weight: float = 1.0,
+        discriminator: dict[str, Any] | None = None,
+    ) -> None:
         node = OmegaConf.create(dict(base or {}))
         check_kwargs("task.base", node, TASKS)  # an unknown task or argument: one line
         if not issubclass(TASKS[node.name], ImageToImage):
-            raise ConfigError(f"config key 'task.base.name': pix2pix wraps an image-to-image task (inpaint, colourize, "
-                              f"super_resolve, denoise), not '{node.name}'")
+            raise ConfigError(
+                f"config key 'task.base.name': pix2pix wraps an image-to-image task (inpaint, colourize, "
+                f"super_resolve, denoise), not '{node.name}'"
+            )
         if l1_weight < 0 or adversarial_weight < 0:
-            raise ConfigError(f"config keys 'task.l1_weight', 'task.adversarial_weight': must be >= 0, got "
-                              f"{l1_weight}, {adversarial_weight}")
+            raise ConfigError(
+                f"config keys 'task.l1_weight', 'task.adversarial_weight': must be >= 0, got "
+                f"{l1_weight}, {adversarial_weight}"
+            )
         kwargs = OmegaConf.to_container(node, resolve=True)
         self.base_name = kwargs.pop("name")
         self.base: ImageToImage = TASKS.build(self.base_name, kwargs)
@@ -84,26 +93,26 @@ class Pix2Pix(Task):
 
     # ---- the base task's view of a batch, evaluation and figures (one code path for both losses)
     @property
-    def baseline_name(self) -> Optional[str]:
+    def baseline_name(self) -> str | None:
         return self.base.baseline_name
 
     @property
     def row_names(self) -> tuple[str, str, str]:
         return self.base.row_names
 
-    def make_input(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    def make_input(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         return self.base.make_input(x, generator)
 
     def predict(self, model: nn.Module, inp: torch.Tensor) -> torch.Tensor:
         return self.base.predict(model, inp)
 
-    def baseline(self, x: torch.Tensor, inp: torch.Tensor) -> Optional[torch.Tensor]:
+    def baseline(self, x: torch.Tensor, inp: torch.Tensor) -> torch.Tensor | None:
         return self.base.baseline(x, inp)
 
     def display_input(self, x: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
         return self.base.display_input(x, inp)
 
-    def model_input(self, batch: Metrics, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def model_input(self, batch: Metrics, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.base.model_input(batch, generator)
 
     def loss(self, models, batch, train, generator=None):
@@ -115,12 +124,14 @@ class Pix2Pix(Task):
         return self.base.images(models, batch, generator)
 
     # ---- models
-    def build_models(self, model_cfg: dict[str, Any], info: "DataInfo") -> dict[str, nn.Module]:
+    def build_models(self, model_cfg: dict[str, Any], info: DataInfo) -> dict[str, nn.Module]:
         models = self.base.build_models(model_cfg, info)  # the generator, as the base task's L2 run builds it
         if self.base.out_channels(info.in_channels) != info.in_channels:
-            raise ConfigError(f"task pix2pix: base task '{self.base_name}' predicts "
-                              f"{self.base.out_channels(info.in_channels)} maps, not an image of {info.in_channels} "
-                              f"channel(s); use its regression version (e.g. colourize, not colourize_classes)")
+            raise ConfigError(
+                f"task pix2pix: base task '{self.base_name}' predicts "
+                f"{self.base.out_channels(info.in_channels)} maps, not an image of {info.in_channels} "
+                f"channel(s); use its regression version (e.g. colourize, not colourize_classes)"
+            )
         cfg = dict(self.discriminator)
         name = cfg.pop("name", "patchgan")
         pair_channels = self.base.in_channels(info.in_channels) + info.in_channels
@@ -128,7 +139,7 @@ class Pix2Pix(Task):
         return models
 
     # ---- training
-    def train_step(self, stepper: "Stepper", batch: Metrics) -> Metrics:
+    def train_step(self, stepper: Stepper, batch: Metrics) -> Metrics:
         G, D = stepper.models["model"], stepper.models["discriminator"]
         x = to_float(batch["images"])
         inp = self.base.make_input(x, None)
@@ -148,7 +159,12 @@ class Pix2Pix(Task):
         stepper.step(g_loss, "model")
         metrics = image_error_sums(fake.detach().add(1).mul(0.5).clamp(0, 1), x)
         count = metrics["count"]
-        metrics.update(g_loss=g_loss.detach() * count, g_adv=g_adv.detach() * count, l1=l1.detach() * count,
-                       d_loss=d_loss.detach() * count, d_real=patch_probability_sums(d_real),
-                       d_fake=patch_probability_sums(d_fake))
+        metrics.update(
+            g_loss=g_loss.detach() * count,
+            g_adv=g_adv.detach() * count,
+            l1=l1.detach() * count,
+            d_loss=d_loss.detach() * count,
+            d_real=patch_probability_sums(d_real),
+            d_fake=patch_probability_sums(d_fake),
+        )
         return metrics

@@ -38,8 +38,9 @@ def _dump(path: Path, obj: dict) -> None:
         pickle.dump(obj, fh, protocol=2)
 
 
-def write_cifar10(directory: Path, n_train: int = 500, n_test: int = 100, seed: int = 0
-                  ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def write_cifar10(
+    directory: Path, n_train: int = 500, n_test: int = 100, seed: int = 0
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Write ``directory/cifar-10-batches-py/`` (torchvision's root layout) with ``n_train`` images
     spread over data_batch_1..5 and ``n_test`` in test_batch; return
     ``{"train": (images N x 3 x 32 x 32 uint8, labels int64), "test": (...)}`` in file order."""
@@ -55,12 +56,17 @@ def write_cifar10(directory: Path, n_train: int = 500, n_test: int = 100, seed: 
         for i, idx in enumerate(chunks):
             name = f"data_batch_{i + 1}" if split == "train" else "test_batch"
             label = f"training batch {i + 1} of 5" if split == "train" else "testing batch 1 of 1"
-            _dump(root / name, {
-                "batch_label": label,
-                "labels": [int(v) for v in labels[idx]],
-                "data": images[idx].reshape(len(idx), 3 * 32 * 32),
-                "filenames": [f"img_{split}_{j:05d}.png" for j in idx],
-            })
-    _dump(root / "batches.meta", {"num_cases_per_batch": max(1, -(-n_train // 5)), "label_names": CIFAR10_CLASSES,
-                                  "num_vis": 3072})
+            _dump(
+                root / name,
+                {
+                    "batch_label": label,
+                    "labels": [int(v) for v in labels[idx]],
+                    "data": images[idx].reshape(len(idx), 3 * 32 * 32),
+                    "filenames": [f"img_{split}_{j:05d}.png" for j in idx],
+                },
+            )
+    _dump(
+        root / "batches.meta",
+        {"num_cases_per_batch": max(1, -(-n_train // 5)), "label_names": CIFAR10_CLASSES, "num_vis": 3072},
+    )
     return out

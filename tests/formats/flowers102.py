@@ -26,8 +26,9 @@ def flower_image(label0: int, rng: np.random.Generator, height: int, width: int)
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def write_flowers102(root: Path, labels1: list[int] | np.ndarray, seed: int = 0,
-                     min_side: int = 40, max_side: int = 64) -> dict[str, np.ndarray]:
+def write_flowers102(
+    root: Path, labels1: list[int] | np.ndarray, seed: int = 0, min_side: int = 40, max_side: int = 64
+) -> dict[str, np.ndarray]:
     """Write images of 1-based ``labels1[i]`` as image_{i+1:05d}.jpg (non-square, random sizes),
     split every category's images 1:1:rest into trnid/valid/tstid. Returns labels and splits."""
     from PIL import Image

@@ -11,12 +11,28 @@ import numpy as np
 from formats.cifar import class_images
 
 SUBDIR = "food-101"
-CLASSES = ["apple_pie", "baby_back_ribs", "baklava", "beef_carpaccio", "beef_tartare", "beet_salad",
-           "beignets", "bibimbap", "bread_pudding", "breakfast_burrito"]
+CLASSES = [
+    "apple_pie",
+    "baby_back_ribs",
+    "baklava",
+    "beef_carpaccio",
+    "beef_tartare",
+    "beet_salad",
+    "beignets",
+    "bibimbap",
+    "bread_pudding",
+    "breakfast_burrito",
+]
 
 
-def write_food101(directory: Path, classes: int = 4, per_class_train: int = 6, per_class_test: int = 2,
-                  seed: int = 0, size: tuple[int, int] = (40, 56)) -> dict[str, list[tuple[str, int]]]:
+def write_food101(
+    directory: Path,
+    classes: int = 4,
+    per_class_train: int = 6,
+    per_class_test: int = 2,
+    seed: int = 0,
+    size: tuple[int, int] = (40, 56),
+) -> dict[str, list[tuple[str, int]]]:
     """Write JPEGs of varying aspect (``size`` = H, W; real Food-101 images are up to 512 px) and
     the meta files; return ``{split: [(relative id, label), ...]}`` in json order."""
     from PIL import Image
@@ -36,8 +52,9 @@ def write_food101(directory: Path, classes: int = 4, per_class_train: int = 6, p
                 counter += 1
                 rel = f"{name}/{100000 + counter}"
                 square = class_images(np.array([label]), max(size), rng)[0].transpose(1, 2, 0)
-                Image.fromarray(np.ascontiguousarray(square[: size[0], : size[1]])).save(root / "images" / f"{rel}.jpg",
-                                                                                         quality=90)
+                Image.fromarray(np.ascontiguousarray(square[: size[0], : size[1]])).save(
+                    root / "images" / f"{rel}.jpg", quality=90
+                )
                 rels.append(rel)
                 out[split].append((rel, label))
             listing[name] = rels

@@ -20,8 +20,15 @@ def idx_bytes(array: np.ndarray) -> bytes:
     return header + array.astype(np.uint8).tobytes()
 
 
-def write_idx_dataset(directory: Path, n_train: int = 256, n_test: int = 64, size: int = 28,
-                      classes: int = 10, gz: bool = True, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def write_idx_dataset(
+    directory: Path,
+    n_train: int = 256,
+    n_test: int = 64,
+    size: int = 28,
+    classes: int = 10,
+    gz: bool = True,
+    seed: int = 0,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Class-dependent blob images (learnable, not noise) in Fashion-MNIST's file layout."""
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,9 @@ STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monk
 SUBDIR = "stl10_binary"
 
 
-def write_stl10(directory: Path, n_train: int = 40, n_test: int = 20, n_unlabeled: int = 60, seed: int = 0,
-                size: int = 96) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def write_stl10(
+    directory: Path, n_train: int = 40, n_test: int = 20, n_unlabeled: int = 60, seed: int = 0, size: int = 96
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Write ``directory/stl10_binary/`` and return ``{split: (images N x 3 x H x W, labels)}``
     (labels 0-based; -1 for the unlabelled split)."""
     rng = np.random.default_rng(seed)

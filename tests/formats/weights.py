@@ -36,8 +36,13 @@ def write_standin(cache: Path, arch: str = "resnet18", seed: int = 0, source_dir
     prefix = hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]
     final = target_dir / f"{arch}-{prefix}.pth"
     tmp.replace(final)
-    return {"name": f"{arch}_standin", "url": final.resolve().as_uri(), "filename": final.name,
-            "sha256_prefix": prefix, "note": f"random stand-in for {arch} (tests)"}
+    return {
+        "name": f"{arch}_standin",
+        "url": final.resolve().as_uri(),
+        "filename": final.name,
+        "sha256_prefix": prefix,
+        "note": f"random stand-in for {arch} (tests)",
+    }
 
 
 def write_manifest(path: Path, entries: list[dict[str, str]]) -> Path:

@@ -7,9 +7,9 @@ and optionally ``download(root)`` (the library's real downloader, for nodes with
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 from hpclab.data.hdf5 import DatasetArrays
 from hpclab.registry import Registry
@@ -23,7 +23,7 @@ class SourceMissing(FileNotFoundError):
 class Source:
     name: str
     read: Callable[[Path, object], DatasetArrays]
-    download: Optional[Callable[[Path], Path]] = None  # fetches into root, returns the dir to read
+    download: Callable[[Path], Path] | None = None  # fetches into root, returns the dir to read
     mirrors: tuple[str, ...] = ()  # local directories tried before downloading
     help: str = ""  # where the original files come from
 
@@ -62,4 +62,3 @@ def torchvision_root_downloader(cls_name: str, subdir: str = "", **kwargs) -> Ca
         return root / subdir if subdir else root
 
     return download
-

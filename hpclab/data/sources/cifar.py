@@ -26,15 +26,21 @@ def batches_dir(directory: Path) -> Path:
     for candidate in (Path(directory), Path(directory) / SUBDIR):
         if all((candidate / name).is_file() for names in SPLIT_FILES.values() for name in names + [META_FILE]):
             return candidate
-    raise SourceMissing(f"{directory} has no CIFAR-10 python batches ({SUBDIR}/data_batch_1..5, test_batch, "
-                        f"{META_FILE})")
+    raise SourceMissing(
+        f"{directory} has no CIFAR-10 python batches ({SUBDIR}/data_batch_1..5, test_batch, {META_FILE})"
+    )
 
 
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles only plain containers and numpy arrays: a batch file cannot run code."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self.ALLOWED:
@@ -71,8 +77,10 @@ def read_cifar10(directory: Path, cfg: object = None) -> DatasetArrays:
     splits, inputs = {}, []
     for split, names in SPLIT_FILES.items():
         parts = [read_batch(root / name) for name in names]
-        splits[split] = {"images": np.concatenate([p[0] for p in parts]),
-                         "labels": np.concatenate([p[1] for p in parts])}
+        splits[split] = {
+            "images": np.concatenate([p[0] for p in parts]),
+            "labels": np.concatenate([p[1] for p in parts]),
+        }
         inputs += [root / name for name in names]
     meta = load_pickle(root / META_FILE)
     class_names = [str(n) for n in meta.get("label_names", [])]
@@ -82,7 +90,12 @@ def read_cifar10(directory: Path, cfg: object = None) -> DatasetArrays:
     return DatasetArrays(splits=splits, class_names=class_names, inputs=inputs, source=str(root))
 
 
-register_source(Source(
-    "cifar10", read_cifar10, torchvision_root_downloader("CIFAR10", SUBDIR, train=True),
-    help="CIFAR-10 python version (cifar-10-python.tar.gz extracted: cifar-10-batches-py/data_batch_1..5, "
-         "test_batch, batches.meta)"))
+register_source(
+    Source(
+        "cifar10",
+        read_cifar10,
+        torchvision_root_downloader("CIFAR10", SUBDIR, train=True),
+        help="CIFAR-10 python version (cifar-10-python.tar.gz extracted: cifar-10-batches-py/data_batch_1..5, "
+        "test_batch, batches.meta)",
+    )
+)

@@ -18,10 +18,11 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,9 @@ def category_labels(names: Iterable[str]) -> list[int]:
         if name not in known:
             close = difflib.get_close_matches(str(name), known, n=3)
             hint = f" (did you mean: {', '.join(close)})" if close else ""
-            raise ConfigError(f"config key 'data.classes': '{name}' is not a Flowers-102 category{hint}; see {NAMES_FILE}")
+            raise ConfigError(
+                f"config key 'data.classes': '{name}' is not a Flowers-102 category{hint}; see {NAMES_FILE}"
+            )
         labels.append(known.index(name))
     return labels
 
@@ -88,7 +91,7 @@ def load_image(path: Path, size: int) -> tuple[np.ndarray, str]:
     return array, hashlib.sha256(data).hexdigest()
 
 
-def read_flowers102(directory: Path, cfg: Optional[Any] = None) -> DatasetArrays:
+def read_flowers102(directory: Path, cfg: Any | None = None) -> DatasetArrays:
     from scipy.io import loadmat
 
     base = base_folder(Path(directory))
@@ -106,8 +109,9 @@ def read_flowers102(directory: Path, cfg: Optional[Any] = None) -> DatasetArrays
     paths = [jpg_dir / f"image_{i:05d}.jpg" for i in range(1, len(labels) + 1)]
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
-        raise SourceMissing(f"{jpg_dir} lacks {len(missing)} of the {len(paths)} images named in "
-                            f"imagelabels.mat (first: {missing[0]})")
+        raise SourceMissing(
+            f"{jpg_dir} lacks {len(missing)} of the {len(paths)} images named in imagelabels.mat (first: {missing[0]})"
+        )
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL releases the GIL
         loaded = list(pool.map(lambda p: load_image(p, size), paths))
     images = np.stack([image for image, _ in loaded])
@@ -119,17 +123,25 @@ def read_flowers102(directory: Path, cfg: Optional[Any] = None) -> DatasetArrays
         official[to_zero_based(np.asarray(setid[key], dtype=np.int64).reshape(-1))] = code
     val = np.flatnonzero(official == list(SPLIT_KEYS).index("val"))
     return DatasetArrays(
-        splits={"train": {"images": images, "labels": labels},
-                "val": {"images": images[val], "labels": labels[val]}},
+        splits={"train": {"images": images, "labels": labels}, "val": {"images": images[val], "labels": labels[val]}},
         class_names=list(names),
         inputs=[labels_path, setid_path],  # the 8,189 jpgs are summarised in the jpg_sha256 attribute
         source=str(base),
         extra={"official_split": official},  # 0 train, 1 valid, 2 test (setid.mat), per train image
-        attrs={"image_size": size, "jpg_count": len(paths),
-               "jpg_sha256": digest, "jpg_sha256_note": "sha256 of the concatenated hex sha256 of image_00001.jpg, ..."},
+        attrs={
+            "image_size": size,
+            "jpg_count": len(paths),
+            "jpg_sha256": digest,
+            "jpg_sha256_note": "sha256 of the concatenated hex sha256 of image_00001.jpg, ...",
+        },
     )
 
 
-register_source(Source(
-    "flowers102", read_flowers102, torchvision_root_downloader("Flowers102", "flowers-102"),
-    help="Oxford Flowers-102 as torchvision stores it: flowers-102/jpg/image_XXXXX.jpg, imagelabels.mat, setid.mat"))
+register_source(
+    Source(
+        "flowers102",
+        read_flowers102,
+        torchvision_root_downloader("Flowers102", "flowers-102"),
+        help="Oxford Flowers-102 as torchvision stores it: flowers-102/jpg/image_XXXXX.jpg, imagelabels.mat, setid.mat",
+    )
+)

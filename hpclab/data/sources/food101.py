@@ -51,8 +51,11 @@ def read_food101(directory: Path, cfg: Any = None) -> DatasetArrays:
         raise ValueError("food101 images vary in size: set data.image_size (e.g. 224)")
     meta = {split: json.loads((root / "meta" / f"{split}.json").read_text()) for split in ("train", "test")}
     classes_file = root / "meta" / "classes.txt"
-    classes = ([c.strip() for c in classes_file.read_text().splitlines() if c.strip()] if classes_file.is_file()
-               else sorted(meta["train"]))
+    classes = (
+        [c.strip() for c in classes_file.read_text().splitlines() if c.strip()]
+        if classes_file.is_file()
+        else sorted(meta["train"])
+    )
     keep = option(cfg, "num_classes")
     classes = classes[: int(keep)] if keep else classes
     splits: dict[str, dict[str, np.ndarray]] = {}
@@ -67,17 +70,29 @@ def read_food101(directory: Path, cfg: Any = None) -> DatasetArrays:
             if missing:
                 raise ValueError(f"{len(missing)} image(s) listed in meta/{split}.json are missing, e.g. {missing[0]}")
             loaded = list(pool.map(lambda p: load_image(p, int(size)), paths))
-            splits[split] = {"images": np.stack([a for a, _ in loaded]),
-                             "labels": np.array([label for label, _ in items], dtype=np.int64)}
+            splits[split] = {
+                "images": np.stack([a for a, _ in loaded]),
+                "labels": np.array([label for label, _ in items], dtype=np.int64),
+            }
             digests.update({rel: d for (_, rel), (_, d) in zip(items, loaded)})
     # One digest over every (image, sha256) pair: per-file digests would overflow an HDF5 attribute.
     combined = hashlib.sha256("".join(f"{k} {digests[k]}\n" for k in sorted(digests)).encode()).hexdigest()
     inputs = [root / "meta" / n for n in ("train.json", "test.json", "classes.txt") if (root / "meta" / n).is_file()]
-    return DatasetArrays(splits=splits, class_names=classes, inputs=inputs, source=str(root),
-                  attrs={"images_sha256": combined, "num_images": len(digests), "image_size": int(size)})
+    return DatasetArrays(
+        splits=splits,
+        class_names=classes,
+        inputs=inputs,
+        source=str(root),
+        attrs={"images_sha256": combined, "num_images": len(digests), "image_size": int(size)},
+    )
 
 
-register_source(Source(
-    "food101", read_food101, torchvision_root_downloader("Food101", SUBDIR),
-    help="Food-101 (food-101.tar.gz extracted: food-101/images/<class>/<id>.jpg, food-101/meta/{train,test}.json, "
-         "classes.txt); set data.image_size"))
+register_source(
+    Source(
+        "food101",
+        read_food101,
+        torchvision_root_downloader("Food101", SUBDIR),
+        help="Food-101 (food-101.tar.gz extracted: food-101/images/<class>/<id>.jpg, food-101/meta/{train,test}.json, "
+        "classes.txt); set data.image_size",
+    )
+)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -12,6 +12,7 @@ from hpclab.data.hdf5 import DatasetArrays
 from hpclab.data.sources import Source, find_file, register_source
 
 # --------------------------------------------------------------------------- IDX (MNIST family)
+
 
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file (MNIST's format), gzip-compressed or not, via torchvision's parser."""
@@ -34,8 +35,13 @@ IDX_FILES = {
 }
 
 
-def idx_source(name: str, class_names: list[str], downloader: Optional[Callable[[Path], Path]],
-               mirrors: tuple[str, ...] = (), help: str = "") -> Source:
+def idx_source(
+    name: str,
+    class_names: list[str],
+    downloader: Callable[[Path], Path] | None,
+    mirrors: tuple[str, ...] = (),
+    help: str = "",
+) -> Source:
     """A source for a dataset shipped as MNIST-style IDX files (MNIST, Fashion-MNIST, notMNIST)."""
 
     def read(directory: Path, cfg: object = None) -> DatasetArrays:
@@ -79,21 +85,45 @@ def url_downloader(base_url: str, files: list[str]) -> Callable[[Path], Path]:
     return download
 
 
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
-idx_source("mnist", [str(i) for i in range(10)], torchvision_downloader("MNIST"),
-           help="MNIST IDX files (train-images-idx3-ubyte.gz, ...)")
-idx_source("fashion_mnist", FASHION_CLASSES, torchvision_downloader("FashionMNIST"),
-           mirrors=("/usr/share/datasets/fashion-mnist",),
-           help="Fashion-MNIST IDX files; Debian: apt-get install dataset-fashion-mnist")
-idx_source("notmnist", list("ABCDEFGHIJ"),
-           url_downloader("https://raw.githubusercontent.com/davidflanagan/notMNIST-to-MNIST/master",
-                          [f"{n}.gz" for pair in IDX_FILES.values() for n in pair]),
-           help="notMNIST converted to MNIST's IDX format (davidflanagan/notMNIST-to-MNIST)")
+idx_source(
+    "mnist",
+    [str(i) for i in range(10)],
+    torchvision_downloader("MNIST"),
+    help="MNIST IDX files (train-images-idx3-ubyte.gz, ...)",
+)
+idx_source(
+    "fashion_mnist",
+    FASHION_CLASSES,
+    torchvision_downloader("FashionMNIST"),
+    mirrors=("/usr/share/datasets/fashion-mnist",),
+    help="Fashion-MNIST IDX files; Debian: apt-get install dataset-fashion-mnist",
+)
+idx_source(
+    "notmnist",
+    list("ABCDEFGHIJ"),
+    url_downloader(
+        "https://raw.githubusercontent.com/davidflanagan/notMNIST-to-MNIST/master",
+        [f"{n}.gz" for pair in IDX_FILES.values() for n in pair],
+    ),
+    help="notMNIST converted to MNIST's IDX format (davidflanagan/notMNIST-to-MNIST)",
+)
 
 
 # --------------------------------------------------------------------------- scikit-learn digits
+
 
 def read_digits(directory: Path, cfg: object = None) -> DatasetArrays:
     """scikit-learn's real 8x8 digits (1,797 images, shipped with the package): 80/20 split."""

@@ -52,7 +52,9 @@ def pairs_folders(directory: Path) -> list[tuple[Path, Path, str]]:
         else:
             unmatched.append(path.name)
     if unmatched:
-        raise SourceMissing(f"{images_dir}: {len(unmatched)} image(s) without a mask in {masks_dir} (e.g. {unmatched[0]})")
+        raise SourceMissing(
+            f"{images_dir}: {len(unmatched)} image(s) without a mask in {masks_dir} (e.g. {unmatched[0]})"
+        )
     return out
 
 
@@ -132,15 +134,27 @@ def read_brain_mri(directory: Path, cfg: Any = None) -> DatasetArrays:
         if keep.any():
             splits[name] = {"images": images[keep], "labels": labels[keep], "masks": masks[keep]}
     inputs = [p for img, mask, _ in pairs for p in (img, mask)]
-    return DatasetArrays(splits=splits, class_names=CLASS_NAMES, inputs=inputs, source=str(directory),
-                  attrs={"layout": "images+masks" if (directory / "images").is_dir() else "case folders",
-                         "test_fraction": test_fraction, "channels": channels})
+    return DatasetArrays(
+        splits=splits,
+        class_names=CLASS_NAMES,
+        inputs=inputs,
+        source=str(directory),
+        attrs={
+            "layout": "images+masks" if (directory / "images").is_dir() else "case folders",
+            "test_fraction": test_fraction,
+            "channels": channels,
+        },
+    )
 
 
-register_source(Source(
-    "brain_mri", read_brain_mri, download=None,
-    help="brain MRI slices with tumour masks as images/<id>.png + masks/<id>.png (Kaggle "
-         "nikhilroxtomar/brain-tumor-segmentation) or <case>/<id>.tif + <id>_mask.tif (Kaggle "
-         "mateuszbuda/lgg-mri-segmentation); download them by hand (Kaggle login), or write "
-         "synthetic phantoms with python jobs/make_phantoms.py DIR",
-))
+register_source(
+    Source(
+        "brain_mri",
+        read_brain_mri,
+        download=None,
+        help="brain MRI slices with tumour masks as images/<id>.png + masks/<id>.png (Kaggle "
+        "nikhilroxtomar/brain-tumor-segmentation) or <case>/<id>.tif + <id>_mask.tif (Kaggle "
+        "mateuszbuda/lgg-mri-segmentation); download them by hand (Kaggle login), or write "
+        "synthetic phantoms with python jobs/make_phantoms.py DIR",
+    )
+)

@@ -23,8 +23,11 @@ from hpclab.data.sources import Source, SourceMissing, register_source, torchvis
 
 SUBDIR = "stl10_binary"
 SIZE = 96
-FILES = {"train": ("train_X.bin", "train_y.bin"), "test": ("test_X.bin", "test_y.bin"),
-         "unlabeled": ("unlabeled_X.bin", None)}
+FILES = {
+    "train": ("train_X.bin", "train_y.bin"),
+    "test": ("test_X.bin", "test_y.bin"),
+    "unlabeled": ("unlabeled_X.bin", None),
+}
 
 
 def binary_dir(directory: Path, needed: list[str]) -> Path:
@@ -73,16 +76,26 @@ def stl10_source(name: str, layout: dict[str, str], help: str) -> Source:
     def read(directory: Path, cfg: object = None) -> DatasetArrays:
         root = binary_dir(directory, needed)
         splits = {staged: read_split(root, original) for staged, original in layout.items()}
-        inputs = [root / f for f in needed] + ([root / "class_names.txt"] if (root / "class_names.txt").is_file() else [])
-        return DatasetArrays(splits=splits, class_names=class_names(root), inputs=inputs, source=str(root),
-                      attrs={"layout": layout})
+        inputs = [root / f for f in needed] + (
+            [root / "class_names.txt"] if (root / "class_names.txt").is_file() else []
+        )
+        return DatasetArrays(
+            splits=splits, class_names=class_names(root), inputs=inputs, source=str(root), attrs={"layout": layout}
+        )
 
-    return register_source(Source(name, read, torchvision_root_downloader("STL10", SUBDIR, split="train+unlabeled"),
-                                  help=help))
+    return register_source(
+        Source(name, read, torchvision_root_downloader("STL10", SUBDIR, split="train+unlabeled"), help=help)
+    )
 
 
-stl10_source("stl10", {"train": "train", "test": "test"},
-             "STL-10 binary release (stl10_binary.tar.gz extracted: stl10_binary/train_X.bin, train_y.bin, "
-             "test_X.bin, test_y.bin, class_names.txt)")
-stl10_source("stl10_unlabeled", {"train": "unlabeled", "test": "test"},
-             "STL-10 binary release (stl10_binary/unlabeled_X.bin, test_X.bin, test_y.bin)")
+stl10_source(
+    "stl10",
+    {"train": "train", "test": "test"},
+    "STL-10 binary release (stl10_binary.tar.gz extracted: stl10_binary/train_X.bin, train_y.bin, "
+    "test_X.bin, test_y.bin, class_names.txt)",
+)
+stl10_source(
+    "stl10_unlabeled",
+    {"train": "unlabeled", "test": "test"},
+    "STL-10 binary release (stl10_binary/unlabeled_X.bin, test_X.bin, test_y.bin)",
+)
