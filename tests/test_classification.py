@@ -139,7 +139,7 @@ def test_cifar_models_within_budget(experiment: str) -> None:
 # parameters: Part 1 Task 1 (the CIFAR-10 CNN and its multi-path / residual variants), Part 1
 # Task 2 (the MNIST autoencoders), Part 2 (the STL-10 CNN, the autoencoder pretraining, the
 # frozen-encoder classifier and the same classifier from scratch) and Part 2 Task 3 (the
-# brain-tumour segmentation nets). Exempt: resnet_transfer / resnet_finetune, where the brief
+# brain-tumour segmentation nets). Exempt: resnet_transfer / resnet_finetune, where docs/briefs.md
 # prescribes the ImageNet-pretrained ResNet-18 (11.2M parameters; the frozen one trains 5,130).
 # fmnist_cnn (the CIFAR CNN recipe on Fashion-MNIST) is held to the same limit.
 # Experiment -> (channels, image size) of its data.

@@ -122,7 +122,7 @@ def test_subset_by_category_name(workdir, flowers):
 
     subset = compose(["data=flowers102_subset"]).data.classes
     assert len(category_labels(subset)) == len(subset) == 10
-    # homework problem 5: the DCGAN trains on the ten-category subset; all 8,189 images are one override away
+    # docs/briefs.md: the DCGAN trains on the ten-category subset; all 8,189 images are one override away
     for experiment in ("dcgan", "dcgan_small"):
         assert list(compose([f"experiment={experiment}"]).data.classes) == list(subset)
         assert compose([f"experiment={experiment}", "data=flowers102"]).data.classes is None

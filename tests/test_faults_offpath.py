@@ -211,7 +211,9 @@ def test_an_analysis_waits_for_no_one_it_stops_when_the_run_is_in_use(home, resu
     launch(*SHORT, cwd=home)
     proc = start(*RUN, "train.max_steps=4000", "force=true", cwd=home)
     try:
-        wait_for_step(proc, folder, 5)
+        # the finished run's metrics are still in the folder until force=true moves them aside:
+        # wait for the new run's lock, not for a step
+        wait_for_text(proc, folder / "run.lock", f'"pid": {proc.pid}')
         refused(run_main("analyze.py", str(folder), "examples", cwd=home), "is in use by pid", "run.lock")
     finally:
         proc.kill()

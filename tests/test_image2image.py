@@ -205,7 +205,7 @@ def test_segmentation_nets_keep_240_and_only_the_unet_has_skips():
         nets[name] = MODELS.build(cfg.model.name, kwargs_of(cfg.model), in_channels=1).eval()
         with torch.no_grad():
             assert nets[name](torch.rand(1, 1, 240, 240)).shape == (1, 1, 240, 240)
-    assert [m.mode for m in nets["brain_seg"].merge] == ["none"] * 3  # the brief's autoencoder
+    assert [m.mode for m in nets["brain_seg"].merge] == ["none"] * 3  # the autoencoder of docs/briefs.md
     assert [m.mode for m in nets["brain_seg_unet"].merge] == ["concat"] * 3
     counts = {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()}
     assert counts == {"brain_seg": 434_769, "brain_seg_unet": 445_633}  # the U-Net's 1x1 fuse convs
@@ -258,7 +258,7 @@ def test_residual_super_resolution_starts_at_its_input():
 
 @pytest.mark.parametrize("factor", [2, 4])
 def test_plain_super_resolution_cnn_sees_low_resolution_and_learns_the_upsampling(factor):
-    """The brief's plain CNN (the default): low-resolution input, transposed convs up, no
+    """The plain CNN of docs/briefs.md (the default): low-resolution input, transposed convs up, no
     residual and no zeroed conv, so at step 0 it is not bilinear interpolation."""
     from hpclab.config import ConfigError, compose
     from hpclab.data.loader import DataInfo
@@ -501,7 +501,7 @@ def test_sweeps_expand_as_documented():
     assert grids["seg_loss"] == {"task.loss": ["dice", "mse", "bce"]}
     assert grids["seg_arch"] == {"experiment": ["brain_seg", "brain_seg_unet"]}
     assert [c.model.name for c in plan(["sweep=seg_arch"]).runs] == ["seg_ae", "seg_unet"]
-    assert {c.model.name for c in plan(["sweep=seg_loss"]).runs} == {"seg_ae"}  # the brief's model
+    assert {c.model.name for c in plan(["sweep=seg_loss"]).runs} == {"seg_ae"}  # the model docs/briefs.md names
     batch = plan(["sweep=colourize_batch", "sweep.subset=3"]).runs  # mini-batch sizes at fixed epochs
     assert [c.train.batch_size for c in batch] == [10, 50, 500]
     assert {c.train.epochs for c in batch} == {25} and {c.model.name for c in batch} == {"colour_unet"}

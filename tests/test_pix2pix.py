@@ -279,11 +279,11 @@ def test_pix2pix_run_and_its_comparison_with_the_l2_run(fmnist_pair):
     assert list(rows)[:1] == ["method"] and set(rows) == {
         "method",
         "masked input (no learning)",
-        "inpaint_ae",
-        "pix2pix_inpaint",
+        "inpaint_ae-smoke",  # rows name runs by group (run_label), here the smoke groups
+        "pix2pix_inpaint-smoke",
     }
     assert "hole_psnr" in rows["method"]
-    for run, label in ((fmnist_pair["l2"], "inpaint_ae"), (gan, "pix2pix_inpaint")):
+    for run, label in ((fmnist_pair["l2"], "inpaint_ae-smoke"), (gan, "pix2pix_inpaint-smoke")):
         final = json.loads((run / "summary.json").read_text())["metrics"]
         fd = json.loads((run / "figures" / "fd_outputs.json").read_text())["fd"]
         for value in (final["test/psnr"], final["test/hole_psnr"], fd):

@@ -2,7 +2,7 @@
 
 * ``reconstruction_grid``: random images of a split next to their reconstructions, in one
   matplotlib subplot grid (the STL-10 autoencoder figure: 9 images by default).
-* ``results_table``: the brief's table of a sweep (or experiment) folder — model,
+* ``results_table``: the results table the briefs ask for (docs/briefs.md) of a sweep (or experiment) folder — model,
   architecture (filters@kernel/stride/padding), the best-checkpoint rule used, train, val and
   test accuracy, hyper-parameters. Each run writes its row (``figures/results_row.json``)
   and rebuilds ``<group>/results_table.{md,csv}`` from every row there, so the table is

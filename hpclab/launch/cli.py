@@ -75,7 +75,7 @@ def main_guard(main: Callable[[list[str]], int]) -> None:
             raise
         where = f" {exc.filename}" if exc.filename else ""
         print(
-            f"error: cannot write{where}: {exc.strerror}; files are written whole or not at all, so free "
+            f"error: could not write{where}: {exc.strerror}; files are written whole or not at all, so free "
             f"space (or fix permissions) and run the same command again",
             file=sys.stderr,
         )

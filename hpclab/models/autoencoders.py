@@ -186,7 +186,7 @@ class AutoEncoderCNN(nn.Module):
 @MODELS.register("strided_ae")
 class StridedConvAutoEncoder(SequentialAutoEncoder):
     """3x3 padding-1 convs with per-layer strides, one linear layer to a small latent, and the
-    mirror image back. Defaults are the Fashion-MNIST homework's 3-d latent AE:
+    mirror image back. Defaults are the 3-d latent AE of the Fashion-MNIST brief (docs/briefs.md):
     convs 64, 32, 16, 2 with strides 2, 2, 1, 1 and ReLU, Linear(2*7*7 -> 3); decoder
     Linear(3 -> 2*7*7) + ReLU, transposed convs 16, 32, 64, 1 with strides 1, 1, 2, 2 (stride-2
     ones use output_padding 1 so 7 -> 14 -> 28), ReLU between, Sigmoid output.
@@ -282,7 +282,7 @@ class STLAutoEncoder(SequentialAutoEncoder):
     """The STL-10 pretraining AE: one stride-2 conv-BN-ReLU per entry of ``channels`` (plus an
     ``extra_conv`` stride-1 one at the bottom), 96 -> 6 px with the shipped four; the decoder is
     the mirror image in transposed convs, Sigmoid out. 196,035 parameters with the shipped
-    channels (the brief asks for about 200,000)."""
+    channels (docs/briefs.md asks for about 200,000)."""
 
     def __init__(
         self, in_channels: int = 3, channels: Sequence[int] = (32, 48, 64, 96), extra_conv: bool = False

@@ -1,4 +1,4 @@
-"""DCGAN (the homework's "DCGAN for Flowers102") with a spectrally normalised discriminator.
+"""DCGAN ("DCGAN for Flowers102" in docs/briefs.md) with a spectrally normalised discriminator.
 
 Generator: z ~ N(0, I) of size ``latent_dim`` -> 4x4 transposed conv to ``channels`` maps at
 4x4 -> blocks of (4x4 stride-2 transposed conv -> BatchNorm -> ReLU) that halve the channels while

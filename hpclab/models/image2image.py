@@ -29,7 +29,8 @@ from hpclab.models.conv import make_conv
 
 @MODELS.register("colour_cnn")
 class ColourCNN(nn.Module):
-    """The brief's CNN: 1 -> NF -> 2NF (down), 2NF (lowest resolution), NF -> out (up), out -> out.
+    """Practical 3's plain CNN (docs/briefs.md): 1 -> NF -> 2NF (down), 2NF (lowest resolution),
+    NF -> out (up), out -> out.
 
     ``skip=True`` (used by the U-Net subclass) widens the up convs and the final conv to take
     the concatenated encoder features / the network input.

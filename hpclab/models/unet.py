@@ -1,4 +1,4 @@
-"""U-Nets: the colourization U-Net of the brief and the padded segmentation U-Net.
+"""U-Nets: the colourization U-Net (CMP 717 Practical 3, docs/briefs.md) and the padded segmentation U-Net.
 
 ``colour_unet`` is ``colour_cnn`` with skip connections: each encoder output is concatenated
 (``torch.cat`` on channels) to the input of its mirrored up block, and the network input (the
@@ -66,7 +66,7 @@ class SegUNet(EncoderDecoder):
 
 @MODELS.register("seg_ae")
 class SegAutoEncoder(SegUNet):
-    """The brief's symmetric padded encoder-decoder: ``seg_unet``'s layers without skips (the
+    """The symmetric padded encoder-decoder: ``seg_unet``'s layers without skips (the
     decoder reconstructs the mask from the 30x30 bottleneck alone)."""
 
     def __init__(

@@ -57,7 +57,7 @@ def name_problem(name: Any) -> str | None:
     if len(name) > 200:
         return "is longer than 200 characters"
     if MOVED_ASIDE in name:
-        return f"contains '{MOVED_ASIDE}', which marks results moved aside by force=true"
+        return f"must be one plain folder name without '{MOVED_ASIDE}', which marks results moved aside by force=true"
     if not NAME_PATTERN.fullmatch(name):
         return (
             "must be one plain folder name (letters, digits and . _ + = , @ -, not starting with '.'; "

@@ -105,7 +105,7 @@ def _age(path: Path) -> float:
 
 def _read(path: Path) -> tuple[dict[str, Any] | None, str]:
     try:
-        text = path.read_text()
+        text = path.read_text(errors="replace")  # damaged bytes read as damaged, not as a crash
     except FileNotFoundError:
         return None, ""
     try:
@@ -158,7 +158,7 @@ def _break(path: Path, judged: str) -> None:
     except FileNotFoundError:
         return
     try:
-        if aside.read_text() != judged:
+        if aside.read_text(errors="replace") != judged:
             try:
                 os.link(aside, path)
             except FileExistsError:

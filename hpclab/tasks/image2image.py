@@ -205,7 +205,7 @@ class SuperResolve(ImageToImage):
     """Upsample images area-downscaled by ``factor``. Baseline: bilinear interpolation of the
     same low-resolution image. Two designs:
 
-    * ``upsample: learned`` (the brief's plain CNN, the default): the network sees only the
+    * ``upsample: learned`` (Practical 3's plain CNN, docs/briefs.md; default): the network sees only the
       low-resolution image and learns the upsampling (the configured model at low resolution
       with ``width`` output maps, then one 4x4 stride-2 transposed conv per factor of 2 and a
       3x3 conv; ``hpclab.models.image2image.LearnedUpsampling``). It starts from its random
