@@ -1,6 +1,6 @@
 #!/bin/bash
 # DCGAN at 256 px on Oxford Flowers-102 (configs/experiment/dcgan.yaml: CHANNEL_NUM=512,
-# LATENT_DIM=128, spectrally normalised discriminator, bf16 on the GPU), on the homework's
+# LATENT_DIM=128, spectrally normalised discriminator, bf16 on the GPU), on the briefs'
 # ten-category subset (1,613 images); data=flowers102 trains on all 8,189.
 #
 #   sbatch slurm/dcgan.sh                                   # the full experiment

@@ -571,7 +571,9 @@ def test_bad_override_fails_the_job_at_once_with_one_line_and_writes_nothing(clu
     assert wait_done(job, log=log) == {job: "FAILED"}
     text = log.read_text()
     errors = [line for line in text.splitlines() if line.startswith("error:")]
-    assert errors == ["error: config key 'train.epochz': Key 'epochz' not in 'TrainConfig'"], text
+    assert errors == [
+        "error: config key 'train.epochz': Key 'epochz' not in 'TrainConfig'; did you mean train.epochs?"
+    ], text
     assert "Traceback" not in text and "srun" not in text  # failed in the batch shell, before any task
     assert not (cluster["results"] / "dcgan").exists()
     assert status(cluster, "experiment=dcgan")["default"][:2] == ["FAILED", job]
