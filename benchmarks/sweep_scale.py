@@ -53,7 +53,8 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = [
     "sweep=ae_latent",
     "data=digits",
-    "preset=smoke",
+    "train.epochs=null",  # preset=smoke's settings spelled out: its group would be sweep_scale-smoke
+    "train.eval_batch_size=256",
     "model.latent_dim=2",
     "model.channels=[4,8,8]",
     "train.batch_size=16",
@@ -198,6 +199,8 @@ def measure(
             status_running.append((seconds, cpu, dict(status_counts(out))))
         if finished >= finished_locally + execute:
             break
+        if not states and finished_runs(group) < finished_locally + execute:
+            raise RuntimeError(f"the arrays {ids} left the queue with {finished} of {group}'s runs finished")
         time.sleep(1)
     subprocess.run(["scancel", *ids], check=True)
     deadline = time.monotonic() + 120  # until SLURM has let go of every task (no COMPLETING left)

@@ -994,7 +994,7 @@ def test_the_dcgan_scripts_small_partition_recipe_stages_its_data_and_its_log_en
     final = wait_done(job, timeout=900, log=log)
     text = log.read_text()
     assert final == {job: "COMPLETED"}, text[-3000:]
-    run_dir = tmp_path / "results" / "dcgan_fmnist" / "default"
+    run_dir = tmp_path / "results" / "dcgan_fmnist-smoke" / "default"  # preset=smoke keeps its own group
     assert text.splitlines()[-1] == f"results: {run_dir}/", text[-2000:]
     assert (tmp_path / "data" / "fashion_mnist_32px.h5").is_file() and " INFO wrote " in text
     assert list((run_dir / "figures" / "epochs").glob("*.png"))  # the grids read back from TensorBoard
