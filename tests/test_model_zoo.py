@@ -157,7 +157,12 @@ def check_recorded(name: str, entry: dict[str, Any]) -> None:
     assert table[name] == entry, f"model '{name}': {entry} differs from the recorded {table[name]}; if meant: {how}"
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+# The package's own models: tests register stand-ins of their own (test_engine's nan_after_steps),
+# which exist in the registry only once their module is imported, so not in every collection.
+PACKAGE_MODELS = sorted(name for name in MODELS if MODELS[name].__module__.startswith("hpclab."))
+
+
+@pytest.mark.parametrize("name", PACKAGE_MODELS)
 def test_model_builds_and_takes_one_training_step_on_its_tasks_input(name, workdir):
     data_file = workdir / "zoo.h5"
     cfg = compose([*composition_of(name), *ONE_STEP, f"data.file={data_file}"])
@@ -184,7 +189,7 @@ def test_model_builds_and_takes_one_training_step_on_its_tasks_input(name, workd
 
 def test_the_recorded_counts_are_of_registered_models():
     table = json.loads(PARAMS.read_text())
-    stale = sorted(set(table) - set(MODELS))
+    stale = sorted(set(table) - set(PACKAGE_MODELS))
     if UPDATE and stale:
         write_table({k: v for k, v in table.items() if k not in stale})
         return
