@@ -655,6 +655,9 @@ def eval_rank(rank: int, cfg_yaml: str, run_dir: str, port: int, rounds: int, ou
                 }
             )
         )
+    # Both ranks leave together: a rank that tears down the gloo group while the other still
+    # writes can abort it ("terminate called without an active exception", seen once in CI).
+    torch.distributed.barrier()
     trainer.close()
 
 

@@ -43,7 +43,7 @@ step "built $image"
 podman run --rm "$image" python -m pytest -q -p no:cacheprovider -m "not slow and not slurm" /opt/hpclab/tests
 step "fast test set inside the image"
 
-HPCLAB_TEST_IMAGE=$image .venv/bin/python -m pytest -q -s -m container tests
+HPCLAB_TEST_IMAGE=$image .venv/bin/python -m pytest -q -s -n 0 -m container tests  # -n 0: one file, its -s output
 step "container tests on the host (SLURM array inside the image, requeue, inside = outside)"
 
 # The rebuild after a one-line change of the project's code, from a copy of the checkout.

@@ -29,7 +29,8 @@
 #   scripts/local_slurm.sh start --nodes 2 && export SLURM_CONF=$HPCLAB_SLURM_ROOT/etc/slurm.conf
 # munged is shared (started only when none runs, stopped only by the instance that started it).
 # Also: HPCLAB_SLURM_MAX_ARRAY_SIZE (MaxArraySize, default 1001 as in SLURM), HPCLAB_SLURM_MAX_JOB_COUNT
-# (MaxJobCount, SLURM's default 10000).
+# (MaxJobCount, SLURM's default 10000), HPCLAB_SLURM_FIRST_JOB_ID (FirstJobId: a second instance on
+# the same machine counts from elsewhere, so its jobs' rendezvous ports, 20000 + job id, differ).
 set -euo pipefail
 
 ROOT=${HPCLAB_SLURM_ROOT:-}
@@ -50,6 +51,7 @@ CTLD_PORT=${HPCLAB_SLURMCTLD_PORT:-}   # empty: SLURM's default, 6817
 SLURMD_PORT=${HPCLAB_SLURMD_PORT:-}    # empty: 6818 for one node, 17001.. for several
 MAX_ARRAY_SIZE=${HPCLAB_SLURM_MAX_ARRAY_SIZE:-1001}
 MAX_JOB_COUNT=${HPCLAB_SLURM_MAX_JOB_COUNT:-}
+FIRST_JOB_ID=${HPCLAB_SLURM_FIRST_JOB_ID:-}
 MARK="# written by hpclab scripts/local_slurm.sh"
 HOST=$(hostname -s)
 NODES=""  # --nodes N
@@ -92,6 +94,7 @@ print_conf() {  # print_conf N: the slurm.conf of an N-node cluster
   nodes=$HOST
   [ "$n" -gt 1 ] && nodes="n[1-$n]"
   [ -n "$MAX_JOB_COUNT" ] && extra+=$'\n'"MaxJobCount=$MAX_JOB_COUNT"
+  [ -n "$FIRST_JOB_ID" ] && extra+=$'\n'"FirstJobId=$FIRST_JOB_ID"
   [ -n "$CTLD_PORT" ] && extra+=$'\n'"SlurmctldPort=$CTLD_PORT"
   [ "$n" -eq 1 ] && [ -n "$SLURMD_PORT" ] && extra+=$'\n'"SlurmdPort=$SLURMD_PORT"
   cat <<EOF

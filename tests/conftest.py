@@ -202,3 +202,33 @@ def run_main(script: str, *args: str, cwd: Path, env: dict | None = None) -> sub
                 handler.close()
         loggers[0].propagate = saved_propagate
     return subprocess.CompletedProcess(sys.argv, code, out.getvalue(), err.getvalue())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Spread the suite over pytest-xdist's workers (``-n 2 --dist loadgroup`` in pyproject.toml:
+    most tests use one core) without sharing what must not be shared: the tests that submit to the
+    local SLURM cluster run one after another on one worker, as before (they read its queue), the
+    2-node cluster's file likewise on one, and the tests that share a fixture built once per file
+    (a trained run, a staged dataset) stay on one worker so it is still built once. Every other
+    test goes to whichever worker is free."""
+    for item in items:
+        if item.get_closest_marker("multinode"):
+            group = "multinode-cluster"
+        elif item.get_closest_marker("slurm"):
+            group = "slurm-cluster"
+        elif uses_a_fixture_of_its_file(item):
+            group = item.path.name
+        else:
+            continue
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+def uses_a_fixture_of_its_file(item: pytest.Item) -> bool:
+    """Whether the test requests a module- or session-scoped fixture defined in its own file."""
+    info = getattr(item, "_fixtureinfo", None)
+    module = item.nodeid.split("::")[0]
+    return bool(info) and any(
+        d.scope in ("module", "session") and d.baseid == module
+        for defs in info.name2fixturedefs.values()
+        for d in defs
+    )
