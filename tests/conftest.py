@@ -228,7 +228,5 @@ def uses_a_fixture_of_its_file(item: pytest.Item) -> bool:
     info = getattr(item, "_fixtureinfo", None)
     module = item.nodeid.split("::")[0]
     return bool(info) and any(
-        d.scope in ("module", "session") and d.baseid == module
-        for defs in info.name2fixturedefs.values()
-        for d in defs
+        d.scope in ("module", "session") and d.baseid == module for defs in info.name2fixturedefs.values() for d in defs
     )
