@@ -4,7 +4,7 @@
 # registry, as root:
 #   1. podman, runc, debootstrap; a Debian 12 base image made locally (containers/make_base.sh);
 #   2. the image built from the one recipe (containers/build.sh);
-#   3. the fast test set inside the image;
+#   3. the fast tests of the layers under the experiments inside the image;
 #   4. the container tests on the host (tests/test_container_run.py): the image's self-test
 #      (lock check, CPU smoke run), what a task sees inside
 #      the image, one-line errors, the smoke sweep=ae_latent as a SLURM array with every task
@@ -40,8 +40,14 @@ image=$(sed -n 's/^image: \([^ ]*\).*/\1/p' "$work/build.log")
 [ -n "$image" ] || { echo "ci-container: build.sh printed no image" >&2; exit 1; }
 step "built $image"
 
-podman run --rm "$image" python -m pytest -q -p no:cacheprovider -m "not slow and not slurm" /opt/hpclab/tests
-step "fast test set inside the image"
+# The layers under the experiments (config, data, engine, every model, analyses, launchers) in the
+# image's environment; the experiments' own smoke runs are the host's (same lock), and one runs
+# inside the image in step 4, as a SLURM array compared value by value with the host's.
+t=/opt/hpclab/tests
+podman run --rm "$image" python -m pytest -q -p no:cacheprovider -m "not slow and not slurm" \
+  $t/test_layers.py $t/test_config.py $t/test_data.py $t/test_data_sources.py $t/test_engine.py \
+  $t/test_model_zoo.py $t/test_optim.py $t/test_analysis.py $t/test_report.py $t/test_container.py $t/test_multinode.py
+step "fast tests of the layers under the experiments inside the image"
 
 HPCLAB_TEST_IMAGE=$image .venv/bin/python -m pytest -q -s -n 0 -m container tests  # -n 0: one file, its -s output
 step "container tests on the host (SLURM array inside the image, requeue, inside = outside)"

@@ -210,7 +210,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     local SLURM cluster run one after another on one worker, as before (they read its queue), the
     2-node cluster's file likewise on one, and the tests that share a fixture built once per file
     (a trained run, a staged dataset) stay on one worker so it is still built once. Every other
-    test goes to whichever worker is free."""
+    test goes to whichever worker is free. The two cluster groups, the longest, come first: a
+    worker that started them last would run them alone while the other one idles."""
     for item in items:
         if item.get_closest_marker("multinode"):
             group = "multinode-cluster"
@@ -221,6 +222,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         else:
             continue
         item.add_marker(pytest.mark.xdist_group(group))
+    first = ("slurm-cluster", "multinode-cluster")
+    items.sort(key=lambda item: first.index(g) if (g := xdist_group_of(item)) in first else len(first))
+
+
+def xdist_group_of(item: pytest.Item) -> str | None:
+    marker = item.get_closest_marker("xdist_group")
+    return marker.args[0] if marker else None
 
 
 def uses_a_fixture_of_its_file(item: pytest.Item) -> bool:
