@@ -624,5 +624,12 @@ def load_run_config(run_dir: Path) -> DictConfig:
     """The validated config of an existing run folder (one line when it is missing or damaged)."""
     cfg = read_run_config(Path(run_dir))
     if cfg is None:
+        from hpclab.rundir.lock import describe, live_holder
+
+        holder = live_holder(Path(run_dir))
+        if holder:  # a run is starting there: it takes the lock before it writes config.yaml
+            raise ConfigError(
+                f"{run_dir} is in use by {describe(holder)} (run.lock), a run starting there; wait until it ends"
+            )
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml); give results/<group>/<run>")
     return validate(cfg)

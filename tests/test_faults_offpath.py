@@ -220,6 +220,25 @@ def test_an_analysis_waits_for_no_one_it_stops_when_the_run_is_in_use(home, resu
         proc.communicate()
 
 
+def test_an_analysis_of_a_run_still_starting_says_it_is_in_use(home, results):
+    """The window where a starting run holds the lock but has not written config.yaml yet: the
+    same answer as later in the run, not "not a run folder"."""
+    import socket
+
+    folder = run_dir(results)
+    folder.mkdir(parents=True)
+    holder = subprocess.Popen(["sleep", "120"])
+    try:
+        start_ticks = Path(f"/proc/{holder.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        record = {"host": socket.gethostname(), "pid": holder.pid, "start": start_ticks, "job": None, "token": "t"}
+        (folder / "run.lock").write_text(json.dumps(record))
+        refused(run_main("analyze.py", str(folder), "examples", cwd=home), f"is in use by pid {holder.pid}", "run.lock")
+    finally:
+        holder.kill()
+        holder.wait()
+    refused(run_main("analyze.py", str(folder), "examples", cwd=home), "is not a run folder (no config.yaml)")
+
+
 # --------------------------------------------------------------------------- work thrown away late
 
 

@@ -93,6 +93,12 @@ def is_stale(holder: dict[str, Any]) -> bool:
     return False
 
 
+def live_holder(run_dir: Path) -> dict[str, Any] | None:
+    """The record of the live process that holds ``run_dir``'s lock; None when none does."""
+    holder, _ = _read(run_dir / LOCK_NAME)
+    return holder if holder and not is_stale(holder) else None
+
+
 WRITE_GRACE_S = 10.0  # a lock file younger than this with no record yet is being written
 
 
