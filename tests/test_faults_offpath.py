@@ -220,23 +220,25 @@ def test_an_analysis_waits_for_no_one_it_stops_when_the_run_is_in_use(home, resu
         proc.communicate()
 
 
-def test_an_analysis_of_a_run_still_starting_says_it_is_in_use(home, results):
+def test_a_run_still_starting_is_in_use_for_analyses_and_running_in_status(home, results):
     """The window where a starting run holds the lock but has not written config.yaml yet: the
-    same answer as later in the run, not "not a run folder"."""
-    import socket
+    same answers as later in the run, not "not a run folder" or NOT-SUBMITTED. Another process takes the lock as a
+    run does (hpclab.rundir.lock.acquire) and holds it until the test ends it."""
+    import sys
 
     folder = run_dir(results)
-    folder.mkdir(parents=True)
-    holder = subprocess.Popen(["sleep", "120"])
+    take_and_hold = "import sys, time; from pathlib import Path; from hpclab.rundir.lock import acquire; "
+    take_and_hold += "acquire(Path(sys.argv[1])); print('held', flush=True); time.sleep(3600)"
+    holder = subprocess.Popen([sys.executable, "-c", take_and_hold, str(folder)], stdout=subprocess.PIPE, text=True)
     try:
-        start_ticks = Path(f"/proc/{holder.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-        record = {"host": socket.gethostname(), "pid": holder.pid, "start": start_ticks, "job": None, "token": "t"}
-        (folder / "run.lock").write_text(json.dumps(record))
+        assert holder.stdout.readline().strip() == "held"
         refused(run_main("analyze.py", str(folder), "examples", cwd=home), f"is in use by pid {holder.pid}", "run.lock")
+        assert "RUNNING" in launch("status", *RUN, cwd=home).stdout  # not NOT-SUBMITTED
     finally:
         holder.kill()
         holder.wait()
     refused(run_main("analyze.py", str(folder), "examples", cwd=home), "is not a run folder (no config.yaml)")
+    assert "NOT-SUBMITTED" in launch("status", *RUN, cwd=home).stdout  # the holder is gone
 
 
 # --------------------------------------------------------------------------- work thrown away late

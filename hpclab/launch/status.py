@@ -22,6 +22,7 @@ from hpclab.launch.job import completed_with, run_dir_of
 from hpclab.launch.progress import progress_cells
 from hpclab.launch.sweep import SweepPlan
 from hpclab.rundir import checkpoint_dir, completed_summary, read_slurm_record, read_submissions
+from hpclab.rundir.lock import live_holder
 
 
 def describe_plan(plan: SweepPlan) -> str:
@@ -127,7 +128,8 @@ def run_state(
     """One run's state from squeue (if it still knows the job), the results folder and the
     task records: PENDING, REQUEUED (pending again after a requeue), RUNNING, COMPLETED (with
     this config), OTHER-CONFIG (the folder holds a finished run of another config), FAILED,
-    CANCELLED, TIMEOUT, ..., INCOMPLETE (ended without results), NOT-SUBMITTED."""
+    CANCELLED, TIMEOUT, ..., INCOMPLETE (ended without results), NOT-SUBMITTED; RUNNING also
+    when a live process holds the folder's lock (a local run)."""
     restarts = sum(1 for s in starts if s.get("job") == job) - 1 if job else -1
     if squeued and squeued["state"] in ACTIVE:
         state = squeued["state"]
@@ -142,6 +144,8 @@ def run_state(
         return "FAILED" if squeued["state"] == "COMPLETED" else squeued["state"]
     if submitit_log and _submitit_error(submitit_log, submitit_dir):
         return "FAILED"
+    if live_holder(run_dir):  # a local run (or one squeue cannot be asked about) holds the folder
+        return "RUNNING"
     if job:
         return "INCOMPLETE"
     return "PARTIAL" if checkpoint_dir(run_dir).is_dir() else "NOT-SUBMITTED"
