@@ -20,7 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import run_main
+from conftest import run_cli, run_main
 from test_faults import RUN, error_line, home, results, run_dir, start, tmpfs, wait_for_step  # noqa: F401
 
 from hpclab.rundir import step_checkpoints
@@ -362,6 +362,20 @@ def test_a_stop_signal_during_the_analyses_is_one_line_and_the_same_command_fini
     assert not (folder / "run.lock").exists() and not (folder / "summary.json").exists()
     proc = launch(*SHORT, "analysis=[{name:pixel_probe,epochs:1}]", cwd=home)
     assert proc.returncode == 0 and json.loads((folder / "summary.json").read_text())["analyses"]["pixel_probe"]
+
+
+def test_analyses_added_to_a_complete_runs_config_run_without_training_again(home, results):
+    """A complete run launched again with an analysis its summary lacks runs that analysis (it
+    was 'complete; skipping' before, so the analysis never ran); training is not repeated."""
+    folder = run_dir(results)
+    launch(*SHORT, "analysis=[]", cwd=home)
+    metrics, attempts = ((folder / name).read_text() for name in ("metrics.jsonl", "attempts.json"))
+    proc = run_cli("launch.py", *SHORT, "analysis=[{name:pixel_probe,epochs:1}]", cwd=home)  # its log, whole
+    assert "complete but for analyses its config lists: running pixel_probe" in proc.stdout + proc.stderr
+    assert json.loads((folder / "summary.json").read_text())["analyses"]["pixel_probe"]
+    assert ((folder / "metrics.jsonl").read_text(), (folder / "attempts.json").read_text()) == (metrics, attempts)
+    proc = run_cli("launch.py", *SHORT, "analysis=[{name:pixel_probe,epochs:1}]", cwd=home)
+    assert "is complete; skipping" in proc.stdout + proc.stderr
 
 
 def test_a_stop_signal_with_force_says_how_to_resume(home, results):

@@ -7,6 +7,7 @@ models at every kept checkpoint, and the ``sample_grids`` analysis (also registe
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from hpclab.engine.evaluation import TrainedRun
 from hpclab.rundir import TENSORBOARD
 from hpclab.tasks.base import GenerativeTask
 from hpclab.utils import atomic_path
+
+log = logging.getLogger("hpclab")
 
 
 def generative_task(run: TrainedRun) -> GenerativeTask:
@@ -48,20 +51,31 @@ def models_over_training(
 ) -> Iterator[tuple[str, int, float, dict[str, nn.Module]]]:
     """``(what, step, epoch, models)``: copies of the task's sampling models (eval mode) with the
     weights of every kept checkpoint in step order (``epochs`` picks some), then with the run's
-    final weights (``what`` says which). One copy is reloaded for every checkpoint."""
+    final weights (``what`` says which). One copy is reloaded for every checkpoint. A wanted
+    epoch without a kept checkpoint is named in a warning (a shorter run than the config's)."""
     names = generative_task(run).sampling_models
     per_epoch, final_step = run.steps_per_epoch, run.step
+    final_epoch = round(final_step / per_epoch, 6)
     wanted = None if epochs is None else {round(float(e), 6) for e in epochs}
+    kept: set[float] = {final_epoch}
     copies = {n: copy.deepcopy(run.unwrap(n)).eval() for n in names}
     for step, states in model_states(run.run_dir, copies):
         epoch = round(step / per_epoch, 6)
+        kept.add(epoch)
         if step == final_step or (wanted is not None and epoch not in wanted):
             continue  # the final weights come last
         for name, model in copies.items():
             model.load_state_dict(states[name])
         yield "generated", step, epoch, copies
+    if wanted and wanted - kept:
+        log.warning(
+            "%s: no kept checkpoint at epoch %s (kept: %s); those rows are left out",
+            run.run_dir,
+            ", ".join(f"{e:g}" for e in sorted(wanted - kept)),
+            ", ".join(f"{e:g}" for e in sorted(kept)),
+        )
     final = {n: copy.deepcopy(run.unwrap(n)).eval() for n in names}
-    yield "generated (final weights)", final_step, round(final_step / per_epoch, 6), final
+    yield "generated (final weights)", final_step, final_epoch, final
 
 
 def tensorboard_images(tb_dir: Path, tag: str) -> list[tuple[int, bytes]]:

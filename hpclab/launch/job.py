@@ -136,8 +136,7 @@ def train_run(cfg: DictConfig, folder_ready: bool = False) -> dict[str, Any]:
     use_threads(cfg.cluster.threads)  # the same count here, in each rank and in every SLURM task
     done = None if _starts_over(cfg) else completed_with(run_dir, cfg)
     if done is not None:
-        log.info("run %s is complete; skipping (force=true re-runs it)", run_dir)
-        return done
+        return done if rank != 0 else _missing_analyses(cfg, run_dir, done)
     if rank == 0 and not folder_ready:
         check_run(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # fail before anything is written
     use_cache(cfg.paths.cache)  # pretrained weights resolve from the staged cache, never the network
@@ -146,6 +145,43 @@ def train_run(cfg: DictConfig, folder_ready: bool = False) -> dict[str, Any]:
     with run_lock(run_dir):
         done = prepare_folder(cfg, run_dir)
         return done if done is not None else _train(cfg, run_dir, rank)
+
+
+def missing_analyses(cfg: DictConfig, summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``(name, kwargs)`` of the analyses ``cfg`` lists that a run's summary has no result of
+    (added to the config after the run trained)."""
+    from hpclab.analysis import analysis_items
+
+    done = summary.get("analyses") or {}
+    return [(name, kwargs) for name, kwargs in analysis_items(cfg.analysis) if name not in done]
+
+
+def fully_done(run_dir: Path, cfg: DictConfig) -> bool:
+    """Complete with ``cfg``'s config and every analysis it lists: nothing left to run."""
+    summary = completed_with(run_dir, cfg)
+    return summary is not None and not missing_analyses(cfg, summary)
+
+
+def _missing_analyses(cfg: DictConfig, run_dir: Path, done: dict[str, Any]) -> dict[str, Any]:
+    """A complete run whose config lists analyses its summary lacks: run those, with the
+    config's arguments, instead of skipping the run; the training is not repeated. Analyses
+    already in the summary are left as they are (``jobs/analyze.py`` reruns one with new
+    arguments)."""
+    from hpclab.analysis.rerun import analyze_run
+
+    missing = missing_analyses(cfg, done)
+    if not missing:
+        log.info("run %s is complete; skipping (force=true re-runs it)", run_dir)
+        return done
+    log.info(
+        "run %s is complete but for analyses its config lists: running %s",
+        run_dir,
+        ", ".join(name for name, _ in missing),
+    )
+    for name, kwargs in missing:
+        log.info("analysis %s", name)
+        analyze_run(run_dir, name, kwargs)
+    return completed_summary(run_dir) or done
 
 
 def prepare_folder(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
@@ -338,8 +374,7 @@ def train_local_processes(cfg: DictConfig, processes: int) -> dict[str, Any]:
     run_dir = run_dir_of(cfg)
     done = None if _starts_over(cfg) else completed_with(run_dir, cfg)
     if done is not None:
-        log.info("run %s is complete; skipping (force=true re-runs it)", run_dir)
-        return done
+        return _missing_analyses(cfg, run_dir, done)
     check_run(cfg, processes)  # here, not in each spawned process
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from hpclab.launch.job import check_run, completed_with, run_dir_of, train_local_processes, train_run
+from hpclab.launch.job import check_run, fully_done, run_dir_of, train_local_processes, train_run
 from hpclab.launch.slurm import requeue_on_usr2
 from hpclab.launch.sweep import SweepPlan
 
@@ -22,7 +22,7 @@ def run_local(plan: SweepPlan) -> list[dict[str, Any]]:
 
     stage_datasets(plan.runs)
     for cfg in plan.runs:  # and every run still to do is checked, before the first run starts
-        if cfg.force or cfg.train.resume == "never" or not completed_with(run_dir_of(cfg), cfg):
+        if cfg.force or cfg.train.resume == "never" or not fully_done(run_dir_of(cfg), cfg):
             check_run(cfg, cfg.cluster.processes)
     summaries = []
     with requeue_on_usr2():

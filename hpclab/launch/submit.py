@@ -18,7 +18,7 @@ from hpclab.launch import container
 from hpclab.launch.arrays import ArraySpec, describe_layout, plan_arrays
 from hpclab.launch.batch import job_lines
 from hpclab.launch.fit import check_fit
-from hpclab.launch.job import TrainJob, check_run, completed_with, run_dir_of
+from hpclab.launch.job import TrainJob, check_run, fully_done, run_dir_of
 from hpclab.launch.local import stage_datasets
 from hpclab.launch.slurm import max_job_count
 from hpclab.launch.status import active_jobs, squeue_jobs, submission_tag
@@ -127,9 +127,7 @@ def to_submit(plan: SweepPlan) -> tuple[list[DictConfig], dict[str, str]]:
     and past cluster.array_parallelism). Also the skipped runs: name -> job."""
     active = active_jobs(plan)
     pending = [
-        cfg
-        for cfg in plan.runs
-        if (cfg.force or not completed_with(run_dir_of(cfg), cfg)) and cfg.run_name not in active
+        cfg for cfg in plan.runs if (cfg.force or not fully_done(run_dir_of(cfg), cfg)) and cfg.run_name not in active
     ]
     return pending, active
 
