@@ -136,7 +136,7 @@ def train_run(cfg: DictConfig, folder_ready: bool = False) -> dict[str, Any]:
     use_threads(cfg.cluster.threads)  # the same count here, in each rank and in every SLURM task
     done = None if _starts_over(cfg) else completed_with(run_dir, cfg)
     if done is not None:
-        return done if rank != 0 else _missing_analyses(cfg, run_dir, done)
+        return done if rank != 0 else _finish_analyses(cfg, run_dir, done)
     if rank == 0 and not folder_ready:
         check_run(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # fail before anything is written
     use_cache(cfg.paths.cache)  # pretrained weights resolve from the staged cache, never the network
@@ -162,7 +162,7 @@ def fully_done(run_dir: Path, cfg: DictConfig) -> bool:
     return summary is not None and not missing_analyses(cfg, summary)
 
 
-def _missing_analyses(cfg: DictConfig, run_dir: Path, done: dict[str, Any]) -> dict[str, Any]:
+def _finish_analyses(cfg: DictConfig, run_dir: Path, done: dict[str, Any]) -> dict[str, Any]:
     """A complete run whose config lists analyses its summary lacks: run those, with the
     config's arguments, instead of skipping the run; the training is not repeated. Analyses
     already in the summary are left as they are (``jobs/analyze.py`` reruns one with new
@@ -374,7 +374,7 @@ def train_local_processes(cfg: DictConfig, processes: int) -> dict[str, Any]:
     run_dir = run_dir_of(cfg)
     done = None if _starts_over(cfg) else completed_with(run_dir, cfg)
     if done is not None:
-        return _missing_analyses(cfg, run_dir, done)
+        return _finish_analyses(cfg, run_dir, done)
     check_run(cfg, processes)  # here, not in each spawned process
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
