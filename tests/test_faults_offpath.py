@@ -371,12 +371,23 @@ def test_analyses_added_to_a_complete_runs_config_run_without_training_again(hom
     folder = run_dir(results)
     launch(*SHORT, "analysis=[]", cwd=home)
     metrics, attempts = ((folder / name).read_text() for name in ("metrics.jsonl", "attempts.json"))
+    assert "ANALYSES-TO-RUN" in launch("status", *SHORT, "analysis=[pixel_probe]", cwd=home).stdout
+    # A stop signal while they run (the lock is taken inside the stop's scope): one line, exit 3.
+    proc = start(*SHORT, "analysis=[{name:pixel_probe,epochs:500}]", cwd=home)
+    wait_for_text(proc, folder / "run.lock", "pid")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 3, out[-2000:] + err[-2000:]
+    (line,) = [x for x in err.splitlines() if x.startswith("stopped: ")]
+    assert "during the analyses pixel_probe" in line and "run the same command" in line, line
+    assert not (folder / "run.lock").exists()
     proc = run_cli("launch.py", *SHORT, "analysis=[{name:pixel_probe,epochs:1}]", cwd=home)  # its log, whole
     assert "complete but for analyses its config lists: running pixel_probe" in proc.stdout + proc.stderr
     assert json.loads((folder / "summary.json").read_text())["analyses"]["pixel_probe"]
     assert ((folder / "metrics.jsonl").read_text(), (folder / "attempts.json").read_text()) == (metrics, attempts)
     proc = run_cli("launch.py", *SHORT, "analysis=[{name:pixel_probe,epochs:1}]", cwd=home)
     assert "is complete; skipping" in proc.stdout + proc.stderr
+    assert "COMPLETED" in launch("status", *SHORT, "analysis=[pixel_probe]", cwd=home).stdout
 
 
 def test_a_stop_signal_with_force_says_how_to_resume(home, results):

@@ -168,19 +168,19 @@ def _finish_analyses(cfg: DictConfig, run_dir: Path, done: dict[str, Any]) -> di
     already in the summary are left as they are (``jobs/analyze.py`` reruns one with new
     arguments)."""
     from hpclab.analysis.rerun import analyze_run
+    from hpclab.engine.signals import stop_at_once
 
     missing = missing_analyses(cfg, done)
     if not missing:
         log.info("run %s is complete; skipping (force=true re-runs it)", run_dir)
         return done
-    log.info(
-        "run %s is complete but for analyses its config lists: running %s",
-        run_dir,
-        ", ".join(name for name, _ in missing),
-    )
-    for name, kwargs in missing:
-        log.info("analysis %s", name)
-        analyze_run(run_dir, name, kwargs)
+    names = ", ".join(name for name, _ in missing)
+    log.info("run %s is complete but for analyses its config lists: running %s", run_dir, names)
+    # Each finished analysis is in summary.json at once: a stop runs only those still missing again.
+    with stop_at_once(f"during the analyses {names}: training is complete; run the same command to run those missing"):
+        for name, kwargs in missing:
+            log.info("analysis %s", name)
+            analyze_run(run_dir, name, kwargs)
     return completed_summary(run_dir) or done
 
 

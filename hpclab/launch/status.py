@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from hpclab.launch.job import completed_with, run_dir_of
+from hpclab.launch.job import completed_with, missing_analyses, run_dir_of
 from hpclab.launch.progress import progress_cells
 from hpclab.launch.sweep import SweepPlan
 from hpclab.rundir import checkpoint_dir, completed_summary, read_slurm_record, read_submissions
@@ -26,10 +26,12 @@ from hpclab.rundir.lock import live_holder
 
 
 def describe_plan(plan: SweepPlan) -> str:
-    """The dry run's list: each run, whether it is complete with its config, and what it trains."""
+    """The dry run's list: each run, whether it is complete with its config (``analyses``: trained,
+    but analyses the config lists are still to run), and what it trains."""
     lines = [f"{len(plan)} run(s) -> {plan.group_dir}/"]
     for cfg in plan.runs:
-        state = "complete" if completed_with(run_dir_of(cfg), cfg) else "to run"
+        summary = completed_with(run_dir_of(cfg), cfg)
+        state = "to run" if summary is None else "analyses" if missing_analyses(cfg, summary) else "complete"
         lines.append(
             f"  {cfg.run_name:<32} {state:<9} model={cfg.model.name} data={cfg.data.name} "
             f"task={cfg.task.name} steps={cfg.train.max_steps or str(cfg.train.epochs) + ' epochs'}"
@@ -127,7 +129,8 @@ def run_state(
 ) -> str:
     """One run's state from squeue (if it still knows the job), the results folder and the
     task records: PENDING, REQUEUED (pending again after a requeue), RUNNING, COMPLETED (with
-    this config), OTHER-CONFIG (the folder holds a finished run of another config), FAILED,
+    this config), ANALYSES-TO-RUN (trained with this config; analyses it lists are not in the
+    summary: launching it runs them), OTHER-CONFIG (the folder holds a finished run of another config), FAILED,
     CANCELLED, TIMEOUT, ..., INCOMPLETE (ended without results), NOT-SUBMITTED; RUNNING also
     when a live process holds the folder's lock (a local run)."""
     restarts = sum(1 for s in starts if s.get("job") == job) - 1 if job else -1
@@ -136,8 +139,9 @@ def run_state(
         if state == "PENDING" and restarts >= 0:
             return "REQUEUED"
         return f"{state} (restart {restarts})" if state == "RUNNING" and restarts > 0 else state
-    if completed_with(run_dir, cfg):
-        return "COMPLETED"
+    summary = completed_with(run_dir, cfg)
+    if summary is not None:
+        return "ANALYSES-TO-RUN" if missing_analyses(cfg, summary) else "COMPLETED"
     if completed_summary(run_dir):
         return "OTHER-CONFIG"
     if squeued:  # ended without a completed summary
