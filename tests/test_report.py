@@ -207,6 +207,10 @@ def test_an_axis_that_picks_a_config_group_shows_its_option(tmp_path: Path):
     assert {(r["encoder"], r["seed"]) for r in rows} == {(e, s) for e in ("scratch", "simclr") for s in ("0", "1")}
     assert all(r["run"].startswith(f"encoder-{r['encoder']}__") for r in rows)
     assert (group / "summary.png").read_bytes()[:4] == b"\x89PNG"
+    # summary.md also averages the seeds of each setting, with their range
+    means = (group / "summary.md").read_text().split("Mean over the seeds")[1]
+    assert "| data.train_fraction | encoder | seeds | test/acc mean (min-max) |" in means
+    assert "| 1.0 | simclr | 2 | 0.9205 (0.9200-0.9210) |" in means
 
 
 def test_each_baseline_is_drawn_on_the_axes_of_its_metric_in_words(digits: Path):

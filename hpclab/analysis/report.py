@@ -144,6 +144,25 @@ def table(rows: list[dict[str, Any]], keys: list[str], metrics: list[str]) -> tu
     return header, body
 
 
+def seed_means(rows: list[dict[str, Any]], keys: list[str], metrics: list[str]) -> tuple[list[str], list[list[Any]]]:
+    """One row per setting of the sweep's other axes: how many seeds ran, and each metric's mean
+    over them with its range (``0.8123 (0.8101-0.8150)``), in the order the settings first appear."""
+    settings = [k for k in keys if k != SEED_AXIS]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(axis_value(row, k) for k in settings), []).append(row["summary"])
+    header = [*settings, "seeds", *(f"{m} mean (min-max)" for m in metrics)]
+    body = []
+    for setting, summaries in groups.items():
+        cells = []
+        for metric in metrics:
+            values = [v for v in (metric_of(s, metric) for s in summaries) if isinstance(v, (int, float))]
+            mean = sum(values) / len(values) if values else None
+            cells.append(f"{mean:.4f} ({min(values):.4f}-{max(values):.4f})" if values else None)
+        body.append([*setting, len(summaries), *cells])
+    return header, body
+
+
 def to_markdown(header: list[str], body: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join("" if v is None else str(v) for v in r) + " |" for r in body]
@@ -217,6 +236,10 @@ def write_report(
         notes += (
             f"\nLeft out, not runs of the sweep (e.g. single runs of the experiment in this folder): "
             f"{', '.join(others)}\n"
+        )
+    if SEED_AXIS in grid_keys and len({axis_value(r, SEED_AXIS) for r in rows}) > 1:
+        notes += "\nMean over the seeds of each setting, with their range:\n\n" + to_markdown(
+            *seed_means(rows, keys, columns)
         )
     atomic_write_text(out["md"], title + to_markdown(header, body) + notes)
     numeric_x = x and all(isinstance(axis_value(r, x), (int, float)) for r in rows)
