@@ -372,6 +372,8 @@ def test_analyses_added_to_a_complete_runs_config_run_without_training_again(hom
     launch(*SHORT, "analysis=[]", cwd=home)
     metrics, attempts = ((folder / name).read_text() for name in ("metrics.jsonl", "attempts.json"))
     assert "ANALYSES-TO-RUN" in launch("status", *SHORT, "analysis=[pixel_probe]", cwd=home).stdout
+    dry = launch(*SHORT, "analysis=[pixel_probe]", "dry_run=true", cwd=home).stdout
+    assert "default analyses" in " ".join(dry.split()), dry
     # A stop signal while they run (the lock is taken inside the stop's scope): one line, exit 3.
     proc = start(*SHORT, "analysis=[{name:pixel_probe,epochs:500}]", cwd=home)
     wait_for_text(proc, folder / "run.lock", "pid")
