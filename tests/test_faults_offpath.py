@@ -375,8 +375,9 @@ def test_analyses_added_to_a_complete_runs_config_run_without_training_again(hom
     dry = launch(*SHORT, "analysis=[pixel_probe]", "dry_run=true", cwd=home).stdout
     assert "default analyses" in " ".join(dry.split()), dry
     # A stop signal while they run (the lock is taken inside the stop's scope): one line, exit 3.
-    proc = start(*SHORT, "analysis=[{name:pixel_probe,epochs:500}]", cwd=home)
+    proc = start(*SHORT, "analysis=[{name:pixel_probe,epochs:20000}]", cwd=home)
     wait_for_text(proc, folder / "run.lock", "pid")
+    assert "RUNNING" in launch("status", *SHORT, "analysis=[pixel_probe]", cwd=home).stdout
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 3, out[-2000:] + err[-2000:]

@@ -141,7 +141,9 @@ def run_state(
         return f"{state} (restart {restarts})" if state == "RUNNING" and restarts > 0 else state
     summary = completed_with(run_dir, cfg)
     if summary is not None:
-        return "ANALYSES-TO-RUN" if missing_analyses(cfg, summary) else "COMPLETED"
+        if not missing_analyses(cfg, summary):
+            return "COMPLETED"
+        return "RUNNING" if live_holder(run_dir) else "ANALYSES-TO-RUN"  # a local launch running them
     if completed_summary(run_dir):
         return "OTHER-CONFIG"
     if squeued:  # ended without a completed summary
