@@ -299,6 +299,9 @@ DISPLAY_NAMES = {
     "test/bilinear_mse": "bilinear upsampling",
     "test/bilinear_psnr": "bilinear upsampling",
     "test/noisy_psnr": "the noisy input itself",
+    "analyses.latent_probe.linear_test_acc": "linear probe, test accuracy",
+    "analyses.latent_probe.mlp_test_acc": "MLP probe, test accuracy",
+    "task.temperature": "temperature",
 }
 METRIC_NAMES = {
     "mse": "MSE",
@@ -310,6 +313,7 @@ METRIC_NAMES = {
     "dice_loss": "Dice loss",
     "bce": "binary cross-entropy",
     "ssim": "SSIM",
+    "pair_acc": "retrieval (pair_acc)",
 }
 SPLIT_NAMES = {"test": "test", "val": "validation", "train": "training"}
 
